@@ -1,0 +1,74 @@
+r"""Freezes a SavedModel into one GraphDef, keeping the contents of its hash tables.
+
+Every variable the chosen signatures' outputs need (resource, ref and partitioned) becomes a
+constant. Every table they read (MutableHashTable, MutableHashTableOfTensors, DenseHashTable,
+StaticHashTable from constants or from an asset file) keeps its trained contents: the output
+graph fills them when its init op `freezer/init_tables` runs. TensorFlow's own
+`convert_variables_to_constants` leaves them empty, so every lookup returns the default.
+
+The signatures, tags and init op travel inside the output (node `freezer_metadata`), so the
+next step, optimize_from_pb.py, needs no other flag.
+
+Example:
+  python freezer.py --saved_model_dir=/tmp/freezer_demo/model/saved_model \
+      --output_graph=/tmp/freezer_demo/frozen.pb
+"""
+
+import os
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # before TensorFlow loads: one-line errors
+
+from absl import app  # pylint: disable=g-import-not-at-top
+from absl import flags
+from absl import logging
+
+import freezing
+import saved_model_io
+import utils
+
+_SAVED_MODEL_DIR = flags.DEFINE_string(
+    'saved_model_dir', None, 'SavedModel directory to freeze (a TF1 graph SavedModel).')
+_OUTPUT_GRAPH = flags.DEFINE_string(
+    'output_graph', None, 'Frozen GraphDef file to write (binary protobuf).')
+_TAGS = flags.DEFINE_list('tags', ['serve'], 'Tag set of the MetaGraph to freeze.')
+_SIGNATURE_DEF = flags.DEFINE_list(
+    'signature_def', [], 'Signature keys to keep, comma-separated; default: all of them.')
+_OVERWRITE = flags.DEFINE_bool('overwrite', False, 'Replace an existing --output_graph.')
+
+
+def freeze(saved_model_dir, output_graph, tags=('serve',), signature_names=None,
+           overwrite=False):
+  """Freezes `saved_model_dir` into `output_graph`.
+
+  Returns:
+    (saved_model_io.FrozenModel, freezing.FreezeReport, bytes written).
+
+  Raises:
+    utils.UserError: bad input or an output that exists (without `overwrite`).
+  """
+  utils.check_output_free(output_graph, overwrite)
+  model, report = freezing.freeze_saved_model(saved_model_dir, tags, signature_names)
+  size = saved_model_io.write_graph_def(
+      saved_model_io.frozen_to_graph_def(model), output_graph, overwrite)
+  return model, report, size
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError('unexpected arguments: %s' % ' '.join(argv[1:]))
+
+  def work():
+    if not _SIGNATURE_DEF.value:
+      utils.log_default('signature_def', 'every signature')
+    model, _, size = freeze(_SAVED_MODEL_DIR.value, _OUTPUT_GRAPH.value, _TAGS.value,
+                            _SIGNATURE_DEF.value, _OVERWRITE.value)
+    logging.info('wrote %s (%s, %d nodes; signatures: %s)', _OUTPUT_GRAPH.value,
+                 utils.human_bytes(size), len(model.graph_def.node),
+                 ', '.join(sorted(model.signatures)))
+
+  return utils.run_cli('freezer.py', work)
+
+
+if __name__ == '__main__':
+  flags.mark_flags_as_required(['saved_model_dir', 'output_graph'])
+  app.run(main)

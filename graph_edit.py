@@ -1,0 +1,273 @@
+"""Graph surgery for serving: reader outputs to placeholders, strip the rest, clear devices."""
+
+import collections
+import dataclasses
+
+from absl import logging
+import tensorflow as tf
+
+from tensorflow.core.framework import graph_pb2
+from tensorflow.core.protobuf import meta_graph_pb2
+
+import saved_model_io
+import utils
+
+tf1 = tf.compat.v1
+
+
+def _tensor_key(name):
+  """'a' -> ('a', 0); 'a:2' -> ('a', 2)."""
+  node, _, index = name.partition(':')
+  return node, int(index) if index else 0
+
+
+def _input_key(graph_input):
+  return None if graph_input.startswith('^') else _tensor_key(graph_input)
+
+
+def _unique_name(base, taken):
+  name, i = base, 1
+  while name in taken:
+    name = '%s_%d' % (base, i)
+    i += 1
+  return name
+
+
+def _placeholder_name(input_key, taken):
+  # Node names allow [A-Za-z0-9._/-]; signature keys may hold anything.
+  base = ''.join(c if c.isalnum() or c in '._-/' else '_' for c in input_key).strip('/') or 'input'
+  if not base[0].isalnum():
+    base = 'input_' + base
+  return _unique_name(base, taken)
+
+
+def computed_tensors(graph_def, signature):
+  """Tensors a signature needs computed (not fed): {(node, index)}, with (node, None) for
+  nodes needed only through a control edge."""
+  nodes = {n.name: n for n in graph_def.node}
+  fed = {_tensor_key(i.name) for i in signature.inputs.values()}
+  needed, seen = set(), set()
+  stack = [saved_model_io.node_name(o.name) for o in signature.outputs.values()]
+  while stack:
+    name = stack.pop()
+    if name in seen or name not in nodes:
+      continue
+    seen.add(name)
+    for graph_input in nodes[name].input:
+      key = _input_key(graph_input)
+      if key is None:
+        needed.add((graph_input[1:], None))
+        stack.append(graph_input[1:])
+      elif key not in fed:
+        needed.add(key)
+        stack.append(key[0])
+  return needed
+
+
+def inputs_to_placeholders(graph_def, signatures):
+  """Makes every signature input that is not a Placeholder into one, where that is sound.
+
+  A reader output (`IteratorGetNext:3`) or an intermediate tensor (`x2:0`) becomes a Placeholder
+  of the signature's dtype and shape, named after its signature key where that name is free.
+  Every consumer of that tensor is rewired to the placeholder, so what fed it (dataset,
+  iterator, parser) is left without consumers and is stripped later.
+
+  An input that another signature computes from its own inputs (`x:0` of half_plus_two's
+  `serving_default`, which `classify_x_to_y` derives from `tf_example:0`) stays as it is:
+  cutting it would break that signature, and a Session (TF Serving's included) can feed any
+  tensor.
+
+  Args:
+    graph_def: GraphDef (not modified).
+    signatures: key -> SignatureDef (not modified).
+
+  Returns:
+    (new GraphDef, new signatures with the placeholders' names,
+     dict old tensor name -> placeholder tensor name).
+  """
+  nodes = {n.name: n for n in graph_def.node}
+  taken = set(nodes)
+  computed = {key: computed_tensors(graph_def, sig) for key, sig in signatures.items()}
+  replaced = {}   # (node, index) -> placeholder node name
+  kept = set()
+  new_nodes = []
+  signatures = {k: _copy_signature(v) for k, v in signatures.items()}
+  for sig_key in sorted(signatures):
+    sig = signatures[sig_key]
+    for input_key in sorted(sig.inputs):
+      info = sig.inputs[input_key]
+      key = _tensor_key(info.name)
+      node = nodes[key[0]]
+      if (node.op == 'Placeholder' and key[1] == 0) or key in kept:
+        continue
+      if key not in replaced:
+        users = sorted(k for k, c in computed.items() if key in c or (key[0], None) in c)
+        if users:
+          kept.add(key)
+          logging.warning('signature %r input %r (%s) stays an intermediate tensor: '
+                          'signature %r computes it', sig_key, input_key, info.name, users[0])
+          continue
+        name = _placeholder_name(input_key, taken)
+        taken.add(name)
+        placeholder = tf1.NodeDef(name=name, op='Placeholder')
+        placeholder.attr['dtype'].type = saved_model_io.base_dtype(info.dtype)
+        placeholder.attr['shape'].shape.CopyFrom(info.tensor_shape)
+        new_nodes.append(placeholder)
+        replaced[key] = name
+        logging.info('signature %r input %r: %s -> placeholder %s', sig_key, input_key,
+                     info.name, name)
+      info.name = replaced[key] + ':0'
+  out = graph_pb2.GraphDef()
+  out.CopyFrom(graph_def)
+  for node in out.node:
+    for i, graph_input in enumerate(node.input):
+      key = _input_key(graph_input)
+      if key in replaced:
+        node.input[i] = replaced[key]
+      elif graph_input.startswith('^') and (graph_input[1:], 0) in replaced:
+        # A control edge on a node whose output 0 is now fed: depend on the placeholder instead.
+        node.input[i] = '^' + replaced[(graph_input[1:], 0)]
+  out.node.extend(new_nodes)
+  return out, signatures, {'%s:%d' % k: v + ':0' for k, v in replaced.items()}
+
+
+def _copy_signature(sig):
+  copy = meta_graph_pb2.SignatureDef()
+  copy.CopyFrom(sig)
+  return copy
+
+
+def _functions_used(graph_def):
+  """Names of the library functions reachable from `graph_def`'s nodes."""
+  library = {f.signature.name: f for f in graph_def.library.function}
+  used, stack = set(), []
+
+  def visit_attrs(node_like):
+    if node_like.op in library:
+      stack.append(node_like.op)
+    for value in node_like.attr.values():
+      if value.HasField('func'):
+        stack.append(value.func.name)
+      for func in value.list.func:
+        stack.append(func.name)
+
+  for node in graph_def.node:
+    visit_attrs(node)
+  while stack:
+    name = stack.pop()
+    if name in used or name not in library:
+      continue
+    used.add(name)
+    for node in library[name].node_def:
+      visit_attrs(node)
+  return used
+
+
+def strip(graph_def, keep_nodes):
+  """Keeps only what `keep_nodes` need; clears devices; drops unused library functions.
+
+  Args:
+    graph_def: GraphDef (not modified).
+    keep_nodes: node names to keep with everything they depend on.
+
+  Returns:
+    The stripped GraphDef.
+  """
+  out = tf1.graph_util.extract_sub_graph(graph_def, list(keep_nodes))
+  for node in out.node:
+    node.device = ''
+  used = _functions_used(out)
+  functions = [f for f in out.library.function if f.signature.name in used]
+  gradients = [g for g in out.library.gradient if g.function_name in used]
+  del out.library.function[:]
+  del out.library.gradient[:]
+  out.library.function.extend(functions)
+  out.library.gradient.extend(gradients)
+  return out
+
+
+def op_histogram(graph_def):
+  """Counter of op type -> number of nodes."""
+  return collections.Counter(n.op for n in graph_def.node)
+
+
+@dataclasses.dataclass
+class GraphStats:
+  nodes: int
+  bytes: int
+  functions: int
+  ops: collections.Counter
+
+  @classmethod
+  def of(cls, graph_def):
+    return cls(nodes=len(graph_def.node), bytes=graph_def.ByteSize(),
+               functions=len(graph_def.library.function), ops=op_histogram(graph_def))
+
+
+def log_cut(before, after):
+  """Logs node counts, bytes and the op-type histogram before and after."""
+  logging.info('nodes: %d -> %d; library functions: %d -> %d; size: %s -> %s',
+               before.nodes, after.nodes, before.functions, after.functions,
+               utils.human_bytes(before.bytes), utils.human_bytes(after.bytes))
+  width = max([len(op) for op in before.ops] + [10])
+  logging.info('%-*s %8s %8s', width, 'op', 'before', 'after')
+  for op in sorted(set(before.ops) | set(after.ops),
+                   key=lambda o: (-before.ops.get(o, 0), o)):
+    logging.info('%-*s %8d %8d', width, op, before.ops.get(op, 0), after.ops.get(op, 0))
+
+
+def grappler_optimize(graph_def, keep_nodes):
+  """Runs Grappler's inference-safe passes (constant folding, arithmetic, dependency, ...).
+
+  Args:
+    graph_def: GraphDef to optimise.
+    keep_nodes: nodes that must survive under their own names (signature inputs and outputs,
+      the table init op).
+
+  Returns:
+    The optimised GraphDef.
+  """
+  # Imported here: Grappler's Python binding is heavy and only this optional step needs it.
+  from tensorflow.core.protobuf import config_pb2  # pylint: disable=g-import-not-at-top
+  from tensorflow.python.grappler import tf_optimizer  # pylint: disable=g-import-not-at-top
+
+  graph = tf.Graph()
+  with graph.as_default():
+    tf.graph_util.import_graph_def(graph_def, name='')
+  meta_graph = tf1.train.export_meta_graph(graph=graph, graph_def=graph_def)
+  fetch = meta_graph.collection_def['train_op']  # the collection Grappler keeps alive
+  fetch.node_list.value.extend(keep_nodes)
+  config = config_pb2.ConfigProto()
+  rewrite = config.graph_options.rewrite_options
+  rewrite.optimizers.extend(['pruning', 'constfold', 'arithmetic', 'dependency', 'function'])
+  rewrite.meta_optimizer_iterations = 2  # ONE/TWO enum: two passes of the list above
+  optimized = tf_optimizer.OptimizeGraph(config, meta_graph)
+  optimized.versions.CopyFrom(graph_def.versions)
+  return optimized
+
+
+def optimize_frozen(frozen, grappler=True):
+  """The serving graph of a FrozenModel: placeholders in, only inference left, devices cleared.
+
+  Args:
+    frozen: saved_model_io.FrozenModel (not modified).
+    grappler: also run grappler_optimize.
+
+  Returns:
+    (new FrozenModel, GraphStats before, GraphStats after).
+  """
+  before = GraphStats.of(frozen.graph_def)
+  graph_def, signatures, _ = inputs_to_placeholders(frozen.graph_def, frozen.signatures)
+  keep = saved_model_io.signature_output_nodes(signatures)
+  # Inputs no output depends on must stay too: the signature promises them.
+  keep += [saved_model_io.node_name(i.name) for s in signatures.values()
+           for i in s.inputs.values()]
+  if frozen.table_init_op:
+    keep.append(frozen.table_init_op)
+  keep = list(dict.fromkeys(keep))
+  graph_def = strip(graph_def, keep)
+  if grappler:
+    graph_def = strip(grappler_optimize(graph_def, keep), keep)
+  result = saved_model_io.FrozenModel(graph_def=graph_def, signatures=signatures,
+                                      tags=frozen.tags, table_init_op=frozen.table_init_op)
+  return result, before, GraphStats.of(graph_def)

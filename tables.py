@@ -1,0 +1,158 @@
+"""Hash-table contents: read them from a live session, write them back as graph constants.
+
+`convert_variables_to_constants` turns variables into constants but leaves every table empty,
+so a frozen model's lookups all return the default. Here each table the outputs read is
+exported from the loaded session (`LookupTableExportV2`) and re-filled in the frozen graph by
+ops that take the contents as constants: `LookupTableImportV2` for hash tables (mutable and
+static: static ones are initialised that way by `KeyValueTensorInitializer` too), and
+`LookupTableInsertV2` for dense hash tables, whose export is the raw bucket array (empty
+buckets included) that only makes sense for the same bucket count.
+"""
+
+import dataclasses
+
+import numpy as np
+import tensorflow as tf
+
+tf1 = tf.compat.v1
+
+HASH_TABLE_OPS = frozenset({'HashTableV2', 'HashTable'})
+MUTABLE_TABLE_OPS = frozenset({
+    'MutableHashTableV2', 'MutableHashTable',
+    'MutableHashTableOfTensorsV2', 'MutableHashTableOfTensors'})
+DENSE_TABLE_OPS = frozenset({'MutableDenseHashTableV2', 'MutableDenseHashTable'})
+TABLE_OPS = HASH_TABLE_OPS | MUTABLE_TABLE_OPS | DENSE_TABLE_OPS
+
+INIT_OP_NAME = 'freezer/init_tables'
+
+
+@dataclasses.dataclass
+class TableContents:
+  """What one table holds: `keys[i]` maps to `values[i]`."""
+  name: str
+  op: str
+  keys: np.ndarray
+  values: np.ndarray
+
+  @property
+  def nbytes(self):
+    size = lambda a: (sum(len(x) for x in a.ravel()) if a.dtype == object else a.nbytes)
+    return size(self.keys) + size(self.values)
+
+
+def table_nodes(graph_def):
+  """The table-creating nodes of `graph_def`, in graph order."""
+  return [n for n in graph_def.node if n.op in TABLE_OPS]
+
+
+def _is_ref_table(node):
+  return not node.op.endswith('V2')
+
+
+def export_table(session, node):
+  """Reads the contents of the table made by `node` in `session`'s graph.
+
+  Dense hash tables export every bucket; empty and deleted buckets are dropped here.
+
+  Args:
+    session: a Session whose graph holds `node` (already restored / initialised).
+    node: the table's NodeDef.
+
+  Returns:
+    TableContents.
+  """
+  graph = session.graph
+  handle = graph.get_tensor_by_name(node.name + ':0')
+  key_dtype = tf.as_dtype(node.attr['key_dtype'].type)
+  value_dtype = tf.as_dtype(node.attr['value_dtype'].type)
+  with graph.as_default(), tf.name_scope('freezer_export'):
+    export = tf.raw_ops.LookupTableExport if _is_ref_table(node) else tf.raw_ops.LookupTableExportV2
+    keys_t, values_t = export(table_handle=handle, Tkeys=key_dtype, Tvalues=value_dtype)
+    extra = []
+    if node.op in DENSE_TABLE_OPS:
+      # empty_key and deleted_key, to tell used buckets from free ones.
+      extra = [graph.get_tensor_by_name(i if ':' in i else i + ':0') for i in node.input[:2]]
+  results = session.run([keys_t, values_t] + extra)
+  keys, values = results[0], results[1]
+  if node.op in DENSE_TABLE_OPS:
+    empty_key, deleted_key = results[2], results[3]
+    key_shape = np.shape(empty_key)
+    value_shape = tuple(d.size for d in node.attr['value_shape'].shape.dim)
+    keys = keys.reshape((-1,) + key_shape)
+    values = values.reshape((-1,) + value_shape)
+    flat = keys.reshape(len(keys), -1)
+    used = ~(np.all(flat == np.reshape(empty_key, -1), axis=1) |
+             np.all(flat == np.reshape(deleted_key, -1), axis=1))
+    keys, values = keys[used], values[used]
+  return TableContents(name=node.name, op=node.op, keys=keys, values=values)
+
+
+def _const_node(name, array, dtype):
+  node = tf1.NodeDef(name=name, op='Const')
+  node.attr['dtype'].type = dtype.as_datatype_enum
+  node.attr['value'].tensor.CopyFrom(tf.make_tensor_proto(array, dtype=dtype))
+  return node
+
+
+def _unique_name(base, taken):
+  name, i = base, 1
+  while name in taken:
+    name = '%s_%d' % (base, i)
+    i += 1
+  taken.add(name)
+  return name
+
+
+def fill_nodes(table_node, contents, taken):
+  """NodeDefs that fill `table_node` with `contents` when run: two Consts and an import op.
+
+  Args:
+    table_node: the table's NodeDef in the frozen graph.
+    contents: TableContents exported from the trained model.
+    taken: node names already in the graph; the new names are added to it.
+
+  Returns:
+    (list of NodeDefs, name of the op that fills the table).
+  """
+  key_dtype = tf.as_dtype(table_node.attr['key_dtype'].type)
+  value_dtype = tf.as_dtype(table_node.attr['value_dtype'].type)
+  scope = 'freezer/tables/' + table_node.name
+  keys = _const_node(_unique_name(scope + '/keys', taken), contents.keys, key_dtype)
+  values = _const_node(_unique_name(scope + '/values', taken), contents.values, value_dtype)
+  if table_node.op in DENSE_TABLE_OPS:
+    op = 'LookupTableInsertV2' if not _is_ref_table(table_node) else 'LookupTableInsert'
+  else:
+    op = 'LookupTableImportV2' if not _is_ref_table(table_node) else 'LookupTableImport'
+  fill = tf1.NodeDef(name=_unique_name(scope + '/fill', taken), op=op,
+                     input=[table_node.name, keys.name, values.name])
+  fill.attr['Tin'].type = key_dtype.as_datatype_enum
+  fill.attr['Tout'].type = value_dtype.as_datatype_enum
+  return [keys, values, fill], fill.name
+
+
+def add_table_fill(graph_def, session):
+  """Adds to `graph_def` the contents of each of its tables, read from `session`.
+
+  Args:
+    graph_def: frozen GraphDef (modified in place).
+    session: the Session holding the trained tables under the same node names.
+
+  Returns:
+    (name of a NoOp that fills every table, or None if there are no tables;
+     list of TableContents, for reporting).
+  """
+  nodes = table_nodes(graph_def)
+  if not nodes:
+    return None, []
+  taken = {n.name for n in graph_def.node}
+  fills, exported = [], []
+  for node in nodes:
+    contents = export_table(session, node)
+    new_nodes, fill_name = fill_nodes(node, contents, taken)
+    graph_def.node.extend(new_nodes)
+    fills.append(fill_name)
+    exported.append(contents)
+  init = tf1.NodeDef(name=_unique_name(INIT_OP_NAME, taken), op='NoOp',
+                     input=['^' + f for f in fills])
+  graph_def.node.append(init)
+  return init.name, exported

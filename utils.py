@@ -1,0 +1,170 @@
+"""Shared plumbing for freezer's scripts: user errors, quiet TensorFlow, atomic outputs.
+
+Graph helpers live in modules beside this one, named by concern:
+`saved_model_io` (read and write SavedModels and frozen graphs), `tables` (hash-table contents),
+`freezing` (variables and tables to constants), `graph_edit` (placeholders, stripping),
+`comparison` (run two models on the same inputs).
+
+Every path goes through `tf.io.gfile`, so `hdfs://`, `gs://`, `s3://` and `ram://` paths work
+like local ones.
+"""
+
+import contextlib
+import os
+import sys
+import uuid
+
+# TensorFlow's C++ start-up chatter would drown the one-line errors this toolkit promises.
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+from absl import logging  # pylint: disable=g-import-not-at-top
+import tensorflow as tf  # pylint: disable=g-import-not-at-top
+from tensorflow.python.util import deprecation  # pylint: disable=g-import-not-at-top
+
+# tf.compat.v1 is this toolkit's subject, not a migration target: its deprecation notices are noise.
+deprecation._PRINT_DEPRECATION_WARNINGS = False  # pylint: disable=protected-access
+
+EXIT_OK = 0
+EXIT_FAILURE = 1  # bad input, or two models that do not answer the same
+EXIT_USAGE = 2    # absl's own exit code for unknown or missing flags
+
+
+class UserError(Exception):
+  """A mistake in the user's input: reported as one line and exit code 1, never a traceback."""
+
+
+def run_cli(program, fn):
+  """Runs `fn()` and turns a UserError into one line on stderr and exit code 1.
+
+  Args:
+    program: name shown before the message, e.g. 'freezer.py'.
+    fn: the script's work; returns an exit code or None (0).
+
+  Returns:
+    The exit code for `absl.app.run`.
+  """
+  try:
+    code = fn()
+  except UserError as e:
+    sys.stderr.write('%s: error: %s\n' % (program, str(e).replace('\n', ' ')))
+    sys.stderr.flush()
+    return EXIT_FAILURE
+  return EXIT_OK if code is None else code
+
+
+def tf_error_message(e):
+  """The first line of a TensorFlow error, without the graph-construction trace."""
+  text = getattr(e, 'message', None) or str(e)
+  lines = [l.strip() for l in text.strip().splitlines() if l.strip()]
+  for line in lines:
+    if not line.startswith(('Graph execution error', 'Detected at node', 'File "',
+                            'Node:', 'Traceback')):
+      return line
+  return lines[0] if lines else type(e).__name__
+
+
+def join(*parts):
+  """Joins path components the way tf.io.gfile expects, keeping URL schemes intact."""
+  return '/'.join([parts[0].rstrip('/')] + [p.strip('/') for p in parts[1:]])
+
+
+def parent_dir(path):
+  """The directory holding `path` ('' for a bare relative name), scheme-safe."""
+  path = path.rstrip('/')
+  return path.rsplit('/', 1)[0] if '/' in path else ''
+
+
+def check_output_free(path, overwrite):
+  """Refuses an existing output unless `overwrite`; checks the parent can hold it.
+
+  Raises:
+    UserError: `path` exists and `overwrite` is False, or its parent is not a directory.
+  """
+  if tf.io.gfile.exists(path) and not overwrite:
+    raise UserError('%s already exists; pass --overwrite to replace it' % path)
+  parent = parent_dir(path)
+  if parent and tf.io.gfile.exists(parent) and not tf.io.gfile.isdir(parent):
+    raise UserError('cannot write %s: %s is not a directory' % (path, parent))
+
+
+def _temp_sibling(path):
+  # A dot-name beside the target: the same filesystem (so rename is atomic where the filesystem
+  # makes it so), and hidden from the model loaders that list the parent directory.
+  parent, base = parent_dir(path), path.rstrip('/').rsplit('/', 1)[-1]
+  name = '.%s.tmp-%s' % (base, uuid.uuid4().hex[:12])
+  return join(parent, name) if parent else name
+
+
+def _remove(path):
+  if tf.io.gfile.isdir(path):
+    tf.io.gfile.rmtree(path)
+  elif tf.io.gfile.exists(path):
+    tf.io.gfile.remove(path)
+
+
+def _commit(tmp, path, overwrite):
+  """Moves the finished `tmp` onto `path`, replacing an old output only when allowed."""
+  if tf.io.gfile.exists(path):
+    if not overwrite:
+      raise UserError('%s already exists; pass --overwrite to replace it' % path)
+    if not tf.io.gfile.isdir(path):
+      tf.io.gfile.rename(tmp, path, overwrite=True)
+      return
+    # Directories cannot be renamed over: move the old one aside first, so that the target is
+    # always either the old complete model or the new complete one.
+    old = _temp_sibling(path)
+    tf.io.gfile.rename(path, old)
+    tf.io.gfile.rename(tmp, path)
+    _remove(old)
+    return
+  tf.io.gfile.rename(tmp, path)
+
+
+@contextlib.contextmanager
+def atomic_output(path, overwrite=False):
+  """Yields a temporary path beside `path`; on success moves it onto `path`.
+
+  Whatever goes wrong inside the block, the temporary output is removed and `path` is left as
+  it was, so no reader ever sees a half-written model.
+
+  Args:
+    path: the final file or directory.
+    overwrite: replace an existing `path`.
+
+  Yields:
+    The temporary path to write (not yet existing).
+
+  Raises:
+    UserError: `path` exists and `overwrite` is False, or it cannot be written.
+  """
+  check_output_free(path, overwrite)
+  parent = parent_dir(path)
+  try:
+    if parent:
+      tf.io.gfile.makedirs(parent)
+  except tf.errors.OpError as e:
+    raise UserError('cannot create %s: %s' % (parent, tf_error_message(e))) from e
+  tmp = _temp_sibling(path)
+  try:
+    yield tmp
+    _commit(tmp, path, overwrite)
+  except tf.errors.OpError as e:
+    raise UserError('cannot write %s: %s' % (path, tf_error_message(e))) from e
+  finally:
+    if tf.io.gfile.exists(tmp):
+      _remove(tmp)
+
+
+def human_bytes(n):
+  """'1.5 MiB' for 1572864."""
+  n = float(n)
+  for unit in ('B', 'KiB', 'MiB', 'GiB'):
+    if abs(n) < 1024 or unit == 'GiB':
+      return ('%d %s' % (n, unit)) if unit == 'B' else ('%.1f %s' % (n, unit))
+    n /= 1024
+  return '%.1f TiB' % n
+
+
+def log_default(flag_name, value):
+  """Logs the default chosen for a flag the user left unset."""
+  logging.info("'--%s' not given, using %s", flag_name, value)
