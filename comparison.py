@@ -310,15 +310,19 @@ def inputs_from_npz(path, signatures):
   return out
 
 
-def inputs_from_tfrecords(pattern, model, num_examples):
-  """{sig key: {input key: array}} from TFRecord files of tf.Example.
+def inputs_from_tfrecords(patterns, model, num_examples):
+  """{sig key: {input key: array}} from TFRecord files (globs allowed) of tf.Example.
 
   An input that feeds a tf.Example parser gets the serialized records; any other input gets
   the feature of the same name, stacked over the examples.
   """
-  files = tf.io.gfile.glob(pattern)
-  if not files:
-    raise utils.UserError('no TFRecord files match %s' % pattern)
+  files = []
+  for pattern in patterns:
+    matched = tf.io.gfile.glob(pattern)
+    if not matched:
+      raise utils.UserError('no TFRecord files match %s' % pattern)
+    files.extend(matched)
+  pattern = ','.join(patterns)
   try:
     records = [r.numpy() for r in tf.data.TFRecordDataset(files).take(num_examples)]
     examples = [tf.train.Example.FromString(r) for r in records]

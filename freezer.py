@@ -22,19 +22,10 @@ from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 from absl import logging
 
+import cli_flags
 import freezing
 import saved_model_io
 import utils
-
-_SAVED_MODEL_DIR = flags.DEFINE_string(
-    'saved_model_dir', None, 'SavedModel directory to freeze (a TF1 graph SavedModel).')
-_OUTPUT_GRAPH = flags.DEFINE_string(
-    'output_graph', None, 'Frozen GraphDef file to write (binary protobuf).')
-_TAGS = flags.DEFINE_list('tags', ['serve'], 'Tag set of the MetaGraph to freeze.')
-_SIGNATURE_DEF = flags.DEFINE_list(
-    'signature_def', [], 'Signature keys to keep, comma-separated; default: all of them.')
-_OVERWRITE = flags.DEFINE_bool('overwrite', False, 'Replace an existing --output_graph.')
-
 
 def freeze(saved_model_dir, output_graph, tags=('serve',), signature_names=None,
            overwrite=False):
@@ -58,11 +49,12 @@ def main(argv):
     raise app.UsageError('unexpected arguments: %s' % ' '.join(argv[1:]))
 
   def work():
-    if not _SIGNATURE_DEF.value:
+    if not cli_flags.SIGNATURE_DEF.value:
       utils.log_default('signature_def', 'every signature')
-    model, _, size = freeze(_SAVED_MODEL_DIR.value, _OUTPUT_GRAPH.value, _TAGS.value,
-                            _SIGNATURE_DEF.value, _OVERWRITE.value)
-    logging.info('wrote %s (%s, %d nodes; signatures: %s)', _OUTPUT_GRAPH.value,
+    model, _, size = freeze(cli_flags.SAVED_MODEL_DIR.value, cli_flags.OUTPUT_GRAPH.value,
+                            cli_flags.TAGS.value, cli_flags.SIGNATURE_DEF.value,
+                            cli_flags.OVERWRITE.value)
+    logging.info('wrote %s (%s, %d nodes; signatures: %s)', cli_flags.OUTPUT_GRAPH.value,
                  utils.human_bytes(size), len(model.graph_def.node),
                  ', '.join(sorted(model.signatures)))
 

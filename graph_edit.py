@@ -213,7 +213,10 @@ def log_cut(before, after):
   logging.info('%-*s %8s %8s', width, 'op', 'before', 'after')
   for op in sorted(set(before.ops) | set(after.ops),
                    key=lambda o: (-before.ops.get(o, 0), o)):
-    logging.info('%-*s %8d %8d', width, op, before.ops.get(op, 0), after.ops.get(op, 0))
+    # Op types whose count changed at INFO; the unchanged rest at --verbosity=1.
+    changed = before.ops.get(op, 0) != after.ops.get(op, 0)
+    logging.vlog(0 if changed else 1, '%-*s %8d %8d', width, op, before.ops.get(op, 0),
+                 after.ops.get(op, 0))
 
 
 def grappler_optimize(graph_def, keep_nodes):

@@ -27,14 +27,13 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
+import cli_flags
 import utils
 
 tf1 = tf.compat.v1
 
 _OUTPUT_DIR = flags.DEFINE_string(
     'output_dir', None, 'Directory to create with data/, ckpt/ and saved_model/ inside.')
-_NUM_EXAMPLES = flags.DEFINE_integer(
-    'num_examples', 4096, 'Training examples written to the TFRecord files.', lower_bound=1)
 _NUM_USERS = flags.DEFINE_integer(
     'num_users', 2000, 'Distinct user ids in the data (keys of the user_stats table).',
     lower_bound=1)
@@ -56,8 +55,6 @@ _HIDDEN_UNITS = flags.DEFINE_list(
 _BATCH_SIZE = flags.DEFINE_integer('batch_size', 64, 'Training batch size.', lower_bound=1)
 _STEPS = flags.DEFINE_integer('steps', 100, 'Training steps.', lower_bound=1)
 _LEARNING_RATE = flags.DEFINE_float('learning_rate', 0.01, 'Adam learning rate.', lower_bound=0)
-_SEED = flags.DEFINE_integer('seed', 42, 'Seed for data and initial values: same seed, same model.')
-_OVERWRITE = flags.DEFINE_bool('overwrite', False, 'Replace an existing --output_dir.')
 
 LABEL = 'label'
 STATS_DIM = 2  # [impressions, clicks] per id
@@ -327,11 +324,13 @@ def _config_from_flags():
   if any(u < 1 for u in hidden):
     raise utils.UserError('--hidden_units must be positive, got %s' % _HIDDEN_UNITS.value)
   return ModelConfig(
-      num_examples=_NUM_EXAMPLES.value, num_users=_NUM_USERS.value,
+      num_examples=cli_flags.value_or_default(cli_flags.NUM_EXAMPLES, 4096),
+      num_users=_NUM_USERS.value,
       num_categories=_NUM_CATEGORIES.value, item_buckets=_ITEM_BUCKETS.value,
       embedding_dim=_EMBEDDING_DIM.value, num_partitions=_NUM_PARTITIONS.value,
       num_dense=_NUM_DENSE.value, hidden_units=hidden, batch_size=_BATCH_SIZE.value,
-      steps=_STEPS.value, learning_rate=_LEARNING_RATE.value, seed=_SEED.value)
+      steps=_STEPS.value, learning_rate=_LEARNING_RATE.value,
+      seed=cli_flags.value_or_default(cli_flags.SEED, 42))
 
 
 def main(argv):
@@ -343,7 +342,7 @@ def main(argv):
     if config.num_partitions > config.item_buckets:
       raise utils.UserError('--num_partitions (%d) exceeds --item_buckets (%d)'
                             % (config.num_partitions, config.item_buckets))
-    result = train_and_export(_OUTPUT_DIR.value, config, _OVERWRITE.value)
+    result = train_and_export(_OUTPUT_DIR.value, config, cli_flags.OVERWRITE.value)
     logging.info('final loss %.4f', result['loss'])
     logging.info('checkpoint: %s', result['checkpoint'])
     logging.info('SavedModel: %s', result['saved_model'])

@@ -23,25 +23,15 @@ import time
 from absl import app
 from absl import flags
 
+import cli_flags
 import comparison
 import utils
 
-_SAVED_MODEL_DIR = flags.DEFINE_string(
-    'saved_model_dir', None, 'The new SavedModel to check (give this or --graph).')
 _GRAPH = flags.DEFINE_string(
     'graph', None, 'A GraphDef written by freezer.py or optimize_from_pb.py, to check instead '
     'of --saved_model_dir.')
 _REFERENCE = flags.DEFINE_string(
     'reference_saved_model_dir', None, 'The original SavedModel the new model must equal.')
-_TAGS = flags.DEFINE_list('tags', ['serve'], 'Tag set of the MetaGraphs to load.')
-_SIGNATURE_DEF = flags.DEFINE_list(
-    'signature_def', [], 'Signature keys to compare; default: every signature of the reference.')
-_INPUTS = flags.DEFINE_string(
-    'inputs', None, 'Inputs instead of generated ones: an .npz file (arrays named INPUT or '
-    'SIGNATURE/INPUT) or a glob of TFRecord files of tf.Example.')
-_NUM_EXAMPLES = flags.DEFINE_integer(
-    'num_examples', 64, 'Examples per signature for the comparison.', lower_bound=1)
-_SEED = flags.DEFINE_integer('seed', 0, 'Seed of the generated inputs.')
 _ATOL = flags.DEFINE_float('atol', 1e-6, 'Absolute tolerance.', lower_bound=0)
 _RTOL = flags.DEFINE_float('rtol', 1e-6, 'Relative tolerance.', lower_bound=0)
 _BATCH_SIZES = flags.DEFINE_multi_integer(
@@ -80,10 +70,12 @@ def check(reference, new, signature_names=(), inputs=None, num_examples=64, seed
   start = time.perf_counter()
   keys = comparison.common_signatures(reference, new, signature_names)
   maker = comparison.InputMaker(reference, seed)
-  if inputs is None:
+  if isinstance(inputs, str):
+    inputs = [inputs]
+  if not inputs:
     feeds = {k: maker.make(k, num_examples) for k in keys}
-  elif inputs.endswith('.npz'):
-    feeds = comparison.inputs_from_npz(inputs, {k: reference.signatures[k] for k in keys})
+  elif len(inputs) == 1 and inputs[0].endswith('.npz'):
+    feeds = comparison.inputs_from_npz(inputs[0], {k: reference.signatures[k] for k in keys})
   else:
     all_feeds = comparison.inputs_from_tfrecords(inputs, reference, num_examples)
     feeds = {k: all_feeds[k] for k in keys}
@@ -138,11 +130,12 @@ def main(argv):
     raise app.UsageError('unexpected arguments: %s' % ' '.join(argv[1:]))
 
   def work():
-    reference, new = load_models(_SAVED_MODEL_DIR.value, _GRAPH.value, _REFERENCE.value,
-                                 _TAGS.value)
+    reference, new = load_models(cli_flags.SAVED_MODEL_DIR.value, _GRAPH.value,
+                                 _REFERENCE.value, cli_flags.TAGS.value)
     batch_sizes = [b for b in _BATCH_SIZES.value if b > 0]
-    passed, _ = check(reference, new, _SIGNATURE_DEF.value, _INPUTS.value,
-                      _NUM_EXAMPLES.value, _SEED.value, _ATOL.value, _RTOL.value,
+    passed, _ = check(reference, new, cli_flags.SIGNATURE_DEF.value, cli_flags.INPUTS.value,
+                      cli_flags.value_or_default(cli_flags.NUM_EXAMPLES, 64),
+                      cli_flags.value_or_default(cli_flags.SEED, 0), _ATOL.value, _RTOL.value,
                       batch_sizes, _LATENCY_RUNS.value)
     sys.stdout.flush()
     return utils.EXIT_OK if passed else utils.EXIT_FAILURE

@@ -23,6 +23,10 @@ from tensorflow.python.util import deprecation  # pylint: disable=g-import-not-a
 
 # tf.compat.v1 is this toolkit's subject, not a migration target: its deprecation notices are noise.
 deprecation._PRINT_DEPRECATION_WARNINGS = False  # pylint: disable=protected-access
+# TensorFlow's Python logger has a handler of its own besides absl's, so each of its lines
+# would print twice; its INFO chatter (builder paths of temporary directories) is noise here.
+tf.get_logger().handlers = []
+tf.get_logger().setLevel('WARNING')
 
 EXIT_OK = 0
 EXIT_FAILURE = 1  # bad input, or two models that do not answer the same

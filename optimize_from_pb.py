@@ -1,0 +1,163 @@
+r"""Turns a frozen training graph into a lean serving SavedModel (and/or GraphDef).
+
+Each signature input that is a reader output (`IteratorGetNext:k`) or an intermediate tensor
+becomes a Placeholder named after its signature key; everything the signatures' outputs and the
+table fill do not need (dataset and iterator ops, optimizer, saver, summaries, the reader's
+embedded data) is removed; devices are cleared; Grappler's constant folding and arithmetic
+passes run (--nooptimize to skip). The SavedModel keeps every signature key and method name and
+fills its tables in its main op, which TF Serving, the C++ loader and both Python loaders run.
+
+Example:
+  python optimize_from_pb.py --input_graph=/tmp/freezer_demo/frozen.pb \
+      --output_saved_model_dir=/tmp/freezer_demo/serving
+"""
+
+import os
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # before TensorFlow loads: one-line errors
+
+from absl import app  # pylint: disable=g-import-not-at-top
+from absl import flags
+from absl import logging
+import tensorflow as tf
+
+from tensorflow.core.protobuf import meta_graph_pb2
+
+import cli_flags
+import graph_edit
+import saved_model_io
+import utils
+
+tf1 = tf.compat.v1
+
+_INPUT_GRAPH = flags.DEFINE_string(
+    'input_graph', None, 'Frozen GraphDef, as written by freezer.py (or any frozen GraphDef '
+    'with --inputs and --outputs).')
+_INIT_OP = flags.DEFINE_string(
+    'init_op', None, 'With --inputs/--outputs: the op that fills the graph\'s tables, if any.')
+_OPTIMIZE = flags.DEFINE_bool(
+    'optimize', True, 'Run Grappler passes (pruning, constant folding, arithmetic, dependency, '
+    'function inlining) after the cut. Tests show outputs unchanged on every test model.')
+# --log_dir is absl.logging's own flag (log files, which these scripts never write); here it
+# also names where the TensorBoard graphs go.
+flags.FLAGS['log_dir'].help = ('Write the graph before and after as TensorBoard event files '
+                               'under LOG_DIR/before and LOG_DIR/after.')
+def _tensor_name(name):
+  return name if ':' in name else name + ':0'
+
+
+def frozen_from_inputs_outputs(graph_def, inputs, outputs, init_op, tags, where):
+  """A FrozenModel for a plain GraphDef: one serving_default signature over named tensors.
+
+  Raises:
+    utils.UserError: a tensor or the init op is not in the graph.
+  """
+  if not inputs or not outputs:
+    raise utils.UserError('%s was not written by freezer.py: give both --inputs and --outputs'
+                          % where)
+  graph = tf.Graph()
+  with graph.as_default():
+    try:
+      tf.graph_util.import_graph_def(graph_def, name='')
+    except (ValueError, tf.errors.OpError) as e:
+      raise utils.UserError('cannot import %s: %s' % (where, utils.tf_error_message(e))) from e
+  signature = meta_graph_pb2.SignatureDef(
+      method_name=tf1.saved_model.signature_constants.PREDICT_METHOD_NAME)
+  for names, infos, flag in ((inputs, signature.inputs, '--inputs'),
+                             (outputs, signature.outputs, '--outputs')):
+    for name in names:
+      try:
+        tensor = graph.get_tensor_by_name(_tensor_name(name))
+      except (KeyError, ValueError) as e:
+        raise utils.UserError('%s names %s, which is not a tensor of %s' % (flag, name, where)) from e
+      key = name.split(':')[0] if name.endswith(':0') or ':' not in name else name.replace(':', '_')
+      infos[key].CopyFrom(tf1.saved_model.utils.build_tensor_info(tensor))
+  if init_op:
+    try:
+      graph.get_operation_by_name(init_op)
+    except (KeyError, ValueError) as e:
+      raise utils.UserError('--init_op names %s, which is not an op of %s' % (init_op, where)) from e
+  return saved_model_io.FrozenModel(
+      graph_def=graph_def, signatures={'serving_default': signature}, tags=list(tags),
+      table_init_op=init_op)
+
+
+def load_input_graph(path, inputs=(), outputs=(), init_op=None, tags=('serve',)):
+  """The FrozenModel in `path`: its own metadata, or the one --inputs/--outputs describe.
+
+  Raises:
+    utils.UserError: unreadable graph, unknown tensors.
+  """
+  graph_def = saved_model_io.read_graph_def(path)
+  frozen = saved_model_io.frozen_from_graph_def(graph_def, path)
+  if inputs or outputs or frozen is None:
+    plain = frozen.graph_def if frozen is not None else graph_def
+    frozen = frozen_from_inputs_outputs(plain, inputs, outputs, init_op, tags, path)
+  saved_model_io.check_tensors_exist(frozen.graph_def, frozen.signatures, path)
+  return frozen
+
+
+def write_tensorboard_graph(graph_def, log_dir):
+  """Writes `graph_def` as a TensorBoard event file under `log_dir`."""
+  graph = tf.Graph()
+  with graph.as_default():
+    tf.graph_util.import_graph_def(graph_def, name='')
+    writer = tf1.summary.FileWriter(log_dir, graph=graph)
+    writer.close()
+
+
+def optimize(input_graph, output_saved_model_dir=None, output_graph=None, inputs=(),
+             outputs=(), init_op=None, tags=('serve',), grappler=True, log_dir=None,
+             overwrite=False):
+  """Cuts, strips and re-dumps `input_graph`.
+
+  Returns:
+    (optimized FrozenModel, GraphStats before, GraphStats after).
+
+  Raises:
+    utils.UserError: bad input, or an output that exists (without `overwrite`).
+  """
+  if not output_saved_model_dir and not output_graph:
+    raise utils.UserError('nothing to write: give --output_saved_model_dir and/or '
+                          '--output_graph')
+  for path in (output_saved_model_dir, output_graph):
+    if path:
+      utils.check_output_free(path, overwrite)
+  frozen = load_input_graph(input_graph, inputs, outputs, init_op, tags)
+  try:
+    result, before, after = graph_edit.optimize_frozen(frozen, grappler)
+  except (ValueError, tf.errors.OpError) as e:
+    raise utils.UserError('cannot optimize %s: %s'
+                          % (input_graph, utils.tf_error_message(e))) from e
+  graph_edit.log_cut(before, after)
+  if log_dir:
+    write_tensorboard_graph(frozen.graph_def, utils.join(log_dir, 'before'))
+    write_tensorboard_graph(result.graph_def, utils.join(log_dir, 'after'))
+    logging.info('TensorBoard graphs: tensorboard --logdir=%s', log_dir)
+  if output_graph:
+    saved_model_io.write_graph_def(saved_model_io.frozen_to_graph_def(result), output_graph,
+                                   overwrite)
+    logging.info('wrote %s', output_graph)
+  if output_saved_model_dir:
+    size = saved_model_io.write_saved_model(result, output_saved_model_dir, overwrite)
+    logging.info('wrote SavedModel %s (%s; signatures: %s)', output_saved_model_dir,
+                 utils.human_bytes(size), ', '.join(sorted(result.signatures)))
+  return result, before, after
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError('unexpected arguments: %s' % ' '.join(argv[1:]))
+
+  def work():
+    optimize(_INPUT_GRAPH.value, cli_flags.OUTPUT_SAVED_MODEL_DIR.value,
+             cli_flags.OUTPUT_GRAPH.value, cli_flags.INPUTS.value, cli_flags.OUTPUTS.value,
+             _INIT_OP.value, cli_flags.TAGS.value, _OPTIMIZE.value, flags.FLAGS.log_dir or None,
+             cli_flags.OVERWRITE.value)
+
+  return utils.run_cli('optimize_from_pb.py', work)
+
+
+if __name__ == '__main__':
+  flags.mark_flag_as_required('input_graph')
+  app.run(main)

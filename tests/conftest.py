@@ -1,0 +1,91 @@
+"""Shared fixtures: the repository on sys.path, a tiny trained model built once per session."""
+
+import hashlib
+import os
+import pathlib
+import subprocess
+import sys
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+import pytest  # pylint: disable=g-import-not-at-top
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from absl import flags  # pylint: disable=g-import-not-at-top
+
+import model_gen  # pylint: disable=g-import-not-at-top
+
+# Under pytest, absl flags are not parsed; the library code never reads them, but absl's own
+# logging does.
+flags.FLAGS.mark_as_parsed()
+
+TF_SERVING = REPO.parent / 'shared' / 'testdata' / 'tf_serving'
+
+# Small enough to train in a few seconds, big enough to have every part of the real model:
+# two hash tables with hundreds of keys, a 3-way partitioned embedding, Adam slots.
+TINY = model_gen.ModelConfig(num_examples=512, num_users=300, num_categories=20,
+                             item_buckets=60, embedding_dim=4, num_partitions=3, num_dense=3,
+                             hidden_units=(8,), batch_size=32, steps=30, seed=3)
+TINY_FLAGS = ['--num_examples=512', '--num_users=300', '--num_categories=20',
+              '--item_buckets=60', '--embedding_dim=4', '--num_partitions=3', '--num_dense=3',
+              '--hidden_units=8', '--batch_size=32', '--steps=30', '--seed=3']
+
+
+def tf_serving_model(name):
+  """Path of a TF Serving test model's version directory; skips when shared/ is absent."""
+  path = TF_SERVING / name / '00000123'
+  if not path.is_dir():
+    pytest.skip('TF Serving test models not found at %s' % TF_SERVING)
+  return str(path)
+
+
+@pytest.fixture(scope='session')
+def tiny_model(tmp_path_factory):
+  """model_gen's model at TINY size: dict with 'saved_model', 'checkpoint', 'data' paths."""
+  out = tmp_path_factory.mktemp('tiny') / 'model'
+  return model_gen.train_and_export(str(out), TINY)
+
+
+@pytest.fixture(scope='session')
+def tiny_frozen(tiny_model, tmp_path_factory):
+  """The tiny model frozen by freezer.freeze: path of the .pb."""
+  import freezer  # pylint: disable=g-import-not-at-top
+  path = str(tmp_path_factory.mktemp('frozen') / 'frozen.pb')
+  freezer.freeze(tiny_model['saved_model'], path)
+  return path
+
+
+def run_script(script, *args):
+  """Runs `python SCRIPT ARGS` from the repository root, as the README does."""
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
+  return subprocess.run([sys.executable, script] + [str(a) for a in args], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=300, check=False)
+
+
+def assert_one_line_error(proc, script, *fragments):
+  """Exit code 1, no traceback, and one error line naming each of `fragments`.
+
+  absl INFO lines (`I1124 12:00:00.000 ...`) may come before it; nothing else may.
+  """
+  assert proc.returncode == 1, (proc.returncode, proc.stderr[-3000:])
+  assert 'Traceback' not in proc.stderr, proc.stderr[-3000:]
+  lines = [l for l in proc.stderr.splitlines() if l.strip()]
+  others = [l for l in lines if not (l[:1] == 'I' and l[1:5].isdigit())]
+  assert len(others) == 1, others
+  assert others[0].startswith(script + ': error: '), others[0]
+  for fragment in fragments:
+    assert str(fragment) in others[0], (fragment, others[0])
+  return others[0]
+
+
+def tree_digest(path):
+  """Digest of every file's name and bytes under `path`: proves an input was not modified."""
+  digest = hashlib.sha256()
+  path = pathlib.Path(path)
+  files = sorted(p for p in path.rglob('*') if p.is_file()) if path.is_dir() else [path]
+  for p in files:
+    digest.update(str(p.relative_to(path) if path.is_dir() else p.name).encode())
+    digest.update(p.read_bytes())
+  return digest.hexdigest()

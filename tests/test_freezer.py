@@ -1,0 +1,296 @@
+"""freezer.py: variables to constants, every kind of table kept, bad input refused."""
+
+import shutil
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import assert_one_line_error
+from conftest import run_script
+from conftest import tf_serving_model
+from conftest import tree_digest
+import comparison
+import freezer
+import saved_model_io
+import utils
+
+tf1 = tf.compat.v1
+
+VARIABLE_OPS = {'VariableV2', 'VarHandleOp', 'ReadVariableOp', 'ResourceGather'}
+
+
+def _example(x):
+  return tf.train.Example(features=tf.train.Features(feature={
+      'x': tf.train.Feature(float_list=tf.train.FloatList(value=[x]))})).SerializeToString()
+
+
+# ---------------------------------------------------------------------------------------------
+# model_gen's model
+
+
+def test_frozen_tiny_model_keeps_tables_and_answers_as_the_original(tiny_model, tiny_frozen):
+  frozen = saved_model_io.frozen_from_graph_def(
+      saved_model_io.read_graph_def(tiny_frozen), tiny_frozen)
+  ops = {n.op for n in frozen.graph_def.node}
+  assert not ops & VARIABLE_OPS
+  assert sorted(frozen.signatures) == ['embeddings', 'serving_default']
+  assert frozen.table_init_op == 'freezer/init_tables'
+  # Both tables are filled with every key the checkpoint holds.
+  reader = tf.train.load_checkpoint(tiny_model['checkpoint'])
+  nodes = {n.name: n for n in frozen.graph_def.node}
+  for table in ('user_stats', 'category_stats'):
+    keys = tf.make_ndarray(nodes['freezer/tables/%s/keys' % table].attr['value'].tensor)
+    assert sorted(keys) == sorted(reader.get_tensor(table + '-keys'))
+  # Method names, dtypes and shapes travel with the graph.
+  sig = frozen.signatures['serving_default']
+  assert sig.method_name == 'tensorflow/serving/predict'
+  assert sig.inputs['user_id'].dtype == tf.int64.as_datatype_enum
+
+  reference = comparison.load_saved_model(tiny_model['saved_model'])
+  new = comparison.load_frozen_graph(tiny_frozen)
+  maker = comparison.InputMaker(reference, seed=5)
+  feeds = {k: maker.make(k, 200) for k in reference.signatures}
+  results = comparison.compare(reference, new, feeds, atol=1e-6, rtol=0)
+  assert len(results) == 4 and all(r.passed for r in results), results
+  # The inputs really mix trained and unseen keys: stats are non-zero for some rows only.
+  stats = reference.run('embeddings', feeds['embeddings'])['user_stats']
+  assert 20 < np.count_nonzero(stats[:, 0]) < 180
+
+
+def test_tensorflow_baseline_loses_the_tables(tiny_model):
+  """The problem this tool exists for: convert_variables_to_constants empties the tables."""
+  reference = comparison.load_saved_model(tiny_model['saved_model'])
+  sig = reference.signatures['embeddings']
+  outputs = [saved_model_io.node_name(sig.outputs['user_stats'].name)]
+  baseline = tf1.graph_util.convert_variables_to_constants(
+      reference.session, reference.graph_def, outputs)
+  graph = tf.Graph()
+  with graph.as_default():
+    tf.graph_util.import_graph_def(baseline, name='')
+  feeds = comparison.InputMaker(reference, seed=1).make('embeddings', 100)
+  with tf1.Session(graph=graph) as session:
+    lost = session.run(sig.outputs['user_stats'].name,
+                       {sig.inputs['user_id'].name: feeds['user_id'],
+                        sig.inputs['item_id'].name: feeds['item_id']})
+  assert not lost.any()
+  assert reference.run('embeddings', feeds)['user_stats'].any()
+
+
+# ---------------------------------------------------------------------------------------------
+# Every kind of table and variable
+
+
+def _build_table_model(export_dir, vocab_dir):
+  """A TF1 SavedModel reading MutableHashTable (scalar and vector values), DenseHashTable,
+  StaticHashTable from constants and from an asset file, a ref variable and a partitioned
+  resource variable."""
+  vocab = vocab_dir / 'vocab.txt'
+  vocab.write_text('apple\nbanana\ncherry\n')
+  graph = tf.Graph()
+  with graph.as_default():
+    ids = tf1.placeholder(tf.int64, [None], name='ids')
+    words = tf1.placeholder(tf.string, [None], name='words')
+    mutable = tf.lookup.experimental.MutableHashTable(tf.int64, tf.float32, -1.0,
+                                                      name='mutable')
+    of_tensors = tf.lookup.experimental.MutableHashTable(tf.string, tf.float32, [0.0] * 3,
+                                                         name='of_tensors')
+    dense = tf.lookup.experimental.DenseHashTable(tf.int64, tf.float32, default_value=-2.0,
+                                                  empty_key=-1, deleted_key=-3, name='dense')
+    static = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
+        tf.constant(['apple', 'kiwi']), tf.constant([10, 20], tf.int64)), -9, name='static')
+    asset = tf.constant(str(vocab), name='vocab_path')
+    tf1.add_to_collection(tf1.GraphKeys.ASSET_FILEPATHS, asset)
+    from_file = tf.lookup.StaticHashTable(tf.lookup.TextFileInitializer(
+        asset, tf.string, tf.lookup.TextFileIndex.WHOLE_LINE, tf.int64,
+        tf.lookup.TextFileIndex.LINE_NUMBER), -1, name='from_file')
+    ref_var = tf1.Variable([1.5], use_resource=False, name='ref_weight')
+    emb = tf1.get_variable('emb', [10, 2], initializer=tf1.random_normal_initializer(seed=1),
+                           partitioner=tf1.fixed_size_partitioner(2))
+    id_score = mutable.lookup(ids) * ref_var + dense.lookup(ids)
+    word_score = (tf.reduce_sum(of_tensors.lookup(words), axis=1)
+                  + tf.cast(static.lookup(words) + 100 * from_file.lookup(words), tf.float32))
+    embedded = tf1.nn.embedding_lookup(emb, tf.math.floormod(ids, 10))
+    train = tf.group(
+        mutable.insert(tf.constant([3, 5, 7], tf.int64), tf.constant([0.5, 1.5, 2.5])),
+        of_tensors.insert(tf.constant(['apple', 'cherry']),
+                          tf.constant([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])),
+        dense.insert(tf.constant([3, 11, 13], tf.int64), tf.constant([30.0, 110.0, 130.0])))
+    with tf1.Session(graph=graph) as session:
+      session.run([tf1.global_variables_initializer(), tf1.tables_initializer()])
+      session.run(train)
+      session.run(dense.remove(tf.constant([13], tf.int64)))  # leaves a deleted bucket
+      info = tf1.saved_model.utils.build_tensor_info
+      signature = tf1.saved_model.signature_def_utils.build_signature_def(
+          inputs={'ids': info(ids), 'words': info(words)},
+          outputs={'id_score': info(id_score), 'word_score': info(word_score),
+                   'embedded': info(embedded)},
+          method_name='tensorflow/serving/predict')
+      builder = tf1.saved_model.Builder(str(export_dir))
+      builder.add_meta_graph_and_variables(
+          session, ['serve'], signature_def_map={'serving_default': signature},
+          assets_collection=tf1.get_collection(tf1.GraphKeys.ASSET_FILEPATHS),
+          main_op=tf1.tables_initializer())
+      builder.save()
+
+
+def test_every_table_kind_survives_freezing(tmp_path):
+  export_dir = tmp_path / 'model'
+  _build_table_model(export_dir, tmp_path)
+  feeds = {'ids': np.array([3, 5, 7, 11, 13, 4, 999], np.int64),
+           'words': np.array([b'apple', b'banana', b'cherry', b'kiwi', b'zzz', b'', b'apple'],
+                             dtype=object)}
+  reference = comparison.load_saved_model(str(export_dir))
+  expected = reference.run('serving_default', feeds)
+  reference.close()
+  np.testing.assert_allclose(expected['id_score'],
+                             [0.75 + 30, 2.25 - 2, 3.75 - 2, -1.5 + 110, -1.5 - 2, -1.5 - 2,
+                              -1.5 - 2])
+  np.testing.assert_allclose(expected['word_score'],
+                             [6 + 10 + 0, -9 + 100, 15 - 9 + 200, 20 - 100, -9 - 100,
+                              -9 - 100, 6 + 10])
+  output = str(tmp_path / 'frozen.pb')
+  model, report, _ = freezer.freeze(str(export_dir), output)
+  assert sorted(t.name for t in report.tables) == ['dense', 'from_file', 'mutable',
+                                                   'of_tensors', 'static']
+  assert {t.name: len(t.keys) for t in report.tables}['dense'] == 2  # empty/deleted dropped
+  assert not {n.op for n in model.graph_def.node} & VARIABLE_OPS
+  # The frozen graph is self-contained: no asset file, no checkpoint needed.
+  shutil.rmtree(export_dir)
+  (tmp_path / 'vocab.txt').unlink()
+  new = comparison.load_frozen_graph(output)
+  got = new.run('serving_default', feeds)
+  for key in expected:
+    np.testing.assert_allclose(got[key], expected[key], atol=1e-6, err_msg=key)
+
+
+def test_parameter_server_devices_are_cleared(tmp_path):
+  graph = tf.Graph()
+  with graph.as_default():
+    x = tf1.placeholder(tf.float32, [None], name='x')
+    w = tf1.get_variable('w', initializer=tf.constant(3.0))
+    table = tf.lookup.experimental.MutableHashTable(tf.int64, tf.float32, 0.0, name='t')
+    y = x * w + table.lookup(tf.constant([7], tf.int64))
+    with tf1.Session(graph=graph) as session:
+      session.run(tf1.global_variables_initializer())
+      session.run(table.insert(tf.constant([7], tf.int64), tf.constant([0.25])))
+      builder = tf1.saved_model.Builder(str(tmp_path / 'ps_model'))
+      builder.add_meta_graph_and_variables(session, ['serve'], signature_def_map={
+          'serving_default': tf1.saved_model.predict_signature_def({'x': x}, {'y': y})})
+      builder.save()
+  # Place state on parameter servers, as a SavedModel exported from a PS cluster has it.
+  pb = tmp_path / 'ps_model' / 'saved_model.pb'
+  proto = saved_model_io.read_saved_model_proto(str(tmp_path / 'ps_model'))
+  for node in proto.meta_graphs[0].graph_def.node:
+    node.device = '/job:ps/task:%d' % (hash(node.name) % 2) if node.name[0] in 'wt' else \
+        '/job:worker/task:0'
+  pb.write_bytes(proto.SerializeToString())
+  model, _, _ = freezer.freeze(str(tmp_path / 'ps_model'), str(tmp_path / 'f.pb'))
+  assert not any(n.device for n in model.graph_def.node)
+  got = comparison.load_frozen_graph(str(tmp_path / 'f.pb')).run(
+      'serving_default', {'x': np.array([1.0, 2.0], np.float32)})
+  np.testing.assert_allclose(got['y'], [3.25, 6.25])
+
+
+# ---------------------------------------------------------------------------------------------
+# TF Serving's own models
+
+
+def test_half_plus_two_all_signatures(tmp_path):
+  src = tf_serving_model('saved_model_half_plus_two_cpu')
+  digest = tree_digest(src)
+  output = str(tmp_path / 'hp2.pb')
+  model, _, _ = freezer.freeze(src, output)
+  assert sorted(model.signatures) == ['classify_x_to_y', 'regress_x2_to_y3', 'regress_x_to_y',
+                                      'regress_x_to_y2', 'serving_default']
+  assert model.signatures['classify_x_to_y'].method_name == 'tensorflow/serving/classify'
+  new = comparison.load_frozen_graph(output)
+  run = new.run
+  np.testing.assert_allclose(run('serving_default', {'x': np.array([[1.0], [2.0]], np.float32)})['y'],
+                             [[2.5], [3.0]])
+  np.testing.assert_allclose(run('regress_x2_to_y3', {'inputs': np.array([[4.0]], np.float32)})['outputs'],
+                             [[5.0]])
+  examples = np.array([_example(4.0)], dtype=object)
+  np.testing.assert_allclose(run('regress_x_to_y', {'inputs': examples})['outputs'], [[4.0]])
+  np.testing.assert_allclose(run('classify_x_to_y', {'inputs': examples})['scores'], [[4.0]])
+  np.testing.assert_allclose(run('regress_x_to_y2', {'inputs': examples})['outputs'], [[5.0]])
+  assert tree_digest(src) == digest
+
+
+def test_stateful_signature_is_refused_and_read_only_one_freezes(tmp_path):
+  src = tf_serving_model('saved_model_counter')
+  output = tmp_path / 'counter.pb'
+  with pytest.raises(utils.UserError, match=r"signature 'incr_counter' .* writes 'counter'"):
+    freezer.freeze(src, str(output))
+  assert not output.exists()
+  freezer.freeze(src, str(output), signature_names=['get_counter'])
+  value = tf.train.load_checkpoint(src + '/variables/variables').get_tensor('counter')
+  got = comparison.load_frozen_graph(str(output)).run('get_counter', {})
+  assert got['output'] == value
+
+
+# ---------------------------------------------------------------------------------------------
+# The command line
+
+
+def test_readme_command(tiny_model, tmp_path):
+  output = tmp_path / 'frozen.pb'
+  proc = run_script('freezer.py', '--saved_model_dir=%s' % tiny_model['saved_model'],
+                    '--output_graph=%s' % output)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  first = output.read_bytes()
+  assert saved_model_io.frozen_from_graph_def(
+      saved_model_io.read_graph_def(str(output)), 'x').table_init_op
+  proc = run_script('freezer.py', '--saved_model_dir=%s' % tiny_model['saved_model'],
+                    '--output_graph=%s' % output, '--signature_def=embeddings')
+  assert_one_line_error(proc, 'freezer.py', str(output), '--overwrite')
+  assert output.read_bytes() == first
+  proc = run_script('freezer.py', '--saved_model_dir=%s' % tiny_model['saved_model'],
+                    '--output_graph=%s' % output, '--signature_def=embeddings', '--overwrite')
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  frozen = saved_model_io.frozen_from_graph_def(saved_model_io.read_graph_def(str(output)), 'x')
+  assert list(frozen.signatures) == ['embeddings']
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['frozen.pb']
+
+
+def _truncated(tmp_path):
+  dst = tmp_path / 'truncated'
+  shutil.copytree(tf_serving_model('saved_model_half_plus_two_cpu'), dst)
+  pb = dst / 'saved_model.pb'
+  pb.write_bytes(pb.read_bytes()[:700])
+  return str(dst), []
+
+
+def _empty(tmp_path):
+  (tmp_path / 'empty').mkdir()
+  return str(tmp_path / 'empty'), []
+
+
+BAD_INPUTS = {
+    'missing_dir': (lambda p: (str(p / 'nope'), []), 'does not exist'),
+    'empty_dir': (_empty, 'is empty'),
+    'truncated_pb': (_truncated, 'saved_model.pb'),
+    'unknown_tag': (lambda p: (tf_serving_model('saved_model_half_plus_two_cpu'),
+                               ['--tags=gpu']), 'gpu'),
+    'unknown_signature': (lambda p: (tf_serving_model('saved_model_half_plus_two_cpu'),
+                                     ['--signature_def=nope']), "'nope'"),
+    'session_bundle': (lambda p: (tf_serving_model('bad_half_plus_two'), []), 'session-bundle'),
+}
+
+
+@pytest.mark.parametrize('case', sorted(BAD_INPUTS))
+def test_bad_input(case, tmp_path):
+  make, message = BAD_INPUTS[case]
+  src, extra = make(tmp_path)
+  digest = tree_digest(src) if tf.io.gfile.exists(src) else None
+  output = tmp_path / 'out' / 'frozen.pb'
+  with pytest.raises(utils.UserError, match=message):
+    freezer.freeze(src, str(output), tags=[a.split('=')[1] for a in extra if 'tags' in a] or
+                   ['serve'], signature_names=[a.split('=')[1] for a in extra if 'signature' in a])
+  if case in ('missing_dir', 'truncated_pb', 'session_bundle'):  # a few as the user runs them
+    proc = run_script('freezer.py', '--saved_model_dir=%s' % src, '--output_graph=%s' % output,
+                      *extra)
+    assert_one_line_error(proc, 'freezer.py', src)
+  assert not output.exists() and not output.parent.exists() or not list(output.parent.iterdir())
+  if digest:
+    assert tree_digest(src) == digest
