@@ -21,8 +21,6 @@ from absl import flags
 from absl import logging
 import tensorflow as tf
 
-from tensorflow.core.protobuf import meta_graph_pb2
-
 import cli_flags
 import graph_edit
 import saved_model_io
@@ -42,46 +40,6 @@ _OPTIMIZE = flags.DEFINE_bool(
 # also names where the TensorBoard graphs go.
 flags.FLAGS['log_dir'].help = ('Write the graph before and after as TensorBoard event files '
                                'under LOG_DIR/before and LOG_DIR/after.')
-def _tensor_name(name):
-  return name if ':' in name else name + ':0'
-
-
-def frozen_from_inputs_outputs(graph_def, inputs, outputs, init_op, tags, where):
-  """A FrozenModel for a plain GraphDef: one serving_default signature over named tensors.
-
-  Raises:
-    utils.UserError: a tensor or the init op is not in the graph.
-  """
-  if not inputs or not outputs:
-    raise utils.UserError('%s was not written by freezer.py: give both --inputs and --outputs'
-                          % where)
-  graph = tf.Graph()
-  with graph.as_default():
-    try:
-      tf.graph_util.import_graph_def(graph_def, name='')
-    except (ValueError, tf.errors.OpError) as e:
-      raise utils.UserError('cannot import %s: %s' % (where, utils.tf_error_message(e))) from e
-  signature = meta_graph_pb2.SignatureDef(
-      method_name=tf1.saved_model.signature_constants.PREDICT_METHOD_NAME)
-  for names, infos, flag in ((inputs, signature.inputs, '--inputs'),
-                             (outputs, signature.outputs, '--outputs')):
-    for name in names:
-      try:
-        tensor = graph.get_tensor_by_name(_tensor_name(name))
-      except (KeyError, ValueError) as e:
-        raise utils.UserError('%s names %s, which is not a tensor of %s' % (flag, name, where)) from e
-      key = name.split(':')[0] if name.endswith(':0') or ':' not in name else name.replace(':', '_')
-      infos[key].CopyFrom(tf1.saved_model.utils.build_tensor_info(tensor))
-  if init_op:
-    try:
-      graph.get_operation_by_name(init_op)
-    except (KeyError, ValueError) as e:
-      raise utils.UserError('--init_op names %s, which is not an op of %s' % (init_op, where)) from e
-  return saved_model_io.FrozenModel(
-      graph_def=graph_def, signatures={'serving_default': signature}, tags=list(tags),
-      table_init_op=init_op)
-
-
 def load_input_graph(path, inputs=(), outputs=(), init_op=None, tags=('serve',)):
   """The FrozenModel in `path`: its own metadata, or the one --inputs/--outputs describe.
 
@@ -92,7 +50,15 @@ def load_input_graph(path, inputs=(), outputs=(), init_op=None, tags=('serve',))
   frozen = saved_model_io.frozen_from_graph_def(graph_def, path)
   if inputs or outputs or frozen is None:
     plain = frozen.graph_def if frozen is not None else graph_def
-    frozen = frozen_from_inputs_outputs(plain, inputs, outputs, init_op, tags, path)
+    if not inputs or not outputs:
+      raise utils.UserError('%s was not written by freezer.py: give both --inputs and --outputs'
+                            % path)
+    signature = saved_model_io.signature_from_tensors(plain, inputs, outputs, path)
+    if init_op and init_op not in {n.name for n in plain.node}:
+      raise utils.UserError('--init_op names %s, which is not an op of %s' % (init_op, path))
+    frozen = saved_model_io.FrozenModel(
+        graph_def=plain, signatures={'serving_default': signature}, tags=list(tags),
+        table_init_op=init_op)
   saved_model_io.check_tensors_exist(frozen.graph_def, frozen.signatures, path)
   return frozen
 

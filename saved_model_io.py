@@ -289,3 +289,34 @@ def directory_size(path):
     for name in files:
       total += tf.io.gfile.stat(utils.join(root, name)).length
   return total
+
+
+def _tensor_name(name):
+  return name if ':' in name else name + ':0'
+
+
+def signature_from_tensors(graph_def, inputs, outputs, where):
+  """A predict SignatureDef over named tensors of `graph_def`; keys are the node names.
+
+  Raises:
+    utils.UserError: a tensor that is not in the graph.
+  """
+  graph = tf.Graph()
+  with graph.as_default():
+    try:
+      tf.graph_util.import_graph_def(graph_def, name='')
+    except (ValueError, tf.errors.OpError) as e:
+      raise utils.UserError('cannot import %s: %s' % (where, utils.tf_error_message(e))) from e
+  signature = meta_graph_pb2.SignatureDef(
+      method_name=tf1.saved_model.signature_constants.PREDICT_METHOD_NAME)
+  for names, infos, flag in ((inputs, signature.inputs, '--inputs'),
+                             (outputs, signature.outputs, '--outputs')):
+    for name in names:
+      try:
+        tensor = graph.get_tensor_by_name(_tensor_name(name))
+      except (KeyError, ValueError) as e:
+        raise utils.UserError('%s names %s, which is not a tensor of %s'
+                              % (flag, name, where)) from e
+      key = node_name(name) if _tensor_name(name).endswith(':0') else name.replace(':', '_')
+      infos[key].CopyFrom(tf1.saved_model.utils.build_tensor_info(tensor))
+  return signature

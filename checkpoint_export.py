@@ -1,0 +1,195 @@
+"""The checkpoint path: structure graph + training checkpoint -> serving SavedModel."""
+
+import dataclasses
+import os
+import time
+
+from absl import logging
+import tensorflow as tf
+
+from google.protobuf import message as pb_message
+from tensorflow.core.protobuf import meta_graph_pb2
+from tensorflow.core.protobuf import saved_model_pb2
+
+import checkpoint_graph
+import checkpoints
+import saved_model_io
+import utils
+
+tf1 = tf.compat.v1
+
+_ASSETS_COLLECTION = 'saved_model_assets'
+_MAIN_OP_COLLECTION = 'saved_model_main_op'
+
+
+@dataclasses.dataclass
+class ExportReport:
+  tensors_exported: int
+  tensors_in_checkpoint: int
+  bytes_exported: int
+  bytes_in_checkpoint: int
+  seconds: float
+
+
+def load_structure(saved_model_dir=None, meta_graph_path=None, tags=('serve',),
+                   signature_names=None, inputs=(), outputs=()):
+  """(MetaGraphDef, signatures, assets dir or None, name) of the structure; no values read.
+
+  Raises:
+    utils.UserError: unreadable structure, unknown tags or signatures or tensors.
+  """
+  if saved_model_dir:
+    proto = saved_model_io.read_saved_model_proto(saved_model_dir)
+    meta_graph = saved_model_io.select_meta_graph(proto, tags, saved_model_dir)
+    where, assets = saved_model_dir, utils.join(saved_model_dir, 'assets')
+  else:
+    where, assets = meta_graph_path, None
+    if not tf.io.gfile.exists(meta_graph_path):
+      raise utils.UserError('meta graph %s does not exist' % meta_graph_path)
+    meta_graph = meta_graph_pb2.MetaGraphDef()
+    try:
+      meta_graph.ParseFromString(tf.io.gfile.GFile(meta_graph_path, 'rb').read())
+    except pb_message.DecodeError as e:
+      raise utils.UserError('%s is not a MetaGraphDef (truncated or corrupt: %s)'
+                            % (meta_graph_path, e)) from e
+    if not meta_graph.graph_def.node:
+      raise utils.UserError('%s is not a MetaGraphDef: it holds no graph' % meta_graph_path)
+  if inputs or outputs:
+    if not inputs or not outputs:
+      raise utils.UserError('give both --inputs and --outputs')
+    signatures = {'serving_default': saved_model_io.signature_from_tensors(
+        meta_graph.graph_def, inputs, outputs, where)}
+  else:
+    signatures = saved_model_io.select_signatures(meta_graph, signature_names, where)
+  saved_model_io.check_tensors_exist(meta_graph.graph_def, signatures, where)
+  return meta_graph, signatures, assets, where
+
+
+def _asset_defs(meta_graph):
+  defs = list(meta_graph.asset_file_def)
+  for value in meta_graph.collection_def[_ASSETS_COLLECTION].any_list.value:
+    asset = meta_graph_pb2.AssetFileDef()
+    value.Unpack(asset)
+    defs.append(asset)
+  return defs
+
+
+def serving_meta_graph(structure, serving, tags):
+  """The MetaGraphDef to write: the cut graph, its saver, signatures, main op and assets."""
+  meta_graph = meta_graph_pb2.MetaGraphDef()
+  meta_graph.meta_info_def.CopyFrom(structure.meta_info_def)
+  meta_graph.meta_info_def.ClearField('stripped_op_list')
+  del meta_graph.meta_info_def.tags[:]
+  meta_graph.meta_info_def.tags.extend(tags)
+  meta_graph.graph_def.CopyFrom(serving.graph_def)
+  meta_graph.saver_def.CopyFrom(serving.saver_def)
+  for key, sig in serving.signatures.items():
+    meta_graph.signature_def[key].CopyFrom(sig)
+  if serving.main_op:
+    meta_graph.collection_def[_MAIN_OP_COLLECTION].node_list.value.append(serving.main_op)
+  kept = {n.name for n in serving.graph_def.node}
+  for asset in _asset_defs(structure):
+    if saved_model_io.node_name(asset.tensor_info.name) in kept:
+      meta_graph.asset_file_def.add().CopyFrom(asset)
+  return meta_graph
+
+
+def _link_or_copy(src, dst):
+  # A hard link costs nothing and keeps the checkpoint untouched (neither file is written
+  # again); it needs both paths on one local filesystem, else the bytes are copied.
+  if '://' not in src and '://' not in dst:
+    try:
+      os.link(src, dst)
+      return
+    except OSError:
+      pass
+  tf.io.gfile.copy(src, dst, overwrite=True)
+
+
+class _Progress:
+  """Logs bytes done, total and rate at most every `every` seconds."""
+
+  def __init__(self, what, every=5.0):
+    self._what, self._every = what, every
+    self._start = self._last = time.perf_counter()
+
+  def __call__(self, done, total):
+    now = time.perf_counter()
+    if now - self._last >= self._every or done >= total:
+      self._last = now
+      rate = done / max(now - self._start, 1e-9)
+      logging.info('%s: %s of %s (%.0f%%), %s/s', self._what, utils.human_bytes(done),
+                   utils.human_bytes(total), 100.0 * done / max(total, 1),
+                   utils.human_bytes(rate))
+
+
+def write_variables(checkpoint, wants, variables_dir, prune, chunk_bytes):
+  """Writes `variables_dir/variables.*` from `checkpoint`; returns (tensors, bytes) written."""
+  tf.io.gfile.makedirs(variables_dir)
+  prefix = utils.join(variables_dir, 'variables')
+  if prune:
+    done = checkpoints.copy_tensors(checkpoint, wants, prefix, chunk_bytes,
+                                    progress=_Progress('copying tensors'))
+    # MergeV2Checkpoints leaves the temporary parts' directories; nothing else is there.
+    return len(wants), done
+  files = [(checkpoint.prefix + '.index', prefix + '.index')]
+  files += [(src, '%s.data-%05d-of-%05d' % (prefix, k, checkpoint.num_shards))
+            for k, src in enumerate(checkpoint.data_files())]
+  total = sum(tf.io.gfile.stat(src).length for src, _ in files)
+  progress, done = _Progress('linking checkpoint files'), 0
+  for src, dst in files:
+    _link_or_copy(src, dst)
+    done += tf.io.gfile.stat(src).length
+    progress(done, total)
+  return len(checkpoint.entries), sum(checkpoint.nbytes(n) for n in checkpoint.entries)
+
+
+def export(checkpoint, output_dir, saved_model_dir=None, meta_graph_path=None, tags=('serve',),
+           signature_names=None, inputs=(), outputs=(), prune=True, chunk_bytes=64 << 20,
+           overwrite=False):
+  """Writes a serving SavedModel at `output_dir` whose variables come from `checkpoint`.
+
+  Returns:
+    ExportReport.
+
+  Raises:
+    utils.UserError: bad structure or checkpoint, a mismatch between them (all listed), or an
+      output that exists (without `overwrite`). Nothing is written then.
+  """
+  start = time.perf_counter()
+  utils.check_output_free(output_dir, overwrite)
+  structure, signatures, assets_dir, where = load_structure(
+      saved_model_dir, meta_graph_path, tags, signature_names, inputs, outputs)
+  serving = checkpoint_graph.serving_graph(structure.graph_def, signatures,
+                                           structure.saver_def, where)
+  prefix = checkpoints.resolve_prefix(checkpoint)
+  index = checkpoints.read_index(prefix)
+  wants = checkpoint_graph.wants(serving.restores, serving.graph_def)
+  checkpoints.check_restorable(index, wants, where)
+  meta_graph = serving_meta_graph(structure, serving, tags)
+  if meta_graph.asset_file_def and not assets_dir:
+    raise utils.UserError('%s reads asset files, which a .meta file does not carry: use the '
+                          'SavedModel as --saved_model_dir' % where)
+  logging.info('serving graph: %d nodes restoring %d tensors (%d variables and tables); '
+               'checkpoint %s: %d tensors in %d shards', len(serving.graph_def.node),
+               len(wants), len(serving.restores), prefix, len(index.entries), index.num_shards)
+  with utils.atomic_output(output_dir, overwrite) as tmp:
+    tf.io.gfile.makedirs(tmp)
+    tensors, written = write_variables(index, wants, utils.join(tmp, 'variables'), prune,
+                                       chunk_bytes)
+    for asset in meta_graph.asset_file_def:
+      tf.io.gfile.makedirs(utils.join(tmp, 'assets'))
+      src = utils.join(assets_dir, asset.filename)
+      if not tf.io.gfile.exists(src):
+        raise utils.UserError('asset %s of %s is missing' % (src, where))
+      tf.io.gfile.copy(src, utils.join(tmp, 'assets', asset.filename))
+    proto = saved_model_pb2.SavedModel(saved_model_schema_version=1)
+    proto.meta_graphs.add().CopyFrom(meta_graph)
+    with tf.io.gfile.GFile(utils.join(tmp, 'saved_model.pb'), 'wb') as f:
+      f.write(proto.SerializeToString())
+    for path in tf.io.gfile.glob(utils.join(tmp, 'variables', 'variables_temp_part-*')):
+      tf.io.gfile.rmtree(path) if tf.io.gfile.isdir(path) else tf.io.gfile.remove(path)
+  return ExportReport(
+      tensors_exported=tensors, tensors_in_checkpoint=len(index.entries), bytes_exported=written,
+      bytes_in_checkpoint=sum(index.nbytes(n) for n in index.entries),
+      seconds=time.perf_counter() - start)

@@ -1,0 +1,74 @@
+r"""Serves a training checkpoint of any size: structure graph + checkpoint -> serving SavedModel.
+
+For models too large to freeze (a frozen GraphDef cannot pass protobuf's 2 GB) or to export from
+the training cluster. The structure is a SavedModel (possibly a small "fake" one built with the
+same variable names, partitions and table shards as the distributed training graph, e.g.
+`model_gen.py --fake_infer_graph`) or a .meta file; its own variable values are never read. Its
+signature inputs become placeholders, everything the outputs do not need goes, devices are
+cleared, and a new saver restores exactly the variables and tables that remain.
+
+Before anything is written, every tensor that saver reads is checked against the checkpoint's
+index (name, dtype, shape, partition slices). Then `variables/` is written from the checkpoint:
+by default only those tensors (optimizer slots, global_step and the like dropped), copied
+tensor by tensor in bounded chunks, so memory does not grow with the checkpoint;
+`--noprune` keeps the checkpoint's files as they are (every shard, renamed
+`variables.data-0000k-of-0000n`, hard-linked where the filesystem allows, else copied).
+
+Example:
+  python optimize_from_ckpt.py --saved_model_dir=/tmp/freezer_demo/fake_infer/saved_model \
+      --checkpoint=/tmp/freezer_demo/model/ckpt \
+      --output_saved_model_dir=/tmp/freezer_demo/serving_from_ckpt
+"""
+
+import os
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # before TensorFlow loads: one-line errors
+
+from absl import app  # pylint: disable=g-import-not-at-top
+from absl import flags
+from absl import logging
+
+import checkpoint_export
+import cli_flags
+import utils
+
+_CHECKPOINT = flags.DEFINE_string(
+    'checkpoint', None, 'Training checkpoint: a prefix (model.ckpt-1000) or the directory '
+    'holding its `checkpoint` state file (the newest is used).')
+_META_GRAPH = flags.DEFINE_string(
+    'meta_graph', None, 'A MetaGraphDef file (model.ckpt-N.meta) as the structure, instead of '
+    '--saved_model_dir; give --inputs and --outputs unless it has signatures.')
+_PRUNE = flags.DEFINE_bool(
+    'prune', True, 'Export only the tensors the serving graph restores (--noprune: every '
+    'checkpoint file as it is).')
+_CHUNK_MB = flags.DEFINE_integer(
+    'chunk_mb', 64, 'Memory budget in MiB for each piece of a tensor being copied.',
+    lower_bound=1)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError('unexpected arguments: %s' % ' '.join(argv[1:]))
+
+  def work():
+    if bool(cli_flags.SAVED_MODEL_DIR.value) == bool(_META_GRAPH.value):
+      raise utils.UserError('give exactly one of --saved_model_dir and --meta_graph')
+    report = checkpoint_export.export(
+        checkpoint=_CHECKPOINT.value, output_dir=cli_flags.OUTPUT_SAVED_MODEL_DIR.value,
+        saved_model_dir=cli_flags.SAVED_MODEL_DIR.value, meta_graph_path=_META_GRAPH.value,
+        tags=cli_flags.TAGS.value, signature_names=cli_flags.SIGNATURE_DEF.value,
+        inputs=cli_flags.INPUTS.value, outputs=cli_flags.OUTPUTS.value, prune=_PRUNE.value,
+        chunk_bytes=_CHUNK_MB.value << 20, overwrite=cli_flags.OVERWRITE.value)
+    logging.info('wrote SavedModel %s: %d of %d checkpoint tensors, %s of %s (%.1f%%), in %.1f s',
+                 cli_flags.OUTPUT_SAVED_MODEL_DIR.value, report.tensors_exported,
+                 report.tensors_in_checkpoint, utils.human_bytes(report.bytes_exported),
+                 utils.human_bytes(report.bytes_in_checkpoint),
+                 100.0 * report.bytes_exported / max(1, report.bytes_in_checkpoint),
+                 report.seconds)
+
+  return utils.run_cli('optimize_from_ckpt.py', work)
+
+
+if __name__ == '__main__':
+  flags.mark_flags_as_required(['checkpoint', 'output_saved_model_dir'])
+  app.run(main)
