@@ -42,13 +42,52 @@ def _varint(buf, pos):
     shift += 7
 
 
+def _snappy_uncompress(buf):
+  """Snappy's block format (tables written by older TensorFlow releases compress their blocks)."""
+  length, pos = _varint(buf, 0)
+  out = bytearray()
+  while pos < len(buf):
+    tag = buf[pos]
+    pos += 1
+    kind = tag & 3
+    if kind == 0:  # literal
+      n = tag >> 2
+      if n >= 60:
+        extra = n - 59
+        n = int.from_bytes(buf[pos:pos + extra], 'little')
+        pos += extra
+      n += 1
+      out += buf[pos:pos + n]
+      pos += n
+      continue
+    if kind == 1:
+      n = 4 + ((tag >> 2) & 7)
+      offset = ((tag >> 5) << 8) | buf[pos]
+      pos += 1
+    else:
+      n = (tag >> 2) + 1
+      width = 2 if kind == 2 else 4
+      offset = int.from_bytes(buf[pos:pos + width], 'little')
+      pos += width
+    if offset == 0 or offset > len(out):
+      raise ValueError('corrupt snappy block')
+    for _ in range(n):  # copies may overlap their own output
+      out.append(out[-offset])
+  if len(out) != length:
+    raise ValueError('corrupt snappy block')
+  return bytes(out)
+
+
 def _block_entries(data, offset, size):
   """Yields (key, value) of one table block (prefix-compressed, with restart array)."""
   if offset + size + _BLOCK_TRAILER_SIZE > len(data):
     raise ValueError('block past the end of the file')
-  if data[offset + size] != 0:
-    raise ValueError('compressed index blocks are not supported')
   block = data[offset:offset + size]
+  compression = data[offset + size]
+  if compression == 1:
+    block = _snappy_uncompress(block)
+  elif compression != 0:
+    raise ValueError('unknown block compression %d' % compression)
   num_restarts = struct.unpack_from('<I', block, len(block) - 4)[0]
   limit = len(block) - 4 - 4 * num_restarts
   if limit < 0:
