@@ -249,10 +249,24 @@ def _make_example(row):
   return tf.train.Example(features=tf.train.Features(feature=feats))
 
 
-def _shape_for(info, batch):
-  if info.tensor_shape.unknown_rank:
+def input_spec(model, info):
+  """(dtype, dims with -1 for unknown) of a signature input, from the graph where it knows.
+
+  Signatures can be wrong (half_plus_three's declare x:0 a scalar, tf_example:0 a float); the
+  graph's own tensor is the truth, the signature a fallback when the graph does not know.
+  """
+  tensor = model.graph.get_tensor_by_name(info.name)
+  dtype = tensor.dtype.base_dtype
+  if tensor.shape.rank is not None:
+    return dtype, [-1 if d is None else d for d in tensor.shape.as_list()]
+  if info.tensor_shape.unknown_rank or not info.tensor_shape.dim:
+    return dtype, None
+  return dtype, [d.size for d in info.tensor_shape.dim]
+
+
+def _shape_for(dims, batch):
+  if dims is None:
     return (batch,)
-  dims = [d.size for d in info.tensor_shape.dim]
   return tuple(batch if (i == 0 and d < 0) else (d if d >= 0 else 1)
                for i, d in enumerate(dims))
 
@@ -277,8 +291,8 @@ class InputMaker:
     feeds = {}
     for key in sorted(sig.inputs):
       info = sig.inputs[key]
-      dtype = tf.as_dtype(saved_model_io.base_dtype(info.dtype))
-      shape = _shape_for(info, batch)
+      dtype, dims = input_spec(self._model, info)
+      shape = _shape_for(dims, batch)
       found, spec = trace_input(self._model, info.name)
       if spec is not None and dtype == tf.string:
         feeds[key] = _example_strings(rng, spec, int(np.prod(shape))).reshape(shape)
@@ -336,7 +350,7 @@ def inputs_from_tfrecords(patterns, model, num_examples):
     feeds = {}
     for key in sorted(sig.inputs):
       info = sig.inputs[key]
-      dtype = tf.as_dtype(saved_model_io.base_dtype(info.dtype))
+      dtype, dims = input_spec(model, info)
       _, spec = trace_input(model, info.name)
       if spec is not None and dtype == tf.string:
         feeds[key] = np.array(records, dtype=object)
@@ -350,7 +364,7 @@ def inputs_from_tfrecords(patterns, model, num_examples):
         kind = feature.WhichOneof('kind')
         rows.append(list(getattr(feature, kind).value))
       value = np.array(rows, dtype=object if dtype == tf.string else dtype.as_numpy_dtype)
-      shape = _shape_for(info, len(rows))
+      shape = _shape_for(dims, len(rows))
       feeds[key] = value.reshape(shape)
     out[sig_key] = feeds
   return out
@@ -396,8 +410,8 @@ def compare(reference, new, feeds_by_signature, atol, rtol):
   """Runs both models on the same inputs; returns a list of OutputResult."""
   results = []
   for sig_key, feeds in feeds_by_signature.items():
-    ref_out = reference.run(sig_key, feeds)
-    new_out = new.run(sig_key, feeds)
+    ref_out = run_or_explain(reference, sig_key, feeds)
+    new_out = run_or_explain(new, sig_key, feeds)
     for out_key in sorted(ref_out):
       if out_key not in new_out:
         results.append(OutputResult(sig_key, out_key, float('inf'), float('inf'), False,
@@ -407,6 +421,19 @@ def compare(reference, new, feeds_by_signature, atol, rtol):
                                                         atol, rtol)
       results.append(OutputResult(sig_key, out_key, max_abs, max_rel, passed, detail))
   return results
+
+
+def run_or_explain(model, sig_key, feeds):
+  """model.run, with a failure on the inputs turned into a one-line UserError."""
+  try:
+    return model.run(sig_key, feeds)
+  except (tf.errors.OpError, ValueError) as e:
+    raise utils.UserError(
+        '%s failed to run signature %r on the inputs (%s): %s; pass inputs of the right shape '
+        'with --inputs, or leave the signature out with --signature_def' % (
+            model.name, sig_key, ', '.join('%s%s' % (k, list(np.shape(v)))
+                                           for k, v in sorted(feeds.items())),
+            utils.tf_error_message(e))) from e
 
 
 def latency(model, sig_key, feeds, runs):

@@ -88,6 +88,7 @@ def inputs_to_placeholders(graph_def, signatures):
   nodes = {n.name: n for n in graph_def.node}
   taken = set(nodes)
   computed = {key: computed_tensors(graph_def, sig) for key, sig in signatures.items()}
+  graph = None
   replaced = {}   # (node, index) -> placeholder node name
   kept = set()
   new_nodes = []
@@ -109,8 +110,11 @@ def inputs_to_placeholders(graph_def, signatures):
           continue
         name = _placeholder_name(input_key, taken)
         taken.add(name)
+        if graph is None:
+          graph = _imported(graph_def)
+        _fix_tensor_info(info, graph)
         placeholder = tf1.NodeDef(name=name, op='Placeholder')
-        placeholder.attr['dtype'].type = saved_model_io.base_dtype(info.dtype)
+        placeholder.attr['dtype'].type = info.dtype
         placeholder.attr['shape'].shape.CopyFrom(info.tensor_shape)
         new_nodes.append(placeholder)
         replaced[key] = name
@@ -129,6 +133,29 @@ def inputs_to_placeholders(graph_def, signatures):
         node.input[i] = '^' + replaced[(graph_input[1:], 0)]
   out.node.extend(new_nodes)
   return out, signatures, {'%s:%d' % k: v + ':0' for k, v in replaced.items()}
+
+
+def _imported(graph_def):
+  graph = tf.Graph()
+  with graph.as_default():
+    tf.graph_util.import_graph_def(graph_def, name='')
+  return graph
+
+
+def _fix_tensor_info(info, graph):
+  """Sets a TensorInfo's dtype and shape to what the graph's tensor really has.
+
+  Signatures can be wrong (half_plus_three's call tf_example:0 a float scalar); a placeholder
+  made from such a TensorInfo would break the graph. Where the graph does not know the shape,
+  the shape is left unknown rather than trusted.
+  """
+  tensor = graph.get_tensor_by_name(info.name)
+  info.dtype = tensor.dtype.base_dtype.as_datatype_enum
+  if tensor.shape.rank is None:
+    info.tensor_shape.Clear()
+    info.tensor_shape.unknown_rank = True
+  else:
+    info.tensor_shape.CopyFrom(tensor.shape.as_proto())
 
 
 def _copy_signature(sig):

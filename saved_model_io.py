@@ -318,5 +318,7 @@ def signature_from_tensors(graph_def, inputs, outputs, where):
         raise utils.UserError('%s names %s, which is not a tensor of %s'
                               % (flag, name, where)) from e
       key = node_name(name) if _tensor_name(name).endswith(':0') else name.replace(':', '_')
-      infos[key].CopyFrom(tf1.saved_model.utils.build_tensor_info(tensor))
+      infos[key].name = tensor.name
+      infos[key].dtype = tensor.dtype.as_datatype_enum
+      infos[key].tensor_shape.CopyFrom(tensor.shape.as_proto())
   return signature
