@@ -7,7 +7,6 @@ through the Python loaders and through TensorFlow's C API (the C++ loader TF Ser
 
 import collections
 import os
-import pathlib
 import subprocess
 import sys
 
@@ -439,8 +438,8 @@ def test_half_plus_three_keeps_signatures(half_plus_three):
 
 @pytest.mark.parametrize('loader', ['tf1_loader', 'c_api'])
 def test_half_plus_three_readme_values(loader, half_plus_three, capi):
-  # (tf.saved_model.load cannot load the original half_plus_three: its signatures declare
-  # scalar shapes for [-1, 1] tensors; only the TF1 loader and the C API serve it.)
+  # (No tf2_loader: tf.saved_model.load refuses the original half_plus_three itself, whose
+  # SignatureDefs carry no shapes, which TF reads as scalars.)
   feeds = {k: v[0] for k, v in HALF_PLUS_THREE_CASES.items()}
   expected = {k: v[1] for k, v in HALF_PLUS_THREE_CASES.items()}
   _assert_outputs_equal(_run_tf1(half_plus_three['src'], feeds), expected, atol=0)

@@ -21,7 +21,6 @@ from conftest import run_script
 from conftest import tf_serving_model
 from conftest import tree_digest
 import freezer
-import model_gen
 import optimize_from_pb
 import optimize_from_pb_test
 import saved_model_io
