@@ -121,9 +121,22 @@ def inputs_to_placeholders(graph_def, signatures):
         logging.info('signature %r input %r: %s -> placeholder %s', sig_key, input_key,
                      info.name, name)
       info.name = replaced[key] + ':0'
+  # Every TensorInfo states what the graph really has, so loaders that build feeds from the
+  # signature (tf.saved_model.load) work on models whose signatures were wrong.
+  graph = graph or _imported(graph_def)
+  for sig in signatures.values():
+    for info in list(sig.inputs.values()) + list(sig.outputs.values()):
+      if info.name not in {v + ':0' for v in replaced.values()}:
+        _fix_tensor_info(info, graph)
   out = graph_pb2.GraphDef()
   out.CopyFrom(graph_def)
   for node in out.node:
+    if node.op == 'Placeholder':
+      # Old graphs (half_plus_three) write an unknown shape as `shape {}`, which the graph's
+      # producer version makes mean "unknown" but which reads as a scalar once re-dumped with a
+      # current version: state what the graph really has.
+      node.attr['shape'].shape.CopyFrom(
+          graph.get_tensor_by_name(node.name + ':0').shape.as_proto())
     for i, graph_input in enumerate(node.input):
       key = _input_key(graph_input)
       if key in replaced:

@@ -436,10 +436,10 @@ def test_half_plus_three_keeps_signatures(half_plus_three):
     assert sorted(new[key].outputs) == sorted(original[key].outputs)
 
 
-@pytest.mark.parametrize('loader', ['tf1_loader', 'c_api'])
+@pytest.mark.parametrize('loader', ['tf1_loader', 'tf2_loader', 'c_api'])
 def test_half_plus_three_readme_values(loader, half_plus_three, capi):
-  # (No tf2_loader: tf.saved_model.load refuses the original half_plus_three itself, whose
-  # SignatureDefs carry no shapes, which TF reads as scalars.)
+  # tf.saved_model.load refuses the original half_plus_three itself (its SignatureDefs carry no
+  # shapes, which TF reads as scalars); the re-dumped model states the graph's real shapes.
   feeds = {k: v[0] for k, v in HALF_PLUS_THREE_CASES.items()}
   expected = {k: v[1] for k, v in HALF_PLUS_THREE_CASES.items()}
   _assert_outputs_equal(_run_tf1(half_plus_three['src'], feeds), expected, atol=0)
