@@ -189,3 +189,25 @@ def _decode_tensor(buf: bytes, pos: int) -> tuple[np.ndarray, int]:
 def _unpack(fmt: str, buf: bytes, pos: int) -> tuple[tuple, int]:
     """Unpacks `fmt` from `buf` at `pos`; returns the values and the position after them."""
     return struct.unpack_from(fmt, buf, pos), pos + struct.calcsize(fmt)
+
+
+def run_signatures(runner_path, export_dir, feeds_by_signature, tag='serve'):
+    """Runs signatures by key through the C API: {sig: {input key: array}} -> {sig: {output: array}}.
+
+    Tensor names come from the SavedModel's own SignatureDefs, as TF Serving resolves them.
+    """
+    from tensorflow.core.protobuf import saved_model_pb2  # pylint: disable=g-import-not-at-top
+
+    proto = saved_model_pb2.SavedModel()
+    with open(os.path.join(export_dir, "saved_model.pb"), "rb") as f:
+        proto.ParseFromString(f.read())
+    signatures = proto.meta_graphs[0].signature_def
+    results = {}
+    for key, feeds in feeds_by_signature.items():
+        sig = signatures[key]
+        names = {k: sig.outputs[k].name for k in sorted(sig.outputs)}
+        out = run_saved_model(runner_path, export_dir,
+                              {sig.inputs[k].name: v for k, v in feeds.items()},
+                              list(names.values()), tag=tag)
+        results[key] = {k: out[name] for k, name in names.items()}
+    return results

@@ -57,6 +57,13 @@ def tiny_frozen(tiny_model, tmp_path_factory):
   return path
 
 
+@pytest.fixture(scope='session')
+def capi(tmp_path_factory):
+  """Path of the C API runner (tests/capi/serve_saved_model.c), compiled once per session."""
+  import capi_runner  # pylint: disable=g-import-not-at-top
+  return capi_runner.build_runner(tmp_path_factory.mktemp('capi_runner'))
+
+
 def run_script(script, *args):
   """Runs `python SCRIPT ARGS` from the repository root, as the README does."""
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')

@@ -6,16 +6,16 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from capi_runner import build_runner, run_saved_model
+from capi_runner import run_saved_model
 
 TF_SERVING_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "testdata" / "tf_serving"
 HALF_PLUS_TWO = TF_SERVING_DATA / "saved_model_half_plus_two_cpu" / "00000123"
 HALF_PLUS_THREE = TF_SERVING_DATA / "saved_model_half_plus_three" / "00000123"
 
 
-@pytest.fixture(scope="session")
-def runner(tmp_path_factory):
-    return build_runner(tmp_path_factory.mktemp("capi"))
+@pytest.fixture
+def runner(capi):
+    return capi
 
 
 @pytest.fixture

@@ -61,6 +61,19 @@ def test_pruned_export_answers_as_the_checkpoint(tiny_model, exported):
   assert layout == checkpoints.slices_of(source, 'item_embedding') and len(layout) == 3
 
 
+def test_export_serves_through_the_c_api(tiny_model, exported, capi):
+  import capi_runner  # pylint: disable=g-import-not-at-top
+  out, _ = exported
+  reference = comparison.load_saved_model(tiny_model['saved_model'])
+  feeds = {k: comparison.InputMaker(reference, seed=2).make(k, 50) for k in reference.signatures}
+  got = capi_runner.run_signatures(capi, out, feeds)
+  for key, feed in feeds.items():
+    expected = reference.run(key, feed)
+    for name, value in expected.items():
+      np.testing.assert_allclose(got[key][name], value, atol=1e-6, rtol=0, err_msg=name)
+  assert np.count_nonzero(got['embeddings']['user_stats'])  # the tables were restored
+
+
 def test_export_has_no_training_ops_and_loads_with_tf2(exported):
   out, _ = exported
   graph_def = comparison.load_saved_model(out).graph_def

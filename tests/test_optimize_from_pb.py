@@ -104,18 +104,7 @@ def _run_tf2(export_dir, feeds_by_signature):
   return results
 
 
-def _run_capi(runner, export_dir, feeds_by_signature):
-  """{sig: {output: array}} through the C API (TF_LoadSessionFromSavedModel)."""
-  signatures = _meta_graph(export_dir).signature_def
-  results = {}
-  for key, feeds in feeds_by_signature.items():
-    sig = signatures[key]
-    names = {k: sig.outputs[k].name for k in sorted(sig.outputs)}
-    out = capi_runner.run_saved_model(
-        runner, export_dir, {sig.inputs[k].name: v for k, v in feeds.items()},
-        list(names.values()))
-    results[key] = {k: out[name] for k, name in names.items()}
-  return results
+_run_capi = capi_runner.run_signatures
 
 
 _RUNNERS = {'tf1_loader': lambda runner, d, f: _run_tf1(d, f),
@@ -143,12 +132,6 @@ def _freeze_and_optimize(saved_model_dir, out_dir, **kwargs):
 
 # ------------------------------------------------------------------------------------------
 # Fixtures
-
-
-@pytest.fixture(scope='session')
-def capi(tmp_path_factory):
-  """The C API runner, compiled once per session."""
-  return capi_runner.build_runner(tmp_path_factory.mktemp('capi_runner'))
 
 
 @pytest.fixture(scope='module')
