@@ -128,9 +128,8 @@ def write_variables(checkpoint, wants, variables_dir, prune, chunk_bytes):
   tf.io.gfile.makedirs(variables_dir)
   prefix = utils.join(variables_dir, 'variables')
   if prune:
-    done = checkpoints.copy_tensors(checkpoint, wants, prefix, chunk_bytes,
+    done = checkpoints.copy_tensors(checkpoint, [w.name for w in wants], prefix, chunk_bytes,
                                     progress=_Progress('copying tensors'))
-    # MergeV2Checkpoints leaves the temporary parts' directories; nothing else is there.
     return len(wants), done
   files = [(checkpoint.prefix + '.index', prefix + '.index')]
   files += [(src, '%s.data-%05d-of-%05d' % (prefix, k, checkpoint.num_shards))
@@ -145,7 +144,7 @@ def write_variables(checkpoint, wants, variables_dir, prune, chunk_bytes):
 
 
 def export(checkpoint, output_dir, saved_model_dir=None, meta_graph_path=None, tags=('serve',),
-           signature_names=None, inputs=(), outputs=(), prune=True, chunk_bytes=64 << 20,
+           signature_names=None, inputs=(), outputs=(), prune=True, chunk_bytes=8 << 20,
            overwrite=False):
   """Writes a serving SavedModel at `output_dir` whose variables come from `checkpoint`.
 
@@ -187,8 +186,6 @@ def export(checkpoint, output_dir, saved_model_dir=None, meta_graph_path=None, t
     proto.meta_graphs.add().CopyFrom(meta_graph)
     with tf.io.gfile.GFile(utils.join(tmp, 'saved_model.pb'), 'wb') as f:
       f.write(proto.SerializeToString())
-    for path in tf.io.gfile.glob(utils.join(tmp, 'variables', 'variables_temp_part-*')):
-      tf.io.gfile.rmtree(path) if tf.io.gfile.isdir(path) else tf.io.gfile.remove(path)
   return ExportReport(
       tensors_exported=tensors, tensors_in_checkpoint=len(index.entries), bytes_exported=written,
       bytes_in_checkpoint=sum(index.nbytes(n) for n in index.entries),

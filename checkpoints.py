@@ -7,16 +7,17 @@ PS task). The index is read here directly (its format is LevelDB's table, which 
 `table.cc` writes), because no public API lists a partitioned variable's slices, and the slice
 layout is what decides whether a serving graph reads the same rows the training graph wrote.
 
-Copying goes tensor by tensor, in row chunks of bounded size, with TensorFlow's own
-`RestoreV2` (which can read any slice) and `SaveV2` (which can write one), then `MergeV2Checkpoints`
-joins the pieces: peak memory is one chunk, whatever the checkpoint's size.
+Copying takes each needed tensor's stored bytes (and each slice's) as they are, in bounded
+pieces, into one new data file, and writes a new index for them: nothing is decoded, checksums
+and partition layout stay the training checkpoint's own, and memory holds one piece at a time,
+whatever the checkpoint's size. The index is written in the same table format (every entry a
+restart point, blocks checksummed with masked CRC32C as TensorFlow's reader verifies).
 """
 
 import dataclasses
 import struct
 from typing import Dict, List, Optional
 
-import numpy as np
 import tensorflow as tf
 
 from google.protobuf import message as pb_message
@@ -121,27 +122,32 @@ def _table_items(data):
 
 @dataclasses.dataclass
 class Checkpoint:
-  """A checkpoint's index: prefix, number of data shards, name -> BundleEntryProto.
+  """A checkpoint's index.
 
   Attributes:
-    slice_bytes: for a partitioned tensor, the bytes of its slices (stored as entries of their
-      own, keyed by an encoding of name and extents).
-    extents: (shard, end offset) of every stored entry, slices included, to check data files.
+    prefix: the checkpoint prefix.
+    num_shards: number of data files.
+    entries: tensor name -> BundleEntryProto (a partitioned tensor's entry lists its slices and
+      holds no bytes itself).
+    slices: tensor name -> [(index key, BundleEntryProto)] of its stored slices, each an entry
+      of its own keyed by NUL + name + NUL + encoded extents.
   """
   prefix: str
   num_shards: int
   entries: Dict[str, tensor_bundle_pb2.BundleEntryProto]
-  slice_bytes: Dict[str, int]
-  extents: List[tuple]
+  slices: Dict[str, list]
 
   def data_files(self):
     return ['%s.data-%05d-of-%05d' % (self.prefix, k, self.num_shards)
             for k in range(self.num_shards)]
 
+  def records(self, name):
+    """(index key, entry) of everything stored for tensor `name`: itself and its slices."""
+    return [(name.encode('utf-8'), self.entries[name])] + self.slices.get(name, [])
+
   def nbytes(self, name):
     """Bytes of a tensor's values, summed over its slices."""
-    entry = self.entries[name]
-    return self.slice_bytes.get(name, 0) if entry.slices else entry.size
+    return sum(entry.size for _, entry in self.records(name))
 
   def tensor_names(self):
     return sorted(self.entries)
@@ -185,35 +191,34 @@ def read_index(prefix):
     data = tf.io.gfile.GFile(index_path, 'rb').read()
   except tf.errors.OpError as e:
     raise utils.UserError('cannot read %s: %s' % (index_path, utils.tf_error_message(e))) from e
-  entries, slice_bytes, extents, num_shards = {}, {}, [], None
+  entries, slices, num_shards = {}, {}, None
   try:
     for key, value in _table_items(data):
       if not key:
         num_shards = tensor_bundle_pb2.BundleHeaderProto.FromString(value).num_shards
         continue
       entry = tensor_bundle_pb2.BundleEntryProto.FromString(value)
-      if entry.size:
-        extents.append((entry.shard_id, entry.offset + entry.size))
       if key.startswith(b'\x00'):
         # One slice of a partitioned tensor: key = NUL + name + NUL + encoded extents.
         name = key[1:key.index(b'\x00', 1)].decode('utf-8')
-        slice_bytes[name] = slice_bytes.get(name, 0) + entry.size
+        slices.setdefault(name, []).append((key, entry))
       else:
         entries[key.decode('utf-8')] = entry
   except (ValueError, struct.error, UnicodeDecodeError, pb_message.DecodeError) as e:
     raise utils.UserError('%s is truncated or corrupt (%s)' % (index_path, e)) from e
   if num_shards is None:
     raise utils.UserError('%s has no header: truncated or not a checkpoint index' % index_path)
-  checkpoint = Checkpoint(prefix=prefix, num_shards=num_shards, entries=entries,
-                          slice_bytes=slice_bytes, extents=extents)
+  checkpoint = Checkpoint(prefix=prefix, num_shards=num_shards, entries=entries, slices=slices)
   _check_data_files(checkpoint)
   return checkpoint
 
 
 def _check_data_files(checkpoint):
   needed = {}
-  for shard, end in checkpoint.extents:
-    needed[shard] = max(needed.get(shard, 0), end)
+  for name in checkpoint.entries:
+    for _, entry in checkpoint.records(name):
+      if entry.size:
+        needed[entry.shard_id] = max(needed.get(entry.shard_id, 0), entry.offset + entry.size)
   for shard, path in enumerate(checkpoint.data_files()):
     if not tf.io.gfile.exists(path):
       raise utils.UserError('checkpoint data shard %s is missing' % path)
@@ -305,105 +310,149 @@ def check_restorable(checkpoint, wants, what):
         checkpoint.prefix, what, '; '.join(problems)))
 
 
-def _format_spec(shape, extents):
-  return '%s %s' % (' '.join(str(d) for d in shape),
-                    ':'.join('%d,%d' % e for e in extents))
+def _crc32c_table():
+  table = []
+  for i in range(256):
+    crc = i
+    for _ in range(8):
+      crc = (crc >> 1) ^ (0x82f63b78 if crc & 1 else 0)
+    table.append(crc)
+  return table
 
 
-def chunk_specs(shape, itemsize, chunk_bytes, regions=()):
-  """Slice specs that read a tensor in pieces of at most ~chunk_bytes, split along dim 0.
+_CRC32C = _crc32c_table()
+
+
+def _masked_crc32c(data):
+  crc = 0xffffffff
+  for byte in data:
+    crc = _CRC32C[(crc ^ byte) & 0xff] ^ (crc >> 8)
+  crc ^= 0xffffffff
+  return (((crc >> 15) | (crc << 17)) + 0xa282ead8) & 0xffffffff
+
+
+def _put_varint(value):
+  out = bytearray()
+  while True:
+    byte = value & 0x7f
+    value >>= 7
+    if value:
+      out.append(byte | 0x80)
+    else:
+      out.append(byte)
+      return bytes(out)
+
+
+def _block(items):
+  """A table block: every entry a restart point (no key sharing), then the restart array."""
+  body, restarts = bytearray(), []
+  for key, value in items:
+    restarts.append(len(body))
+    body += _put_varint(0) + _put_varint(len(key)) + _put_varint(len(value)) + key + value
+  if not restarts:
+    restarts = [0]
+  body += b''.join(struct.pack('<I', r) for r in restarts) + struct.pack('<I', len(restarts))
+  return bytes(body)
+
+
+def write_index(path, records, num_shards=1, block_bytes=256 << 10):
+  """Writes a checkpoint index (LevelDB table of key -> BundleEntryProto, with the header).
 
   Args:
-    shape: the full shape.
-    itemsize: bytes per element.
-    chunk_bytes: budget per piece.
-    regions: extents ((start, length) per dim) of the partitions the serving graph reads;
-      pieces never cross them, so a copy keeps the training graph's partition layout whenever a
-      partition fits in the budget. Empty for a whole tensor.
-
-  Returns:
-    List of slice specs; [''] for a whole tensor read at once.
+    path: the .index file to write.
+    records: list of (key bytes, BundleEntryProto); sorted here.
+    num_shards: data files the entries point into.
+    block_bytes: target size of a data block.
   """
-  if not regions:
-    if not shape or itemsize * int(np.prod(shape)) <= chunk_bytes or shape[0] <= 1:
-      return ['']
-    regions = [tuple([(0, shape[0])] + [(0, d) for d in shape[1:]])]
-  specs = []
-  for extents in regions:
-    row_bytes = max(1, itemsize * int(np.prod([length for _, length in extents[1:]])))
-    rows = max(1, chunk_bytes // row_bytes)
-    start, length = extents[0]
-    for first in range(start, start + length, rows):
-      piece = ((first, min(rows, start + length - first)),) + tuple(extents[1:])
-      specs.append(_format_spec(shape, piece))
-  return specs
+  header = tensor_bundle_pb2.BundleHeaderProto(
+      num_shards=num_shards, endianness=tensor_bundle_pb2.BundleHeaderProto.LITTLE)
+  header.version.producer = 1
+  items = [(b'', header.SerializeToString())]
+  items += sorted((key, entry.SerializeToString()) for key, entry in records)
+  out = bytearray()
+
+  def put_block(contents):
+    offset = len(out)
+    out.extend(contents)
+    out.extend(b'\x00' + struct.pack('<I', _masked_crc32c(contents + b'\x00')))
+    return _put_varint(offset) + _put_varint(len(contents))
+
+  index, current, size = [], [], 0
+  for key, value in items:
+    current.append((key, value))
+    size += len(key) + len(value)
+    if size >= block_bytes:
+      index.append((current[-1][0], put_block(_block(current))))
+      current, size = [], 0
+  if current:
+    index.append((current[-1][0], put_block(_block(current))))
+  metaindex = put_block(_block([]))
+  index_handle = put_block(_block(index))
+  footer = (metaindex + index_handle).ljust(40, b'\x00') + struct.pack('<Q', _TABLE_MAGIC)
+  out.extend(footer)
+  with tf.io.gfile.GFile(path, 'wb') as f:
+    f.write(bytes(out))
 
 
-def copy_tensors(checkpoint, wants, dst_prefix, chunk_bytes=64 << 20, progress=None):
-  """Writes the tensors `wants` of `checkpoint` into a new checkpoint at `dst_prefix`.
+def copy_tensors(checkpoint, names, dst_prefix, chunk_bytes=8 << 20, progress=None):
+  """Writes the tensors `names` of `checkpoint` as a new one-shard checkpoint at `dst_prefix`.
 
-  Each tensor is read and written in row chunks of at most ~chunk_bytes (strings whole), small
-  tensors grouped into one write: peak memory is about one chunk.
+  The stored bytes of each tensor (and of each slice of a partitioned one) are copied as they
+  are, in pieces of at most `chunk_bytes`: checksums, slice layout and dtype encoding stay the
+  training checkpoint's own, nothing is decoded, and memory holds one piece at a time.
 
   Args:
     checkpoint: source Checkpoint.
-    wants: list of Want (names, and the slices the serving graph reads).
+    names: tensor names to copy.
     dst_prefix: prefix of the checkpoint to write (its directory must exist).
-    chunk_bytes: memory budget per read/write.
+    chunk_bytes: bytes read and written at a time.
     progress: optional callable(bytes_done, bytes_total).
 
   Returns:
     Bytes of tensor data copied.
 
   Raises:
-    utils.UserError: a data shard that cannot be read (corrupt bytes fail the checksum).
+    utils.UserError: a data shard that cannot be read.
   """
-  total = sum(checkpoint.nbytes(w.name) for w in wants)
+  records = [r for name in names for r in checkpoint.records(name)]
+  total = sum(entry.size for _, entry in records)
+  sources = {}
   done = 0
-  parts = []
-  group = ([], [], [])  # names, specs, tensors
-  group_bytes = 0
-
-  def flush():
-    nonlocal group, group_bytes
-    if not group[0]:
-      return
-    part = '%s_temp_part-%05d' % (dst_prefix, len(parts))
-    tf.raw_ops.SaveV2(prefix=part, tensor_names=group[0], shape_and_slices=group[1],
-                      tensors=group[2])
-    parts.append(part)
-    group, group_bytes = ([], [], []), 0
-
+  out_records = []
+  data_path = '%s.data-00000-of-00001' % dst_prefix
   try:
-    for want in wants:
-      name = want.name
-      entry = checkpoint.entries[name]
-      dtype = tf.as_dtype(entry.dtype)
-      shape = [d.size for d in entry.shape.dim]
-      memcpyable = dtype not in (tf.string, tf.variant, tf.resource)
-      regions = sorted(parse_slice_spec(s)[1] for s in want.specs if s)
-      specs = chunk_specs(shape, dtype.size, chunk_bytes, regions) if memcpyable else ['']
-      for spec in specs:
-        value = tf.raw_ops.RestoreV2(prefix=checkpoint.prefix, tensor_names=[name],
-                                     shape_and_slices=[spec], dtypes=[dtype])[0]
-        size = value.numpy().nbytes if memcpyable else entry.size // max(1, len(specs))
-        group[0].append(name)
-        group[1].append(spec)
-        group[2].append(value)
-        group_bytes += size
-        if group_bytes >= chunk_bytes:
-          flush()
-        done += size
-        if progress:
-          progress(done, total)
-    flush()
-    if not parts:  # a graph that restores nothing still gets a valid, empty checkpoint
-      tf.raw_ops.SaveV2(prefix=dst_prefix + '_temp_part-00000', tensor_names=[],
-                        shape_and_slices=[], tensors=[])
-      parts.append(dst_prefix + '_temp_part-00000')
-    tf.raw_ops.MergeV2Checkpoints(checkpoint_prefixes=parts, destination_prefix=dst_prefix,
-                                  delete_old_dirs=False)
+    with tf.io.gfile.GFile(data_path, 'wb') as out:
+      # Sorted by shard and offset, each source file is read front to back.
+      for key, entry in sorted(records, key=lambda r: (r[1].shard_id, r[1].offset)):
+        copy = tensor_bundle_pb2.BundleEntryProto()
+        copy.CopyFrom(entry)
+        copy.shard_id = 0
+        copy.offset = done if entry.size else 0
+        if entry.size:
+          if entry.shard_id not in sources:
+            sources[entry.shard_id] = tf.io.gfile.GFile(
+                checkpoint.data_files()[entry.shard_id], 'rb')
+          src = sources[entry.shard_id]
+          src.seek(entry.offset)
+          left = entry.size
+          while left:
+            piece = src.read(min(chunk_bytes, left))
+            if not piece:
+              raise utils.UserError('checkpoint data shard %s ends early'
+                                    % checkpoint.data_files()[entry.shard_id])
+            out.write(piece)
+            left -= len(piece)
+            done += len(piece)
+            if progress:
+              progress(done, total)
+        out_records.append((key, copy))
   except tf.errors.OpError as e:
     raise utils.UserError('cannot copy from checkpoint %s: %s'
                           % (checkpoint.prefix, utils.tf_error_message(e))) from e
+  finally:
+    for src in sources.values():
+      src.close()
+  write_index(dst_prefix + '.index', out_records)
+  if progress and not total:
+    progress(0, 0)
   return done

@@ -42,7 +42,7 @@ _PRUNE = flags.DEFINE_bool(
     'prune', True, 'Export only the tensors the serving graph restores (--noprune: every '
     'checkpoint file as it is).')
 _CHUNK_MB = flags.DEFINE_integer(
-    'chunk_mb', 64, 'Memory budget in MiB for each piece of a tensor being copied.',
+    'chunk_mb', 8, 'Bytes (MiB) read and written at a time when copying tensors.',
     lower_bound=1)
 
 

@@ -1,0 +1,254 @@
+r"""Benchmarks freezer's scripts against the baselines a user would otherwise reach for.
+
+Builds a recommendation model of a chosen size with model_gen.py's own model code (partitioned
+item embedding, a MutableHashTable with --table_keys keys, Adam slots, a sharded checkpoint as a
+parameter-server cluster writes it, one shard per device), then prints, side by side and from
+the same run:
+
+  ckpt:   optimize_from_ckpt.py (pruned, and --noprune) against `cp -r` of the same checkpoint:
+          wall time and peak RSS (medians of --repeats runs, order alternated), with the
+          checkpoint in the page cache (warm) and evicted from it before each run (cold), and
+          the bytes exported against the bytes the serving graph restores.
+
+Every figure comes from child processes measured with wait4 (ru_maxrss), in this process tree,
+on this machine (its cores are printed). Not a test: nothing here asserts a target.
+
+Example (a 1 GiB checkpoint with a 1M-key table, about 3 minutes on 2 cores):
+  .venv/bin/python benchmarks/benchmark.py --work_dir=/tmp/freezer_bench \
+      --embedding_mb=340 --table_keys=1000000
+"""
+
+import os
+import sys
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import shutil  # pylint: disable=g-import-not-at-top,g-bad-import-order
+import statistics
+import subprocess
+import time
+
+from absl import app
+from absl import flags
+import numpy as np
+import tensorflow as tf
+
+from tensorflow.core.protobuf import saved_model_pb2
+
+import checkpoints
+import model_gen
+import utils
+
+tf1 = tf.compat.v1
+
+_WORK_DIR = flags.DEFINE_string('work_dir', None, 'Scratch directory (created, then reused).')
+_EMBEDDING_MB = flags.DEFINE_integer(
+    'embedding_mb', 340, 'Size of the item embedding in MiB (Adam adds twice that).',
+    lower_bound=1)
+_DIM = flags.DEFINE_integer('dim', 64, 'Embedding width.', lower_bound=1)
+_PARTITIONS = flags.DEFINE_integer('partitions', 4, 'Embedding partitions.', lower_bound=1)
+_SHARDS = flags.DEFINE_integer(
+    'shards', 2, 'Checkpoint shards (devices the variables are spread over, as PS tasks).',
+    lower_bound=1)
+_TABLE_KEYS = flags.DEFINE_integer(
+    'table_keys', 1000000, 'Keys in the user_stats hash table.', lower_bound=1)
+_REPEATS = flags.DEFINE_integer('repeats', 3, 'Runs of each command (medians reported).',
+                                lower_bound=1)
+_REBUILD = flags.DEFINE_bool('rebuild', False, 'Rebuild the model even if work_dir has one.')
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def machine():
+  model = ''
+  try:
+    with open('/proc/cpuinfo') as f:
+      model = next((l.split(':', 1)[1].strip() for l in f if l.startswith('model name')), '')
+  except OSError:
+    pass
+  memory = os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
+  return '%d cores (%s), %s RAM' % (os.cpu_count(), model or 'unknown CPU',
+                                   utils.human_bytes(memory))
+
+
+def _place_round_robin(shards):
+  """A device function putting each variable and table on /device:CPU:k in turn."""
+  counter = [0]
+  state_ops = {'VarHandleOp', 'VariableV2', 'MutableHashTableOfTensorsV2', 'MutableHashTableV2'}
+
+  def place(op):
+    if op.type in state_ops:
+      device = '/device:CPU:%d' % (counter[0] % shards)
+      counter[0] += 1
+      return device
+    return op.device or '/device:CPU:0'
+  return place
+
+
+def build(work_dir, embedding_mb, dim, partitions, shards, table_keys):
+  """Writes work_dir/ckpt (sharded, with Adam slots and the table) and work_dir/structure.
+
+  The structure is a SavedModel with the graph only (no variables/): the checkpoint path never
+  reads a structure's values, so it needs none.
+  """
+  rows = max(partitions, (embedding_mb << 20) // (4 * dim))
+  config = model_gen.ModelConfig(item_buckets=rows, embedding_dim=dim,
+                                 num_partitions=partitions, num_dense=8,
+                                 hidden_units=(64, 32), batch_size=256)
+  graph = tf.Graph()
+  with graph.as_default(), graph.device(_place_round_robin(shards)):
+    features = {
+        'user_id': tf1.placeholder(tf.int64, [None], name='user_id'),
+        'item_id': tf1.placeholder(tf.int64, [None], name='item_id'),
+        'category': tf1.placeholder(tf.string, [None], name='category'),
+        'dense': tf1.placeholder(tf.float32, [None, config.num_dense], name='dense'),
+        model_gen.LABEL: tf1.placeholder(tf.float32, [None], name='label'),
+    }
+    outputs = model_gen.build_model(features, config, training=True)
+    table = graph.get_tensor_by_name('user_stats:0')
+    keys = tf1.placeholder(tf.int64, [None])
+    values = tf1.placeholder(tf.float32, [None, model_gen.STATS_DIM])
+    insert = tf.raw_ops.LookupTableInsertV2(table_handle=table, keys=keys, values=values)
+    saver = tf1.train.Saver(sharded=True, max_to_keep=1, save_relative_paths=True)
+    session_config = tf1.ConfigProto(device_count={'CPU': shards}, allow_soft_placement=False)
+    with tf1.Session(graph=graph, config=session_config) as session:
+      session.run(tf1.global_variables_initializer())
+      rng = np.random.RandomState(0)
+      all_keys = rng.randint(1, 2**62, size=table_keys, dtype=np.int64)
+      for start in range(0, table_keys, 200000):
+        k = all_keys[start:start + 200000]
+        session.run(insert, {keys: k, values: rng.rand(len(k), 2).astype(np.float32) * 10})
+      batch = 256
+      feed = {features['user_id']: all_keys[:batch],
+              features['item_id']: rng.randint(0, rows, batch).astype(np.int64),
+              features['category']: np.array([b'c%d' % i for i in range(batch)], object),
+              features['dense']: rng.normal(size=(batch, config.num_dense)).astype(np.float32),
+              features[model_gen.LABEL]: (rng.rand(batch) < 0.3).astype(np.float32)}
+      session.run(outputs['train_op'], feed)  # Adam slots get values
+      ckpt_dir = os.path.join(work_dir, 'ckpt')
+      os.makedirs(ckpt_dir, exist_ok=True)
+      saver.save(session, os.path.join(ckpt_dir, 'model.ckpt'), global_step=1)
+    signature = tf1.saved_model.signature_def_utils.predict_signature_def(
+        {k: v for k, v in features.items() if k != model_gen.LABEL},
+        {'probability': outputs['probability']})
+    meta_graph = tf1.train.export_meta_graph(saver_def=saver.as_saver_def(),
+                                             clear_devices=False)
+  meta_graph.meta_info_def.tags.append('serve')
+  meta_graph.signature_def['serving_default'].CopyFrom(signature)
+  structure = os.path.join(work_dir, 'structure')
+  os.makedirs(structure, exist_ok=True)
+  proto = saved_model_pb2.SavedModel(saved_model_schema_version=1)
+  proto.meta_graphs.add().CopyFrom(meta_graph)
+  with open(os.path.join(structure, 'saved_model.pb'), 'wb') as f:
+    f.write(proto.SerializeToString())
+
+
+# Linux keeps a process's peak RSS across fork and exec, so a child of this process (which has
+# TensorFlow loaded) would start from our own peak. Each command is therefore started by a
+# fresh, small Python that reports the child's wall time and ru_maxrss from wait4.
+_MEASURE = r"""
+import os, subprocess, sys, time
+start = time.perf_counter()
+proc = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+err = proc.stderr.read()
+_, status, usage = os.wait4(proc.pid, 0)
+wall = time.perf_counter() - start
+code = os.waitstatus_to_exitcode(status)
+if code:
+  sys.stderr.buffer.write(err[-2000:])
+  sys.exit(1)
+print(wall, usage.ru_maxrss * 1024)
+"""
+
+
+def measure(cmd):
+  """(wall seconds, peak RSS bytes) of `cmd`, run from a small measuring parent."""
+  proc = subprocess.run([sys.executable, '-S', '-c', _MEASURE] + cmd, cwd=REPO,
+                        capture_output=True, text=True, check=False)
+  if proc.returncode:
+    raise RuntimeError('%s failed: %s' % (' '.join(cmd), proc.stderr))
+  wall, rss = proc.stdout.split()
+  return float(wall), int(rss)
+
+
+def evict(path):
+  """Drops a directory's files from the page cache (posix_fadvise DONTNEED; no root needed),
+  so the next reader goes to the disk, as after training on another machine."""
+  os.sync()
+  for root, _, files in os.walk(path):
+    for name in files:
+      fd = os.open(os.path.join(root, name), os.O_RDONLY)
+      try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+      finally:
+        os.close(fd)
+
+
+def dir_bytes(path):
+  return sum(os.path.getsize(os.path.join(root, f))
+             for root, _, files in os.walk(path) for f in files)
+
+
+def bench_checkpoint(work_dir, repeats):
+  ckpt = os.path.join(work_dir, 'ckpt')
+  prefix = checkpoints.resolve_prefix(ckpt)
+  index = checkpoints.read_index(prefix)
+  total = sum(index.nbytes(n) for n in index.entries)
+  slots = sum(index.nbytes(n) for n in index.entries if 'Adam' in n)
+  table = index.entries['user_stats-keys'].shape.dim[0].size
+  out = os.path.join(work_dir, 'out')
+  ours = [sys.executable, 'optimize_from_ckpt.py',
+          '--saved_model_dir=' + os.path.join(work_dir, 'structure'), '--checkpoint=' + ckpt,
+          '--output_saved_model_dir=' + out]
+  commands = {
+      'optimize_from_ckpt.py': ours,
+      'optimize_from_ckpt.py --noprune': ours + ['--noprune'],
+      'cp -r': ['cp', '-r', ckpt, out],
+  }
+  figures = {(name, cache): [] for cache in ('warm', 'cold') for name in commands}
+  for r in range(repeats):
+    order = list(figures) if r % 2 == 0 else list(reversed(list(figures)))
+    for name, cache in order:
+      shutil.rmtree(out, ignore_errors=True)
+      if cache == 'cold':
+        evict(ckpt)
+      figures[(name, cache)].append(measure(commands[name]))
+      if name == 'optimize_from_ckpt.py':
+        exported = dir_bytes(os.path.join(out, 'variables'))
+        restored = checkpoints.read_index(os.path.join(out, 'variables', 'variables'))
+        needed = sum(index.nbytes(n) for n in restored.entries)
+  shutil.rmtree(out, ignore_errors=True)
+
+  print('machine: %s' % machine())
+  print('checkpoint: %s in %d shards (Adam slots %s), hash table of %d keys' % (
+      utils.human_bytes(total), index.num_shards, utils.human_bytes(slots), table))
+  print()
+  print('%-32s %6s %14s %14s' % ('checkpoint -> serving SavedModel', 'cache', 'wall (median)',
+                                 'peak RSS'))
+  for (name, cache), runs in sorted(figures.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+    print('%-32s %6s %12.2f s %10.0f MiB' % (name, cache, statistics.median(w for w, _ in runs),
+                                            statistics.median(m for _, m in runs) / 2**20))
+  print()
+  print('exported variables/: %s; tensors the serving graph restores: %s (%+.2f%%); '
+        'checkpoint: %s' % (utils.human_bytes(exported), utils.human_bytes(needed),
+                            100.0 * (exported - needed) / needed, utils.human_bytes(total)))
+
+
+def main(argv):
+  del argv
+  work_dir = _WORK_DIR.value
+  if _REBUILD.value or not os.path.exists(os.path.join(work_dir, 'structure', 'saved_model.pb')):
+    shutil.rmtree(work_dir, ignore_errors=True)
+    os.makedirs(work_dir)
+    start = time.perf_counter()
+    build(work_dir, _EMBEDDING_MB.value, _DIM.value, _PARTITIONS.value, _SHARDS.value,
+          _TABLE_KEYS.value)
+    print('built the model in %.0f s' % (time.perf_counter() - start))
+  print('command: %s' % ' '.join([os.path.relpath(sys.argv[0], REPO)] + sys.argv[1:]))
+  bench_checkpoint(work_dir, _REPEATS.value)
+
+
+if __name__ == '__main__':
+  flags.mark_flag_as_required('work_dir')
+  app.run(main)
