@@ -13,12 +13,12 @@ from tensorflow.core.protobuf import saved_model_pb2
 
 import checkpoint_graph
 import checkpoints
+import op_safety
 import saved_model_io
 import utils
 
 tf1 = tf.compat.v1
 
-_ASSETS_COLLECTION = 'saved_model_assets'
 _MAIN_OP_COLLECTION = 'saved_model_main_op'
 
 
@@ -65,15 +65,6 @@ def load_structure(saved_model_dir=None, meta_graph_path=None, tags=('serve',),
   return meta_graph, signatures, assets, where
 
 
-def _asset_defs(meta_graph):
-  defs = list(meta_graph.asset_file_def)
-  for value in meta_graph.collection_def[_ASSETS_COLLECTION].any_list.value:
-    asset = meta_graph_pb2.AssetFileDef()
-    value.Unpack(asset)
-    defs.append(asset)
-  return defs
-
-
 def serving_meta_graph(structure, serving, tags):
   """The MetaGraphDef to write: the cut graph, its saver, signatures, main op and assets."""
   meta_graph = meta_graph_pb2.MetaGraphDef()
@@ -88,7 +79,7 @@ def serving_meta_graph(structure, serving, tags):
   if serving.main_op:
     meta_graph.collection_def[_MAIN_OP_COLLECTION].node_list.value.append(serving.main_op)
   kept = {n.name for n in serving.graph_def.node}
-  for asset in _asset_defs(structure):
+  for asset in saved_model_io.asset_defs(structure):
     if saved_model_io.node_name(asset.tensor_info.name) in kept:
       meta_graph.asset_file_def.add().CopyFrom(asset)
   return meta_graph
@@ -145,7 +136,7 @@ def write_variables(checkpoint, wants, variables_dir, prune, chunk_bytes):
 
 def export(checkpoint, output_dir, saved_model_dir=None, meta_graph_path=None, tags=('serve',),
            signature_names=None, inputs=(), outputs=(), prune=True, chunk_bytes=8 << 20,
-           overwrite=False):
+           overwrite=False, allow_ops=()):
   """Writes a serving SavedModel at `output_dir` whose variables come from `checkpoint`.
 
   Returns:
@@ -159,8 +150,12 @@ def export(checkpoint, output_dir, saved_model_dir=None, meta_graph_path=None, t
   utils.check_output_free(output_dir, overwrite)
   structure, signatures, assets_dir, where = load_structure(
       saved_model_dir, meta_graph_path, tags, signature_names, inputs, outputs)
+  removed = op_safety.check_meta_graph(structure, signatures, set(allow_ops), where)
+  op_safety.log_findings(removed, 'removed (not run by the signatures)')
   serving = checkpoint_graph.serving_graph(structure.graph_def, signatures,
                                            structure.saver_def, where)
+  ours = op_safety.saver_nodes(serving.graph_def, serving.saver_def)
+  op_safety.unsafe_in(serving.graph_def, set(allow_ops), where, exempt=ours)
   prefix = checkpoints.resolve_prefix(checkpoint)
   index = checkpoints.read_index(prefix)
   wants = checkpoint_graph.wants(serving.restores, serving.graph_def)

@@ -24,6 +24,10 @@ OUTPUTS = flags.DEFINE_list(
     'outputs', [], 'Output tensors (e.g. probability:0) of a GraphDef not written by freezer.py.')
 OVERWRITE = flags.DEFINE_bool(
     'overwrite', False, 'Replace existing outputs (without it, an existing output is an error).')
+ALLOW_OPS = flags.DEFINE_list(
+    'allow_ops', [], 'Op types that read or write files, run Python or reach the network '
+    '(ReadFile, PyFunc, ...) to accept in what the model runs; by default such ops stop the run. '
+    'Only for models you trust.')
 SEED = flags.DEFINE_integer(
     'seed', None, 'Random seed: same seed, same result (model_gen.py default 42, '
     'optimize_from_pb_test.py default 0).')

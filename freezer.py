@@ -24,20 +24,40 @@ from absl import logging
 
 import cli_flags
 import freezing
+import op_safety
 import saved_model_io
 import utils
 
+
+def check_untrusted(saved_model_dir, tags, signature_names, allow_ops):
+  """Refuses a SavedModel whose loading or signatures would run file, Python or network ops.
+
+  Raises:
+    utils.UserError: naming the ops (and the flag that accepts them), or an escaping asset.
+  """
+  proto = saved_model_io.read_saved_model_proto(saved_model_dir)
+  meta_graph = saved_model_io.select_meta_graph(proto, tags, saved_model_dir)
+  signatures = saved_model_io.select_signatures(meta_graph, signature_names, saved_model_dir)
+  saved_model_io.check_tensors_exist(meta_graph.graph_def, signatures, saved_model_dir)
+  outside = op_safety.check_meta_graph(meta_graph, signatures, set(allow_ops), saved_model_dir)
+  # Never run here; the reader among them stays in the frozen graph until optimize_from_pb.py
+  # cuts it.
+  op_safety.log_findings(outside, 'not run by the signatures')
+
+
 def freeze(saved_model_dir, output_graph, tags=('serve',), signature_names=None,
-           overwrite=False):
+           overwrite=False, allow_ops=()):
   """Freezes `saved_model_dir` into `output_graph`.
 
   Returns:
     (saved_model_io.FrozenModel, freezing.FreezeReport, bytes written).
 
   Raises:
-    utils.UserError: bad input or an output that exists (without `overwrite`).
+    utils.UserError: bad input, unsafe ops not in `allow_ops`, or an output that exists
+      (without `overwrite`).
   """
   utils.check_output_free(output_graph, overwrite)
+  check_untrusted(saved_model_dir, tags, signature_names, allow_ops)
   model, report = freezing.freeze_saved_model(saved_model_dir, tags, signature_names)
   size = saved_model_io.write_graph_def(
       saved_model_io.frozen_to_graph_def(model), output_graph, overwrite)
@@ -53,7 +73,7 @@ def main(argv):
       utils.log_default('signature_def', 'every signature')
     model, _, size = freeze(cli_flags.SAVED_MODEL_DIR.value, cli_flags.OUTPUT_GRAPH.value,
                             cli_flags.TAGS.value, cli_flags.SIGNATURE_DEF.value,
-                            cli_flags.OVERWRITE.value)
+                            cli_flags.OVERWRITE.value, cli_flags.ALLOW_OPS.value)
     logging.info('wrote %s (%s, %d nodes; signatures: %s)', cli_flags.OUTPUT_GRAPH.value,
                  utils.human_bytes(size), len(model.graph_def.node),
                  ', '.join(sorted(model.signatures)))

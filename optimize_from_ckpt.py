@@ -58,7 +58,8 @@ def main(argv):
         saved_model_dir=cli_flags.SAVED_MODEL_DIR.value, meta_graph_path=_META_GRAPH.value,
         tags=cli_flags.TAGS.value, signature_names=cli_flags.SIGNATURE_DEF.value,
         inputs=cli_flags.INPUTS.value, outputs=cli_flags.OUTPUTS.value, prune=_PRUNE.value,
-        chunk_bytes=_CHUNK_MB.value << 20, overwrite=cli_flags.OVERWRITE.value)
+        chunk_bytes=_CHUNK_MB.value << 20, overwrite=cli_flags.OVERWRITE.value,
+        allow_ops=cli_flags.ALLOW_OPS.value)
     logging.info('wrote SavedModel %s: %d of %d checkpoint tensors, %s of %s (%.1f%%), in %.1f s',
                  cli_flags.OUTPUT_SAVED_MODEL_DIR.value, report.tensors_exported,
                  report.tensors_in_checkpoint, utils.human_bytes(report.bytes_exported),

@@ -23,6 +23,7 @@ import tensorflow as tf
 
 import cli_flags
 import graph_edit
+import op_safety
 import saved_model_io
 import utils
 
@@ -74,7 +75,7 @@ def write_tensorboard_graph(graph_def, log_dir):
 
 def optimize(input_graph, output_saved_model_dir=None, output_graph=None, inputs=(),
              outputs=(), init_op=None, tags=('serve',), grappler=True, log_dir=None,
-             overwrite=False):
+             overwrite=False, allow_ops=()):
   """Cuts, strips and re-dumps `input_graph`.
 
   Returns:
@@ -90,11 +91,17 @@ def optimize(input_graph, output_saved_model_dir=None, output_graph=None, inputs
     if path:
       utils.check_output_free(path, overwrite)
   frozen = load_input_graph(input_graph, inputs, outputs, init_op, tags)
+  needed = op_safety.needed_nodes(frozen.graph_def, frozen.signatures,
+                                  [frozen.table_init_op] if frozen.table_init_op else [])
+  removed = op_safety.enforce(op_safety.find_unsafe(frozen.graph_def), needed, set(allow_ops),
+                              input_graph)
+  op_safety.log_findings(removed, 'removed (not run by the signatures)')
   try:
     result, before, after = graph_edit.optimize_frozen(frozen, grappler)
   except (ValueError, tf.errors.OpError) as e:
     raise utils.UserError('cannot optimize %s: %s'
                           % (input_graph, utils.tf_error_message(e))) from e
+  op_safety.unsafe_in(result.graph_def, set(allow_ops), input_graph)
   graph_edit.log_cut(before, after)
   if log_dir:
     write_tensorboard_graph(frozen.graph_def, utils.join(log_dir, 'before'))
@@ -119,7 +126,7 @@ def main(argv):
     optimize(_INPUT_GRAPH.value, cli_flags.OUTPUT_SAVED_MODEL_DIR.value,
              cli_flags.OUTPUT_GRAPH.value, cli_flags.INPUTS.value, cli_flags.OUTPUTS.value,
              _INIT_OP.value, cli_flags.TAGS.value, _OPTIMIZE.value, flags.FLAGS.log_dir or None,
-             cli_flags.OVERWRITE.value)
+             cli_flags.OVERWRITE.value, cli_flags.ALLOW_OPS.value)
 
   return utils.run_cli('optimize_from_pb.py', work)
 

@@ -322,3 +322,14 @@ def signature_from_tensors(graph_def, inputs, outputs, where):
       infos[key].dtype = tensor.dtype.as_datatype_enum
       infos[key].tensor_shape.CopyFrom(tensor.shape.as_proto())
   return signature
+
+
+def asset_defs(meta_graph):
+  """The MetaGraph's AssetFileDefs: its own field (TF2) and the TF1 `saved_model_assets`
+  collection."""
+  defs = list(meta_graph.asset_file_def)
+  for value in meta_graph.collection_def['saved_model_assets'].any_list.value:
+    asset = meta_graph_pb2.AssetFileDef()
+    value.Unpack(asset)
+    defs.append(asset)
+  return defs

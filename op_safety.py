@@ -1,0 +1,230 @@
+"""Untrusted models: find the ops that read or write files, run Python or reach the network.
+
+A SavedModel or GraphDef from someone else is a program. Loading it runs its init op; serving it
+runs what its signatures need. Ops in this denylist (TensorFlow's `saved_model_cli scan` starts
+from ReadFile, WriteFile and PrintV2) in either place stop the run unless the user names them
+with --allow_ops; elsewhere in the graph (a training reader, a summary writer) they are removed
+with everything else serving does not need, and listed.
+
+The saver's own SaveV2/RestoreV2 and a table initialiser that reads a SavedModel asset file are
+how SavedModels work and are not reported.
+"""
+
+import collections
+import dataclasses
+
+from absl import logging
+import tensorflow as tf
+
+import graph_edit
+import saved_model_io
+import utils
+
+tf1 = tf.compat.v1
+
+UNSAFE_OPS = frozenset({
+    # files
+    'ReadFile', 'WriteFile', 'MatchingFiles', 'ImmutableConst', 'Save', 'SaveV2', 'SaveSlices',
+    'Restore', 'RestoreV2', 'RestoreSlice', 'MergeV2Checkpoints', 'LoadAndRemapMatrix',
+    'GenerateVocabRemapping', 'InitializeTableFromTextFile', 'InitializeTableFromTextFileV2',
+    'WholeFileReader', 'WholeFileReaderV2', 'TextLineReader', 'TextLineReaderV2',
+    'TFRecordReader', 'TFRecordReaderV2', 'FixedLengthRecordReader',
+    'FixedLengthRecordReaderV2', 'LMDBReader', 'TFRecordDataset', 'TFRecordDatasetV2',
+    'TextLineDataset', 'FixedLengthRecordDataset', 'FixedLengthRecordDatasetV2',
+    'SnapshotDataset', 'SnapshotDatasetV2', 'SaveDataset', 'SaveDatasetV2', 'LoadDataset',
+    'DatasetToTFRecord', 'ExperimentalDatasetToTFRecord', 'CreateSummaryFileWriter',
+    'CreateSummaryDbWriter', 'WriteSummary', 'WriteScalarSummary', 'WriteHistogramSummary',
+    'WriteImageSummary', 'WriteAudioSummary', 'WriteGraphSummary', 'WriteRawProtoSummary',
+    'ImportEvent', 'FlushSummaryWriter', 'PrintV2', 'DecodeProtoV2', 'EncodeProto',
+    'SqlDataset', 'ExperimentalSqlDataset', 'CSVDataset', 'CSVDatasetV2',
+    'ExperimentalCSVDataset', 'ExperimentalLMDBDataset', 'LMDBDataset',
+    # Python
+    'PyFunc', 'PyFuncStateless', 'EagerPyFunc',
+    # network and debugging taps
+    'DebugIdentity', 'DebugIdentityV2', 'DebugIdentityV3', 'DebugNanCount',
+    'DebugNumericSummary', 'DebugNumericSummaryV2', 'Send', 'Recv', '_Send', '_Recv',
+    '_HostSend', '_HostRecv', 'CollectiveBcastSend', 'CollectiveBcastRecv',
+    'CollectiveBcastSendV2', 'CollectiveBcastRecvV2', 'CollectiveReduce',
+    'CollectiveReduceV2', 'CollectiveGather', 'CollectiveGatherV2', 'CollectiveAllToAllV2',
+    'CollectiveAllToAllV3', 'RpcCall', 'RpcClient', 'RpcServer', 'RpcServerStart',
+    'RpcServerRegister', 'Rpc', 'TryRpc', 'DataServiceDataset', 'DataServiceDatasetV2',
+    'DataServiceDatasetV3', 'DataServiceDatasetV4', 'RegisterDataset', 'RegisterDatasetV2',
+})
+_TEXT_FILE_INIT = frozenset({'InitializeTableFromTextFile', 'InitializeTableFromTextFileV2'})
+
+
+@dataclasses.dataclass(frozen=True)
+class Finding:
+  """One unsafe op: `location` is the node name, or `function/node` inside a library function;
+  `root` the graph node that runs it (itself, or the node calling the function)."""
+  location: str
+  op: str
+  root: str
+
+  def __str__(self):
+    return '%s (%s)' % (self.location, self.op)
+
+
+def _calls(node, library):
+  found = [node.op] if node.op in library else []
+  for value in node.attr.values():
+    if value.HasField('func'):
+      found.append(value.func.name)
+    found.extend(f.name for f in value.list.func)
+  return [f for f in found if f in library]
+
+
+def find_unsafe(graph_def, exempt=(), asset_tensors=()):
+  """Every unsafe op of `graph_def` and of the library functions its nodes call.
+
+  Args:
+    graph_def: GraphDef.
+    exempt: node names not to report (the saver's own save and restore ops).
+    asset_tensors: tensor names that SavedModel loaders feed with asset paths; a text-file
+      table initialiser reading one of them is how asset-backed vocabularies work.
+
+  Returns:
+    list of Finding.
+  """
+  library = {f.signature.name: f for f in graph_def.library.function}
+  findings = []
+  for node in graph_def.node:
+    if node.name in exempt:
+      continue
+    if node.op in UNSAFE_OPS:
+      if node.op in _TEXT_FILE_INIT and len(node.input) > 1 and (
+          node.input[1] in asset_tensors or node.input[1] + ':0' in asset_tensors):
+        continue
+      findings.append(Finding(node.name, node.op, node.name))
+    stack, seen = _calls(node, library), set()
+    while stack:
+      name = stack.pop()
+      if name in seen:
+        continue
+      seen.add(name)
+      for inner in library[name].node_def:
+        if inner.op in UNSAFE_OPS:
+          findings.append(Finding('%s/%s' % (name, inner.name), inner.op, node.name))
+        stack.extend(_calls(inner, library))
+  return findings
+
+
+def saver_nodes(graph_def, saver_def):
+  """The nodes of the graph's own saver (what its save and restore ops need)."""
+  roots = [saved_model_io.node_name(n) for n in (saver_def.restore_op_name,
+                                                 saver_def.save_tensor_name) if n]
+  names = {n.name for n in graph_def.node}
+  roots = [r for r in roots if r in names]
+  if not roots:
+    return set()
+  return {n.name for n in tf1.graph_util.extract_sub_graph(graph_def, roots).node}
+
+
+def needed_nodes(graph_def, signatures, init_ops=()):
+  """Nodes the signatures run when fed at their inputs, plus everything `init_ops` run."""
+  names = {n.name for n in graph_def.node}
+  needed = set()
+  for sig in signatures.values():
+    needed.update(saved_model_io.node_name(o.name) for o in sig.outputs.values())
+    needed.update(key[0] for key in graph_edit.computed_tensors(graph_def, sig))
+  roots = [saved_model_io.node_name(o) for o in init_ops if saved_model_io.node_name(o) in names]
+  if roots:
+    needed.update(n.name for n in tf1.graph_util.extract_sub_graph(graph_def, roots).node)
+  return needed & names
+
+
+def init_ops_of(meta_graph):
+  """The ops a SavedModel loader runs after restoring: main op, legacy init op, TF2 init op."""
+  ops = []
+  for key in ('saved_model_main_op', 'legacy_init_op', 'table_initializer'):
+    ops.extend(meta_graph.collection_def[key].node_list.value)
+  init = meta_graph.signature_def.get(saved_model_io.INIT_OP_SIGNATURE_KEY)
+  if init is not None:
+    ops.extend(o.name for o in init.outputs.values())
+  return ops
+
+
+def asset_tensors(meta_graph):
+  """Names of the tensors SavedModel loaders feed with asset file paths."""
+  return {a.tensor_info.name for a in saved_model_io.asset_defs(meta_graph)}
+
+
+def check_asset_names(meta_graph, where):
+  """Refuses asset file names that escape the assets directory.
+
+  Raises:
+    utils.UserError: naming the asset.
+  """
+  for asset in saved_model_io.asset_defs(meta_graph):
+    name = asset.filename
+    parts = name.replace('\\', '/').split('/')
+    if not name or name.startswith('/') or '://' in name or '..' in parts or ':' in parts[0]:
+      raise utils.UserError('%s: asset file name %r escapes the assets directory; refusing an '
+                            'untrusted model' % (where, name))
+
+
+def check_meta_graph(meta_graph, signatures, allowed, where):
+  """The whole check for a MetaGraph about to be loaded or converted.
+
+  Returns:
+    Findings outside what loading and the signatures run.
+
+  Raises:
+    utils.UserError: an escaping asset name, or unsafe ops that would run.
+  """
+  check_asset_names(meta_graph, where)
+  graph_def = meta_graph.graph_def
+  findings = find_unsafe(graph_def, exempt=saver_nodes(graph_def, meta_graph.saver_def),
+                         asset_tensors=asset_tensors(meta_graph))
+  needed = needed_nodes(graph_def, signatures, init_ops_of(meta_graph))
+  return enforce(findings, needed, allowed, where)
+
+
+def enforce(findings, needed, allowed, where):
+  """Stops on unsafe ops the model runs (unless allowed); logs and returns the others.
+
+  Args:
+    findings: list of Finding.
+    needed: node names that loading or serving runs.
+    allowed: op types the user allowed with --allow_ops.
+    where: the model's path, for messages.
+
+  Returns:
+    The findings outside `needed` (which the conversion leaves out).
+
+  Raises:
+    utils.UserError: listing the unsafe ops that would run.
+  """
+  blocking = [f for f in findings if f.root in needed and f.op not in allowed]
+  if blocking:
+    ops = sorted({f.op for f in blocking})
+    raise utils.UserError(
+        '%s runs ops that touch files, run Python or reach the network: %s; if you trust this '
+        'model, pass --allow_ops=%s' % (where, ', '.join(str(f) for f in blocking[:10]) +
+                                        (' and %d more' % (len(blocking) - 10)
+                                         if len(blocking) > 10 else ''), ','.join(ops)))
+  return [f for f in findings if f.root not in needed]
+
+
+def log_findings(findings, what):
+  """One INFO line counting unsafe ops by type (`what` says what happens to them); each at -v 1."""
+  if findings:
+    counts = collections.Counter(f.op for f in findings)
+    logging.info('%s: %s', what, ', '.join('%d %s' % (n, op) for op, n in sorted(counts.items())))
+    for f in findings:
+      logging.vlog(1, '%s: %s', what, f)
+
+
+def unsafe_in(graph_def, allowed, where, exempt=()):
+  """For a graph about to be written: unsafe ops still in it that are not allowed.
+
+  Raises:
+    utils.UserError: listing them.
+  """
+  remaining = [f for f in find_unsafe(graph_def, exempt) if f.op not in allowed]
+  if remaining:
+    raise utils.UserError(
+        'the serving graph of %s would keep ops that touch files, run Python or reach the '
+        'network: %s; if you trust this model, pass --allow_ops=%s' % (
+            where, ', '.join(str(f) for f in remaining[:10]),
+            ','.join(sorted({f.op for f in remaining}))))
