@@ -21,7 +21,10 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # before TensorFlow loads: o
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 from absl import logging
+import tensorflow as tf
 
+import checkpoint_graph
+import checkpoints
 import cli_flags
 import freezing
 import op_safety
@@ -31,6 +34,9 @@ import utils
 
 def check_untrusted(saved_model_dir, tags, signature_names, allow_ops):
   """Refuses a SavedModel whose loading or signatures would run file, Python or network ops.
+
+  Returns:
+    (MetaGraphDef, signatures) chosen.
 
   Raises:
     utils.UserError: naming the ops (and the flag that accepts them), or an escaping asset.
@@ -43,6 +49,35 @@ def check_untrusted(saved_model_dir, tags, signature_names, allow_ops):
   # Never run here; the reader among them stays in the frozen graph until optimize_from_pb.py
   # cuts it.
   op_safety.log_findings(outside, 'not run by the signatures')
+  return meta_graph, signatures
+
+
+def check_fits_protobuf(saved_model_dir, meta_graph, signatures):
+  """Refuses, before loading anything, a model whose frozen graph would pass 2 GB.
+
+  The size is the bytes of the checkpoint tensors restored into the variables and tables the
+  signatures need (read from the variables index, no values loaded).
+
+  Raises:
+    utils.UserError: with the estimate and the way out (optimize_from_ckpt.py).
+  """
+  prefix = utils.join(saved_model_dir, 'variables', 'variables')
+  if not meta_graph.saver_def.restore_op_name or not tf.io.gfile.exists(prefix + '.index'):
+    return
+  index = checkpoints.read_index(prefix)
+  outputs = saved_model_io.signature_output_nodes(signatures)
+  needed = {n.name for n in tf.compat.v1.graph_util.extract_sub_graph(
+      meta_graph.graph_def, outputs).node}
+  restores = checkpoint_graph.restores_of_saver(meta_graph.graph_def, meta_graph.saver_def,
+                                                saved_model_dir)
+  names = {name for r in restores if r.target in needed for name in r.names}
+  size = sum(index.nbytes(n) for n in names if n in index.entries)
+  if size > saved_model_io.PROTOBUF_LIMIT:
+    raise utils.UserError(
+        'freezing %s would put %s of variables and tables into one GraphDef, past protobuf\'s '
+        '2 GB limit; serve it from its checkpoint instead: optimize_from_ckpt.py '
+        '--saved_model_dir=%s --checkpoint=%s --output_saved_model_dir=DIR' % (
+            saved_model_dir, utils.human_bytes(size), saved_model_dir, prefix))
 
 
 def freeze(saved_model_dir, output_graph, tags=('serve',), signature_names=None,
@@ -57,7 +92,8 @@ def freeze(saved_model_dir, output_graph, tags=('serve',), signature_names=None,
       (without `overwrite`).
   """
   utils.check_output_free(output_graph, overwrite)
-  check_untrusted(saved_model_dir, tags, signature_names, allow_ops)
+  meta_graph, signatures = check_untrusted(saved_model_dir, tags, signature_names, allow_ops)
+  check_fits_protobuf(saved_model_dir, meta_graph, signatures)
   model, report = freezing.freeze_saved_model(saved_model_dir, tags, signature_names)
   size = saved_model_io.write_graph_def(
       saved_model_io.frozen_to_graph_def(model), output_graph, overwrite)
