@@ -11,6 +11,7 @@ like local ones.
 
 import contextlib
 import os
+import socket
 import sys
 import uuid
 
@@ -91,12 +92,52 @@ def check_output_free(path, overwrite):
     raise UserError('cannot write %s: %s is not a directory' % (path, parent))
 
 
+_HOST = socket.gethostname().replace('-', '_')
+
+
 def _temp_sibling(path):
   # A dot-name beside the target: the same filesystem (so rename is atomic where the filesystem
-  # makes it so), and hidden from the model loaders that list the parent directory.
+  # makes it so), and hidden from the model loaders that list the parent directory. Host and
+  # pid in the name let a later run tell debris of a killed run from a run still going.
   parent, base = parent_dir(path), path.rstrip('/').rsplit('/', 1)[-1]
-  name = '.%s.tmp-%s' % (base, uuid.uuid4().hex[:12])
+  name = '.%s.tmp-%s-%d-%s' % (base, _HOST, os.getpid(), uuid.uuid4().hex[:8])
   return join(parent, name) if parent else name
+
+
+def _pid_alive(pid):
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    return True
+  return True
+
+
+def remove_stale_temps(path):
+  """Removes temporary siblings of `path` left by runs of this host that were killed.
+
+  Returns:
+    The paths removed.
+  """
+  parent, base = parent_dir(path), path.rstrip('/').rsplit('/', 1)[-1]
+  prefix = '.%s.tmp-%s-' % (base, _HOST)
+  try:
+    names = tf.io.gfile.listdir(parent or '.')
+  except tf.errors.OpError:
+    return []
+  removed = []
+  for name in names:
+    name = name.rstrip('/')
+    if not name.startswith(prefix):
+      continue
+    pid = name[len(prefix):].split('-', 1)[0]
+    if pid.isdigit() and not _pid_alive(int(pid)):
+      stale = join(parent, name) if parent else name
+      _remove(stale)
+      removed.append(stale)
+      logging.info('removed %s, left by a run that was killed', stale)
+  return removed
 
 
 def _remove(path):
@@ -148,6 +189,7 @@ def atomic_output(path, overwrite=False):
       tf.io.gfile.makedirs(parent)
   except tf.errors.OpError as e:
     raise UserError('cannot create %s: %s' % (parent, tf_error_message(e))) from e
+  remove_stale_temps(path)
   tmp = _temp_sibling(path)
   try:
     yield tmp
