@@ -159,6 +159,9 @@ def resolve_prefix(path):
   Raises:
     utils.UserError: nothing there is a checkpoint.
   """
+  # The prefix test comes first: some filesystems (ram://) call any prefix of a file a directory.
+  if tf.io.gfile.exists(path + '.index'):
+    return path
   if tf.io.gfile.isdir(path):
     try:
       state = tf.compat.v1.train.get_checkpoint_state(path)
@@ -171,13 +174,11 @@ def resolve_prefix(path):
     if not prefix.startswith('/') and '://' not in prefix:
       prefix = utils.join(path, prefix)
     return prefix
-  if not tf.io.gfile.exists(path + '.index'):
-    parent = utils.parent_dir(path)
-    if not tf.io.gfile.exists(path) and parent and not tf.io.gfile.exists(parent):
-      raise utils.UserError('checkpoint %s does not exist' % path)
-    raise utils.UserError('checkpoint %s: no %s.index (pass a prefix such as '
-                          'model.ckpt-1000, or the directory holding `checkpoint`)' % (path, path))
-  return path
+  parent = utils.parent_dir(path)
+  if not tf.io.gfile.exists(path) and parent and not tf.io.gfile.exists(parent):
+    raise utils.UserError('checkpoint %s does not exist' % path)
+  raise utils.UserError('checkpoint %s: no %s.index (pass a prefix such as '
+                        'model.ckpt-1000, or the directory holding `checkpoint`)' % (path, path))
 
 
 def read_index(prefix):

@@ -141,10 +141,46 @@ def remove_stale_temps(path):
 
 
 def _remove(path):
-  if tf.io.gfile.isdir(path):
-    tf.io.gfile.rmtree(path)
-  elif tf.io.gfile.exists(path):
-    tf.io.gfile.remove(path)
+  try:
+    if tf.io.gfile.isdir(path):
+      tf.io.gfile.rmtree(path)
+    elif tf.io.gfile.exists(path):
+      tf.io.gfile.remove(path)
+  except tf.errors.NotFoundError:
+    pass
+
+
+# Filesystems whose directory rename is one atomic metadata operation. Elsewhere (object stores
+# such as gs:// and s3://, and TensorFlow's ram://) a directory "rename" copies objects one by
+# one, or, on ram://, silently moves nothing.
+_ATOMIC_DIR_RENAME = ('', 'file', 'hdfs', 'viewfs')
+# Files that mark a model complete: copied last, so a reader that finds them finds the rest.
+_COMMIT_FILES = ('saved_model.pb', 'saved_model.pbtxt', 'checkpoint')
+
+
+def _scheme(path):
+  return path.split('://', 1)[0] if '://' in path else ''
+
+
+def _copy_tree(src, dst):
+  """Copies directory `src` to `dst` file by file, the files that mark completeness last."""
+  files = []
+  for root, _, names in tf.io.gfile.walk(src):
+    for name in names:
+      files.append(join(root, name))
+  files.sort(key=lambda f: (f.rsplit('/', 1)[-1] in _COMMIT_FILES, f.count('/'), f))
+  for f in files:
+    target = dst + f[len(src.rstrip('/')):]
+    tf.io.gfile.makedirs(parent_dir(target))
+    tf.io.gfile.copy(f, target, overwrite=True)
+
+
+def _move(src, dst):
+  if tf.io.gfile.isdir(src) and _scheme(dst) not in _ATOMIC_DIR_RENAME:
+    _copy_tree(src, dst)
+    _remove(src)
+  else:
+    tf.io.gfile.rename(src, dst)
 
 
 def _commit(tmp, path, overwrite):
@@ -158,11 +194,11 @@ def _commit(tmp, path, overwrite):
     # Directories cannot be renamed over: move the old one aside first, so that the target is
     # always either the old complete model or the new complete one.
     old = _temp_sibling(path)
-    tf.io.gfile.rename(path, old)
-    tf.io.gfile.rename(tmp, path)
+    _move(path, old)
+    _move(tmp, path)
     _remove(old)
     return
-  tf.io.gfile.rename(tmp, path)
+  _move(tmp, path)
 
 
 @contextlib.contextmanager
