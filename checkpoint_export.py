@@ -97,36 +97,19 @@ def _link_or_copy(src, dst):
   tf.io.gfile.copy(src, dst, overwrite=True)
 
 
-class _Progress:
-  """Logs bytes done, total and rate at most every `every` seconds."""
-
-  def __init__(self, what, every=5.0):
-    self._what, self._every = what, every
-    self._start = self._last = time.perf_counter()
-
-  def __call__(self, done, total):
-    now = time.perf_counter()
-    if now - self._last >= self._every or done >= total:
-      self._last = now
-      rate = done / max(now - self._start, 1e-9)
-      logging.info('%s: %s of %s (%.0f%%), %s/s', self._what, utils.human_bytes(done),
-                   utils.human_bytes(total), 100.0 * done / max(total, 1),
-                   utils.human_bytes(rate))
-
-
 def write_variables(checkpoint, wants, variables_dir, prune, chunk_bytes):
   """Writes `variables_dir/variables.*` from `checkpoint`; returns (tensors, bytes) written."""
   tf.io.gfile.makedirs(variables_dir)
   prefix = utils.join(variables_dir, 'variables')
   if prune:
     done = checkpoints.copy_tensors(checkpoint, [w.name for w in wants], prefix, chunk_bytes,
-                                    progress=_Progress('copying tensors'))
+                                    progress=utils.Progress('copying tensors'))
     return len(wants), done
   files = [(checkpoint.prefix + '.index', prefix + '.index')]
   files += [(src, '%s.data-%05d-of-%05d' % (prefix, k, checkpoint.num_shards))
             for k, src in enumerate(checkpoint.data_files())]
   total = sum(tf.io.gfile.stat(src).length for src, _ in files)
-  progress, done = _Progress('linking checkpoint files'), 0
+  progress, done = utils.Progress('linking checkpoint files'), 0
   for src, dst in files:
     _link_or_copy(src, dst)
     done += tf.io.gfile.stat(src).length

@@ -155,6 +155,4 @@ def freeze_saved_model(export_dir, tags=('serve',), signature_names=None):
                len(report.variables), len(report.tables),
                utils.human_bytes(sum(t.nbytes for t in report.tables)),
                report.nodes_before, report.nodes_after)
-  for t in report.tables:
-    logging.info('table %s (%s): %d keys kept', t.name, t.op, len(t.keys))
   return model, report

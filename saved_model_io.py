@@ -8,7 +8,10 @@ dropped by optimize_from_pb.py.
 """
 
 import dataclasses
+import time
 from typing import Dict, List, Optional
+
+from absl import logging
 
 from google.protobuf import message as pb_message
 from google.protobuf import text_format
@@ -201,9 +204,13 @@ def write_graph_def(graph_def, path, overwrite=False):
     raise utils.UserError(
         'the graph for %s would be %s, past protobuf\'s 2 GB limit for one GraphDef; use '
         'optimize_from_ckpt.py, which keeps the values in a checkpoint' % (path, utils.human_bytes(size)))
+  start = time.perf_counter()
   with utils.atomic_output(path, overwrite) as tmp:
     with tf.io.gfile.GFile(tmp, 'wb') as f:
       f.write(graph_def.SerializeToString())
+  seconds = time.perf_counter() - start
+  logging.info('wrote %s: %s in %.1f s (%s/s)', path, utils.human_bytes(size), seconds,
+               utils.human_bytes(size / max(seconds, 1e-9)))
   return size
 
 

@@ -10,9 +10,13 @@ buckets included) that only makes sense for the same bucket count.
 """
 
 import dataclasses
+import time
 
+from absl import logging
 import numpy as np
 import tensorflow as tf
+
+import utils
 
 tf1 = tf.compat.v1
 
@@ -147,7 +151,12 @@ def add_table_fill(graph_def, session):
   taken = {n.name for n in graph_def.node}
   fills, exported = [], []
   for node in nodes:
+    start = time.perf_counter()
     contents = export_table(session, node)
+    seconds = time.perf_counter() - start
+    logging.info('table %s (%s): %d keys, %s exported in %.1f s (%s/s)', node.name, node.op,
+                 len(contents.keys), utils.human_bytes(contents.nbytes), seconds,
+                 utils.human_bytes(contents.nbytes / max(seconds, 1e-9)))
     new_nodes, fill_name = fill_nodes(node, contents, taken)
     graph_def.node.extend(new_nodes)
     fills.append(fill_name)

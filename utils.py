@@ -13,6 +13,7 @@ import contextlib
 import os
 import socket
 import sys
+import time
 import uuid
 
 # TensorFlow's C++ start-up chatter would drown the one-line errors this toolkit promises.
@@ -235,6 +236,22 @@ def atomic_output(path, overwrite=False):
   finally:
     if tf.io.gfile.exists(tmp):
       _remove(tmp)
+
+
+class Progress:
+  """Logs bytes done, total and rate of a long step, at most every `every` seconds (INFO)."""
+
+  def __init__(self, what, every=5.0):
+    self._what, self._every = what, every
+    self._start = self._last = time.perf_counter()
+
+  def __call__(self, done, total):
+    now = time.perf_counter()
+    if now - self._last >= self._every or done >= total:
+      self._last = now
+      rate = done / max(now - self._start, 1e-9)
+      logging.info('%s: %s of %s (%.0f%%), %s/s', self._what, human_bytes(done),
+                   human_bytes(total), 100.0 * done / max(total, 1), human_bytes(rate))
 
 
 def human_bytes(n):
