@@ -240,6 +240,39 @@ def slices_of(checkpoint, name):
   return sorted(out)
 
 
+def _ordered_num(key, pos):
+  """TensorFlow's OrderedCode NumIncreasing: a length byte, then that many big-endian bytes."""
+  n = key[pos]
+  return int.from_bytes(key[pos + 1:pos + 1 + n], 'big'), pos + 1 + n
+
+
+def _ordered_signed(key, pos):
+  """OrderedCode SignedNumIncreasing for |values| < 2**55: as many leading 1 bits as bytes
+  (inverted for negatives), then the value's bits."""
+  first = key[pos]
+  negative = not first & 0x80
+  raw = bytes((~b) & 0xff for b in key[pos:pos + 8]) if negative else key[pos:pos + 8]
+  length = 0
+  while length < 8 and raw[0] & (0x80 >> length):
+    length += 1
+  value = int.from_bytes(raw[:length], 'big') & ((1 << (8 * length - length - 1)) - 1)
+  return (-value - 1 if negative else value), pos + length
+
+
+def slice_key_extents(key, full_shape):
+  """Extents ((start, length) per dim) of the slice stored under index key `key` (TensorFlow's
+  EncodeTensorNameSlice: NUL, name, NUL 0x01, dims, then start and length of each dim; a
+  length of -1 means the whole dim)."""
+  pos = key.index(b'\x00\x01', 1) + 2
+  dims, pos = _ordered_num(key, pos)
+  extents = []
+  for d in range(dims):
+    start, pos = _ordered_signed(key, pos)
+    length, pos = _ordered_signed(key, pos)
+    extents.append((start, full_shape[d] - start if length < 0 else length))
+  return tuple(extents)
+
+
 def parse_slice_spec(spec):
   """'1000 8 0,334:0,8' -> ([1000, 8], ((0, 334), (0, 8))); '' -> (None, None)."""
   if not spec:

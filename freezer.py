@@ -29,6 +29,7 @@ import cli_flags
 import freezing
 import op_safety
 import saved_model_io
+import streaming_freeze
 import utils
 
 
@@ -81,8 +82,11 @@ def check_fits_protobuf(saved_model_dir, meta_graph, signatures):
 
 
 def freeze(saved_model_dir, output_graph, tags=('serve',), signature_names=None,
-           overwrite=False, allow_ops=()):
+           overwrite=False, allow_ops=(), streaming=True):
   """Freezes `saved_model_dir` into `output_graph`.
+
+  Streams each variable from the SavedModel's variables/ into the output where the graph
+  allows (streaming_freeze.plan), else loads the model in a session and freezes in memory.
 
   Returns:
     (saved_model_io.FrozenModel, freezing.FreezeReport, bytes written).
@@ -94,6 +98,11 @@ def freeze(saved_model_dir, output_graph, tags=('serve',), signature_names=None,
   utils.check_output_free(output_graph, overwrite)
   meta_graph, signatures = check_untrusted(saved_model_dir, tags, signature_names, allow_ops)
   check_fits_protobuf(saved_model_dir, meta_graph, signatures)
+  if streaming:
+    freezing.check_read_only(meta_graph.graph_def, signatures, saved_model_dir)
+    the_plan = streaming_freeze.plan(meta_graph, signatures, saved_model_dir)
+    if the_plan is not None:
+      return streaming_freeze.write(the_plan, signatures, tags, output_graph, overwrite)
   model, report = freezing.freeze_saved_model(saved_model_dir, tags, signature_names)
   size = saved_model_io.write_graph_def(
       saved_model_io.frozen_to_graph_def(model), output_graph, overwrite)

@@ -74,7 +74,7 @@ def check_read_only(graph_def, signatures, where):
             'choose others with --signature_def' % (key, where, state, node.name, node.op))
 
 
-def _frozen_signatures(signatures):
+def frozen_signatures(signatures):
   """Signature copies whose ref dtypes (a VariableV2 fetched as output) become plain dtypes."""
   out = {}
   for key, sig in signatures.items():
@@ -114,7 +114,7 @@ def freeze_session(session, graph_def, signatures, tags):
   except tf.errors.OpError as e:
     raise utils.UserError('cannot export a table: %s' % utils.tf_error_message(e)) from e
   model = saved_model_io.FrozenModel(
-      graph_def=frozen, signatures=_frozen_signatures(signatures), tags=list(tags),
+      graph_def=frozen, signatures=frozen_signatures(signatures), tags=list(tags),
       table_init_op=init_op)
   report = FreezeReport(variables=variables, tables=contents,
                         nodes_before=len(graph_def.node), nodes_after=len(frozen.node))
@@ -137,6 +137,9 @@ def freeze_saved_model(export_dir, tags=('serve',), signature_names=None):
   """
   proto = saved_model_io.read_saved_model_proto(export_dir)
   meta_graph = saved_model_io.select_meta_graph(proto, tags, export_dir)
+  import tf2_freezing  # pylint: disable=g-import-not-at-top  (it imports this module)
+  if tf2_freezing.is_object_based(meta_graph):  # written by tf.saved_model.save
+    return tf2_freezing.freeze_saved_model(export_dir, tags, signature_names)
   signatures = saved_model_io.select_signatures(meta_graph, signature_names, export_dir)
   saved_model_io.check_tensors_exist(meta_graph.graph_def, signatures, export_dir)
   check_read_only(meta_graph.graph_def, signatures, export_dir)

@@ -57,7 +57,8 @@ def _debris(parent, base):
 
 
 MOMENTS = {
-    'freezer': [('after', 0.5), ('log', 'not run by the signatures'), ('log', 'froze'),
+    'freezer': [('after', 0.5), ('log', 'not run by the signatures'),
+                ('log', 'keys from the checkpoint'),
                 ('temp', None)],
     'optimize_from_pb': [('after', 1.0), ('log', 'removed (not run'), ('log', 'nodes:'),
                          ('temp', None)],

@@ -14,6 +14,7 @@ import checkpoints
 import comparison
 import freezer
 import saved_model_io
+import streaming_freeze
 import utils
 
 tf1 = tf.compat.v1
@@ -315,3 +316,48 @@ def test_model_past_the_protobuf_limit_is_refused_before_loading(tiny_model, tmp
   monkeypatch.setattr(saved_model_io, 'PROTOBUF_LIMIT', inference + 100000)
   freezer.freeze(tiny_model['saved_model'], str(tmp_path / 'f.pb'))
   assert (tmp_path / 'f.pb').stat().st_size < 2 * inference + 100000
+
+
+def test_streaming_and_in_memory_freezers_agree(tiny_model, tmp_path):
+  meta_graph = saved_model_io.select_meta_graph(
+      saved_model_io.read_saved_model_proto(tiny_model['saved_model']), ['serve'], 'x')
+  signatures = saved_model_io.select_signatures(meta_graph, None, 'x')
+  the_plan = streaming_freeze.plan(meta_graph, signatures, tiny_model['saved_model'])
+  assert the_plan is not None and len(the_plan.variables) == 7  # 3 partitions + 2 layers
+  assert sorted(the_plan.table_sources) == ['category_stats', 'user_stats']
+  streamed, memory = str(tmp_path / 'streamed.pb'), str(tmp_path / 'memory.pb')
+  freezer.freeze(tiny_model['saved_model'], streamed)
+  freezer.freeze(tiny_model['saved_model'], memory, streaming=False)
+  a, b = comparison.load_frozen_graph(streamed), comparison.load_frozen_graph(memory)
+  reference = comparison.load_saved_model(tiny_model['saved_model'])
+  feeds = {k: comparison.InputMaker(reference, seed=9).make(k, 100) for k in a.signatures}
+  for key, feed in feeds.items():
+    for name, value in a.run(key, feed).items():
+      np.testing.assert_array_equal(value, b.run(key, feed)[name], err_msg=name)
+  # Both are GraphDefs any TensorFlow tool reads; the streamed one has every weight as a Const.
+  consts = {n.name for n in saved_model_io.read_graph_def(streamed).node if n.op == 'Const'}
+  assert set(the_plan.variables) <= consts
+
+
+def test_variables_read_through_control_flow_fall_back_to_in_memory(tmp_path):
+  graph = tf.Graph()
+  with graph.as_default():
+    x = tf1.placeholder(tf.float32, [None], name='x')
+    w = tf1.get_variable('w', initializer=tf.constant(3.0))
+    y = tf1.cond(tf.reduce_sum(x) > 0, lambda: x * w, lambda: x - w)  # v1 Switch/Merge
+    with tf1.Session(graph=graph) as session:
+      session.run(tf1.global_variables_initializer())
+      builder = tf1.saved_model.Builder(str(tmp_path / 'm'))
+      builder.add_meta_graph_and_variables(session, ['serve'], signature_def_map={
+          'serving_default': tf1.saved_model.predict_signature_def({'x': x}, {'y': y})})
+      builder.save()
+  meta_graph = saved_model_io.select_meta_graph(
+      saved_model_io.read_saved_model_proto(str(tmp_path / 'm')), ['serve'], 'm')
+  signatures = saved_model_io.select_signatures(meta_graph, None, 'm')
+  assert streaming_freeze.plan(meta_graph, signatures, str(tmp_path / 'm')) is None
+  freezer.freeze(str(tmp_path / 'm'), str(tmp_path / 'f.pb'))
+  run = comparison.load_frozen_graph(str(tmp_path / 'f.pb')).run
+  np.testing.assert_allclose(run('serving_default', {'x': np.array([1.0, 2.0], np.float32)})['y'],
+                             [3.0, 6.0])
+  np.testing.assert_allclose(run('serving_default', {'x': np.array([-1.0], np.float32)})['y'],
+                             [-4.0])

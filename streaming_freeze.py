@@ -1,0 +1,348 @@
+"""A freezer that never holds the model: constants streamed from the checkpoint into the file.
+
+A serialized GraphDef is a sequence of `node` records (field 1), then `library` and `versions`.
+Each frozen variable becomes a Const NodeDef whose `tensor_content` is exactly the bytes the
+checkpoint stores for it (little-endian, row-major: the same encoding), so the record's header
+is computed from the sizes in the checkpoint index and the bytes are copied from the data file in
+pieces. Peak memory is TensorFlow's own plus the graph's structure and one piece, not several
+copies of every variable (TensorFlow's `convert_variables_to_constants` restores them all in a
+session, reads them all into numpy, then builds the whole GraphDef in memory).
+
+It applies where the graph reads its variables the plain way (ReadVariableOp, ResourceGather,
+VariableShape, a ref variable's Identity), every variable and mutable table is restored from the
+SavedModel's variables/ by its saver, and there are no static tables (whose contents only an init
+op run in a session makes). Elsewhere `plan` returns None and freezer.py uses the in-memory path.
+"""
+
+import dataclasses
+import time
+from typing import Dict, List, Optional
+
+from absl import logging
+import numpy as np
+import tensorflow as tf
+
+from tensorflow.core.framework import attr_value_pb2
+from tensorflow.core.framework import graph_pb2
+from tensorflow.core.framework import tensor_pb2
+
+import checkpoint_graph
+import checkpoints
+import freezing
+import saved_model_io
+import tables
+import utils
+
+tf1 = tf.compat.v1
+
+_VARIABLE_OPS = frozenset({'VarHandleOp', 'VariableV2', 'Variable'})
+# How each plain reader of a resource variable becomes an op on the constant.
+_RESOURCE_READERS = frozenset({'ReadVariableOp', 'ResourceGather', 'VariableShape',
+                               'VarIsInitializedOp'})
+_REF_READERS = frozenset({'Identity', 'RefIdentity'})
+
+
+@dataclasses.dataclass
+class Source:
+  """Where a frozen variable's value comes from: checkpoint tensor `name`, slice `spec`."""
+  name: str
+  spec: str
+  dtype: tf.DType
+
+
+@dataclasses.dataclass
+class Plan:
+  graph_def: graph_pb2.GraphDef          # the needed subgraph, readers already rewritten
+  variables: Dict[str, Source]           # Const node name -> where its value is
+  table_sources: Dict[str, List[Source]]  # table node -> [keys, values]
+  checkpoint: checkpoints.Checkpoint
+
+
+def _varint(n):
+  out = bytearray()
+  while True:
+    b = n & 0x7f
+    n >>= 7
+    out.append(b | 0x80 if n else b)
+    if not n:
+      return bytes(out)
+
+
+def _field(number, payload_len):
+  """Header of a length-delimited protobuf field."""
+  return _varint(number << 3 | 2) + _varint(payload_len)
+
+
+def plan(meta_graph, signatures, export_dir):
+  """Decides whether the model can be streamed; returns a Plan or None (with the reason logged).
+
+  Args:
+    meta_graph: the SavedModel's MetaGraphDef.
+    signatures: signature key -> SignatureDef to keep.
+    export_dir: the SavedModel directory (its variables/ is the checkpoint read).
+  """
+  prefix = utils.join(export_dir, 'variables', 'variables')
+  if not meta_graph.saver_def.restore_op_name or not tf.io.gfile.exists(prefix + '.index'):
+    return _skip('no saver or no variables/ to stream from')
+  outputs = saved_model_io.signature_output_nodes(signatures)
+  sub = tf1.graph_util.extract_sub_graph(meta_graph.graph_def, outputs)
+  nodes = {n.name: n for n in sub.node}
+  if any(n.op in tables.HASH_TABLE_OPS for n in sub.node):
+    return _skip('static tables are filled by an init op, which needs a session')
+  restores = {r.target: r for r in checkpoint_graph.restores_of_saver(
+      meta_graph.graph_def, meta_graph.saver_def, export_dir)}
+  variables, table_sources = {}, {}
+  for node in sub.node:
+    if node.op in _VARIABLE_OPS or node.op in tables.TABLE_OPS:
+      r = restores.get(node.name)
+      if r is None:
+        return _skip('%s is not restored by the saver' % node.name)
+      sources = [Source(n, s, d) for n, s, d in zip(r.names, r.specs, r.dtypes)]
+      if node.op in _VARIABLE_OPS:
+        variables[node.name] = sources[0]
+      else:
+        table_sources[node.name] = sources
+  for node in sub.node:
+    for i, graph_input in enumerate(node.input):
+      source = saved_model_io.node_name(graph_input)
+      if source not in variables or graph_input.startswith('^'):
+        continue
+      readers = _RESOURCE_READERS if nodes[source].op == 'VarHandleOp' else _REF_READERS
+      if node.op not in readers:
+        return _skip('%s reads %s through %s (control flow or other ops over variables)'
+                     % (node.name, source, node.op))
+  checkpoint = checkpoints.read_index(prefix)
+  wants = {}
+  for s in list(variables.values()) + [s for v in table_sources.values() for s in v]:
+    wants.setdefault(s.name, checkpoints.Want(s.name, s.dtype)).specs.append(s.spec)
+  checkpoints.check_restorable(checkpoint, list(wants.values()), export_dir)
+  return Plan(_rewrite_readers(sub, variables), variables, table_sources, checkpoint)
+
+
+def _skip(reason):
+  logging.info('streaming freezer not used: %s; freezing in memory', reason)
+  return None
+
+
+def _rewrite_readers(sub, variables):
+  """Variables become Consts (values filled at write time); their readers, plain ops on them."""
+  out = graph_pb2.GraphDef()
+  out.CopyFrom(sub)
+  taken = {n.name for n in out.node}
+  extra = []
+  for node in out.node:
+    # Parameter-server placements (/job:ps/task:k) do not exist where the frozen graph runs.
+    node.device = ''
+    if node.name in variables:
+      name = node.name
+      node.Clear()
+      node.name, node.op = name, 'Const'
+      node.attr['dtype'].type = variables[name].dtype.as_datatype_enum
+      continue
+    source = saved_model_io.node_name(node.input[0]) if node.input else None
+    if source not in variables:
+      continue
+    if node.op == 'ReadVariableOp':
+      dtype = node.attr['dtype'].type
+      node.op = 'Identity'
+      for key in list(node.attr):
+        del node.attr[key]
+      node.attr['T'].type = dtype
+    elif node.op == 'ResourceGather':
+      dtype, tindices = node.attr['dtype'].type, node.attr['Tindices'].type
+      batch_dims = node.attr['batch_dims'].i if 'batch_dims' in node.attr else 0
+      for key in list(node.attr):
+        del node.attr[key]
+      axis = tf1.NodeDef(name=_unique(node.name + '/axis', taken), op='Const')
+      axis.attr['dtype'].type = tf.int32.as_datatype_enum
+      axis.attr['value'].tensor.CopyFrom(tf.make_tensor_proto(0, tf.int32))
+      extra.append(axis)
+      node.op = 'GatherV2'
+      node.input.insert(2, axis.name)
+      node.attr['Tparams'].type = dtype
+      node.attr['Tindices'].type = tindices
+      node.attr['Taxis'].type = tf.int32.as_datatype_enum
+      node.attr['batch_dims'].i = batch_dims
+    elif node.op == 'VariableShape':
+      out_type = node.attr['out_type'].type
+      for key in list(node.attr):
+        del node.attr[key]
+      node.op = 'Shape'
+      node.attr['T'].type = variables[source].dtype.as_datatype_enum
+      node.attr['out_type'].type = out_type
+    elif node.op == 'VarIsInitializedOp':
+      node.op = 'Const'
+      del node.input[:]
+      for key in list(node.attr):
+        del node.attr[key]
+      node.attr['dtype'].type = tf.bool.as_datatype_enum
+      node.attr['value'].tensor.CopyFrom(tf.make_tensor_proto(True))
+    elif node.op in _REF_READERS:
+      node.attr['T'].type = saved_model_io.base_dtype(node.attr['T'].type)
+  out.node.extend(extra)
+  return out
+
+
+def _unique(base, taken):
+  name, i = base, 1
+  while name in taken:
+    name = '%s_%d' % (base, i)
+    i += 1
+  taken.add(name)
+  return name
+
+
+def _stored_piece(checkpoint, source):
+  """(shard, offset, size, shape) of stored bytes holding exactly `source`, or None (strings,
+  and slices the checkpoint stores differently, are restored instead)."""
+  entry = checkpoint.entries[source.name]
+  if source.dtype == tf.string:
+    return None
+  if not source.spec:
+    if entry.slices:
+      return None
+    return entry.shard_id, entry.offset, entry.size, [d.size for d in entry.shape.dim]
+  full, extents = checkpoints.parse_slice_spec(source.spec)
+  for key, slice_entry in checkpoint.slices.get(source.name, []):
+    if checkpoints.slice_key_extents(key, full) == extents:
+      return (slice_entry.shard_id, slice_entry.offset, slice_entry.size,
+              [length for _, length in extents])
+  return None
+
+
+def _const_prefix(name, dtype, shape):
+  """Serialized NodeDef of a Const without its value attribute."""
+  node = tf1.NodeDef(name=name, op='Const')
+  node.attr['dtype'].type = dtype.as_datatype_enum
+  return node.SerializeToString(), tensor_pb2.TensorProto(
+      dtype=dtype.as_datatype_enum,
+      tensor_shape=tf.TensorShape(shape).as_proto()).SerializeToString()
+
+
+def _write_streamed_const(out, name, dtype, shape, data_file, offset, size, chunk):
+  node_prefix, tensor_prefix = _const_prefix(name, dtype, shape)
+  tensor_len = len(tensor_prefix) + len(_field(4, size)) + size
+  attr_value_len = len(_field(8, tensor_len)) + tensor_len
+  key = _field(1, 5) + b'value'
+  entry_len = len(key) + len(_field(2, attr_value_len)) + attr_value_len
+  node_len = len(node_prefix) + len(_field(5, entry_len)) + entry_len
+  out.write(_field(1, node_len) + node_prefix + _field(5, entry_len) + key +
+            _field(2, attr_value_len) + _field(8, tensor_len) + tensor_prefix +
+            _field(4, size))
+  data_file.seek(offset)
+  left = size
+  while left:
+    piece = data_file.read(min(chunk, left))
+    if not piece:
+      raise utils.UserError('checkpoint data file %s ends early' % data_file.name)
+    out.write(piece)
+    left -= len(piece)
+  return len(_field(1, node_len)) + node_len
+
+
+def _restore(checkpoint, source):
+  return tf.raw_ops.RestoreV2(prefix=checkpoint.prefix, tensor_names=[source.name],
+                              shape_and_slices=[source.spec], dtypes=[source.dtype])[0].numpy()
+
+
+def write(the_plan, signatures, tags, path, overwrite=False, chunk=8 << 20):
+  """Writes the frozen GraphDef of `the_plan` to `path`, streaming each variable's bytes.
+
+  Returns:
+    (saved_model_io.FrozenModel without the values (structure only), freezing.FreezeReport,
+     bytes written).
+
+  Raises:
+    utils.UserError: unreadable checkpoint data or an unwritable output.
+  """
+  start = time.perf_counter()
+  checkpoint = the_plan.checkpoint
+  graph_def = the_plan.graph_def
+  taken = {n.name for n in graph_def.node}
+  # Tables: keys and values read one table at a time.
+  fills, contents, fill_names = [], [], []
+  nodes = {n.name: n for n in graph_def.node}
+  for table, (keys_src, values_src) in sorted(the_plan.table_sources.items()):
+    node = nodes[table]
+    keys, values = _restore(checkpoint, keys_src), _restore(checkpoint, values_src)
+    if node.op in tables.DENSE_TABLE_OPS:
+      keys, values = _drop_empty_buckets(nodes, node, keys, values)
+    content = tables.TableContents(table, node.op, keys, values)
+    new_nodes, fill = tables.fill_nodes(node, content, taken)
+    fills.extend(new_nodes)
+    fill_names.append(fill)
+    contents.append(content)
+    logging.info('table %s (%s): %d keys from the checkpoint', table, node.op, len(keys))
+  init_op = None
+  if fill_names:
+    init_op = _unique(tables.INIT_OP_NAME, taken)
+    fills.append(tf1.NodeDef(name=init_op, op='NoOp', input=['^' + f for f in fill_names]))
+  model = saved_model_io.FrozenModel(
+      graph_def=graph_pb2.GraphDef(), signatures=freezing.frozen_signatures(signatures),
+      tags=list(tags), table_init_op=init_op)
+  metadata = saved_model_io.frozen_to_graph_def(model).node[0]
+  total = sum(checkpoint.nbytes(n) for n in {s.name for s in the_plan.variables.values()})
+  progress = utils.Progress('streaming constants')
+  done = written = 0
+  files = {}
+  with utils.atomic_output(path, overwrite) as tmp:
+    try:
+      with tf.io.gfile.GFile(tmp, 'wb') as out:
+        for node in graph_def.node:
+          source = the_plan.variables.get(node.name) if node.op == 'Const' else None
+          if source is None:
+            data = node.SerializeToString()
+            out.write(_field(1, len(data)) + data)
+            written += len(_field(1, len(data))) + len(data)
+            continue
+          piece = _stored_piece(checkpoint, source)
+          if piece is None:  # strings, or a slice stored differently: one tensor in memory
+            const = tf1.NodeDef(name=node.name, op='Const')
+            value = _restore(checkpoint, source)
+            const.attr['dtype'].type = source.dtype.as_datatype_enum
+            const.attr['value'].tensor.CopyFrom(tf.make_tensor_proto(value, source.dtype))
+            data = const.SerializeToString()
+            out.write(_field(1, len(data)) + data)
+            written += len(_field(1, len(data))) + len(data)
+            done += value.nbytes
+          else:
+            shard, offset, size, shape = piece
+            if shard not in files:
+              files[shard] = tf.io.gfile.GFile(checkpoint.data_files()[shard], 'rb')
+            written += _write_streamed_const(out, node.name, source.dtype, shape, files[shard],
+                                             offset, size, chunk)
+            done += size
+          progress(done, total)
+        for node in fills + [metadata]:
+          data = node.SerializeToString()
+          out.write(_field(1, len(data)) + data)
+          written += len(_field(1, len(data))) + len(data)
+        for number, message in ((2, graph_def.library), (4, graph_def.versions)):
+          data = message.SerializeToString()
+          if data:
+            out.write(_field(number, len(data)) + data)
+            written += len(_field(number, len(data))) + len(data)
+    finally:
+      for f in files.values():
+        f.close()
+  seconds = time.perf_counter() - start
+  logging.info('streamed %d variables (%s) and %d tables into %s: %s in %.1f s (%s/s)',
+               len(the_plan.variables), utils.human_bytes(total), len(contents), path,
+               utils.human_bytes(written), seconds, utils.human_bytes(written / max(seconds, 1e-9)))
+  report = freezing.FreezeReport(variables=sorted(the_plan.variables), tables=contents,
+                                 nodes_before=len(graph_def.node),
+                                 nodes_after=len(graph_def.node) + len(fills))
+  model.graph_def = graph_def
+  return model, report, written
+
+
+def _drop_empty_buckets(nodes, node, keys, values):
+  empty = tf.make_ndarray(nodes[saved_model_io.node_name(node.input[0])].attr['value'].tensor)
+  deleted = tf.make_ndarray(nodes[saved_model_io.node_name(node.input[1])].attr['value'].tensor)
+  value_shape = tuple(d.size for d in node.attr['value_shape'].shape.dim)
+  keys = keys.reshape((-1,) + np.shape(empty))
+  values = values.reshape((-1,) + value_shape)
+  flat = keys.reshape(len(keys), -1)
+  used = ~(np.all(flat == np.reshape(empty, -1), axis=1) |
+           np.all(flat == np.reshape(deleted, -1), axis=1))
+  return keys[used], values[used]
