@@ -38,6 +38,7 @@ from tensorflow.core.protobuf import saved_model_pb2
 
 import checkpoints
 import model_gen
+import saved_model_io
 import utils
 
 tf1 = tf.compat.v1
@@ -129,6 +130,14 @@ def build(work_dir, embedding_mb, dim, partitions, shards, table_keys):
       ckpt_dir = os.path.join(work_dir, 'ckpt')
       os.makedirs(ckpt_dir, exist_ok=True)
       saver.save(session, os.path.join(ckpt_dir, 'model.ckpt'), global_step=1)
+      # The training SavedModel, values included, as model_gen.py writes it: what freezer.py
+      # and TensorFlow's convert_variables_to_constants start from.
+      training = tf1.saved_model.Builder(os.path.join(work_dir, 'saved_model'))
+      training.add_meta_graph_and_variables(session, ['serve'], signature_def_map={
+          'serving_default': tf1.saved_model.signature_def_utils.predict_signature_def(
+              {k: v for k, v in features.items() if k != model_gen.LABEL},
+              {'probability': outputs['probability']})}, clear_devices=True)
+      training.save()
     signature = tf1.saved_model.signature_def_utils.predict_signature_def(
         {k: v for k, v in features.items() if k != model_gen.LABEL},
         {'probability': outputs['probability']})
@@ -235,10 +244,64 @@ def bench_checkpoint(work_dir, repeats):
                             100.0 * (exported - needed) / needed, utils.human_bytes(total)))
 
 
+# What a user does without this toolkit: load the SavedModel, convert_variables_to_constants,
+# write the GraphDef. (Its tables come out empty.)
+_BASELINE_FREEZE = r"""
+import os, sys
+os.environ['TF_CPP_MIN_LOG_LEVEL'] = '2'
+import tensorflow as tf
+tf1 = tf.compat.v1
+export_dir, out = sys.argv[1], sys.argv[2]
+with tf1.Session(graph=tf.Graph()) as session:
+  meta_graph = tf1.saved_model.loader.load(session, ['serve'], export_dir)
+  outputs = sorted({o.name.split(':')[0] for s in meta_graph.signature_def.values()
+                    for o in s.outputs.values()})
+  frozen = tf1.graph_util.convert_variables_to_constants(
+      session, session.graph.as_graph_def(), outputs)
+with open(out, 'wb') as f:
+  f.write(frozen.SerializeToString())
+"""
+
+
+def bench_freeze(work_dir, repeats):
+  saved_model = os.path.join(work_dir, 'saved_model')
+  index = checkpoints.read_index(os.path.join(saved_model, 'variables', 'variables'))
+  inference = sum(index.nbytes(n) for n in index.entries
+                  if 'Adam' not in n and n not in ('global_step', 'beta1_power', 'beta2_power'))
+  out = os.path.join(work_dir, 'frozen.pb')
+  commands = {
+      'freezer.py': [sys.executable, 'freezer.py', '--saved_model_dir=' + saved_model,
+                     '--output_graph=' + out, '--overwrite'],
+      'convert_variables_to_constants': [sys.executable, '-c', _BASELINE_FREEZE, saved_model,
+                                         out],
+  }
+  figures = {name: [] for name in commands}
+  kept = {}
+  for r in range(repeats):
+    for name in (list(commands) if r % 2 == 0 else list(reversed(list(commands)))):
+      if os.path.exists(out):
+        os.remove(out)
+      figures[name].append(measure(commands[name]))
+      graph_def = saved_model_io.read_graph_def(out)
+      kept[name] = sum(len(tf.make_ndarray(n.attr['value'].tensor))
+                       for n in graph_def.node if n.name.endswith('/keys')
+                       and n.name.startswith('freezer/tables/'))
+      kept[name + ' size'] = os.path.getsize(out)
+  print()
+  print('SavedModel -> frozen GraphDef (variables the signatures need: %s)'
+        % utils.human_bytes(inference))
+  print('%-32s %14s %14s %12s %14s' % ('', 'wall (median)', 'peak RSS', 'output',
+                                       'table keys kept'))
+  for name, runs in figures.items():
+    print('%-32s %12.2f s %10.0f MiB %8.0f MiB %14d' % (
+        name, statistics.median(w for w, _ in runs),
+        statistics.median(m for _, m in runs) / 2**20, kept[name + ' size'] / 2**20, kept[name]))
+
+
 def main(argv):
   del argv
   work_dir = _WORK_DIR.value
-  if _REBUILD.value or not os.path.exists(os.path.join(work_dir, 'structure', 'saved_model.pb')):
+  if _REBUILD.value or not os.path.exists(os.path.join(work_dir, 'saved_model', 'saved_model.pb')):
     shutil.rmtree(work_dir, ignore_errors=True)
     os.makedirs(work_dir)
     start = time.perf_counter()
@@ -247,6 +310,7 @@ def main(argv):
     print('built the model in %.0f s' % (time.perf_counter() - start))
   print('command: %s' % ' '.join([os.path.relpath(sys.argv[0], REPO)] + sys.argv[1:]))
   bench_checkpoint(work_dir, _REPEATS.value)
+  bench_freeze(work_dir, _REPEATS.value)
 
 
 if __name__ == '__main__':
