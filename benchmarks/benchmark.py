@@ -9,6 +9,10 @@ the same run:
           wall time and peak RSS (medians of --repeats runs, order alternated), with the
           checkpoint in the page cache (warm) and evicted from it before each run (cold), and
           the bytes exported against the bytes the serving graph restores.
+  freeze: freezer.py against loading the SavedModel and TensorFlow's
+          convert_variables_to_constants: wall, peak RSS, output size, table keys kept.
+  serve:  the SavedModel optimize_from_pb.py re-dumps against the training SavedModel:
+          outputs, latency (median, p99) at batch 1 and 512, load time, nodes, size.
 
 Every figure comes from child processes measured with wait4 (ru_maxrss), in this process tree,
 on this machine (its cores are printed). Not a test: nothing here asserts a target.
@@ -298,6 +302,26 @@ def bench_freeze(work_dir, repeats):
         statistics.median(m for _, m in runs) / 2**20, kept[name + ' size'] / 2**20, kept[name]))
 
 
+def bench_serving(work_dir):
+  """Latency and load time of the re-dumped SavedModel against the training one."""
+  frozen, serving = os.path.join(work_dir, 'frozen.pb'), os.path.join(work_dir, 'serving')
+  shutil.rmtree(serving, ignore_errors=True)
+  subprocess.run([sys.executable, 'freezer.py', '--saved_model_dir=' +
+                  os.path.join(work_dir, 'saved_model'), '--output_graph=' + frozen,
+                  '--overwrite'], cwd=REPO, check=True, capture_output=True)
+  subprocess.run([sys.executable, 'optimize_from_pb.py', '--input_graph=' + frozen,
+                  '--output_saved_model_dir=' + serving], cwd=REPO, check=True,
+                 capture_output=True)
+  report = subprocess.run(
+      [sys.executable, 'optimize_from_pb_test.py', '--saved_model_dir=' + serving,
+       '--reference_saved_model_dir=' + os.path.join(work_dir, 'saved_model'),
+       '--batch_sizes=1', '--batch_sizes=512', '--latency_runs=50'],
+      cwd=REPO, capture_output=True, text=True, check=False)
+  print()
+  print('re-dumped SavedModel (new) against the training SavedModel (reference)')
+  print(report.stdout.rstrip())
+
+
 def main(argv):
   del argv
   work_dir = _WORK_DIR.value
@@ -311,6 +335,7 @@ def main(argv):
   print('command: %s' % ' '.join([os.path.relpath(sys.argv[0], REPO)] + sys.argv[1:]))
   bench_checkpoint(work_dir, _REPEATS.value)
   bench_freeze(work_dir, _REPEATS.value)
+  bench_serving(work_dir)
 
 
 if __name__ == '__main__':
