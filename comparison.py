@@ -19,6 +19,7 @@ from tensorflow.core.framework import types_pb2
 
 import saved_model_io
 import tables
+import tf2_freezing
 import utils
 
 tf1 = tf.compat.v1
@@ -78,6 +79,8 @@ def load_saved_model(export_dir, tags=('serve',)):
   """
   proto = saved_model_io.read_saved_model_proto(export_dir)
   meta_graph = saved_model_io.select_meta_graph(proto, tags, export_dir)
+  if tf2_freezing.is_object_based(meta_graph):  # tf.saved_model.save: run it as TF2 loads it
+    return tf2_freezing.LoadedModel(export_dir, meta_graph, tags)
   signatures = {k: v for k, v in meta_graph.signature_def.items()
                 if k != saved_model_io.INIT_OP_SIGNATURE_KEY}
   graph = tf.Graph()

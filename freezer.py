@@ -30,6 +30,7 @@ import freezing
 import op_safety
 import saved_model_io
 import streaming_freeze
+import tf2_freezing
 import utils
 
 
@@ -98,7 +99,8 @@ def freeze(saved_model_dir, output_graph, tags=('serve',), signature_names=None,
   utils.check_output_free(output_graph, overwrite)
   meta_graph, signatures = check_untrusted(saved_model_dir, tags, signature_names, allow_ops)
   check_fits_protobuf(saved_model_dir, meta_graph, signatures)
-  if streaming:
+  # TF2 (object-based) SavedModels take tf2_freezing's path, which checks state inside functions.
+  if streaming and not tf2_freezing.is_object_based(meta_graph):
     freezing.check_read_only(meta_graph.graph_def, signatures, saved_model_dir)
     the_plan = streaming_freeze.plan(meta_graph, signatures, saved_model_dir)
     if the_plan is not None:
