@@ -87,6 +87,7 @@ def find_unsafe(graph_def, exempt=(), asset_tensors=()):
     list of Finding.
   """
   library = {f.signature.name: f for f in graph_def.library.function}
+  asset_tensors = _asset_derived(graph_def, asset_tensors)
   findings = []
   for node in graph_def.node:
     if node.name in exempt:
@@ -103,10 +104,40 @@ def find_unsafe(graph_def, exempt=(), asset_tensors=()):
         continue
       seen.add(name)
       for inner in library[name].node_def:
+        if inner.op in _TEXT_FILE_INIT and _fed_an_asset(node, asset_tensors):
+          continue  # TF2: the init function reads the asset path its caller passes in
         if inner.op in UNSAFE_OPS:
           findings.append(Finding('%s/%s' % (name, inner.name), inner.op, node.name))
         stack.extend(_calls(inner, library))
   return findings
+
+
+# Ops that pass an asset path on unchanged (TF2 keeps it in a variable: Assign, then Read).
+_PATH_CARRIERS = frozenset({'Identity', 'ReadVariableOp', 'AssignVariableOp', 'Assign'})
+
+
+def _asset_derived(graph_def, asset_tensors):
+  """`asset_tensors` plus the tensors that carry those paths unchanged (no string ops)."""
+  tainted = {saved_model_io.node_name(t) for t in asset_tensors}
+  changed = True
+  while changed:
+    changed = False
+    for node in graph_def.node:
+      if node.op not in _PATH_CARRIERS or node.name in tainted:
+        continue
+      data = [saved_model_io.node_name(i) for i in node.input if not i.startswith('^')]
+      if node.op in ('AssignVariableOp', 'Assign'):
+        if len(data) > 1 and data[1] in tainted and data[0] not in tainted:
+          tainted.add(data[0])  # the variable now holds the path
+          changed = True
+      elif data and data[0] in tainted:
+        tainted.add(node.name)
+        changed = True
+  return {t + ':0' for t in tainted} | set(asset_tensors)
+
+
+def _fed_an_asset(node, asset_tensors):
+  return any(i in asset_tensors or i + ':0' in asset_tensors for i in node.input)
 
 
 def saver_nodes(graph_def, saver_def):
