@@ -19,7 +19,6 @@ import time
 from typing import Dict, List, Optional
 
 from absl import logging
-import numpy as np
 import tensorflow as tf
 
 from tensorflow.core.framework import attr_value_pb2
@@ -153,7 +152,7 @@ def _rewrite_readers(sub, variables):
       batch_dims = node.attr['batch_dims'].i if 'batch_dims' in node.attr else 0
       for key in list(node.attr):
         del node.attr[key]
-      axis = tf1.NodeDef(name=_unique(node.name + '/axis', taken), op='Const')
+      axis = tf1.NodeDef(name=tables.unique_name(node.name + '/axis', taken), op='Const')
       axis.attr['dtype'].type = tf.int32.as_datatype_enum
       axis.attr['value'].tensor.CopyFrom(tf.make_tensor_proto(0, tf.int32))
       extra.append(axis)
@@ -181,15 +180,6 @@ def _rewrite_readers(sub, variables):
       node.attr['T'].type = saved_model_io.base_dtype(node.attr['T'].type)
   out.node.extend(extra)
   return out
-
-
-def _unique(base, taken):
-  name, i = base, 1
-  while name in taken:
-    name = '%s_%d' % (base, i)
-    i += 1
-  taken.add(name)
-  return name
 
 
 def _stored_piece(checkpoint, source):
@@ -266,7 +256,9 @@ def write(the_plan, signatures, tags, path, overwrite=False, chunk=8 << 20):
     node = nodes[table]
     keys, values = _restore(checkpoint, keys_src), _restore(checkpoint, values_src)
     if node.op in tables.DENSE_TABLE_OPS:
-      keys, values = _drop_empty_buckets(nodes, node, keys, values)
+      empty, deleted = [tf.make_ndarray(nodes[saved_model_io.node_name(i)].attr['value'].tensor)
+                        for i in node.input[:2]]
+      keys, values = tables.drop_empty_buckets(node, keys, values, empty, deleted)
     content = tables.TableContents(table, node.op, keys, values)
     new_nodes, fill = tables.fill_nodes(node, content, taken)
     fills.extend(new_nodes)
@@ -275,7 +267,7 @@ def write(the_plan, signatures, tags, path, overwrite=False, chunk=8 << 20):
     logging.info('table %s (%s): %d keys from the checkpoint', table, node.op, len(keys))
   init_op = None
   if fill_names:
-    init_op = _unique(tables.INIT_OP_NAME, taken)
+    init_op = tables.unique_name(tables.INIT_OP_NAME, taken)
     fills.append(tf1.NodeDef(name=init_op, op='NoOp', input=['^' + f for f in fill_names]))
   model = saved_model_io.FrozenModel(
       graph_def=graph_pb2.GraphDef(), signatures=freezing.frozen_signatures(signatures),
@@ -334,15 +326,3 @@ def write(the_plan, signatures, tags, path, overwrite=False, chunk=8 << 20):
                                  nodes_after=len(graph_def.node) + len(fills))
   model.graph_def = graph_def
   return model, report, written
-
-
-def _drop_empty_buckets(nodes, node, keys, values):
-  empty = tf.make_ndarray(nodes[saved_model_io.node_name(node.input[0])].attr['value'].tensor)
-  deleted = tf.make_ndarray(nodes[saved_model_io.node_name(node.input[1])].attr['value'].tensor)
-  value_shape = tuple(d.size for d in node.attr['value_shape'].shape.dim)
-  keys = keys.reshape((-1,) + np.shape(empty))
-  values = values.reshape((-1,) + value_shape)
-  flat = keys.reshape(len(keys), -1)
-  used = ~(np.all(flat == np.reshape(empty, -1), axis=1) |
-           np.all(flat == np.reshape(deleted, -1), axis=1))
-  return keys[used], values[used]

@@ -79,16 +79,28 @@ def export_table(session, node):
   results = session.run([keys_t, values_t] + extra)
   keys, values = results[0], results[1]
   if node.op in DENSE_TABLE_OPS:
-    empty_key, deleted_key = results[2], results[3]
-    key_shape = np.shape(empty_key)
-    value_shape = tuple(d.size for d in node.attr['value_shape'].shape.dim)
-    keys = keys.reshape((-1,) + key_shape)
-    values = values.reshape((-1,) + value_shape)
-    flat = keys.reshape(len(keys), -1)
-    used = ~(np.all(flat == np.reshape(empty_key, -1), axis=1) |
-             np.all(flat == np.reshape(deleted_key, -1), axis=1))
-    keys, values = keys[used], values[used]
+    keys, values = drop_empty_buckets(node, keys, values, results[2], results[3])
   return TableContents(name=node.name, op=node.op, keys=keys, values=values)
+
+
+def drop_empty_buckets(node, keys, values, empty_key, deleted_key):
+  """A dense hash table's export is its bucket array; keeps the buckets that hold a key.
+
+  Args:
+    node: the MutableDenseHashTable NodeDef (for its value_shape).
+    keys, values: the export.
+    empty_key, deleted_key: the table's markers of free buckets.
+
+  Returns:
+    (keys, values) of the entries only.
+  """
+  value_shape = tuple(d.size for d in node.attr['value_shape'].shape.dim)
+  keys = keys.reshape((-1,) + np.shape(empty_key))
+  values = values.reshape((-1,) + value_shape)
+  flat = keys.reshape(len(keys), -1)
+  used = ~(np.all(flat == np.reshape(empty_key, -1), axis=1) |
+           np.all(flat == np.reshape(deleted_key, -1), axis=1))
+  return keys[used], values[used]
 
 
 def _const_node(name, array, dtype):
@@ -98,7 +110,8 @@ def _const_node(name, array, dtype):
   return node
 
 
-def _unique_name(base, taken):
+def unique_name(base, taken):
+  """`base`, or `base_N` for the first N that is not in `taken`; added to `taken`."""
   name, i = base, 1
   while name in taken:
     name = '%s_%d' % (base, i)
@@ -121,13 +134,13 @@ def fill_nodes(table_node, contents, taken):
   key_dtype = tf.as_dtype(table_node.attr['key_dtype'].type)
   value_dtype = tf.as_dtype(table_node.attr['value_dtype'].type)
   scope = 'freezer/tables/' + table_node.name
-  keys = _const_node(_unique_name(scope + '/keys', taken), contents.keys, key_dtype)
-  values = _const_node(_unique_name(scope + '/values', taken), contents.values, value_dtype)
+  keys = _const_node(unique_name(scope + '/keys', taken), contents.keys, key_dtype)
+  values = _const_node(unique_name(scope + '/values', taken), contents.values, value_dtype)
   if table_node.op in DENSE_TABLE_OPS:
     op = 'LookupTableInsertV2' if not _is_ref_table(table_node) else 'LookupTableInsert'
   else:
     op = 'LookupTableImportV2' if not _is_ref_table(table_node) else 'LookupTableImport'
-  fill = tf1.NodeDef(name=_unique_name(scope + '/fill', taken), op=op,
+  fill = tf1.NodeDef(name=unique_name(scope + '/fill', taken), op=op,
                      input=[table_node.name, keys.name, values.name])
   fill.attr['Tin'].type = key_dtype.as_datatype_enum
   fill.attr['Tout'].type = value_dtype.as_datatype_enum
@@ -161,7 +174,7 @@ def add_table_fill(graph_def, session):
     graph_def.node.extend(new_nodes)
     fills.append(fill_name)
     exported.append(contents)
-  init = tf1.NodeDef(name=_unique_name(INIT_OP_NAME, taken), op='NoOp',
+  init = tf1.NodeDef(name=unique_name(INIT_OP_NAME, taken), op='NoOp',
                      input=['^' + f for f in fills])
   graph_def.node.append(init)
   return init.name, exported

@@ -27,7 +27,6 @@ import collections
 import time
 
 from absl import logging
-import numpy as np
 import tensorflow as tf
 
 from tensorflow.core.framework import types_pb2
@@ -285,13 +284,7 @@ def _export_table(node, handle, nodes_by_name):
       raise utils.UserError('dense hash table %s: its empty_key and deleted_key are not '
                             'constants, so its used buckets cannot be told' % node.name)
     empty_key, deleted_key = [tf.make_ndarray(b.attr['value'].tensor) for b in bounds]
-    value_shape = tuple(d.size for d in node.attr['value_shape'].shape.dim)
-    keys = keys.reshape((-1,) + np.shape(empty_key))
-    values = values.reshape((-1,) + value_shape)
-    flat = keys.reshape(len(keys), -1)
-    used = ~(np.all(flat == np.reshape(empty_key, -1), axis=1) |
-             np.all(flat == np.reshape(deleted_key, -1), axis=1))
-    keys, values = keys[used], values[used]
+    keys, values = tables.drop_empty_buckets(node, keys, values, empty_key, deleted_key)
   return tables.TableContents(name=node.name, op=node.op, keys=keys, values=values)
 
 
@@ -383,15 +376,6 @@ def _resource_gather_to_gather(function, node):
   node.attr['batch_dims'].i = 0
 
 
-def _unique_name(base, taken):
-  name, i = base, 1
-  while name in taken:
-    name = '%s_%d' % (base, i)
-    i += 1
-  taken.add(name)
-  return name
-
-
 def _node_name_for(key):
   # Node names allow [A-Za-z0-9._/-] and start with a letter or digit; keys may hold anything.
   base = ''.join(c if c.isalnum() or c in '._-/' else '_' for c in key).strip('/') or 'input'
@@ -419,7 +403,7 @@ def _inputs_named_by_key(graph_def, signatures):
           node.op = 'Placeholder'  # same dtype and shape attributes; the default goes
           del node.input[:]
         wanted = _node_name_for(key)
-        renamed[name] = wanted if wanted == name else _unique_name(wanted, taken)
+        renamed[name] = wanted if wanted == name else tables.unique_name(wanted, taken)
         node.name = renamed[name]
       info.name = renamed[name] + ':0'
   for node in graph_def.node:
@@ -497,7 +481,7 @@ def freeze_graph(meta_graph, signatures, loaded, tags, where):
     contents.append(table)
   init_op = None
   if fills:
-    init = tf1.NodeDef(name=_unique_name(tables.INIT_OP_NAME, taken), op='NoOp',
+    init = tf1.NodeDef(name=tables.unique_name(tables.INIT_OP_NAME, taken), op='NoOp',
                        input=['^' + f for f in fills])
     frozen.node.append(init)
     init_op = init.name

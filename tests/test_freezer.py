@@ -361,3 +361,33 @@ def test_variables_read_through_control_flow_fall_back_to_in_memory(tmp_path):
                              [3.0, 6.0])
   np.testing.assert_allclose(run('serving_default', {'x': np.array([-1.0], np.float32)})['y'],
                              [-4.0])
+
+
+def test_streaming_freezer_keeps_dense_and_scalar_tables(tmp_path):
+  graph = tf.Graph()
+  with graph.as_default():
+    ids = tf1.placeholder(tf.int64, [None], name='ids')
+    dense = tf.lookup.experimental.DenseHashTable(tf.int64, tf.float32, default_value=-2.0,
+                                                  empty_key=-1, deleted_key=-3, name='dense')
+    scalar = tf.lookup.experimental.MutableHashTable(tf.int64, tf.int64, -1, name='scalar')
+    w = tf1.Variable([0.5], use_resource=False, name='w')  # a ref variable
+    y = dense.lookup(ids) * w + tf.cast(scalar.lookup(ids), tf.float32)
+    with tf1.Session(graph=graph) as session:
+      session.run(tf1.global_variables_initializer())
+      session.run([dense.insert(tf.constant([3, 11, 13], tf.int64), tf.constant([3., 11., 13.])),
+                   scalar.insert(tf.constant([3, 4], tf.int64), tf.constant([30, 40], tf.int64))])
+      session.run(dense.remove(tf.constant([13], tf.int64)))
+      builder = tf1.saved_model.Builder(str(tmp_path / 'm'))
+      builder.add_meta_graph_and_variables(session, ['serve'], signature_def_map={
+          'serving_default': tf1.saved_model.predict_signature_def({'ids': ids}, {'y': y})})
+      builder.save()
+  meta_graph = saved_model_io.select_meta_graph(
+      saved_model_io.read_saved_model_proto(str(tmp_path / 'm')), ['serve'], 'm')
+  the_plan = streaming_freeze.plan(meta_graph, saved_model_io.select_signatures(
+      meta_graph, None, 'm'), str(tmp_path / 'm'))
+  assert the_plan is not None and sorted(the_plan.table_sources) == ['dense', 'scalar']
+  _, report, _ = freezer.freeze(str(tmp_path / 'm'), str(tmp_path / 'f.pb'))
+  assert {t.name: len(t.keys) for t in report.tables} == {'dense': 2, 'scalar': 2}
+  got = comparison.load_frozen_graph(str(tmp_path / 'f.pb')).run(
+      'serving_default', {'ids': np.array([3, 4, 11, 13, 99], np.int64)})
+  np.testing.assert_allclose(got['y'], [1.5 + 30, -1 + 40, 5.5 - 1, -1 - 1, -1 - 1])
