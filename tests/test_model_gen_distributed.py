@@ -16,6 +16,7 @@ from conftest import REPO
 from conftest import TINY
 from conftest import TINY_FLAGS
 from conftest import run_script
+import cluster
 import model_gen
 import saved_model_io
 import utils
@@ -60,7 +61,7 @@ def cluster_model(tmp_path_factory):
   """TINY trained by 2 PS + 1 worker: train_distributed's result, plus 'seconds' and 'root'."""
   root = tmp_path_factory.mktemp('cluster')
   start = time.monotonic()
-  result = model_gen.train_distributed(str(root / 'model'), TINY, num_ps=NUM_PS, num_workers=1,
+  result = cluster.train_distributed(str(root / 'model'), TINY, num_ps=NUM_PS, num_workers=1,
                                        timeout_secs=120, log_dir=str(root / 'logs'))
   return dict(result, seconds=time.monotonic() - start, root=str(root))
 
@@ -178,7 +179,7 @@ def _run_failing(tmp_path, **kwargs):
   out = tmp_path / 'model'
   start = time.monotonic()
   with pytest.raises(utils.UserError) as e:
-    model_gen.train_distributed(str(out), TINY, num_ps=NUM_PS, log_dir=str(tmp_path / 'logs'),
+    cluster.train_distributed(str(out), TINY, num_ps=NUM_PS, log_dir=str(tmp_path / 'logs'),
                                 **kwargs)
   seconds = time.monotonic() - start
   assert _cluster_processes(str(tmp_path)) == []
@@ -255,7 +256,7 @@ def test_cli_flag_rules(tmp_path):
 
 def test_cli_joins_a_cluster(tmp_path):
   """The module docstring's commands for real machines, on loopback: 1 PS, 2 workers."""
-  socks = model_gen.reserve_ports(3)  # held until the tasks have bound them: no port race
+  socks = cluster.reserve_ports(3)  # held until the tasks have bound them: no port race
   hosts = ['127.0.0.1:%d' % s.getsockname()[1] for s in socks]
   out = tmp_path / 'model'
   common = ['--output_dir=%s' % out, '--ps_hosts=%s' % hosts[0],
