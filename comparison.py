@@ -28,7 +28,7 @@ tf1 = tf.compat.v1
 _KEY_PRESERVING = frozenset({
     'Identity', 'IdentityN', 'Reshape', 'ExpandDims', 'Squeeze', 'Cast', 'Unique',
     'StopGradient', 'Switch', 'Merge', 'Enter', 'Exit', 'Tile', 'GatherV2', 'Gather',
-    'StringStrip', 'StringLower', 'ConcatV2', 'Pack'})
+    'StringStrip', 'StringLower', 'ConcatV2', 'Pack', 'DynamicPartition'})
 _LOOKUP_OPS = frozenset({'LookupTableFindV2', 'LookupTableFind'})
 _PARSE_OPS = frozenset({'ParseExample', 'ParseExampleV2'})
 
@@ -194,7 +194,8 @@ def trace_input(model, tensor_name):
       elif node.op in _PARSE_OPS and pos == 0 and spec is None:
         spec = _example_spec(nodes, node)
       elif node.op in _KEY_PRESERVING:
-        frontier.extend((node.name, i) for i in range(4))
+        # Every output: DynamicPartition routes ids to one output per table shard.
+        frontier.extend((node.name, i) for i in range(max(4, node.attr['num_partitions'].i)))
   return found_tables, spec
 
 

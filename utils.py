@@ -64,7 +64,7 @@ def tf_error_message(e):
   lines = [l.strip() for l in text.strip().splitlines() if l.strip()]
   for line in lines:
     if not line.startswith(('Graph execution error', 'Detected at node', 'File "',
-                            'Node:', 'Traceback')):
+                            'Node:', 'Traceback', 'From /job:', '<stack traces unavailable>')):
       return line
   return lines[0] if lines else type(e).__name__
 

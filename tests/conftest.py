@@ -64,6 +64,31 @@ def capi(tmp_path_factory):
   return capi_runner.build_runner(tmp_path_factory.mktemp('capi_runner'))
 
 
+NUM_PS = 2
+
+
+@pytest.fixture(scope='session')
+def cluster_model(tmp_path_factory):
+  """TINY trained by a real cluster of 2 PS + 1 worker on loopback: train_distributed's result
+  (sharded checkpoint, SavedModel with /job:ps devices), plus 'seconds' and 'root'."""
+  import time  # pylint: disable=g-import-not-at-top
+  import cluster  # pylint: disable=g-import-not-at-top
+  root = tmp_path_factory.mktemp('cluster')
+  start = time.monotonic()
+  result = cluster.train_distributed(str(root / 'model'), TINY, num_ps=NUM_PS, num_workers=1,
+                                     timeout_secs=120, log_dir=str(root / 'logs'))
+  return dict(result, seconds=time.monotonic() - start, root=str(root))
+
+
+@pytest.fixture(scope='session')
+def fake_graph(tmp_path_factory):
+  """The fake inference graph of the cluster's model: same names, partitions, table shards."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  out = tmp_path_factory.mktemp('fake') / 'fake_infer'
+  config = dataclasses.replace(TINY, num_table_shards=NUM_PS)
+  return model_gen.write_fake_infer_graph(str(out), config)['saved_model']
+
+
 def run_script(script, *args):
   """Runs `python SCRIPT ARGS` from the repository root, as the README does."""
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')

@@ -21,7 +21,7 @@ import model_gen
 import saved_model_io
 import utils
 
-NUM_PS = 2
+from conftest import NUM_PS  # pylint: disable=g-bad-import-order
 OPTIMIZER_OPS = {'ResourceApplyAdam', 'ApplyAdam', 'ResourceSparseApplyAdam'}
 
 
@@ -54,23 +54,6 @@ def _meta_graph(saved_model):
 
 def _shapes(prefix):
   return tf.train.load_checkpoint(prefix).get_variable_to_shape_map()
-
-
-@pytest.fixture(scope='session')
-def cluster_model(tmp_path_factory):
-  """TINY trained by 2 PS + 1 worker: train_distributed's result, plus 'seconds' and 'root'."""
-  root = tmp_path_factory.mktemp('cluster')
-  start = time.monotonic()
-  result = cluster.train_distributed(str(root / 'model'), TINY, num_ps=NUM_PS, num_workers=1,
-                                       timeout_secs=120, log_dir=str(root / 'logs'))
-  return dict(result, seconds=time.monotonic() - start, root=str(root))
-
-
-@pytest.fixture(scope='session')
-def fake_graph(tmp_path_factory):
-  out = tmp_path_factory.mktemp('fake') / 'fake_infer'
-  config = dataclasses.replace(TINY, num_table_shards=NUM_PS)
-  return model_gen.write_fake_infer_graph(str(out), config)['saved_model']
 
 
 def test_cluster_is_fast_and_leaves_no_process(cluster_model):
