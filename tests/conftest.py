@@ -121,3 +121,22 @@ def tree_digest(path):
     digest.update(str(p.relative_to(path) if path.is_dir() else p.name).encode())
     digest.update(p.read_bytes())
   return digest.hexdigest()
+
+
+def run_tf2_signatures(export_dir, feeds_by_signature):
+  """{sig: {output: array}} as tf.saved_model.load(...).signatures[key](**feeds) answers."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  loaded = tf.saved_model.load(str(export_dir))
+  results = {}
+  for key, feeds in feeds_by_signature.items():
+    out = loaded.signatures[key](**{k: tf.constant(v) for k, v in feeds.items()})
+    results[key] = {k: v.numpy() for k, v in out.items()}
+  return results
+
+
+def all_ops(graph_def):
+  """Op types of a GraphDef's nodes and of its library functions' nodes."""
+  ops = {n.op for n in graph_def.node}
+  for function in graph_def.library.function:
+    ops.update(n.op for n in function.node_def)
+  return ops

@@ -16,6 +16,7 @@ import tensorflow as tf
 
 import capi_runner
 import comparison
+from conftest import run_tf2_signatures
 from conftest import assert_one_line_error
 from conftest import run_script
 from conftest import tf_serving_model
@@ -94,14 +95,7 @@ def _run_tf1(export_dir, feeds_by_signature):
   return results
 
 
-def _run_tf2(export_dir, feeds_by_signature):
-  """{sig: {output: array}} through tf.saved_model.load(...).signatures[key](**feeds)."""
-  loaded = tf.saved_model.load(str(export_dir))
-  results = {}
-  for key, feeds in feeds_by_signature.items():
-    out = loaded.signatures[key](**{k: tf.constant(v) for k, v in feeds.items()})
-    results[key] = {k: v.numpy() for k, v in out.items()}
-  return results
+_run_tf2 = run_tf2_signatures
 
 
 _run_capi = capi_runner.run_signatures

@@ -14,6 +14,8 @@ import tensorflow as tf
 
 import capi_runner
 import comparison
+from conftest import all_ops
+from conftest import run_tf2_signatures
 from conftest import assert_one_line_error
 from conftest import run_script
 from conftest import tf_serving_model
@@ -29,21 +31,8 @@ VARIABLE_OPS = {'VarHandleOp', 'ReadVariableOp', 'ResourceGather', 'AssignVariab
                 'RestoreV2', 'SaveV2'}
 
 
-def _all_ops(graph_def):
-  ops = {n.op for n in graph_def.node}
-  for function in graph_def.library.function:
-    ops.update(n.op for n in function.node_def)
-  return ops
-
-
-def _run_original(export_dir, feeds_by_signature):
-  """{sig: {output: array}} as tf.saved_model.load(...).signatures[key](**feeds) answers."""
-  loaded = tf.saved_model.load(str(export_dir))
-  results = {}
-  for key, feeds in feeds_by_signature.items():
-    out = loaded.signatures[key](**{k: tf.constant(v) for k, v in feeds.items()})
-    results[key] = {k: v.numpy() for k, v in out.items()}
-  return results
+_all_ops = all_ops
+_run_original = run_tf2_signatures
 
 
 def _run_redumped(export_dir, feeds_by_signature):
