@@ -10,12 +10,10 @@ features the parser asks for.
 import collections
 import dataclasses
 import time
-from typing import Dict, List, Optional
+from typing import Dict
 
 import numpy as np
 import tensorflow as tf
-
-from tensorflow.core.framework import types_pb2
 
 import saved_model_io
 import tables
@@ -465,7 +463,3 @@ def common_signatures(reference, new, names=None):
         raise utils.UserError('%s has no signature %r; it has: %s'
                               % (model.name, key, ', '.join(sorted(model.signatures))))
   return wanted
-
-
-def dtype_of(info):
-  return types_pb2.DataType.Name(saved_model_io.base_dtype(info.dtype))

@@ -16,12 +16,11 @@ op run in a session makes). Elsewhere `plan` returns None and freezer.py uses th
 
 import dataclasses
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 from absl import logging
 import tensorflow as tf
 
-from tensorflow.core.framework import attr_value_pb2
 from tensorflow.core.framework import graph_pb2
 from tensorflow.core.framework import tensor_pb2
 

@@ -1,6 +1,5 @@
 """model_gen.py, distributed: a real PS cluster on loopback, its checkpoint and fake graph."""
 
-import dataclasses
 import os
 import signal
 import subprocess
