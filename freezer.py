@@ -27,6 +27,7 @@ import checkpoint_graph
 import checkpoints
 import cli_flags
 import freezing
+import graph_edit
 import op_safety
 import saved_model_io
 import streaming_freeze
@@ -104,8 +105,12 @@ def freeze(saved_model_dir, output_graph, tags=('serve',), signature_names=None,
     freezing.check_read_only(meta_graph.graph_def, signatures, saved_model_dir)
     the_plan = streaming_freeze.plan(meta_graph, signatures, saved_model_dir)
     if the_plan is not None:
-      return streaming_freeze.write(the_plan, signatures, tags, output_graph, overwrite)
+      return streaming_freeze.write(the_plan, tags, output_graph, overwrite)
   model, report = freezing.freeze_saved_model(saved_model_dir, tags, signature_names)
+  # The reader (dataset and iterator ops, its embedded data) and anything else the signatures
+  # do not run is left out: its inputs become placeholders.
+  model.graph_def, model.signatures, _ = graph_edit.cut_to_signatures(
+      model.graph_def, model.signatures, [model.table_init_op])
   size = saved_model_io.write_graph_def(
       saved_model_io.frozen_to_graph_def(model), output_graph, overwrite)
   return model, report, size

@@ -289,6 +289,21 @@ def grappler_optimize(graph_def, keep_nodes):
   return optimized
 
 
+def cut_to_signatures(graph_def, signatures, extra_keep=()):
+  """Signature inputs to placeholders, then only what the signatures (and `extra_keep`) need.
+
+  Returns:
+    (GraphDef with devices cleared, signatures with the placeholders' names, nodes kept alive).
+  """
+  graph_def, signatures, _ = inputs_to_placeholders(graph_def, signatures)
+  keep = saved_model_io.signature_output_nodes(signatures)
+  # Inputs no output depends on must stay too: the signature promises them.
+  keep += [saved_model_io.node_name(i.name) for s in signatures.values()
+           for i in s.inputs.values()]
+  keep = list(dict.fromkeys(keep + [k for k in extra_keep if k]))
+  return strip(graph_def, keep), signatures, keep
+
+
 def optimize_frozen(frozen, grappler=True):
   """The serving graph of a FrozenModel: placeholders in, only inference left, devices cleared.
 
@@ -300,15 +315,8 @@ def optimize_frozen(frozen, grappler=True):
     (new FrozenModel, GraphStats before, GraphStats after).
   """
   before = GraphStats.of(frozen.graph_def)
-  graph_def, signatures, _ = inputs_to_placeholders(frozen.graph_def, frozen.signatures)
-  keep = saved_model_io.signature_output_nodes(signatures)
-  # Inputs no output depends on must stay too: the signature promises them.
-  keep += [saved_model_io.node_name(i.name) for s in signatures.values()
-           for i in s.inputs.values()]
-  if frozen.table_init_op:
-    keep.append(frozen.table_init_op)
-  keep = list(dict.fromkeys(keep))
-  graph_def = strip(graph_def, keep)
+  graph_def, signatures, keep = cut_to_signatures(frozen.graph_def, frozen.signatures,
+                                                  [frozen.table_init_op])
   if grappler:
     graph_def = strip(grappler_optimize(graph_def, keep), keep)
   result = saved_model_io.FrozenModel(graph_def=graph_def, signatures=signatures,

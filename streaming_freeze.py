@@ -27,6 +27,7 @@ from tensorflow.core.framework import tensor_pb2
 import checkpoint_graph
 import checkpoints
 import freezing
+import graph_edit
 import saved_model_io
 import tables
 import utils
@@ -51,6 +52,7 @@ class Source:
 @dataclasses.dataclass
 class Plan:
   graph_def: graph_pb2.GraphDef          # the needed subgraph, readers already rewritten
+  signatures: dict                       # with the placeholders that replace reader outputs
   variables: Dict[str, Source]           # Const node name -> where its value is
   table_sources: Dict[str, List[Source]]  # table node -> [keys, values]
   checkpoint: checkpoints.Checkpoint
@@ -82,8 +84,8 @@ def plan(meta_graph, signatures, export_dir):
   prefix = utils.join(export_dir, 'variables', 'variables')
   if not meta_graph.saver_def.restore_op_name or not tf.io.gfile.exists(prefix + '.index'):
     return _skip('no saver or no variables/ to stream from')
-  outputs = saved_model_io.signature_output_nodes(signatures)
-  sub = tf1.graph_util.extract_sub_graph(meta_graph.graph_def, outputs)
+  # Reader outputs become placeholders; the reader and all else serving does not run go.
+  sub, signatures, _ = graph_edit.cut_to_signatures(meta_graph.graph_def, signatures)
   nodes = {n.name: n for n in sub.node}
   if any(n.op in tables.HASH_TABLE_OPS for n in sub.node):
     return _skip('static tables are filled by an init op, which needs a session')
@@ -114,7 +116,8 @@ def plan(meta_graph, signatures, export_dir):
   for s in list(variables.values()) + [s for v in table_sources.values() for s in v]:
     wants.setdefault(s.name, checkpoints.Want(s.name, s.dtype)).specs.append(s.spec)
   checkpoints.check_restorable(checkpoint, list(wants.values()), export_dir)
-  return Plan(_rewrite_readers(sub, variables), variables, table_sources, checkpoint)
+  return Plan(_rewrite_readers(sub, variables), signatures, variables, table_sources,
+              checkpoint)
 
 
 def _skip(reason):
@@ -234,7 +237,7 @@ def _restore(checkpoint, source):
                               shape_and_slices=[source.spec], dtypes=[source.dtype])[0].numpy()
 
 
-def write(the_plan, signatures, tags, path, overwrite=False, chunk=8 << 20):
+def write(the_plan, tags, path, overwrite=False, chunk=8 << 20):
   """Writes the frozen GraphDef of `the_plan` to `path`, streaming each variable's bytes.
 
   Returns:
@@ -269,7 +272,8 @@ def write(the_plan, signatures, tags, path, overwrite=False, chunk=8 << 20):
     init_op = tables.unique_name(tables.INIT_OP_NAME, taken)
     fills.append(tf1.NodeDef(name=init_op, op='NoOp', input=['^' + f for f in fill_names]))
   model = saved_model_io.FrozenModel(
-      graph_def=graph_pb2.GraphDef(), signatures=freezing.frozen_signatures(signatures),
+      graph_def=graph_pb2.GraphDef(),
+      signatures=freezing.frozen_signatures(the_plan.signatures),
       tags=list(tags), table_init_op=init_op)
   metadata = saved_model_io.frozen_to_graph_def(model).node[0]
   total = sum(checkpoint.nbytes(n) for n in {s.name for s in the_plan.variables.values()})

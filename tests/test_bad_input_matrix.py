@@ -139,7 +139,7 @@ def _case(name, tiny_model, tiny_frozen, tmp_path):
                                 '--output_saved_model_dir=' + out_dir], [], out_dir, \
         ['nope.pb', 'does not exist']
   if name == 'optimize_from_pb-unknown_output':
-    return 'optimize_from_pb', ['--input_graph=' + tiny_frozen, '--inputs=IteratorGetNext:4',
+    return 'optimize_from_pb', ['--input_graph=' + tiny_frozen, '--inputs=user_id:0',
                                 '--outputs=no_such_op:0', '--output_saved_model_dir=' + out_dir], \
         [tiny_frozen], out_dir, ['no_such_op:0']
   if name == 'optimize_from_pb-disk_full':

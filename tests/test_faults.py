@@ -60,7 +60,7 @@ MOMENTS = {
     'freezer': [('after', 0.5), ('log', 'not run by the signatures'),
                 ('log', 'keys from the checkpoint'),
                 ('temp', None)],
-    'optimize_from_pb': [('after', 1.0), ('log', 'removed (not run'), ('log', 'nodes:'),
+    'optimize_from_pb': [('after', 1.0), ('log', 'nodes:'), ('log', 'before    after'),
                          ('temp', None)],
     'optimize_from_ckpt': [('after', 1.5), ('log', 'serving graph:'), ('log', 'copying tensors'),
                            ('temp', None)],

@@ -391,3 +391,17 @@ def test_streaming_freezer_keeps_dense_and_scalar_tables(tmp_path):
   got = comparison.load_frozen_graph(str(tmp_path / 'f.pb')).run(
       'serving_default', {'ids': np.array([3, 4, 11, 13, 99], np.int64)})
   np.testing.assert_allclose(got['y'], [1.5 + 30, -1 + 40, 5.5 - 1, -1 - 1, -1 - 1])
+
+
+def test_frozen_graph_leaves_the_reader_out(tiny_frozen):
+  """The training reader (TFRecord dataset, iterator, their embedded file names) is not run by
+  serving: freezer.py cuts at the signature inputs and leaves it out."""
+  graph_def = saved_model_io.read_graph_def(tiny_frozen)
+  ops = {n.op for n in graph_def.node} | {n.op for f in graph_def.library.function
+                                          for n in f.node_def}
+  assert not ops & {'IteratorGetNext', 'OneShotIterator', 'TFRecordDataset', 'MapDataset'}
+  frozen = saved_model_io.frozen_from_graph_def(graph_def, tiny_frozen)
+  inputs = {k: i.name for k, i in frozen.signatures['serving_default'].inputs.items()}
+  assert inputs == {'category': 'category:0', 'dense': 'dense:0', 'item_id': 'item_id:0',
+                    'user_id': 'user_id:0'}
+  assert not [n for n in graph_def.node if n.device]

@@ -308,8 +308,9 @@ def test_log_dir_and_nooptimize_give_equal_outputs(tiny_frozen, tmp_path, tiny_f
   _, _, plain = optimize_from_pb.optimize(tiny_frozen, str(tmp_path / 'nooptimize'),
                                           grappler=False)
   # Grappler ran by default and not with grappler=False (--nooptimize): it removes nodes.
-  assert optimized.nodes < plain.nodes < before.nodes
-  assert before.ops['IteratorGetNext'] == 1 and optimized.ops['IteratorGetNext'] == 0
+  # (freezer.py already left the reader out, so the cut alone removes nothing here.)
+  assert optimized.nodes < plain.nodes == before.nodes
+  assert before.ops['IteratorGetNext'] == 0 and before.ops['Placeholder'] == 4
   assert len(_meta_graph(tmp_path / 'default').graph_def.node) == optimized.nodes
   assert len(_meta_graph(tmp_path / 'nooptimize').graph_def.node) == plain.nodes
 
@@ -320,7 +321,7 @@ def test_log_dir_and_nooptimize_give_equal_outputs(tiny_frozen, tmp_path, tiny_f
     for event in tf1.train.summary_iterator(str(files[0])):
       if event.graph_def:
         graphs[phase] = tf1.GraphDef.FromString(event.graph_def)
-  assert {n.op for n in graphs['before'].node} >= {'IteratorGetNext', 'OneShotIterator'}
+  assert len(graphs['before'].node) == before.nodes > len(graphs['after'].node)
   assert {n.name for n in graphs['after'].node if n.op == 'Placeholder'} == TINY_PLACEHOLDERS
   assert len(graphs['after'].node) == optimized.nodes
 
