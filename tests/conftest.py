@@ -140,3 +140,26 @@ def all_ops(graph_def):
   for function in graph_def.library.function:
     ops.update(n.op for n in function.node_def)
   return ops
+
+
+def save_predict_model(session, export_dir, inputs, outputs):
+  """Writes the session's graph as a TF1 SavedModel with one predict signature, serving_default.
+
+  Args:
+    session: tf.compat.v1.Session holding the trained state.
+    export_dir: path to create.
+    inputs, outputs: dicts of key -> tensor.
+  """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  tf1 = tf.compat.v1
+  builder = tf1.saved_model.Builder(str(export_dir))
+  builder.add_meta_graph_and_variables(session, ['serve'], signature_def_map={
+      'serving_default': tf1.saved_model.predict_signature_def(inputs, outputs)})
+  builder.save()
+
+
+def meta_graph_of(export_dir, tags=('serve',)):
+  """The MetaGraphDef of a SavedModel, read without loading it."""
+  import saved_model_io  # pylint: disable=g-import-not-at-top
+  proto = saved_model_io.read_saved_model_proto(str(export_dir))
+  return saved_model_io.select_meta_graph(proto, list(tags), str(export_dir))

@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import meta_graph_of
+from conftest import save_predict_model
 from conftest import assert_one_line_error
 from conftest import run_script
 from conftest import tf_serving_model
@@ -176,10 +178,7 @@ def test_parameter_server_devices_are_cleared(tmp_path):
     with tf1.Session(graph=graph) as session:
       session.run(tf1.global_variables_initializer())
       session.run(table.insert(tf.constant([7], tf.int64), tf.constant([0.25])))
-      builder = tf1.saved_model.Builder(str(tmp_path / 'ps_model'))
-      builder.add_meta_graph_and_variables(session, ['serve'], signature_def_map={
-          'serving_default': tf1.saved_model.predict_signature_def({'x': x}, {'y': y})})
-      builder.save()
+      save_predict_model(session, str(tmp_path / 'ps_model'), {'x': x}, {'y': y})
   # Place state on parameter servers, as a SavedModel exported from a PS cluster has it.
   pb = tmp_path / 'ps_model' / 'saved_model.pb'
   proto = saved_model_io.read_saved_model_proto(str(tmp_path / 'ps_model'))
@@ -319,8 +318,7 @@ def test_model_past_the_protobuf_limit_is_refused_before_loading(tiny_model, tmp
 
 
 def test_streaming_and_in_memory_freezers_agree(tiny_model, tmp_path):
-  meta_graph = saved_model_io.select_meta_graph(
-      saved_model_io.read_saved_model_proto(tiny_model['saved_model']), ['serve'], 'x')
+  meta_graph = meta_graph_of(tiny_model['saved_model'])
   signatures = saved_model_io.select_signatures(meta_graph, None, 'x')
   the_plan = streaming_freeze.plan(meta_graph, signatures, tiny_model['saved_model'])
   assert the_plan is not None and len(the_plan.variables) == 7  # 3 partitions + 2 layers
@@ -347,12 +345,8 @@ def test_variables_read_through_control_flow_fall_back_to_in_memory(tmp_path):
     y = tf1.cond(tf.reduce_sum(x) > 0, lambda: x * w, lambda: x - w)  # v1 Switch/Merge
     with tf1.Session(graph=graph) as session:
       session.run(tf1.global_variables_initializer())
-      builder = tf1.saved_model.Builder(str(tmp_path / 'm'))
-      builder.add_meta_graph_and_variables(session, ['serve'], signature_def_map={
-          'serving_default': tf1.saved_model.predict_signature_def({'x': x}, {'y': y})})
-      builder.save()
-  meta_graph = saved_model_io.select_meta_graph(
-      saved_model_io.read_saved_model_proto(str(tmp_path / 'm')), ['serve'], 'm')
+      save_predict_model(session, str(tmp_path / 'm'), {'x': x}, {'y': y})
+  meta_graph = meta_graph_of(str(tmp_path / 'm'))
   signatures = saved_model_io.select_signatures(meta_graph, None, 'm')
   assert streaming_freeze.plan(meta_graph, signatures, str(tmp_path / 'm')) is None
   freezer.freeze(str(tmp_path / 'm'), str(tmp_path / 'f.pb'))
@@ -377,12 +371,8 @@ def test_streaming_freezer_keeps_dense_and_scalar_tables(tmp_path):
       session.run([dense.insert(tf.constant([3, 11, 13], tf.int64), tf.constant([3., 11., 13.])),
                    scalar.insert(tf.constant([3, 4], tf.int64), tf.constant([30, 40], tf.int64))])
       session.run(dense.remove(tf.constant([13], tf.int64)))
-      builder = tf1.saved_model.Builder(str(tmp_path / 'm'))
-      builder.add_meta_graph_and_variables(session, ['serve'], signature_def_map={
-          'serving_default': tf1.saved_model.predict_signature_def({'ids': ids}, {'y': y})})
-      builder.save()
-  meta_graph = saved_model_io.select_meta_graph(
-      saved_model_io.read_saved_model_proto(str(tmp_path / 'm')), ['serve'], 'm')
+      save_predict_model(session, str(tmp_path / 'm'), {'ids': ids}, {'y': y})
+  meta_graph = meta_graph_of(str(tmp_path / 'm'))
   the_plan = streaming_freeze.plan(meta_graph, saved_model_io.select_signatures(
       meta_graph, None, 'm'), str(tmp_path / 'm'))
   assert the_plan is not None and sorted(the_plan.table_sources) == ['dense', 'scalar']

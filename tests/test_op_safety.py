@@ -4,6 +4,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import meta_graph_of
+from conftest import save_predict_model
 from conftest import assert_one_line_error
 from conftest import run_script
 import checkpoint_export
@@ -77,12 +79,8 @@ def test_python_op_outside_the_signatures_is_removed_and_listed(tmp_path):
     y = tf.identity(x * 3.0, name='y')
     tf1.py_func(lambda a: a, [x], tf.float32, name='debug_tap')  # not needed by y
     with tf1.Session(graph=graph) as session:
-      builder = tf1.saved_model.Builder(str(tmp_path / 'm'))
-      builder.add_meta_graph_and_variables(session, ['serve'], signature_def_map={
-          'serving_default': tf1.saved_model.predict_signature_def({'x': x}, {'y': y})})
-      builder.save()
-  meta_graph = saved_model_io.select_meta_graph(
-      saved_model_io.read_saved_model_proto(str(tmp_path / 'm')), ['serve'], 'm')
+      save_predict_model(session, str(tmp_path / 'm'), {'x': x}, {'y': y})
+  meta_graph = meta_graph_of(str(tmp_path / 'm'))
   findings = op_safety.find_unsafe(meta_graph.graph_def)
   assert [f.op for f in findings] == ['PyFunc']
   freezer.freeze(str(tmp_path / 'm'), str(tmp_path / 'f.pb'))
@@ -104,8 +102,7 @@ def test_asset_escaping_the_assets_directory_is_refused(tmp_path):
 
 def test_training_reader_is_reported_but_not_blocking(tiny_model, tmp_path):
   """model_gen's reader (TFRecordDataset) and training saver are outside what serving runs."""
-  meta_graph = saved_model_io.select_meta_graph(
-      saved_model_io.read_saved_model_proto(tiny_model['saved_model']), ['serve'], 'x')
+  meta_graph = meta_graph_of(tiny_model['saved_model'])
   signatures = saved_model_io.select_signatures(meta_graph, None, 'x')
   outside = op_safety.check_meta_graph(meta_graph, signatures, set(), 'x')
   assert {'TFRecordDataset', 'SaveV2', 'RestoreV2'} <= {f.op for f in outside}

@@ -16,6 +16,7 @@ import tensorflow as tf
 
 import capi_runner
 import comparison
+from conftest import meta_graph_of
 from conftest import run_tf2_signatures
 from conftest import assert_one_line_error
 from conftest import run_script
@@ -71,9 +72,7 @@ HALF_PLUS_THREE_CASES = {
 # Helpers
 
 
-def _meta_graph(export_dir):
-  proto = saved_model_io.read_saved_model_proto(str(export_dir))
-  return saved_model_io.select_meta_graph(proto, ['serve'], str(export_dir))
+_meta_graph = meta_graph_of
 
 
 def _all_ops(graph_def):
