@@ -149,9 +149,6 @@ class Checkpoint:
     """Bytes of a tensor's values, summed over its slices."""
     return sum(entry.size for _, entry in self.records(name))
 
-  def tensor_names(self):
-    return sorted(self.entries)
-
 
 def resolve_prefix(path):
   """A checkpoint prefix from a prefix or a directory holding a `checkpoint` state file.

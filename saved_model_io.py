@@ -58,10 +58,6 @@ def base_dtype(dtype_enum):
   return dtype_enum - 100 if dtype_enum > 100 else dtype_enum
 
 
-def dtype_name(dtype_enum):
-  return types_pb2.DataType.Name(dtype_enum)[3:].lower()
-
-
 def _is_session_bundle(export_dir):
   return (tf.io.gfile.exists(utils.join(export_dir, 'export.meta')) or
           tf.io.gfile.exists(utils.join(export_dir, 'export')))
