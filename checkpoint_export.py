@@ -5,19 +5,17 @@ import os
 import time
 
 from absl import logging
-import tensorflow as tf
 
 from google.protobuf import message as pb_message
-from tensorflow.core.protobuf import meta_graph_pb2
-from tensorflow.core.protobuf import saved_model_pb2
 
 import checkpoint_graph
 import checkpoints
+import fileio
+from lean_tf import meta_graph_pb2
+from lean_tf import saved_model_pb2
 import op_safety
 import saved_model_io
 import utils
-
-tf1 = tf.compat.v1
 
 _MAIN_OP_COLLECTION = 'saved_model_main_op'
 
@@ -44,11 +42,11 @@ def load_structure(saved_model_dir=None, meta_graph_path=None, tags=('serve',),
     where, assets = saved_model_dir, utils.join(saved_model_dir, 'assets')
   else:
     where, assets = meta_graph_path, None
-    if not tf.io.gfile.exists(meta_graph_path):
+    if not fileio.exists(meta_graph_path):
       raise utils.UserError('meta graph %s does not exist' % meta_graph_path)
     meta_graph = meta_graph_pb2.MetaGraphDef()
     try:
-      meta_graph.ParseFromString(tf.io.gfile.GFile(meta_graph_path, 'rb').read())
+      meta_graph.ParseFromString(fileio.read(meta_graph_path))
     except pb_message.DecodeError as e:
       raise utils.UserError('%s is not a MetaGraphDef (truncated or corrupt: %s)'
                             % (meta_graph_path, e)) from e
@@ -88,18 +86,18 @@ def serving_meta_graph(structure, serving, tags):
 def _link_or_copy(src, dst):
   # A hard link costs nothing and keeps the checkpoint untouched (neither file is written
   # again); it needs both paths on one local filesystem, else the bytes are copied.
-  if '://' not in src and '://' not in dst:
+  if not fileio.is_remote(src) and not fileio.is_remote(dst):
     try:
       os.link(src, dst)
       return
     except OSError:
       pass
-  tf.io.gfile.copy(src, dst, overwrite=True)
+  fileio.copy(src, dst, overwrite=True)
 
 
 def write_variables(checkpoint, wants, variables_dir, prune, chunk_bytes):
   """Writes `variables_dir/variables.*` from `checkpoint`; returns (tensors, bytes) written."""
-  tf.io.gfile.makedirs(variables_dir)
+  fileio.makedirs(variables_dir)
   prefix = utils.join(variables_dir, 'variables')
   if prune:
     done = checkpoints.copy_tensors(checkpoint, [w.name for w in wants], prefix, chunk_bytes,
@@ -108,11 +106,11 @@ def write_variables(checkpoint, wants, variables_dir, prune, chunk_bytes):
   files = [(checkpoint.prefix + '.index', prefix + '.index')]
   files += [(src, '%s.data-%05d-of-%05d' % (prefix, k, checkpoint.num_shards))
             for k, src in enumerate(checkpoint.data_files())]
-  total = sum(tf.io.gfile.stat(src).length for src, _ in files)
+  total = sum(fileio.size(src) for src, _ in files)
   progress, done = utils.Progress('linking checkpoint files'), 0
   for src, dst in files:
     _link_or_copy(src, dst)
-    done += tf.io.gfile.stat(src).length
+    done += fileio.size(src)
     progress(done, total)
   return len(checkpoint.entries), sum(checkpoint.nbytes(n) for n in checkpoint.entries)
 
@@ -136,7 +134,8 @@ def export(checkpoint, output_dir, saved_model_dir=None, meta_graph_path=None, t
   removed = op_safety.check_meta_graph(structure, signatures, set(allow_ops), where)
   op_safety.log_findings(removed, 'removed (not run by the signatures)')
   serving = checkpoint_graph.serving_graph(structure.graph_def, signatures,
-                                           structure.saver_def, where)
+                                           structure.saver_def, where,
+                                           structure.meta_info_def.stripped_op_list)
   ours = op_safety.saver_nodes(serving.graph_def, serving.saver_def)
   op_safety.unsafe_in(serving.graph_def, set(allow_ops), where, exempt=ours)
   prefix = checkpoints.resolve_prefix(checkpoint)
@@ -151,19 +150,19 @@ def export(checkpoint, output_dir, saved_model_dir=None, meta_graph_path=None, t
                'checkpoint %s: %d tensors in %d shards', len(serving.graph_def.node),
                len(wants), len(serving.restores), prefix, len(index.entries), index.num_shards)
   with utils.atomic_output(output_dir, overwrite) as tmp:
-    tf.io.gfile.makedirs(tmp)
+    fileio.makedirs(tmp)
     tensors, written = write_variables(index, wants, utils.join(tmp, 'variables'), prune,
                                        chunk_bytes)
     for asset in meta_graph.asset_file_def:
-      tf.io.gfile.makedirs(utils.join(tmp, 'assets'))
+      fileio.makedirs(utils.join(tmp, 'assets'))
       src = utils.join(assets_dir, asset.filename)
-      if not tf.io.gfile.exists(src):
+      if not fileio.exists(src):
         raise utils.UserError('asset %s of %s is missing' % (src, where))
-      tf.io.gfile.copy(src, utils.join(tmp, 'assets', asset.filename))
+      fileio.copy(src, utils.join(tmp, 'assets', asset.filename))
     proto = saved_model_pb2.SavedModel(saved_model_schema_version=1)
     proto.meta_graphs.add().CopyFrom(meta_graph)
-    with tf.io.gfile.GFile(utils.join(tmp, 'saved_model.pb'), 'wb') as f:
-      f.write(proto.SerializeToString())
+    with fileio.open_file(utils.join(tmp, 'saved_model.pb'), 'wb') as f:
+      f.write(proto.SerializeToString(deterministic=True))  # same model, same bytes
   return ExportReport(
       tensors_exported=tensors, tensors_in_checkpoint=len(index.entries), bytes_exported=written,
       bytes_in_checkpoint=sum(index.nbytes(n) for n in index.entries),

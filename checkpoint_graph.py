@@ -11,17 +11,13 @@ import copy
 import dataclasses
 from typing import List
 
-import tensorflow as tf
-
-from tensorflow.core.protobuf import saver_pb2
-
 import checkpoints
 import graph_edit
+import lean_tf
+from lean_tf import saver_pb2
 import saved_model_io
 import tables
 import utils
-
-tf1 = tf.compat.v1
 
 _RESTORE_OPS = frozenset({'RestoreV2'})
 _ASSIGN_OPS = frozenset({'Assign', 'AssignVariableOp'})
@@ -42,21 +38,24 @@ class Restore:
     op: the structure's NodeDef that writes it (AssignVariableOp, Assign, LookupTableImportV2).
     names: checkpoint tensor names (one for a variable, keys and values for a table).
     specs: slice spec of each ('' for a whole tensor).
-    dtypes: tf.DType of each.
+    dtypes: tf.DType (lean_tf.DType) of each.
   """
   target: str
   op: object
   names: List[str]
   specs: List[str]
-  dtypes: List[tf.DType]
+  dtypes: List[object]
 
 
 def _const(nodes, name):
   node = nodes.get(saved_model_io.node_name(name))
   if node is None or node.op != 'Const':
     raise utils.UserError('the saver reads tensor names from %s, which is not a constant' % name)
-  return [v.decode('utf-8') if isinstance(v, bytes) else str(v)
-          for v in tf.make_ndarray(node.attr['value'].tensor).ravel()]
+  try:
+    return lean_tf.string_values(node.attr['value'].tensor)
+  except (ValueError, UnicodeDecodeError) as e:
+    raise utils.UserError('the saver reads tensor names from %s, which does not hold names (%s)'
+                          % (name, e)) from e
 
 
 def restores_of_saver(graph_def, saver_def, where):
@@ -70,8 +69,8 @@ def restores_of_saver(graph_def, saver_def, where):
                           'checkpoint tensors' % where)
   restore_op = saved_model_io.node_name(saver_def.restore_op_name)
   try:
-    sub = tf1.graph_util.extract_sub_graph(graph_def, [restore_op])
-  except AssertionError as e:
+    sub = lean_tf.extract_sub_graph(graph_def, [restore_op])
+  except KeyError as e:
     raise utils.UserError('%s: its saver\'s restore op %s is not in the graph' % (where, restore_op)) from e
   nodes = {n.name: n for n in sub.node}
   sources = {}  # (restore node, output index) -> (name, spec, dtype)
@@ -79,7 +78,7 @@ def restores_of_saver(graph_def, saver_def, where):
     if node.op in _RESTORE_OPS:
       names = _const(nodes, node.input[1])
       specs = _const(nodes, node.input[2])
-      dtypes = [tf.as_dtype(t) for t in node.attr['dtypes'].list.type]
+      dtypes = [lean_tf.as_dtype(t) for t in node.attr['dtypes'].list.type]
       for i, (name, spec, dtype) in enumerate(zip(names, specs, dtypes)):
         sources[(node.name, i)] = (name, spec, dtype)
 
@@ -140,21 +139,21 @@ def _unique_scope(base, taken):
 
 
 def _node(name, op, inputs=(), **attrs):
-  node = tf1.NodeDef(name=name, op=op, input=list(inputs))
+  node = lean_tf.NodeDef(name=name, op=op, input=list(inputs))
   for key, value in attrs.items():
-    if isinstance(value, tf.DType):
-      node.attr[key].type = value.as_datatype_enum
-    elif isinstance(value, list):
+    if isinstance(value, list):
       node.attr[key].list.type.extend(v.as_datatype_enum for v in value)
     elif isinstance(value, bool):
       node.attr[key].b = value
+    else:  # a tf.DType or lean_tf.DType
+      node.attr[key].type = value.as_datatype_enum
   return node
 
 
 def _string_const(name, values):
-  node = tf1.NodeDef(name=name, op='Const')
-  node.attr['dtype'].type = tf.string.as_datatype_enum
-  node.attr['value'].tensor.CopyFrom(tf.make_tensor_proto(values, dtype=tf.string))
+  node = lean_tf.NodeDef(name=name, op='Const')
+  node.attr['dtype'].type = lean_tf.types_pb2.DT_STRING
+  node.attr['value'].tensor.CopyFrom(lean_tf.string_tensor(values))
   return node
 
 
@@ -171,7 +170,7 @@ def add_saver(graph_def, restores):
   names, specs, dtypes, reads = [], [], [], []
   new = [_string_const(scope + '/filename/input', 'model'),
          _node(scope + '/filename', 'PlaceholderWithDefault', [scope + '/filename/input'],
-               dtype=tf.string)]
+               dtype=lean_tf.DType(lean_tf.types_pb2.DT_STRING))]
   new[-1].attr['shape'].shape.SetInParent()
   filename = scope + '/filename'
   assigns = []
@@ -214,7 +213,7 @@ def add_saver(graph_def, restores):
                 [filename, scope + '/SaveV2/tensor_names', scope + '/SaveV2/shape_and_slices']
                 + reads, dtypes=dtypes),
           _node(scope + '/control_dependency', 'Identity', [filename, '^' + scope + '/SaveV2'],
-                T=tf.string)]
+                T=lean_tf.DType(lean_tf.types_pb2.DT_STRING))]
   graph_def.node.extend(new)
   return saver_pb2.SaverDef(
       filename_tensor_name=filename + ':0',
@@ -246,7 +245,7 @@ class ServingGraph:
   restores: List[Restore]
 
 
-def serving_graph(graph_def, signatures, saver_def, where):
+def serving_graph(graph_def, signatures, saver_def, where, op_defs=None):
   """Cuts the structure graph to serving and gives it a saver over what it keeps.
 
   Args:
@@ -254,6 +253,7 @@ def serving_graph(graph_def, signatures, saver_def, where):
     signatures: signature key -> SignatureDef to serve.
     saver_def: the structure's SaverDef (how its variables map to checkpoint tensors).
     where: the structure's path, for messages.
+    op_defs: the structure's OpList, for graph_edit.inputs_to_placeholders.
 
   Returns:
     ServingGraph.
@@ -262,11 +262,11 @@ def serving_graph(graph_def, signatures, saver_def, where):
     utils.UserError: a variable the outputs need that the saver does not restore.
   """
   restores = restores_of_saver(graph_def, saver_def, where)
-  cut, signatures, _ = graph_edit.inputs_to_placeholders(graph_def, signatures)
+  cut, signatures, _ = graph_edit.inputs_to_placeholders(graph_def, signatures, op_defs)
   keep = saved_model_io.signature_output_nodes(signatures)
   keep += [saved_model_io.node_name(i.name) for s in signatures.values()
            for i in s.inputs.values()]
-  inference = tf1.graph_util.extract_sub_graph(cut, list(dict.fromkeys(keep)))
+  inference = lean_tf.extract_sub_graph(cut, list(dict.fromkeys(keep)))
   kept = {n.name for n in inference.node}
   # Static tables are not in checkpoints: their own initialisers (constants, asset files) go
   # into the main op.

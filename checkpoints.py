@@ -18,12 +18,14 @@ import dataclasses
 import struct
 from typing import Dict, List, Optional
 
-import tensorflow as tf
-
 from google.protobuf import message as pb_message
-from tensorflow.core.protobuf import tensor_bundle_pb2
+from google.protobuf import text_format
 
+import fileio
+import lean_tf
 import utils
+
+tensor_bundle_pb2 = lean_tf.tensor_bundle_pb2
 
 _TABLE_MAGIC = 0xdb4775248b80fb57
 _FOOTER_SIZE = 48
@@ -157,13 +159,14 @@ def resolve_prefix(path):
     utils.UserError: nothing there is a checkpoint.
   """
   # The prefix test comes first: some filesystems (ram://) call any prefix of a file a directory.
-  if tf.io.gfile.exists(path + '.index'):
+  if fileio.exists(path + '.index'):
     return path
-  if tf.io.gfile.isdir(path):
+  if fileio.isdir(path):
     try:
-      state = tf.compat.v1.train.get_checkpoint_state(path)
-    except (tf.errors.OpError, ValueError, pb_message.DecodeError) as e:
-      raise utils.UserError('cannot read the checkpoint state file in %s: %s' % (path, e)) from e
+      state = _checkpoint_state(path)
+    except (OSError, ValueError, text_format.ParseError) as e:
+      raise utils.UserError('cannot read the checkpoint state file in %s: %s' % (
+          path, utils.tf_error_message(e))) from e
     if state is None or not state.model_checkpoint_path:
       raise utils.UserError('%s holds no `checkpoint` state file: pass a checkpoint prefix '
                             '(e.g. %s/model.ckpt-1000) instead' % (path, path.rstrip('/')))
@@ -172,10 +175,22 @@ def resolve_prefix(path):
       prefix = utils.join(path, prefix)
     return prefix
   parent = utils.parent_dir(path)
-  if not tf.io.gfile.exists(path) and parent and not tf.io.gfile.exists(parent):
+  if not fileio.exists(path) and parent and not fileio.exists(parent):
     raise utils.UserError('checkpoint %s does not exist' % path)
   raise utils.UserError('checkpoint %s: no %s.index (pass a prefix such as '
                         'model.ckpt-1000, or the directory holding `checkpoint`)' % (path, path))
+
+
+def _checkpoint_state(directory):
+  """The CheckpointState in `directory`/checkpoint (a text proto), or None when absent; what
+  tf.train.get_checkpoint_state reads."""
+  path = utils.join(directory, 'checkpoint')
+  if not fileio.exists(path):
+    return None
+  pb2 = lean_tf.load('tensorflow.python.training.checkpoint_state_pb2')
+  state = pb2.CheckpointState()
+  text_format.Merge(fileio.read(path).decode('utf-8'), state)
+  return state
 
 
 def read_index(prefix):
@@ -186,8 +201,8 @@ def read_index(prefix):
   """
   index_path = prefix + '.index'
   try:
-    data = tf.io.gfile.GFile(index_path, 'rb').read()
-  except tf.errors.OpError as e:
+    data = fileio.read(index_path)
+  except OSError as e:
     raise utils.UserError('cannot read %s: %s' % (index_path, utils.tf_error_message(e))) from e
   entries, slices, num_shards = {}, {}, None
   try:
@@ -218,9 +233,9 @@ def _check_data_files(checkpoint):
       if entry.size:
         needed[entry.shard_id] = max(needed.get(entry.shard_id, 0), entry.offset + entry.size)
   for shard, path in enumerate(checkpoint.data_files()):
-    if not tf.io.gfile.exists(path):
+    if not fileio.exists(path):
       raise utils.UserError('checkpoint data shard %s is missing' % path)
-    length = tf.io.gfile.stat(path).length
+    length = fileio.size(path)
     if length < needed.get(shard, 0):
       raise utils.UserError('checkpoint data shard %s is truncated (%d bytes, the index needs '
                             '%d)' % (path, length, needed[shard]))
@@ -290,7 +305,7 @@ def parse_slice_spec(spec):
 class Want:
   """A tensor a graph restores: checkpoint name, dtype, and the slice specs it reads."""
   name: str
-  dtype: tf.DType
+  dtype: object  # tf.DType or lean_tf.DType
   shape: Optional[List[int]] = None   # known for whole tensors read with spec ''
   specs: List[str] = dataclasses.field(default_factory=list)
 
@@ -314,7 +329,7 @@ def check_restorable(checkpoint, wants, what):
       continue
     if entry.dtype != want.dtype.as_datatype_enum:
       problems.append('%s is %s in the checkpoint, %s in %s' % (
-          want.name, tf.as_dtype(entry.dtype).name, want.dtype.name, what))
+          want.name, lean_tf.as_dtype(entry.dtype).name, want.dtype.name, what))
       continue
     shape = [d.size for d in entry.shape.dim]
     sliced = [s for s in want.specs if s]
@@ -421,7 +436,7 @@ def write_index(path, records, num_shards=1, block_bytes=256 << 10):
   index_handle = put_block(_block(index))
   footer = (metaindex + index_handle).ljust(40, b'\x00') + struct.pack('<Q', _TABLE_MAGIC)
   out.extend(footer)
-  with tf.io.gfile.GFile(path, 'wb') as f:
+  with fileio.open_file(path, 'wb') as f:
     f.write(bytes(out))
 
 
@@ -451,8 +466,15 @@ def copy_tensors(checkpoint, names, dst_prefix, chunk_bytes=8 << 20, progress=No
   done = 0
   out_records = []
   data_path = '%s.data-00000-of-00001' % dst_prefix
+
+  def advance(n):
+    nonlocal done
+    done += n
+    if progress:
+      progress(done, total)
+
   try:
-    with tf.io.gfile.GFile(data_path, 'wb') as out:
+    with fileio.open_file(data_path, 'wb') as out:
       # Sorted by shard and offset, each source file is read front to back.
       for key, entry in sorted(records, key=lambda r: (r[1].shard_id, r[1].offset)):
         copy = tensor_bundle_pb2.BundleEntryProto()
@@ -461,23 +483,16 @@ def copy_tensors(checkpoint, names, dst_prefix, chunk_bytes=8 << 20, progress=No
         copy.offset = done if entry.size else 0
         if entry.size:
           if entry.shard_id not in sources:
-            sources[entry.shard_id] = tf.io.gfile.GFile(
+            sources[entry.shard_id] = fileio.open_file(
                 checkpoint.data_files()[entry.shard_id], 'rb')
-          src = sources[entry.shard_id]
-          src.seek(entry.offset)
-          left = entry.size
-          while left:
-            piece = src.read(min(chunk_bytes, left))
-            if not piece:
-              raise utils.UserError('checkpoint data shard %s ends early'
-                                    % checkpoint.data_files()[entry.shard_id])
-            out.write(piece)
-            left -= len(piece)
-            done += len(piece)
-            if progress:
-              progress(done, total)
+          try:
+            fileio.copy_range(sources[entry.shard_id], entry.offset, out, entry.size,
+                              chunk_bytes, advance)
+          except EOFError as e:
+            raise utils.UserError('checkpoint data shard %s ends early'
+                                  % checkpoint.data_files()[entry.shard_id]) from e
         out_records.append((key, copy))
-  except tf.errors.OpError as e:
+  except OSError as e:
     raise utils.UserError('cannot copy from checkpoint %s: %s'
                           % (checkpoint.prefix, utils.tf_error_message(e))) from e
   finally:

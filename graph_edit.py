@@ -4,15 +4,15 @@ import collections
 import dataclasses
 
 from absl import logging
-import tensorflow as tf
 
-from tensorflow.core.framework import graph_pb2
-from tensorflow.core.protobuf import meta_graph_pb2
-
+import lean_tf
+from lean_tf import graph_pb2
+from lean_tf import meta_graph_pb2
+from lean_tf import tensorflow as tf  # imported on first use
 import saved_model_io
 import utils
 
-tf1 = tf.compat.v1
+tf1 = lean_tf.tf1
 
 
 def _tensor_key(name):
@@ -64,7 +64,7 @@ def computed_tensors(graph_def, signature):
   return needed
 
 
-def inputs_to_placeholders(graph_def, signatures):
+def inputs_to_placeholders(graph_def, signatures, op_defs=None):
   """Makes every signature input that is not a Placeholder into one, where that is sound.
 
   A reader output (`IteratorGetNext:3`) or an intermediate tensor (`x2:0`) becomes a Placeholder
@@ -77,9 +77,16 @@ def inputs_to_placeholders(graph_def, signatures):
   cutting it would break that signature, and a Session (TF Serving's included) can feed any
   tensor.
 
+  Every TensorInfo is set to what the graph really has (signatures can be wrong). That takes
+  TensorFlow's shape inference, except where the graph states it: a Placeholder's attributes,
+  an output's dtype from its OpDef. With `op_defs` (the MetaGraph's stripped op list) and only
+  Placeholder inputs, TensorFlow is not loaded: input TensorInfos come from the placeholders,
+  output dtypes from the OpDefs, and output shapes stay as the signature gives them.
+
   Args:
     graph_def: GraphDef (not modified).
     signatures: key -> SignatureDef (not modified).
+    op_defs: optional OpList of the ops in `graph_def`; None: always use shape inference.
 
   Returns:
     (new GraphDef, new signatures with the placeholders' names,
@@ -88,7 +95,7 @@ def inputs_to_placeholders(graph_def, signatures):
   nodes = {n.name: n for n in graph_def.node}
   taken = set(nodes)
   computed = {key: computed_tensors(graph_def, sig) for key, sig in signatures.items()}
-  graph = None
+  types = _TensorTypes(graph_def, op_defs)
   replaced = {}   # (node, index) -> placeholder node name
   kept = set()
   new_nodes = []
@@ -110,10 +117,8 @@ def inputs_to_placeholders(graph_def, signatures):
           continue
         name = _placeholder_name(input_key, taken)
         taken.add(name)
-        if graph is None:
-          graph = _imported(graph_def)
-        _fix_tensor_info(info, graph)
-        placeholder = tf1.NodeDef(name=name, op='Placeholder')
+        types.fix(info, exact=True)
+        placeholder = lean_tf.NodeDef(name=name, op='Placeholder')
         placeholder.attr['dtype'].type = info.dtype
         placeholder.attr['shape'].shape.CopyFrom(info.tensor_shape)
         new_nodes.append(placeholder)
@@ -123,11 +128,10 @@ def inputs_to_placeholders(graph_def, signatures):
       info.name = replaced[key] + ':0'
   # Every TensorInfo states what the graph really has, so loaders that build feeds from the
   # signature (tf.saved_model.load) work on models whose signatures were wrong.
-  graph = graph or _imported(graph_def)
   for sig in signatures.values():
     for info in list(sig.inputs.values()) + list(sig.outputs.values()):
       if info.name not in {v + ':0' for v in replaced.values()}:
-        _fix_tensor_info(info, graph)
+        types.fix(info, exact=False)
   out = graph_pb2.GraphDef()
   out.CopyFrom(graph_def)
   for node in out.node:
@@ -135,8 +139,7 @@ def inputs_to_placeholders(graph_def, signatures):
       # Old graphs (half_plus_three) write an unknown shape as `shape {}`, which the graph's
       # producer version makes mean "unknown" but which reads as a scalar once re-dumped with a
       # current version: state what the graph really has.
-      node.attr['shape'].shape.CopyFrom(
-          graph.get_tensor_by_name(node.name + ':0').shape.as_proto())
+      node.attr['shape'].shape.CopyFrom(placeholder_shape(node, graph_def.versions.producer))
     for i, graph_input in enumerate(node.input):
       key = _input_key(graph_input)
       if key in replaced:
@@ -148,27 +151,105 @@ def inputs_to_placeholders(graph_def, signatures):
   return out, signatures, {'%s:%d' % k: v + ':0' for k, v in replaced.items()}
 
 
+def placeholder_shape(node, producer):
+  """The TensorShapeProto a Placeholder has once imported: its `shape` attribute, except that
+  graphs from producer version 21 and older meant "unknown" by a scalar or missing shape
+  (TensorFlow's Placeholder shape function)."""
+  shape = node.attr['shape'].shape if 'shape' in node.attr else None
+  if shape is None or (producer <= 21 and (shape.unknown_rank or not shape.dim)):
+    unknown = lean_tf.tensor_shape_pb2.TensorShapeProto(unknown_rank=True)
+    return unknown
+  return shape
+
+
+class _TensorTypes:
+  """dtype and shape of graph tensors, read from the graph where it states them, else from
+  TensorFlow's shape inference (imported, with the graph, on first need)."""
+
+  def __init__(self, graph_def, op_defs):
+    self._graph_def = graph_def
+    self._nodes = {n.name: n for n in graph_def.node}
+    self._op_defs = None
+    if op_defs is not None:
+      self._op_defs = {o.name: o for o in op_defs.op}
+      self._op_defs.update({f.signature.name: f.signature for f in graph_def.library.function})
+    self._graph = None
+
+  def _imported(self):
+    if self._graph is None:
+      self._graph = _imported(self._graph_def)
+    return self._graph
+
+  def fix(self, info, exact):
+    """Sets a TensorInfo's dtype and shape to what the graph's tensor really has.
+
+    Signatures can be wrong (half_plus_three's call tf_example:0 a float scalar); a placeholder
+    made from such a TensorInfo would break the graph. Where the graph does not know the
+    shape, the shape is left unknown rather than trusted. Without shape inference (op_defs
+    given, `exact` False, not a Placeholder), only the dtype is checked.
+    """
+    node_name, index = _tensor_key(info.name)
+    node = self._nodes[node_name]
+    if self._graph is None and self._op_defs is not None:
+      if node.op == 'Placeholder' and index == 0:
+        info.dtype = saved_model_io.base_dtype(node.attr['dtype'].type)
+        info.tensor_shape.CopyFrom(placeholder_shape(node, self._graph_def.versions.producer))
+        return
+      if not exact:
+        dtype = output_dtype(node, index, self._op_defs)
+        if dtype is not None and dtype != info.dtype:
+          logging.warning('%s is %s, not %s as its signature says: corrected', info.name,
+                          lean_tf.as_dtype(dtype).name, lean_tf.as_dtype(info.dtype).name)
+          info.dtype = dtype
+        return
+    tensor = self._imported().get_tensor_by_name(info.name)
+    info.dtype = tensor.dtype.base_dtype.as_datatype_enum
+    if tensor.shape.rank is None:
+      info.tensor_shape.Clear()
+      info.tensor_shape.unknown_rank = True
+    else:
+      info.tensor_shape.CopyFrom(tensor.shape.as_proto())
+
+
+def output_dtype(node, index, op_defs):
+  """The (base) dtype of output `index` of `node` by its OpDef, or None when not known."""
+  op_def = op_defs.get(node.op)
+  if op_def is None:
+    return None
+  defaults = {a.name: a.default_value for a in op_def.attr}
+
+  def attr(name):
+    return node.attr[name] if name in node.attr else defaults.get(name)
+
+  position = 0
+  for arg in op_def.output_arg:
+    if arg.type_list_attr:
+      value = attr(arg.type_list_attr)
+      types = list(value.list.type) if value is not None else None
+    else:
+      if arg.type:
+        dtype = arg.type
+      else:
+        value = attr(arg.type_attr)
+        dtype = value.type if value is not None else None
+      count = 1
+      if arg.number_attr:
+        value = attr(arg.number_attr)
+        count = value.i if value is not None else None
+      types = None if dtype is None or count is None else [dtype] * count
+    if types is None:
+      return None
+    if index < position + len(types):
+      return saved_model_io.base_dtype(types[index - position]) or None
+    position += len(types)
+  return None
+
+
 def _imported(graph_def):
   graph = tf.Graph()
   with graph.as_default():
     tf.graph_util.import_graph_def(graph_def, name='')
   return graph
-
-
-def _fix_tensor_info(info, graph):
-  """Sets a TensorInfo's dtype and shape to what the graph's tensor really has.
-
-  Signatures can be wrong (half_plus_three's call tf_example:0 a float scalar); a placeholder
-  made from such a TensorInfo would break the graph. Where the graph does not know the shape,
-  the shape is left unknown rather than trusted.
-  """
-  tensor = graph.get_tensor_by_name(info.name)
-  info.dtype = tensor.dtype.base_dtype.as_datatype_enum
-  if tensor.shape.rank is None:
-    info.tensor_shape.Clear()
-    info.tensor_shape.unknown_rank = True
-  else:
-    info.tensor_shape.CopyFrom(tensor.shape.as_proto())
 
 
 def _copy_signature(sig):
@@ -213,7 +294,7 @@ def strip(graph_def, keep_nodes):
   Returns:
     The stripped GraphDef.
   """
-  out = tf1.graph_util.extract_sub_graph(graph_def, list(keep_nodes))
+  out = lean_tf.extract_sub_graph(graph_def, list(keep_nodes))
   for node in out.node:
     node.device = ''
   used = _functions_used(out)

@@ -14,13 +14,11 @@ import collections
 import dataclasses
 
 from absl import logging
-import tensorflow as tf
 
 import graph_edit
+import lean_tf
 import saved_model_io
 import utils
-
-tf1 = tf.compat.v1
 
 UNSAFE_OPS = frozenset({
     # files
@@ -148,7 +146,7 @@ def saver_nodes(graph_def, saver_def):
   roots = [r for r in roots if r in names]
   if not roots:
     return set()
-  return {n.name for n in tf1.graph_util.extract_sub_graph(graph_def, roots).node}
+  return {n.name for n in lean_tf.extract_sub_graph(graph_def, roots).node}
 
 
 def needed_nodes(graph_def, signatures, init_ops=()):
@@ -160,7 +158,7 @@ def needed_nodes(graph_def, signatures, init_ops=()):
     needed.update(key[0] for key in graph_edit.computed_tensors(graph_def, sig))
   roots = [saved_model_io.node_name(o) for o in init_ops if saved_model_io.node_name(o) in names]
   if roots:
-    needed.update(n.name for n in tf1.graph_util.extract_sub_graph(graph_def, roots).node)
+    needed.update(n.name for n in lean_tf.extract_sub_graph(graph_def, roots).node)
   return needed & names
 
 

@@ -24,6 +24,8 @@ import os
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # before TensorFlow loads: one-line errors
 
+import lean_tf  # pylint: disable=g-import-not-at-top,unused-import  # before TensorFlow: its start-up notices stay off stderr
+
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 from absl import logging

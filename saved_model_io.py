@@ -15,16 +15,17 @@ from absl import logging
 
 from google.protobuf import message as pb_message
 from google.protobuf import text_format
-import tensorflow as tf
 
-from tensorflow.core.framework import graph_pb2
-from tensorflow.core.framework import types_pb2
-from tensorflow.core.protobuf import meta_graph_pb2
-from tensorflow.core.protobuf import saved_model_pb2
-
+import fileio
+import lean_tf
+from lean_tf import graph_pb2
+from lean_tf import meta_graph_pb2
+from lean_tf import saved_model_pb2
+from lean_tf import tensorflow as tf  # imported on first use: reading needs only protos
+from lean_tf import types_pb2
 import utils
 
-tf1 = tf.compat.v1
+tf1 = lean_tf.tf1
 
 METADATA_NODE = 'freezer_metadata'
 INIT_OP_SIGNATURE_KEY = '__saved_model_init_op'
@@ -59,8 +60,8 @@ def base_dtype(dtype_enum):
 
 
 def _is_session_bundle(export_dir):
-  return (tf.io.gfile.exists(utils.join(export_dir, 'export.meta')) or
-          tf.io.gfile.exists(utils.join(export_dir, 'export')))
+  return (fileio.exists(utils.join(export_dir, 'export.meta')) or
+          fileio.exists(utils.join(export_dir, 'export')))
 
 
 def read_saved_model_proto(export_dir):
@@ -70,24 +71,24 @@ def read_saved_model_proto(export_dir):
     utils.UserError: the directory is missing, empty, a session-bundle export, or its
       saved_model.pb is truncated or not a SavedModel.
   """
-  if not tf.io.gfile.exists(export_dir):
+  if not fileio.exists(export_dir):
     raise utils.UserError('SavedModel directory %s does not exist' % export_dir)
-  if not tf.io.gfile.isdir(export_dir):
+  if not fileio.isdir(export_dir):
     raise utils.UserError('%s is a file, not a SavedModel directory' % export_dir)
   pb_path = utils.join(export_dir, 'saved_model.pb')
   txt_path = utils.join(export_dir, 'saved_model.pbtxt')
   saved_model = saved_model_pb2.SavedModel()
-  if tf.io.gfile.exists(pb_path):
-    data = tf.io.gfile.GFile(pb_path, 'rb').read()
+  if fileio.exists(pb_path):
+    data = fileio.read(pb_path)
     try:
       saved_model.ParseFromString(data)
     except pb_message.DecodeError as e:
       raise utils.UserError('%s is not a valid SavedModel (truncated or corrupt: %s)'
                             % (pb_path, e)) from e
     path = pb_path
-  elif tf.io.gfile.exists(txt_path):
+  elif fileio.exists(txt_path):
     try:
-      text_format.Parse(tf.io.gfile.GFile(txt_path, 'r').read(), saved_model)
+      text_format.Parse(fileio.read(txt_path).decode('utf-8'), saved_model)
     except text_format.ParseError as e:
       raise utils.UserError('%s is not a valid SavedModel: %s' % (txt_path, e)) from e
     path = txt_path
@@ -95,7 +96,7 @@ def read_saved_model_proto(export_dir):
     raise utils.UserError(
         '%s is an old session-bundle export (export.meta), not a SavedModel; re-export it '
         'with tf.compat.v1.saved_model.Builder' % export_dir)
-  elif not tf.io.gfile.listdir(export_dir):
+  elif not fileio.listdir(export_dir):
     raise utils.UserError('SavedModel directory %s is empty' % export_dir)
   else:
     raise utils.UserError('%s holds no saved_model.pb: not a SavedModel directory' % export_dir)
@@ -216,11 +217,11 @@ def read_graph_def(path):
   Raises:
     utils.UserError: missing, empty, or not a GraphDef.
   """
-  if not tf.io.gfile.exists(path):
+  if not fileio.exists(path):
     raise utils.UserError('graph file %s does not exist' % path)
-  if tf.io.gfile.isdir(path):
+  if fileio.isdir(path):
     raise utils.UserError('%s is a directory, not a GraphDef file' % path)
-  data = tf.io.gfile.GFile(path, 'rb').read()
+  data = fileio.read(path)
   if not data:
     raise utils.UserError('graph file %s is empty' % path)
   graph_def = graph_pb2.GraphDef()
@@ -285,12 +286,12 @@ def write_saved_model(frozen, export_dir, overwrite=False):
 
 def directory_size(path):
   """Bytes of every file under `path` (or of the file `path`)."""
-  if not tf.io.gfile.isdir(path):
-    return tf.io.gfile.stat(path).length
+  if not fileio.isdir(path):
+    return fileio.size(path)
   total = 0
-  for root, _, files in tf.io.gfile.walk(path):
+  for root, _, files in fileio.walk(path):
     for name in files:
-      total += tf.io.gfile.stat(utils.join(root, name)).length
+      total += fileio.size(utils.join(root, name))
   return total
 
 

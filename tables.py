@@ -9,16 +9,19 @@ static: static ones are initialised that way by `KeyValueTensorInitializer` too)
 buckets included) that only makes sense for the same bucket count.
 """
 
+from __future__ import annotations
+
 import dataclasses
 import time
 
 from absl import logging
-import numpy as np
-import tensorflow as tf
 
+import lean_tf
+from lean_tf import numpy as np  # imported on first use, as TensorFlow
+from lean_tf import tensorflow as tf
 import utils
 
-tf1 = tf.compat.v1
+tf1 = lean_tf.tf1
 
 HASH_TABLE_OPS = frozenset({'HashTableV2', 'HashTable'})
 MUTABLE_TABLE_OPS = frozenset({

@@ -5,8 +5,8 @@ Graph helpers live in modules beside this one, named by concern:
 `freezing` (variables and tables to constants), `graph_edit` (placeholders, stripping),
 `comparison` (run two models on the same inputs).
 
-Every path goes through `tf.io.gfile`, so `hdfs://`, `gs://`, `s3://` and `ram://` paths work
-like local ones.
+Every path goes through `fileio` (tf.io.gfile's file systems), so `hdfs://`, `gs://`, `s3://`
+and `ram://` paths work like local ones.
 """
 
 import contextlib
@@ -20,15 +20,25 @@ import uuid
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 from absl import logging  # pylint: disable=g-import-not-at-top
-import tensorflow as tf  # pylint: disable=g-import-not-at-top
-from tensorflow.python.util import deprecation  # pylint: disable=g-import-not-at-top
 
-# tf.compat.v1 is this toolkit's subject, not a migration target: its deprecation notices are noise.
-deprecation._PRINT_DEPRECATION_WARNINGS = False  # pylint: disable=protected-access
-# TensorFlow's Python logger has a handler of its own besides absl's, so each of its lines
-# would print twice; its INFO chatter (builder paths of temporary directories) is noise here.
-tf.get_logger().handlers = []
-tf.get_logger().setLevel('WARNING')
+import fileio  # pylint: disable=g-import-not-at-top
+import lean_tf  # pylint: disable=g-import-not-at-top
+
+
+def _quiet_tensorflow(tf):
+  """Silences TensorFlow's Python-side noise, once it is loaded (scripts that need only protos
+  and files never load it)."""
+  from tensorflow.python.util import deprecation  # pylint: disable=g-import-not-at-top
+  # tf.compat.v1 is this toolkit's subject, not a migration target: its deprecation notices
+  # are noise.
+  deprecation._PRINT_DEPRECATION_WARNINGS = False  # pylint: disable=protected-access
+  # TensorFlow's Python logger has a handler of its own besides absl's, so each of its lines
+  # would print twice; its INFO chatter (builder paths of temporary directories) is noise here.
+  tf.get_logger().handlers = []
+  tf.get_logger().setLevel('WARNING')
+
+
+lean_tf.after_tensorflow_loads(_quiet_tensorflow)
 
 EXIT_OK = 0
 EXIT_FAILURE = 1  # bad input, or two models that do not answer the same
@@ -49,6 +59,7 @@ def run_cli(program, fn):
   Returns:
     The exit code for `absl.app.run`.
   """
+  lean_tf.after_tensorflow_loads(_quiet_tensorflow)  # scripts that imported it after utils
   try:
     code = fn()
   except UserError as e:
@@ -86,10 +97,10 @@ def check_output_free(path, overwrite):
   Raises:
     UserError: `path` exists and `overwrite` is False, or its parent is not a directory.
   """
-  if tf.io.gfile.exists(path) and not overwrite:
+  if fileio.exists(path) and not overwrite:
     raise UserError('%s already exists; pass --overwrite to replace it' % path)
   parent = parent_dir(path)
-  if parent and tf.io.gfile.exists(parent) and not tf.io.gfile.isdir(parent):
+  if parent and fileio.exists(parent) and not fileio.isdir(parent):
     raise UserError('cannot write %s: %s is not a directory' % (path, parent))
 
 
@@ -124,8 +135,8 @@ def remove_stale_temps(path):
   parent, base = parent_dir(path), path.rstrip('/').rsplit('/', 1)[-1]
   prefix = '.%s.tmp-%s-' % (base, _HOST)
   try:
-    names = tf.io.gfile.listdir(parent or '.')
-  except tf.errors.OpError:
+    names = fileio.listdir(parent or '.')
+  except OSError:
     return []
   removed = []
   for name in names:
@@ -143,11 +154,11 @@ def remove_stale_temps(path):
 
 def _remove(path):
   try:
-    if tf.io.gfile.isdir(path):
-      tf.io.gfile.rmtree(path)
-    elif tf.io.gfile.exists(path):
-      tf.io.gfile.remove(path)
-  except tf.errors.NotFoundError:
+    if fileio.isdir(path):
+      fileio.rmtree(path)
+    elif fileio.exists(path):
+      fileio.remove(path)
+  except FileNotFoundError:
     pass
 
 
@@ -166,31 +177,31 @@ def _scheme(path):
 def _copy_tree(src, dst):
   """Copies directory `src` to `dst` file by file, the files that mark completeness last."""
   files = []
-  for root, _, names in tf.io.gfile.walk(src):
+  for root, _, names in fileio.walk(src):
     for name in names:
       files.append(join(root, name))
   files.sort(key=lambda f: (f.rsplit('/', 1)[-1] in _COMMIT_FILES, f.count('/'), f))
   for f in files:
     target = dst + f[len(src.rstrip('/')):]
-    tf.io.gfile.makedirs(parent_dir(target))
-    tf.io.gfile.copy(f, target, overwrite=True)
+    fileio.makedirs(parent_dir(target))
+    fileio.copy(f, target, overwrite=True)
 
 
 def _move(src, dst):
-  if tf.io.gfile.isdir(src) and _scheme(dst) not in _ATOMIC_DIR_RENAME:
+  if fileio.isdir(src) and _scheme(dst) not in _ATOMIC_DIR_RENAME:
     _copy_tree(src, dst)
     _remove(src)
   else:
-    tf.io.gfile.rename(src, dst)
+    fileio.rename(src, dst)
 
 
 def _commit(tmp, path, overwrite):
   """Moves the finished `tmp` onto `path`, replacing an old output only when allowed."""
-  if tf.io.gfile.exists(path):
+  if fileio.exists(path):
     if not overwrite:
       raise UserError('%s already exists; pass --overwrite to replace it' % path)
-    if not tf.io.gfile.isdir(path):
-      tf.io.gfile.rename(tmp, path, overwrite=True)
+    if not fileio.isdir(path):
+      fileio.rename(tmp, path, overwrite=True)
       return
     # Directories cannot be renamed over: move the old one aside first, so that the target is
     # always either the old complete model or the new complete one.
@@ -223,18 +234,20 @@ def atomic_output(path, overwrite=False):
   parent = parent_dir(path)
   try:
     if parent:
-      tf.io.gfile.makedirs(parent)
-  except tf.errors.OpError as e:
+      fileio.makedirs(parent)
+  except OSError as e:
     raise UserError('cannot create %s: %s' % (parent, tf_error_message(e))) from e
   remove_stale_temps(path)
   tmp = _temp_sibling(path)
   try:
     yield tmp
     _commit(tmp, path, overwrite)
-  except tf.errors.OpError as e:
+  except Exception as e:  # pylint: disable=broad-except
+    if not fileio.is_error(e):
+      raise
     raise UserError('cannot write %s: %s' % (path, tf_error_message(e))) from e
   finally:
-    if tf.io.gfile.exists(tmp):
+    if fileio.exists(tmp):
       _remove(tmp)
 
 

@@ -28,6 +28,8 @@ import sys
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import lean_tf  # pylint: disable=g-import-not-at-top,unused-import  # before TensorFlow
+
 import shutil  # pylint: disable=g-import-not-at-top,g-bad-import-order
 import statistics
 import subprocess

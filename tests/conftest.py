@@ -13,6 +13,7 @@ import pytest  # pylint: disable=g-import-not-at-top
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+import lean_tf  # pylint: disable=g-import-not-at-top,unused-import  # before TensorFlow
 from absl import flags  # pylint: disable=g-import-not-at-top
 
 import model_gen  # pylint: disable=g-import-not-at-top

@@ -1,4 +1,4 @@
-"""Every model path goes through tf.io.gfile: both paths run end to end on ram://."""
+"""Every model path goes through fileio or tf.io.gfile: both paths run end to end on ram://."""
 
 import ast
 import pathlib
@@ -63,7 +63,9 @@ def _local_only_calls(source):
   return found
 
 
-@pytest.mark.parametrize('module', sorted(p.name for p in REPO.glob('*.py')))
+# fileio.py is where a path is told local or remote: it calls the OS only for local ones.
+@pytest.mark.parametrize('module', sorted(p.name for p in REPO.glob('*.py')
+                                          if p.name != 'fileio.py'))
 def test_no_local_only_file_calls(module):
   found = _local_only_calls((REPO / module).read_text())
   assert not found, '%s uses local-only file calls: %s' % (module, found)

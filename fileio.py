@@ -1,0 +1,198 @@
+"""Files for freezer's scripts: tf.io.gfile's operations, local paths at the cost of the OS.
+
+A path with a scheme (`hdfs://`, `gs://`, `s3://`, `ram://`, `file://`) goes to TensorFlow's
+file system layer, `tensorflow.python.lib.io.file_io` (what `tf.io.gfile` calls), loaded
+without the rest of TensorFlow (see lean_tf.py). A plain local path goes straight to the OS,
+which is what TensorFlow's local file system does too, so a script that touches only local
+files and protos never loads TensorFlow's runtime. Copies between local files run in the
+kernel (`copy_file_range`), as `cp` does.
+
+Errors are OSError: FileNotFoundError for a missing path, FileError (with TensorFlow's
+message) for any other failure of a remote one.
+"""
+
+import os
+import shutil
+import sys
+
+import lean_tf
+
+
+class FileError(OSError):
+  """A file operation on a remote path failed (TensorFlow's message)."""
+
+
+def is_remote(path):
+  return '://' in path
+
+
+def _file_io():
+  return lean_tf.load('tensorflow.python.lib.io.file_io')
+
+
+def _errors():
+  return lean_tf.load('tensorflow.python.framework.errors_impl')
+
+
+def is_error(e):
+  """Whether `e` is a file error: an OSError, or a TensorFlow OpError from tf.io.gfile."""
+  if isinstance(e, OSError):
+    return True
+  errors = sys.modules.get('tensorflow.python.framework.errors_impl')
+  return errors is not None and isinstance(e, errors.OpError)
+
+
+def _remote(fn, *args, **kwargs):
+  errors = _errors()
+  try:
+    return fn(*args, **kwargs)
+  except errors.NotFoundError as e:
+    raise FileNotFoundError(e.message) from e
+  except errors.OpError as e:
+    raise FileError(e.message) from e
+
+
+def exists(path):
+  if is_remote(path):
+    return _remote(_file_io().file_exists_v2, path)
+  return os.path.exists(path)
+
+
+def isdir(path):
+  if is_remote(path):
+    return _remote(_file_io().is_directory_v2, path)
+  return os.path.isdir(path)
+
+
+def listdir(path):
+  if is_remote(path):
+    return _remote(_file_io().list_directory_v2, path)
+  return os.listdir(path)
+
+
+def size(path):
+  if is_remote(path):
+    return _remote(_file_io().stat_v2, path).length
+  return os.stat(path).st_size
+
+
+def makedirs(path):
+  if is_remote(path):
+    _remote(_file_io().recursive_create_dir_v2, path)
+  else:
+    os.makedirs(path, exist_ok=True)
+
+
+def remove(path):
+  if is_remote(path):
+    _remote(_file_io().delete_file_v2, path)
+  else:
+    os.remove(path)
+
+
+def rmtree(path):
+  if is_remote(path):
+    _remote(_file_io().delete_recursively_v2, path)
+  else:
+    shutil.rmtree(path)
+
+
+def rename(src, dst, overwrite=False):
+  if is_remote(src) or is_remote(dst):
+    _remote(_file_io().rename_v2, src, dst, overwrite)
+  elif overwrite:
+    os.replace(src, dst)
+  elif os.path.exists(dst):
+    raise FileExistsError('%s exists' % dst)
+  else:
+    os.rename(src, dst)
+
+
+def walk(top):
+  """(dirpath, subdirs, files) top-down, as tf.io.gfile.walk."""
+  if is_remote(top):
+    yield from _remote(lambda: list(_file_io().walk_v2(top)))
+  else:
+    yield from os.walk(top)
+
+
+class _RemoteFile:
+  """A file_io.FileIO whose errors are FileError."""
+
+  def __init__(self, path, mode):
+    self._file = _file_io().FileIO(path, mode)
+
+  def __getattr__(self, name):
+    attr = getattr(self._file, name)
+    if not callable(attr):
+      return attr
+    return lambda *args, **kwargs: _remote(attr, *args, **kwargs)
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    _remote(self._file.close)
+
+
+def open_file(path, mode='rb'):
+  """A file object for `path` (mode as tf.io.gfile.GFile: 'rb', 'wb', 'r', 'w')."""
+  if is_remote(path):
+    if 'r' in mode:
+      _remote(_file_io().stat_v2, path)  # FileIO reports a missing file only on first read
+    return _RemoteFile(path, mode)
+  return open(path, mode)  # pylint: disable=unspecified-encoding
+
+
+def read(path):
+  with open_file(path, 'rb') as f:
+    return f.read()
+
+
+def copy(src, dst, overwrite=False):
+  if is_remote(src) or is_remote(dst):
+    _remote(_file_io().copy_v2, src, dst, overwrite)
+    return
+  if not overwrite and os.path.exists(dst):
+    raise FileExistsError('%s exists' % dst)
+  with open(src, 'rb') as s, open(dst, 'wb') as d:
+    copy_range(s, 0, d, os.fstat(s.fileno()).st_size)
+
+
+def copy_range(src, offset, dst, length, chunk_bytes=8 << 20, progress=None):
+  """Appends `length` bytes of open file `src` from `offset` to open file `dst`.
+
+  Between two local files the kernel copies (copy_file_range: no bytes pass through this
+  process); otherwise in pieces of `chunk_bytes`. `progress(n)` is called after each piece.
+
+  Raises:
+    EOFError: `src` ends before `length` bytes.
+  """
+  left = length
+  if isinstance(src, _RemoteFile) or isinstance(dst, _RemoteFile):
+    kernel = False
+  else:
+    kernel = hasattr(os, 'copy_file_range')
+    dst.flush()
+  while left:
+    n = 0
+    if kernel:
+      try:
+        n = os.copy_file_range(src.fileno(), dst.fileno(), min(left, 1 << 30), offset)
+      except OSError:
+        kernel = False  # another filesystem, or a kernel without it: copy through memory
+        dst.seek(0, os.SEEK_END)
+        continue
+      if n:
+        dst.seek(0, os.SEEK_END)
+    else:
+      src.seek(offset)
+      piece = src.read(min(chunk_bytes, left))
+      dst.write(piece)
+      n = len(piece)
+    if not n:
+      raise EOFError('%d bytes short' % left)
+    offset += n
+    left -= n
+    if progress:
+      progress(n)
