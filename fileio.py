@@ -1,11 +1,12 @@
 """Files for freezer's scripts: tf.io.gfile's operations, local paths at the cost of the OS.
 
 A path with a scheme (`hdfs://`, `gs://`, `s3://`, `ram://`, `file://`) goes to TensorFlow's
-file system layer, `tensorflow.python.lib.io.file_io` (what `tf.io.gfile` calls), loaded
-without the rest of TensorFlow (see lean_tf.py). A plain local path goes straight to the OS,
-which is what TensorFlow's local file system does too, so a script that touches only local
-files and protos never loads TensorFlow's runtime. Copies between local files run in the
-kernel (`copy_file_range`), as `cp` does.
+file system layer, `tensorflow.python.lib.io.file_io` (what `tf.io.gfile` calls), after
+importing TensorFlow, whose start-up registers the file system plugins a `tf.io.gfile` user
+has (tensorflow-io-gcs-filesystem, site-packages/tensorflow-plugins). A plain local path goes
+straight to the OS, which is what TensorFlow's local file system does too, so a script that
+touches only local files and protos never loads TensorFlow (see lean_tf.py). Copies between
+local files run in the kernel (`copy_file_range`), as `cp` does.
 
 Errors are OSError: FileNotFoundError for a missing path, FileError (with TensorFlow's
 message) for any other failure of a remote one.
@@ -27,6 +28,7 @@ def is_remote(path):
 
 
 def _file_io():
+  lean_tf.tensorflow.io  # pylint: disable=pointless-statement  # imports TensorFlow: plugins
   return lean_tf.load('tensorflow.python.lib.io.file_io')
 
 

@@ -6,9 +6,8 @@ none of that: it reads and writes protos (SavedModel, GraphDef, checkpoint index
 bytes. TensorFlow's protos are plain generated modules under `tensorflow.core`, but importing
 any of them the usual way runs `tensorflow/__init__.py` first. `load` imports them with an
 empty stand-in for the `tensorflow` package that exists only while the import runs, so the
-generated modules (and, for remote paths, `tensorflow.python.lib.io.file_io`, the
-implementation of `tf.io.gfile`) load alone, in about 30 ms. They are the same module objects
-a later `import tensorflow` uses.
+generated modules load alone, in about 30 ms. They are the same module objects a later
+`import tensorflow` uses.
 
 Where TensorFlow itself is needed (shape inference, sessions), `tensorflow` and `tf1` here are
 proxies that import it on first use, so a code path pays for it only when it needs it.
