@@ -23,6 +23,7 @@ import tensorflow as tf
 
 import cli_flags
 import graph_edit
+import keep_variables
 import op_safety
 import saved_model_io
 import utils
@@ -57,9 +58,11 @@ def load_input_graph(path, inputs=(), outputs=(), init_op=None, tags=('serve',))
     signature = saved_model_io.signature_from_tensors(plain, inputs, outputs, path)
     if init_op and init_op not in {n.name for n in plain.node}:
       raise utils.UserError('--init_op names %s, which is not an op of %s' % (init_op, path))
+    kept = frozen if frozen is not None else saved_model_io.FrozenModel(None, {}, [])
     frozen = saved_model_io.FrozenModel(
         graph_def=plain, signatures={'serving_default': signature}, tags=list(tags),
-        table_init_op=init_op)
+        table_init_op=init_op, saver_def=kept.saver_def, variables_prefix=kept.variables_prefix,
+        variables_digest=kept.variables_digest)
   saved_model_io.check_tensors_exist(frozen.graph_def, frozen.signatures, path)
   return frozen
 
@@ -91,27 +94,41 @@ def optimize(input_graph, output_saved_model_dir=None, output_graph=None, inputs
     if path:
       utils.check_output_free(path, overwrite)
   frozen = load_input_graph(input_graph, inputs, outputs, init_op, tags)
+  prefix, saver = None, set()
+  if frozen.saver_def is not None:  # freezer.py --keep_as_variables: a checkpoint beside it
+    prefix = keep_variables.checkpoint_of(frozen, input_graph)
+    saver = op_safety.saver_nodes(frozen.graph_def, frozen.saver_def)
   needed = op_safety.needed_nodes(frozen.graph_def, frozen.signatures,
                                   [frozen.table_init_op] if frozen.table_init_op else [])
-  removed = op_safety.enforce(op_safety.find_unsafe(frozen.graph_def), needed, set(allow_ops),
-                              input_graph)
+  removed = op_safety.enforce(op_safety.find_unsafe(frozen.graph_def, exempt=saver), needed,
+                              set(allow_ops), input_graph)
   op_safety.log_findings(removed, 'removed (not run by the signatures)')
   try:
     result, before, after = graph_edit.optimize_frozen(frozen, grappler)
   except (ValueError, tf.errors.OpError) as e:
     raise utils.UserError('cannot optimize %s: %s'
                           % (input_graph, utils.tf_error_message(e))) from e
-  op_safety.unsafe_in(result.graph_def, set(allow_ops), input_graph)
+  op_safety.unsafe_in(result.graph_def, set(allow_ops), input_graph,
+                      exempt=saver and op_safety.saver_nodes(result.graph_def, result.saver_def))
   graph_edit.log_cut(before, after)
   if log_dir:
     write_tensorboard_graph(frozen.graph_def, utils.join(log_dir, 'before'))
     write_tensorboard_graph(result.graph_def, utils.join(log_dir, 'after'))
     logging.info('TensorBoard graphs: tensorboard --logdir=%s', log_dir)
-  if output_graph:
+  if output_graph and prefix:
+    keep_variables.write_graph(result, prefix, output_graph, overwrite)
+    logging.info('wrote %s and its checkpoint %s', output_graph,
+                 keep_variables.checkpoint_dir(output_graph))
+  elif output_graph:
     saved_model_io.write_graph_def(saved_model_io.frozen_to_graph_def(result), output_graph,
                                    overwrite)
     logging.info('wrote %s', output_graph)
-  if output_saved_model_dir:
+  if output_saved_model_dir and prefix:
+    size = keep_variables.write_saved_model(result, prefix, output_saved_model_dir, overwrite)
+    logging.info('wrote SavedModel %s (%s, variables/ from %s; signatures: %s)',
+                 output_saved_model_dir, utils.human_bytes(size), prefix,
+                 ', '.join(sorted(result.signatures)))
+  elif output_saved_model_dir:
     size = saved_model_io.write_saved_model(result, output_saved_model_dir, overwrite)
     logging.info('wrote SavedModel %s (%s; signatures: %s)', output_saved_model_dir,
                  utils.human_bytes(size), ', '.join(sorted(result.signatures)))
