@@ -104,7 +104,8 @@ def check_fits_protobuf(saved_model_dir, meta_graph, signatures, keep=None):
   size = sum(index.nbytes(n) for n in names if n in index.entries)
   if size > saved_model_io.PROTOBUF_LIMIT:
     # Leave room for the graph itself beside the constants.
-    suggestion = keep_variables.suggest_size(sizes, saved_model_io.PROTOBUF_LIMIT - (64 << 20))
+    limit = saved_model_io.PROTOBUF_LIMIT
+    suggestion = keep_variables.suggest_size(sizes, limit - min(64 << 20, limit // 16))
     keep_hint = ('keep the largest variables and tables as variables, restored from a '
                  'checkpoint beside the graph: --keep_as_variables=%s' % suggestion
                  if suggestion else 'no --keep_as_variables size fits')

@@ -91,11 +91,18 @@ def _place_round_robin(shards):
   return place
 
 
-def build(work_dir, embedding_mb, dim, partitions, shards, table_keys):
-  """Writes work_dir/ckpt (sharded, with Adam slots and the table) and work_dir/structure.
+def build(work_dir, embedding_mb, dim, partitions, shards, table_keys, train_step=True,
+          checkpoint_path=True):
+  """Writes work_dir/saved_model, and work_dir/ckpt (sharded, with Adam slots and the table)
+  and work_dir/structure.
 
   The structure is a SavedModel with the graph only (no variables/): the checkpoint path never
   reads a structure's values, so it needs none.
+
+  Args:
+    train_step: build the optimizer and run one step (Adam slots get values, twice the
+      embedding's bytes); without it the model has no optimizer, so it builds faster.
+    checkpoint_path: also write ckpt/ and structure/ (what optimize_from_ckpt.py reads).
   """
   rows = max(partitions, (embedding_mb << 20) // (4 * dim))
   config = model_gen.ModelConfig(item_buckets=rows, embedding_dim=dim,
@@ -110,7 +117,7 @@ def build(work_dir, embedding_mb, dim, partitions, shards, table_keys):
         'dense': tf1.placeholder(tf.float32, [None, config.num_dense], name='dense'),
         model_gen.LABEL: tf1.placeholder(tf.float32, [None], name='label'),
     }
-    outputs = model_gen.build_model(features, config, training=True)
+    outputs = model_gen.build_model(features, config, training=train_step)
     table = graph.get_tensor_by_name('user_stats:0')
     keys = tf1.placeholder(tf.int64, [None])
     values = tf1.placeholder(tf.float32, [None, model_gen.STATS_DIM])
@@ -130,10 +137,12 @@ def build(work_dir, embedding_mb, dim, partitions, shards, table_keys):
               features['category']: np.array([b'c%d' % i for i in range(batch)], object),
               features['dense']: rng.normal(size=(batch, config.num_dense)).astype(np.float32),
               features[model_gen.LABEL]: (rng.rand(batch) < 0.3).astype(np.float32)}
-      session.run(outputs['train_op'], feed)  # Adam slots get values
-      ckpt_dir = os.path.join(work_dir, 'ckpt')
-      os.makedirs(ckpt_dir, exist_ok=True)
-      saver.save(session, os.path.join(ckpt_dir, 'model.ckpt'), global_step=1)
+      if train_step:
+        session.run(outputs['train_op'], feed)  # Adam slots get values
+      if checkpoint_path:
+        ckpt_dir = os.path.join(work_dir, 'ckpt')
+        os.makedirs(ckpt_dir, exist_ok=True)
+        saver.save(session, os.path.join(ckpt_dir, 'model.ckpt'), global_step=1)
       # The training SavedModel, values included, as model_gen.py writes it: what freezer.py
       # and TensorFlow's convert_variables_to_constants start from.
       training = tf1.saved_model.Builder(os.path.join(work_dir, 'saved_model'))
@@ -147,6 +156,8 @@ def build(work_dir, embedding_mb, dim, partitions, shards, table_keys):
         {'probability': outputs['probability']})
     meta_graph = tf1.train.export_meta_graph(saver_def=saver.as_saver_def(),
                                              clear_devices=False)
+  if not checkpoint_path:
+    return
   meta_graph.meta_info_def.tags.append('serve')
   meta_graph.signature_def['serving_default'].CopyFrom(signature)
   structure = os.path.join(work_dir, 'structure')

@@ -43,11 +43,11 @@ def _restored(frozen):
   return {nodes[i.lstrip('^')].input[0] for i in restore.input}
 
 
-def _check(reference, new, examples=120):
+def _check(reference, new, examples=120, outputs=4):
   out = io.StringIO()
   passed, results = optimize_from_pb_test.check(reference, new, num_examples=examples,
                                                 batch_sizes=(), out=out)
-  assert passed and len(results) == 4, out.getvalue()
+  assert passed and len(results) == outputs, out.getvalue()
   return results
 
 
@@ -276,3 +276,55 @@ def test_control_flow_over_a_kept_variable_is_fine_static_tables_are_refused(tmp
   # With no variable reaching the size, nothing needs keeping and the in-memory path runs.
   freezer.freeze(str(tmp_path / 'static'), str(tmp_path / 'static.pb'), keep_as_variables='1GiB')
   assert _frozen(str(tmp_path / 'static.pb')).saver_def is None
+
+
+def _benchmark_module():
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  from conftest import REPO  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location('benchmark', REPO / 'benchmarks' / 'benchmark.py')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_model_past_2gb_freezes_with_kept_variables_and_serves_the_same(tmp_path):
+  """2080 MiB of embedding (4 partitions of 520 MiB) and a 1000-key table, built by the
+  benchmark's code without optimizer or checkpoint path (about 25 s on 2 cores, 4 GiB of disk
+  and 5 GiB of memory at the peak; removed afterwards)."""
+  try:
+    _benchmark_module().build(str(tmp_path), embedding_mb=2080, dim=64, partitions=4, shards=1,
+                              table_keys=1000, train_step=False, checkpoint_path=False)
+    saved_model = str(tmp_path / 'saved_model')
+    index = checkpoints.read_index(saved_model + '/variables/variables')
+    assert sum(index.nbytes(n) for n in index.entries) > saved_model_io.PROTOBUF_LIMIT
+    frozen = str(tmp_path / 'frozen.pb')
+    start = time.perf_counter()
+    with pytest.raises(utils.UserError, match=r'past protobuf\'s 2 GB limit; keep the largest '
+                       r'variables and tables .*--keep_as_variables=520MiB; or .*'
+                       r'optimize_from_ckpt.py') as refusal:
+      freezer.freeze(saved_model, frozen)
+    assert time.perf_counter() - start < 5, 'the refusal comes before anything is loaded'
+    assert '2.0 GiB of variables' in str(refusal.value) and not os.path.exists(frozen)
+    freezer.freeze(saved_model, frozen, keep_as_variables='256MiB')
+    assert os.path.getsize(frozen) < 1 << 20  # only the small variables became constants
+    assert _restored(_frozen(frozen)) == {'item_embedding/part_%d' % k for k in range(4)}
+    serving = str(tmp_path / 'serving')
+    optimize_from_pb.optimize(frozen, output_saved_model_dir=serving)
+    assert os.stat(serving + '/variables/variables.data-00000-of-00001').st_ino == os.stat(
+        frozen + '.variables/variables.data-00000-of-00001').st_ino
+    reference = comparison.load_saved_model(saved_model)
+    new = comparison.load_saved_model(serving)
+    try:
+      results = _check(reference, new, examples=64, outputs=1)
+      assert [r.output for r in results] == ['probability']
+      assert max(r.max_abs for r in results) <= 1e-6
+      # The ids compared are half trained table keys, half unseen ones.
+      feeds = comparison.InputMaker(reference, seed=0).make('serving_default', 64)
+      keys = tf.train.load_checkpoint(saved_model + '/variables/variables').get_tensor(
+          'user_stats-keys')
+      assert 10 < np.isin(feeds['user_id'], keys).sum() < 54
+    finally:
+      reference.close()
+      new.close()
+  finally:
+    shutil.rmtree(tmp_path, ignore_errors=True)
