@@ -9,9 +9,18 @@ graph fills them when its init op `freezer/init_tables` runs. TensorFlow's own
 The signatures, tags and init op travel inside the output (node `freezer_metadata`), so the
 next step, optimize_from_pb.py, needs no other flag.
 
-Example:
+A model whose frozen graph would pass protobuf's 2 GB is refused before anything is loaded.
+`--keep_as_variables=SIZE` (64MiB, 1.5GB, 500000 bytes) or `=NAME,...` (a partitioned variable
+by its base name) keeps the variable partitions and tables it picks as variables and tables,
+restored by a saver from a checkpoint written beside the graph (OUTPUT_GRAPH.variables/, only
+those tensors' stored bytes); optimize_from_pb.py makes that checkpoint the serving
+SavedModel's variables/. Move or copy the graph and its .variables directory together.
+
+Examples:
   python freezer.py --saved_model_dir=/tmp/freezer_demo/model/saved_model \
       --output_graph=/tmp/freezer_demo/frozen.pb
+  python freezer.py --saved_model_dir=/tmp/freezer_demo/model/saved_model \
+      --output_graph=/tmp/freezer_demo/frozen_kept.pb --keep_as_variables=item_embedding,user_stats
 """
 
 import os
@@ -99,9 +108,8 @@ def check_fits_protobuf(saved_model_dir, meta_graph, signatures, keep=None):
   kept = keep_variables.select(keep, restores, index, saved_model_dir) if keep else []
   kept_targets = {r.target for r in kept}
   sizes = [keep_variables.restore_bytes(index, r) for r in restores]
-  # Partitions and table shards share checkpoint tensors: count each stored tensor once.
-  names = {name for r in restores if r.target not in kept_targets for name in r.names}
-  size = sum(index.nbytes(n) for n in names if n in index.entries)
+  # Each partition counts its own slice: some of a variable's may be kept, others not.
+  size = sum(n for r, n in zip(restores, sizes) if r.target not in kept_targets)
   if size > saved_model_io.PROTOBUF_LIMIT:
     # Leave room for the graph itself beside the constants.
     limit = saved_model_io.PROTOBUF_LIMIT
@@ -114,10 +122,10 @@ def check_fits_protobuf(saved_model_dir, meta_graph, signatures, keep=None):
         'protobuf\'s 2 GB limit; %s; or serve it from its checkpoint: optimize_from_ckpt.py '
         '--saved_model_dir=%s --checkpoint=%s --output_saved_model_dir=DIR' % (
             saved_model_dir, utils.human_bytes(size),
-            ' (with --keep_as_variables=%s)' % keep if keep else '', keep_hint,
+            ' (with --keep_as_variables: %s)' % keep if keep else '', keep_hint,
             saved_model_dir, prefix))
   if keep:
-    logging.info('--keep_as_variables=%s keeps %d of %d variables and tables (%s) as state; '
+    logging.info('--keep_as_variables (%s) keeps %d of %d variables and tables (%s) as state; '
                  '%s become constants', keep, len(kept), len(restores),
                  ', '.join(sorted(kept_targets)) or 'none', utils.human_bytes(size))
   return kept_targets

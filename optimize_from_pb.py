@@ -6,12 +6,16 @@ table fill do not need (dataset and iterator ops, optimizer, saver, summaries, t
 embedded data) is removed; devices are cleared; Grappler's constant folding and arithmetic
 passes run (--nooptimize to skip). The SavedModel keeps every signature key and method name and
 fills its tables in its main op, which TF Serving, the C++ loader and both Python loaders run.
+A graph frozen with `freezer.py --keep_as_variables` keeps its saver (restore and save ops,
+never folded) and the checkpoint beside it becomes the SavedModel's variables/ (hard-linked
+where the filesystem allows, else copied); a missing or different checkpoint is refused.
 
 Example:
   python optimize_from_pb.py --input_graph=/tmp/freezer_demo/frozen.pb \
       --output_saved_model_dir=/tmp/freezer_demo/serving
 """
 
+import dataclasses
 import os
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # before TensorFlow loads: one-line errors
@@ -58,11 +62,11 @@ def load_input_graph(path, inputs=(), outputs=(), init_op=None, tags=('serve',))
     signature = saved_model_io.signature_from_tensors(plain, inputs, outputs, path)
     if init_op and init_op not in {n.name for n in plain.node}:
       raise utils.UserError('--init_op names %s, which is not an op of %s' % (init_op, path))
-    kept = frozen if frozen is not None else saved_model_io.FrozenModel(None, {}, [])
-    frozen = saved_model_io.FrozenModel(
+    # A graph that keeps variables keeps its saver and checkpoint whatever the signature.
+    frozen = dataclasses.replace(
+        frozen or saved_model_io.FrozenModel(graph_def=plain, signatures={}, tags=[]),
         graph_def=plain, signatures={'serving_default': signature}, tags=list(tags),
-        table_init_op=init_op, saver_def=kept.saver_def, variables_prefix=kept.variables_prefix,
-        variables_digest=kept.variables_digest)
+        table_init_op=init_op)
   saved_model_io.check_tensors_exist(frozen.graph_def, frozen.signatures, path)
   return frozen
 

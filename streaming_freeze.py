@@ -12,6 +12,11 @@ It applies where the graph reads its variables the plain way (ReadVariableOp, Re
 VariableShape, a ref variable's Identity), every variable and mutable table is restored from the
 SavedModel's variables/ by its saver, and there are no static tables (whose contents only an init
 op run in a session makes). Elsewhere `plan` returns None and freezer.py uses the in-memory path.
+
+Variables and tables chosen with --keep_as_variables are not frozen: they stay as they are (any
+op may read them), a saver over exactly them is added (checkpoint_graph.add_saver), and their
+stored bytes are copied into a checkpoint beside the output before the graph is written
+(keep_variables).
 """
 
 import contextlib
