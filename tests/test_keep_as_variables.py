@@ -289,7 +289,7 @@ def _benchmark_module():
 
 def test_model_past_2gb_freezes_with_kept_variables_and_serves_the_same(tmp_path):
   """2080 MiB of embedding (4 partitions of 520 MiB) and a 1000-key table, built by the
-  benchmark's code without optimizer or checkpoint path (about 25 s on 2 cores, 4 GiB of disk
+  benchmark's code without optimizer or checkpoint path (17-19 s on 2 cores, 4 GiB of disk
   and 5 GiB of memory at the peak; removed afterwards)."""
   try:
     _benchmark_module().build(str(tmp_path), embedding_mb=2080, dim=64, partitions=4, shards=1,
