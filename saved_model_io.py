@@ -21,7 +21,6 @@ from tensorflow.core.framework import graph_pb2
 from tensorflow.core.framework import types_pb2
 from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow.core.protobuf import saved_model_pb2
-from tensorflow.core.protobuf import saver_pb2
 
 import utils
 
@@ -54,7 +53,7 @@ class FrozenModel:
   signatures: Dict[str, meta_graph_pb2.SignatureDef]
   tags: List[str]
   table_init_op: Optional[str] = None
-  saver_def: Optional[saver_pb2.SaverDef] = None
+  saver_def: Optional[object] = None  # a SaverDef
   variables_prefix: Optional[str] = None
   variables_digest: Optional[str] = None
 

@@ -29,8 +29,7 @@ import sys
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import json  # pylint: disable=g-import-not-at-top,g-bad-import-order
-import shutil
+import shutil  # pylint: disable=g-import-not-at-top,g-bad-import-order
 import statistics
 import subprocess
 import time
@@ -351,6 +350,7 @@ def bench_serving(work_dir, repeats, keep, latency_runs, batch_sizes=(1, 512)):
   """Load time and latency of the re-dumped SavedModels (fully frozen, and with the big
   variables kept as variables) against the training one, each run in a fresh process, the
   order alternated between runs."""
+  import json  # pylint: disable=g-import-not-at-top  (here: a merge-friendly import block)
   training = os.path.join(work_dir, 'saved_model')
   models = {'training SavedModel': training}
   for name, extra in (('frozen', []), ('kept', ['--keep_as_variables=' + keep])):
