@@ -15,6 +15,7 @@ from typing import Dict
 import numpy as np
 import tensorflow as tf
 
+import keep_variables
 import saved_model_io
 import tables
 import tf2_freezing
@@ -98,8 +99,11 @@ def load_saved_model(export_dir, tags=('serve',)):
 def load_frozen_graph(path, frozen=None):
   """Loads a GraphDef written by freezer.py or optimize_from_pb.py and fills its tables.
 
+  A graph that keeps variables (freezer.py --keep_as_variables) is restored from the checkpoint
+  beside it first, as a SavedModel loader restores variables/.
+
   Raises:
-    utils.UserError: the file is not such a GraphDef.
+    utils.UserError: the file is not such a GraphDef, or its checkpoint is missing or another.
   """
   start = time.perf_counter()
   if frozen is None:
@@ -113,12 +117,17 @@ def load_frozen_graph(path, frozen=None):
       tf.graph_util.import_graph_def(frozen.graph_def, name='')
     except (ValueError, tf.errors.OpError) as e:
       raise utils.UserError('cannot import %s: %s' % (path, utils.tf_error_message(e))) from e
+  prefix = keep_variables.checkpoint_of(frozen, path) if frozen.saver_def else None
   session = tf1.Session(graph=graph)
+  if prefix:
+    keep_variables.restore(session, frozen, prefix)
   if frozen.table_init_op:
     session.run(graph.get_operation_by_name(frozen.table_init_op))
   seconds = time.perf_counter() - start
-  return Model(path, graph, session, frozen.signatures, seconds,
-               saved_model_io.directory_size(path))
+  size = saved_model_io.directory_size(path)
+  if prefix:
+    size += saved_model_io.directory_size(utils.parent_dir(prefix))
+  return Model(path, graph, session, frozen.signatures, seconds, size)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -396,10 +396,16 @@ def optimize_frozen(frozen, grappler=True):
     (new FrozenModel, GraphStats before, GraphStats after).
   """
   before = GraphStats.of(frozen.graph_def)
+  extra_keep = [frozen.table_init_op]
+  if frozen.saver_def is not None:
+    # Kept variables (freezer.py --keep_as_variables): no output reaches the saver's restore and
+    # save ops, which loading runs.
+    extra_keep += [saved_model_io.node_name(n) for n in (
+        frozen.saver_def.restore_op_name, frozen.saver_def.save_tensor_name,
+        frozen.saver_def.filename_tensor_name)]
   graph_def, signatures, keep = cut_to_signatures(frozen.graph_def, frozen.signatures,
-                                                  [frozen.table_init_op])
+                                                  extra_keep)
   if grappler:
     graph_def = strip(grappler_optimize(graph_def, keep), keep)
-  result = saved_model_io.FrozenModel(graph_def=graph_def, signatures=signatures,
-                                      tags=frozen.tags, table_init_op=frozen.table_init_op)
+  result = dataclasses.replace(frozen, graph_def=graph_def, signatures=signatures)
   return result, before, GraphStats.of(graph_def)

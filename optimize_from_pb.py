@@ -6,12 +6,16 @@ table fill do not need (dataset and iterator ops, optimizer, saver, summaries, t
 embedded data) is removed; devices are cleared; Grappler's constant folding and arithmetic
 passes run (--nooptimize to skip). The SavedModel keeps every signature key and method name and
 fills its tables in its main op, which TF Serving, the C++ loader and both Python loaders run.
+A graph frozen with `freezer.py --keep_as_variables` keeps its saver (restore and save ops,
+never folded) and the checkpoint beside it becomes the SavedModel's variables/ (hard-linked
+where the filesystem allows, else copied); a missing or different checkpoint is refused.
 
 Example:
   python optimize_from_pb.py --input_graph=/tmp/freezer_demo/frozen.pb \
       --output_saved_model_dir=/tmp/freezer_demo/serving
 """
 
+import dataclasses
 import os
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # before TensorFlow loads: one-line errors
@@ -25,6 +29,7 @@ import tensorflow as tf
 
 import cli_flags
 import graph_edit
+import keep_variables
 import op_safety
 import saved_model_io
 import utils
@@ -59,7 +64,9 @@ def load_input_graph(path, inputs=(), outputs=(), init_op=None, tags=('serve',))
     signature = saved_model_io.signature_from_tensors(plain, inputs, outputs, path)
     if init_op and init_op not in {n.name for n in plain.node}:
       raise utils.UserError('--init_op names %s, which is not an op of %s' % (init_op, path))
-    frozen = saved_model_io.FrozenModel(
+    # A graph that keeps variables keeps its saver and checkpoint whatever the signature.
+    frozen = dataclasses.replace(
+        frozen or saved_model_io.FrozenModel(graph_def=plain, signatures={}, tags=[]),
         graph_def=plain, signatures={'serving_default': signature}, tags=list(tags),
         table_init_op=init_op)
   saved_model_io.check_tensors_exist(frozen.graph_def, frozen.signatures, path)
@@ -93,27 +100,41 @@ def optimize(input_graph, output_saved_model_dir=None, output_graph=None, inputs
     if path:
       utils.check_output_free(path, overwrite)
   frozen = load_input_graph(input_graph, inputs, outputs, init_op, tags)
+  prefix, saver = None, set()
+  if frozen.saver_def is not None:  # freezer.py --keep_as_variables: a checkpoint beside it
+    prefix = keep_variables.checkpoint_of(frozen, input_graph)
+    saver = op_safety.saver_nodes(frozen.graph_def, frozen.saver_def)
   needed = op_safety.needed_nodes(frozen.graph_def, frozen.signatures,
                                   [frozen.table_init_op] if frozen.table_init_op else [])
-  removed = op_safety.enforce(op_safety.find_unsafe(frozen.graph_def), needed, set(allow_ops),
-                              input_graph)
+  removed = op_safety.enforce(op_safety.find_unsafe(frozen.graph_def, exempt=saver), needed,
+                              set(allow_ops), input_graph)
   op_safety.log_findings(removed, 'removed (not run by the signatures)')
   try:
     result, before, after = graph_edit.optimize_frozen(frozen, grappler)
   except (ValueError, tf.errors.OpError) as e:
     raise utils.UserError('cannot optimize %s: %s'
                           % (input_graph, utils.tf_error_message(e))) from e
-  op_safety.unsafe_in(result.graph_def, set(allow_ops), input_graph)
+  op_safety.unsafe_in(result.graph_def, set(allow_ops), input_graph,
+                      exempt=saver and op_safety.saver_nodes(result.graph_def, result.saver_def))
   graph_edit.log_cut(before, after)
   if log_dir:
     write_tensorboard_graph(frozen.graph_def, utils.join(log_dir, 'before'))
     write_tensorboard_graph(result.graph_def, utils.join(log_dir, 'after'))
     logging.info('TensorBoard graphs: tensorboard --logdir=%s', log_dir)
-  if output_graph:
+  if output_graph and prefix:
+    keep_variables.write_graph(result, prefix, output_graph, overwrite)
+    logging.info('wrote %s and its checkpoint %s', output_graph,
+                 keep_variables.checkpoint_dir(output_graph))
+  elif output_graph:
     saved_model_io.write_graph_def(saved_model_io.frozen_to_graph_def(result), output_graph,
                                    overwrite)
     logging.info('wrote %s', output_graph)
-  if output_saved_model_dir:
+  if output_saved_model_dir and prefix:
+    size = keep_variables.write_saved_model(result, prefix, output_saved_model_dir, overwrite)
+    logging.info('wrote SavedModel %s (%s, variables/ from %s; signatures: %s)',
+                 output_saved_model_dir, utils.human_bytes(size), prefix,
+                 ', '.join(sorted(result.signatures)))
+  elif output_saved_model_dir:
     size = saved_model_io.write_saved_model(result, output_saved_model_dir, overwrite)
     logging.info('wrote SavedModel %s (%s; signatures: %s)', output_saved_model_dir,
                  utils.human_bytes(size), ', '.join(sorted(result.signatures)))

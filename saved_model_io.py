@@ -30,6 +30,9 @@ tf1 = lean_tf.tf1
 METADATA_NODE = 'freezer_metadata'
 INIT_OP_SIGNATURE_KEY = '__saved_model_init_op'
 TABLE_INIT_COLLECTION = 'freezer_table_init_op'
+# With freezer.py --keep_as_variables: [checkpoint prefix relative to the graph's directory,
+# sha256 of its index] (the saver itself travels in the metadata's saver_def).
+VARIABLES_COLLECTION = 'freezer_variables'
 PROTOBUF_LIMIT = 2**31 - 1  # bytes: protobuf refuses to serialize or parse a bigger message
 
 
@@ -42,11 +45,18 @@ class FrozenModel:
     signatures: signature key -> SignatureDef, tensor names as in `graph_def`.
     tags: the tags of the MetaGraph it came from.
     table_init_op: name of the NoOp that fills the tables, or None when there are none.
+    saver_def: with kept variables (freezer.py --keep_as_variables), the saver that restores
+      them and the kept tables; else None.
+    variables_prefix: the prefix of their checkpoint, relative to the graph file's directory.
+    variables_digest: sha256 of that checkpoint's index, to tell it from another one.
   """
   graph_def: graph_pb2.GraphDef
   signatures: Dict[str, meta_graph_pb2.SignatureDef]
   tags: List[str]
   table_init_op: Optional[str] = None
+  saver_def: Optional[object] = None  # a SaverDef
+  variables_prefix: Optional[str] = None
+  variables_digest: Optional[str] = None
 
 
 def node_name(tensor_name):
@@ -175,6 +185,10 @@ def _metadata_node(frozen):
     meta.signature_def[key].CopyFrom(sig)
   if frozen.table_init_op:
     meta.collection_def[TABLE_INIT_COLLECTION].node_list.value.append(frozen.table_init_op)
+  if frozen.saver_def is not None:
+    meta.saver_def.CopyFrom(frozen.saver_def)
+    meta.collection_def[VARIABLES_COLLECTION].bytes_list.value.extend(
+        [frozen.variables_prefix.encode('utf-8'), (frozen.variables_digest or '').encode()])
   node = tf1.NodeDef(name=METADATA_NODE, op='Const')
   node.attr['dtype'].type = types_pb2.DT_STRING
   node.attr['value'].tensor.CopyFrom(
@@ -252,8 +266,17 @@ def frozen_from_graph_def(graph_def, where):
   del plain.node[:]
   plain.node.extend(n for n in graph_def.node if n.name != METADATA_NODE)
   init = meta.collection_def[TABLE_INIT_COLLECTION].node_list.value
-  return FrozenModel(graph_def=plain, signatures=dict(meta.signature_def),
-                     tags=list(meta.meta_info_def.tags), table_init_op=init[0] if init else None)
+  frozen = FrozenModel(graph_def=plain, signatures=dict(meta.signature_def),
+                       tags=list(meta.meta_info_def.tags), table_init_op=init[0] if init else None)
+  if meta.HasField('saver_def'):
+    variables = [v.decode('utf-8') for v in
+                 meta.collection_def[VARIABLES_COLLECTION].bytes_list.value] + ['', '']
+    if not variables[0]:
+      raise utils.UserError('%s: its %s node has a saver but no checkpoint location'
+                            % (where, METADATA_NODE))
+    frozen.saver_def, frozen.variables_prefix = meta.saver_def, variables[0]
+    frozen.variables_digest = variables[1] or None
+  return frozen
 
 
 def write_saved_model(frozen, export_dir, overwrite=False):

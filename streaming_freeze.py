@@ -12,8 +12,14 @@ It applies where the graph reads its variables the plain way (ReadVariableOp, Re
 VariableShape, a ref variable's Identity), every variable and mutable table is restored from the
 SavedModel's variables/ by its saver, and there are no static tables (whose contents only an init
 op run in a session makes). Elsewhere `plan` returns None and freezer.py uses the in-memory path.
+
+Variables and tables chosen with --keep_as_variables are not frozen: they stay as they are (any
+op may read them), a saver over exactly them is added (checkpoint_graph.add_saver), and their
+stored bytes are copied into a checkpoint beside the output before the graph is written
+(keep_variables).
 """
 
+import contextlib
 import dataclasses
 import time
 from typing import Dict, List
@@ -28,6 +34,7 @@ import checkpoint_graph
 import checkpoints
 import freezing
 import graph_edit
+import keep_variables
 import saved_model_io
 import tables
 import utils
@@ -56,6 +63,8 @@ class Plan:
   variables: Dict[str, Source]           # Const node name -> where its value is
   table_sources: Dict[str, List[Source]]  # table node -> [keys, values]
   checkpoint: checkpoints.Checkpoint
+  # Variables and tables that stay stateful (--keep_as_variables): how each is restored.
+  kept: List[checkpoint_graph.Restore] = dataclasses.field(default_factory=list)
 
 
 def _varint(n):
@@ -73,14 +82,22 @@ def _field(number, payload_len):
   return _varint(number << 3 | 2) + _varint(payload_len)
 
 
-def plan(meta_graph, signatures, export_dir):
+def plan(meta_graph, signatures, export_dir, kept=()):
   """Decides whether the model can be streamed; returns a Plan or None (with the reason logged).
 
   Args:
     meta_graph: the SavedModel's MetaGraphDef.
     signatures: signature key -> SignatureDef to keep.
     export_dir: the SavedModel directory (its variables/ is the checkpoint read).
+    kept: names of variable and table nodes to keep stateful (--keep_as_variables); only this
+      path keeps them, so when it cannot be used the reason is raised instead of logged.
+
+  Raises:
+    utils.UserError: the checkpoint does not match the graph, or `kept` is not empty and the
+      model cannot be streamed.
   """
+  kept = set(kept)
+  _skip = _skipper(kept)
   prefix = utils.join(export_dir, 'variables', 'variables')
   if not meta_graph.saver_def.restore_op_name or not tf.io.gfile.exists(prefix + '.index'):
     return _skip('no saver or no variables/ to stream from')
@@ -91,14 +108,17 @@ def plan(meta_graph, signatures, export_dir):
     return _skip('static tables are filled by an init op, which needs a session')
   restores = {r.target: r for r in checkpoint_graph.restores_of_saver(
       meta_graph.graph_def, meta_graph.saver_def, export_dir)}
-  variables, table_sources = {}, {}
+  variables, table_sources, kept_restores, kept_sources = {}, {}, [], []
   for node in sub.node:
     if node.op in _VARIABLE_OPS or node.op in tables.TABLE_OPS:
       r = restores.get(node.name)
       if r is None:
         return _skip('%s is not restored by the saver' % node.name)
       sources = [Source(n, s, d) for n, s, d in zip(r.names, r.specs, r.dtypes)]
-      if node.op in _VARIABLE_OPS:
+      if node.name in kept:
+        kept_restores.append(r)
+        kept_sources.extend(sources)
+      elif node.op in _VARIABLE_OPS:
         variables[node.name] = sources[0]
       else:
         table_sources[node.name] = sources
@@ -113,16 +133,24 @@ def plan(meta_graph, signatures, export_dir):
                      % (node.name, source, node.op))
   checkpoint = checkpoints.read_index(prefix)
   wants = {}
-  for s in list(variables.values()) + [s for v in table_sources.values() for s in v]:
+  for s in (list(variables.values()) + [s for v in table_sources.values() for s in v] +
+            kept_sources):
     wants.setdefault(s.name, checkpoints.Want(s.name, s.dtype)).specs.append(s.spec)
   checkpoints.check_restorable(checkpoint, list(wants.values()), export_dir)
   return Plan(_rewrite_readers(sub, variables), signatures, variables, table_sources,
-              checkpoint)
+              checkpoint, kept_restores)
 
 
-def _skip(reason):
-  logging.info('streaming freezer not used: %s; freezing in memory', reason)
-  return None
+def _skipper(kept):
+  def skip(reason):
+    if kept:
+      raise utils.UserError(
+          '--keep_as_variables needs the streaming freezer, which cannot freeze this model (%s); '
+          'leave the flag out, or serve it from its checkpoint with optimize_from_ckpt.py'
+          % reason)
+    logging.info('streaming freezer not used: %s; freezing in memory', reason)
+    return None
+  return skip
 
 
 def _rewrite_readers(sub, variables):
@@ -250,6 +278,13 @@ def write(the_plan, tags, path, overwrite=False, chunk=8 << 20):
   start = time.perf_counter()
   checkpoint = the_plan.checkpoint
   graph_def = the_plan.graph_def
+  saver_def = None
+  if the_plan.kept:
+    # The kept variables and tables are restored from the checkpoint beside the graph by a
+    # saver over exactly them.
+    graph_def = graph_pb2.GraphDef()
+    graph_def.CopyFrom(the_plan.graph_def)
+    saver_def = checkpoint_graph.add_saver(graph_def, the_plan.kept)
   taken = {n.name for n in graph_def.node}
   # Tables: keys and values read one table at a time.
   fills, contents, fill_names = [], [], []
@@ -275,12 +310,26 @@ def write(the_plan, tags, path, overwrite=False, chunk=8 << 20):
       graph_def=graph_pb2.GraphDef(),
       signatures=freezing.frozen_signatures(the_plan.signatures),
       tags=list(tags), table_init_op=init_op)
-  metadata = saved_model_io.frozen_to_graph_def(model).node[0]
   total = sum(checkpoint.nbytes(n) for n in {s.name for s in the_plan.variables.values()})
   progress = utils.Progress('streaming constants')
   done = written = 0
   files = {}
-  with utils.atomic_output(path, overwrite) as tmp:
+  with contextlib.ExitStack() as outputs:
+    if the_plan.kept:
+      tmp, ckpt_prefix = outputs.enter_context(
+          keep_variables.graph_and_checkpoint_output(path, overwrite))
+      names = list(dict.fromkeys(n for r in the_plan.kept for n in r.names))
+      kept_bytes = checkpoints.copy_tensors(checkpoint, names, ckpt_prefix, chunk,
+                                            progress=utils.Progress('copying kept tensors'))
+      logging.info('kept %d variables and tables as state: %d checkpoint tensors (%s) in %s',
+                   len(the_plan.kept), len(names), utils.human_bytes(kept_bytes),
+                   keep_variables.checkpoint_dir(path))
+      model.saver_def = saver_def
+      model.variables_prefix = keep_variables.relative_prefix(path)
+      model.variables_digest = keep_variables.index_digest(ckpt_prefix)
+    else:
+      tmp = outputs.enter_context(utils.atomic_output(path, overwrite))
+    metadata = saved_model_io.frozen_to_graph_def(model).node[0]
     try:
       with tf.io.gfile.GFile(tmp, 'wb') as out:
         for node in graph_def.node:

@@ -11,8 +11,9 @@ the same run:
           the bytes exported against the bytes the serving graph restores.
   freeze: freezer.py against loading the SavedModel and TensorFlow's
           convert_variables_to_constants: wall, peak RSS, output size, table keys kept.
-  serve:  the SavedModel optimize_from_pb.py re-dumps against the training SavedModel:
-          outputs, latency (median, p99) at batch 1 and 512, load time, nodes, size.
+  serve:  the SavedModels optimize_from_pb.py re-dumps (fully frozen, and frozen with
+          --keep_as_variables) against the training SavedModel: outputs, then load time and
+          latency (median, p99) at batch 1 and 512, each model in a fresh process, alternated.
 
 Every figure comes from child processes measured with wait4 (ru_maxrss), in this process tree,
 on this machine (its cores are printed). Not a test: nothing here asserts a target.
@@ -43,6 +44,7 @@ import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 
 import checkpoints
+import comparison
 import model_gen
 import saved_model_io
 import utils
@@ -63,6 +65,11 @@ _TABLE_KEYS = flags.DEFINE_integer(
 _REPEATS = flags.DEFINE_integer('repeats', 3, 'Runs of each command (medians reported).',
                                 lower_bound=1)
 _REBUILD = flags.DEFINE_bool('rebuild', False, 'Rebuild the model even if work_dir has one.')
+_KEEP = flags.DEFINE_string(
+    'keep_size', '64MiB', 'freezer.py --keep_as_variables for the third serving model '
+    '(variables and tables of this size or more restored from a checkpoint, not constants).')
+_LATENCY_RUNS = flags.DEFINE_integer('serving_latency_runs', 50, 'Timed calls per batch size and run.',
+                                     lower_bound=1)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -93,11 +100,18 @@ def _place_round_robin(shards):
   return place
 
 
-def build(work_dir, embedding_mb, dim, partitions, shards, table_keys):
-  """Writes work_dir/ckpt (sharded, with Adam slots and the table) and work_dir/structure.
+def build(work_dir, embedding_mb, dim, partitions, shards, table_keys, train_step=True,
+          checkpoint_path=True):
+  """Writes work_dir/saved_model, and work_dir/ckpt (sharded, with Adam slots and the table)
+  and work_dir/structure.
 
   The structure is a SavedModel with the graph only (no variables/): the checkpoint path never
   reads a structure's values, so it needs none.
+
+  Args:
+    train_step: build the optimizer and run one step (Adam slots get values, twice the
+      embedding's bytes); without it the model has no optimizer, so it builds faster.
+    checkpoint_path: also write ckpt/ and structure/ (what optimize_from_ckpt.py reads).
   """
   rows = max(partitions, (embedding_mb << 20) // (4 * dim))
   config = model_gen.ModelConfig(item_buckets=rows, embedding_dim=dim,
@@ -112,7 +126,7 @@ def build(work_dir, embedding_mb, dim, partitions, shards, table_keys):
         'dense': tf1.placeholder(tf.float32, [None, config.num_dense], name='dense'),
         model_gen.LABEL: tf1.placeholder(tf.float32, [None], name='label'),
     }
-    outputs = model_gen.build_model(features, config, training=True)
+    outputs = model_gen.build_model(features, config, training=train_step)
     table = graph.get_tensor_by_name('user_stats:0')
     keys = tf1.placeholder(tf.int64, [None])
     values = tf1.placeholder(tf.float32, [None, model_gen.STATS_DIM])
@@ -132,10 +146,12 @@ def build(work_dir, embedding_mb, dim, partitions, shards, table_keys):
               features['category']: np.array([b'c%d' % i for i in range(batch)], object),
               features['dense']: rng.normal(size=(batch, config.num_dense)).astype(np.float32),
               features[model_gen.LABEL]: (rng.rand(batch) < 0.3).astype(np.float32)}
-      session.run(outputs['train_op'], feed)  # Adam slots get values
-      ckpt_dir = os.path.join(work_dir, 'ckpt')
-      os.makedirs(ckpt_dir, exist_ok=True)
-      saver.save(session, os.path.join(ckpt_dir, 'model.ckpt'), global_step=1)
+      if train_step:
+        session.run(outputs['train_op'], feed)  # Adam slots get values
+      if checkpoint_path:
+        ckpt_dir = os.path.join(work_dir, 'ckpt')
+        os.makedirs(ckpt_dir, exist_ok=True)
+        saver.save(session, os.path.join(ckpt_dir, 'model.ckpt'), global_step=1)
       # The training SavedModel, values included, as model_gen.py writes it: what freezer.py
       # and TensorFlow's convert_variables_to_constants start from.
       training = tf1.saved_model.Builder(os.path.join(work_dir, 'saved_model'))
@@ -149,6 +165,8 @@ def build(work_dir, embedding_mb, dim, partitions, shards, table_keys):
         {'probability': outputs['probability']})
     meta_graph = tf1.train.export_meta_graph(saver_def=saver.as_saver_def(),
                                              clear_devices=False)
+  if not checkpoint_path:
+    return
   meta_graph.meta_info_def.tags.append('serve')
   meta_graph.signature_def['serving_default'].CopyFrom(signature)
   structure = os.path.join(work_dir, 'structure')
@@ -304,24 +322,82 @@ def bench_freeze(work_dir, repeats):
         statistics.median(m for _, m in runs) / 2**20, kept[name + ' size'] / 2**20, kept[name]))
 
 
-def bench_serving(work_dir):
-  """Latency and load time of the re-dumped SavedModel against the training one."""
-  frozen, serving = os.path.join(work_dir, 'frozen.pb'), os.path.join(work_dir, 'serving')
-  shutil.rmtree(serving, ignore_errors=True)
-  subprocess.run([sys.executable, 'freezer.py', '--saved_model_dir=' +
-                  os.path.join(work_dir, 'saved_model'), '--output_graph=' + frozen,
-                  '--overwrite'], cwd=REPO, check=True, capture_output=True)
-  subprocess.run([sys.executable, 'optimize_from_pb.py', '--input_graph=' + frozen,
-                  '--output_saved_model_dir=' + serving], cwd=REPO, check=True,
-                 capture_output=True)
-  report = subprocess.run(
-      [sys.executable, 'optimize_from_pb_test.py', '--saved_model_dir=' + serving,
-       '--reference_saved_model_dir=' + os.path.join(work_dir, 'saved_model'),
-       '--batch_sizes=1', '--batch_sizes=512', '--latency_runs=50'],
-      cwd=REPO, capture_output=True, text=True, check=False)
+# Loads one SavedModel as TF Serving would (restore, then the main op) and times it, then
+# serving_default's latency at each batch size on the feeds saved by bench_serving.
+_SERVE = r"""
+import json, os, sys
+os.environ['TF_CPP_MIN_LOG_LEVEL'] = '2'
+sys.path.insert(0, os.getcwd())
+import numpy as np
+import comparison
+export_dir, feeds_path, runs = sys.argv[1], sys.argv[2], int(sys.argv[3])
+model = comparison.load_saved_model(export_dir)
+data = np.load(feeds_path, allow_pickle=True)
+out = {'load': model.load_seconds}
+for batch in sorted({int(k.split('/')[0]) for k in data.files}):
+  feeds = {k.split('/', 1)[1]: data[k] for k in data.files if k.startswith('%d/' % batch)}
+  out[batch] = comparison.latency(model, 'serving_default', feeds, runs)
+print(json.dumps(out))
+"""
+
+
+def _run(cmd):
+  proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=False)
+  if proc.returncode:
+    raise RuntimeError('%s failed: %s' % (' '.join(cmd), proc.stderr[-3000:]))
+  return proc
+
+
+def bench_serving(work_dir, repeats, keep, latency_runs, batch_sizes=(1, 512)):
+  """Load time and latency of the re-dumped SavedModels (fully frozen, and with the big
+  variables kept as variables) against the training one, each run in a fresh process, the
+  order alternated between runs."""
+  import json  # pylint: disable=g-import-not-at-top  (here: a merge-friendly import block)
+  training = os.path.join(work_dir, 'saved_model')
+  models = {'training SavedModel': training}
+  for name, extra in (('frozen', []), ('kept', ['--keep_as_variables=' + keep])):
+    frozen, serving = (os.path.join(work_dir, '%s.pb' % name),
+                       os.path.join(work_dir, 'serving_%s' % name))
+    shutil.rmtree(serving, ignore_errors=True)
+    shutil.rmtree(frozen + '.variables', ignore_errors=True)
+    _run([sys.executable, 'freezer.py', '--saved_model_dir=' + training, '--output_graph=' + frozen,
+          '--overwrite'] + extra)
+    _run([sys.executable, 'optimize_from_pb.py', '--input_graph=' + frozen,
+          '--output_saved_model_dir=' + serving])
+    report = _run([sys.executable, 'optimize_from_pb_test.py', '--saved_model_dir=' + serving,
+                   '--reference_saved_model_dir=' + training, '--batch_sizes=0'])
+    label = ('re-dumped, --keep_as_variables=%s' % keep) if extra else 're-dumped, all frozen'
+    models[label] = serving
+    kept = (dir_bytes(frozen + '.variables') if os.path.isdir(frozen + '.variables') else 0)
+    print()
+    print('%s: graph %s, variables/ %s; outputs against the training SavedModel: %s' % (
+        label, utils.human_bytes(os.path.getsize(frozen)), utils.human_bytes(kept),
+        report.stdout.strip().splitlines()[-1]))
+  reference = comparison.load_saved_model(training)
+  maker = comparison.InputMaker(reference, seed=0)
+  feeds = {'%d/%s' % (b, k): v for b in batch_sizes
+           for k, v in maker.make('serving_default', b).items()}
+  reference.close()
+  feeds_path = os.path.join(work_dir, 'serving_feeds.npz')
+  np.savez(feeds_path, **feeds)
+  figures = {name: [] for name in models}
+  for r in range(repeats):
+    for name in (list(models) if r % 2 == 0 else list(reversed(list(models)))):
+      proc = _run([sys.executable, '-c', _SERVE, models[name], feeds_path, str(latency_runs)])
+      figures[name].append(json.loads(proc.stdout.strip().splitlines()[-1]))
   print()
-  print('re-dumped SavedModel (new) against the training SavedModel (reference)')
-  print(report.stdout.rstrip())
+  print('serving_default, each model in a fresh process, %d runs alternated (medians of the '
+        'runs\' median and p99 of %d calls)' % (repeats, latency_runs))
+  header = '%-40s %10s' % ('', 'load time')
+  for b in batch_sizes:
+    header += '  %21s' % ('batch %d median/p99' % b)
+  print(header)
+  for name, runs in figures.items():
+    line = '%-40s %8.3f s' % (name, statistics.median(f['load'] for f in runs))
+    for b in batch_sizes:
+      line += '  %7.3f / %7.3f ms' % (statistics.median(f[str(b)][0] for f in runs) * 1e3,
+                                      statistics.median(f[str(b)][1] for f in runs) * 1e3)
+    print(line)
 
 
 def main(argv):
@@ -337,7 +413,7 @@ def main(argv):
   print('command: %s' % ' '.join([os.path.relpath(sys.argv[0], REPO)] + sys.argv[1:]))
   bench_checkpoint(work_dir, _REPEATS.value)
   bench_freeze(work_dir, _REPEATS.value)
-  bench_serving(work_dir)
+  bench_serving(work_dir, _REPEATS.value, _KEEP.value, _LATENCY_RUNS.value)
 
 
 if __name__ == '__main__':

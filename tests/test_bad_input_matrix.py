@@ -18,6 +18,7 @@ import tensorflow as tf
 from conftest import tf_serving_model
 from conftest import tree_digest
 import freezer
+import keep_variables
 import model_gen
 import optimize_from_ckpt
 import optimize_from_pb
@@ -123,7 +124,39 @@ def _case(name, tiny_model, tiny_frozen, tmp_path):
         [sm], str(tmp_path / 'a_file' / 'out.pb'), ['a_file', 'not a directory']
   if name == 'freezer-over_2gb':
     return 'freezer', ['--saved_model_dir=' + sm, '--output_graph=' + out_pb], [sm], out_pb, \
-        ['2 GB', 'optimize_from_ckpt.py']
+        ['2 GB', '--keep_as_variables=', 'optimize_from_ckpt.py']
+  if name == 'freezer-bad_keep_size':
+    return 'freezer', ['--saved_model_dir=' + sm, '--output_graph=' + out_pb,
+                       '--keep_as_variables=12XB'], [sm], out_pb, ['--keep_as_variables=12XB',
+                                                                   'not a size']
+  if name == 'freezer-unknown_keep_name':
+    return 'freezer', ['--saved_model_dir=' + sm, '--output_graph=' + out_pb,
+                       '--keep_as_variables=item_embedding,nope'], [sm], out_pb, \
+        ['nope', 'choose from', 'user_stats']
+  if name == 'freezer-keep_disk_full':
+    return 'freezer', ['--saved_model_dir=' + sm, '--output_graph={disk}/out.pb',
+                       '--keep_as_variables=0.3KiB'], [sm], '{disk}/out.pb', \
+        ['out.pb', 'No space left on device']
+  if name.startswith(('optimize_from_pb-', 'optimize_from_pb_test-')) and 'beside' in name:
+    kept = tmp_path / 'kept'
+    kept.mkdir()
+    freezer.freeze(sm, str(kept / 'frozen.pb'), keep_as_variables='item_embedding')
+    if 'missing' in name:  # the graph moved without its checkpoint
+      (tmp_path / 'moved').mkdir()
+      os.rename(kept / 'frozen.pb', tmp_path / 'moved' / 'frozen.pb')
+      graph, fragments = str(tmp_path / 'moved' / 'frozen.pb'), [
+          'moved/frozen.pb.variables/variables', 'missing']
+    else:  # another freeze's checkpoint beside it
+      freezer.freeze(sm, str(tmp_path / 'other.pb'), keep_as_variables='item_embedding,user_stats')
+      shutil.rmtree(kept / 'frozen.pb.variables')
+      shutil.copytree(tmp_path / 'other.pb.variables', kept / 'frozen.pb.variables')
+      graph, fragments = str(kept / 'frozen.pb'), ['kept/frozen.pb.variables/variables',
+                                                   'not the one written with']
+    if name.startswith('optimize_from_pb_test'):
+      return 'optimize_from_pb_test', ['--graph=' + graph, '--reference_saved_model_dir=' + sm], \
+          [graph], None, fragments
+    return 'optimize_from_pb', ['--input_graph=' + graph, '--output_saved_model_dir=' + out_dir],\
+        [graph], out_dir, fragments
   if name == 'optimize_from_pb-random_bytes':
     (tmp_path / 'random.pb').write_bytes(os.urandom(4096))
     return 'optimize_from_pb', ['--input_graph=%s/random.pb' % tmp_path,
@@ -201,6 +234,9 @@ def _case(name, tiny_model, tiny_frozen, tmp_path):
 CASES = ['freezer-missing_dir', 'freezer-empty_dir', 'freezer-truncated_pb',
          'freezer-unknown_tag', 'freezer-unknown_signature', 'freezer-session_bundle',
          'freezer-stateful', 'freezer-unwritable_output', 'freezer-over_2gb',
+         'freezer-bad_keep_size', 'freezer-unknown_keep_name', 'freezer-keep_disk_full',
+         'optimize_from_pb-missing_beside_checkpoint', 'optimize_from_pb-other_beside_checkpoint',
+         'optimize_from_pb_test-missing_beside_checkpoint',
          'optimize_from_pb-random_bytes', 'optimize_from_pb-empty_file',
          'optimize_from_pb-missing_file', 'optimize_from_pb-unknown_output',
          'optimize_from_pb-disk_full', 'optimize_from_pb_test-missing_reference',
@@ -229,6 +265,7 @@ def test_bad_input(name, tiny_model, tiny_frozen, tmp_path, capsys, monkeypatch)
       assert fragment in lines[0], (fragment, lines[0])
     if output:
       assert not os.path.exists(output)
+      assert not os.path.exists(keep_variables.checkpoint_dir(output))
       parent = os.path.dirname(output)
       if os.path.isdir(parent):
         assert not [n for n in os.listdir(parent) if '.tmp-' in n]  # no half-written temp

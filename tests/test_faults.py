@@ -53,13 +53,17 @@ def _run_and_kill(args, moment, parent, base, timeout=120):
 
 
 def _debris(parent, base):
-  return [n for n in os.listdir(parent) if n.startswith('.%s.tmp-' % base)]
+  return [n for n in os.listdir(parent) if n.startswith(('.%s.tmp-' % base,
+                                                         '.%s.variables.tmp-' % base))]
 
 
 MOMENTS = {
     'freezer': [('after', 0.5), ('log', 'not run by the signatures'),
                 ('log', 'keys from the checkpoint'),
                 ('temp', None)],
+    # --keep_as_variables: killed while the kept tensors are copied (the checkpoint's temporary
+    # directory appears first), and once they are.
+    'freezer_keep': [('temp', None), ('log', 'kept 4 variables and tables as state')],
     'optimize_from_pb': [('after', 1.0), ('log', 'nodes:'), ('log', 'before    after'),
                          ('temp', None)],
     'optimize_from_ckpt': [('after', 1.5), ('log', 'serving graph:'), ('log', 'copying tensors'),
@@ -72,6 +76,10 @@ def _command(script, tiny_model, tiny_frozen, out):
   if script == 'freezer':
     return ['freezer.py', '--saved_model_dir=' + tiny_model['saved_model'],
             '--output_graph=' + out], tiny_model['saved_model']
+  if script == 'freezer_keep':
+    return ['freezer.py', '--saved_model_dir=' + tiny_model['saved_model'],
+            '--output_graph=' + out, '--keep_as_variables=item_embedding,user_stats'], \
+        tiny_model['saved_model']
   if script == 'optimize_from_pb':
     return ['optimize_from_pb.py', '--input_graph=' + tiny_frozen,
             '--output_saved_model_dir=' + out], tiny_frozen
@@ -81,7 +89,7 @@ def _command(script, tiny_model, tiny_frozen, out):
 
 
 def _loads(script, out):
-  if script == 'freezer':
+  if script.startswith('freezer'):
     frozen = saved_model_io.frozen_from_graph_def(saved_model_io.read_graph_def(out), out)
     return comparison.load_frozen_graph(out, frozen).nodes
   return comparison.load_saved_model(out).nodes
@@ -97,11 +105,12 @@ def test_sigkill(script, moment, tiny_model, tiny_frozen, tmp_path):
 
 
 def _kill_and_check(script, moment, tiny_model, tiny_frozen, tmp_path):
-  out = str(tmp_path / ('out.pb' if script == 'freezer' else 'out'))
+  out = str(tmp_path / ('out.pb' if script.startswith('freezer') else 'out'))
   args, source = _command(script, tiny_model, tiny_frozen, out)
   digest = tree_digest(source)
-  log, killed = _run_and_kill(args, MOMENTS[script][moment], str(tmp_path),
-                              pathlib.Path(out).name)
+  # The checkpoint beside the graph is written first: its temporary is what appears first.
+  base = pathlib.Path(out).name + ('.variables' if script == 'freezer_keep' else '')
+  log, killed = _run_and_kill(args, MOMENTS[script][moment], str(tmp_path), base)
   assert tree_digest(source) == digest
   if os.path.exists(out):
     assert _loads(script, out) > 0  # complete: killed after the rename
@@ -119,6 +128,9 @@ def _kill_and_check(script, moment, tiny_model, tiny_frozen, tmp_path):
 def _rerun(script, tiny_model, tiny_frozen, out):
   if script == 'freezer':
     freezer.freeze(tiny_model['saved_model'], out)
+  elif script == 'freezer_keep':
+    freezer.freeze(tiny_model['saved_model'], out,
+                   keep_as_variables='item_embedding,user_stats')
   elif script == 'optimize_from_pb':
     optimize_from_pb.optimize(tiny_frozen, output_saved_model_dir=out)
   else:

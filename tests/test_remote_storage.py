@@ -25,6 +25,15 @@ def test_both_paths_end_to_end_on_ram_filesystem(tmp_path):
   freezer.freeze(model['saved_model'], root + '/frozen.pb')
   optimize_from_pb.optimize(root + '/frozen.pb', output_saved_model_dir=root + '/serving',
                             output_graph=root + '/optimized.pb')
+  # Kept variables: the checkpoint beside the graph (ram:// calls any prefix of a file's name a
+  # directory, so frozen.pb "exists" once frozen.pb.variables/ does), copied, not linked.
+  freezer.freeze(model['saved_model'], root + '/kept.pb',
+                 keep_as_variables='item_embedding,user_stats')
+  freezer.freeze(model['saved_model'], root + '/kept.pb', keep_as_variables='user_stats',
+                 overwrite=True)
+  optimize_from_pb.optimize(root + '/kept.pb', output_saved_model_dir=root + '/kept_serving',
+                            output_graph=root + '/kept_optimized.pb')
+  assert tf.io.gfile.exists(root + '/kept_serving/variables/variables.index')
   checkpoint_export.export(checkpoint=root + '/model/ckpt', output_dir=root + '/from_ckpt',
                            saved_model_dir=model['saved_model'])
   # Hard links are for local disks: elsewhere --noprune copies.
@@ -32,15 +41,16 @@ def test_both_paths_end_to_end_on_ram_filesystem(tmp_path):
                            saved_model_dir=model['saved_model'], prune=False)
   assert tf.io.gfile.exists(root + '/full/variables/variables.data-00000-of-00001')
   reference = comparison.load_saved_model(model['saved_model'])
-  for new_dir in ('/serving', '/from_ckpt', '/full'):
+  for new_dir in ('/serving', '/from_ckpt', '/full', '/kept_serving'):
     passed, results = optimize_from_pb_test.check(
         reference, comparison.load_saved_model(root + new_dir), batch_sizes=(),
         num_examples=40, out=open('/dev/null', 'w'))
     assert passed and len(results) == 4, (new_dir, results)
-  passed, _ = optimize_from_pb_test.check(
-      reference, comparison.load_frozen_graph(root + '/optimized.pb'), batch_sizes=(),
-      num_examples=40, out=open('/dev/null', 'w'))
-  assert passed
+  for graph in ('/optimized.pb', '/kept.pb', '/kept_optimized.pb'):
+    passed, _ = optimize_from_pb_test.check(
+        reference, comparison.load_frozen_graph(root + graph), batch_sizes=(),
+        num_examples=40, out=open('/dev/null', 'w'))
+    assert passed, graph
   # Nothing was written to the local disk under those names.
   assert not list(pathlib.Path('.').glob('ram:*'))
 
