@@ -64,16 +64,26 @@ def parse_spec(spec):
   # Anything that starts like a number is a size (variable names start with a letter in
   # every model this targets; TensorFlow's own scopes do).
   if re.match(r'^[-+.\d]', spec):
-    match = _SIZE.match(spec)
-    if not match or match.group(2).lower() not in _UNITS:
-      raise utils.UserError(
-          '--keep_as_variables=%s is not a size (e.g. 64MiB, 1.5GB, 500000 bytes; units KB, '
-          'KiB, MB, MiB, GB, GiB) nor a list of variable names' % spec)
-    return KeepSpec(min_bytes=int(float(match.group(1)) * _UNITS[match.group(2).lower()]))
+    return KeepSpec(min_bytes=parse_size(spec, '--keep_as_variables', ' nor a list of '
+                                                                      'variable names'))
   names = [n.strip() for n in spec.split(',')]
   if not all(names):
     raise utils.UserError('--keep_as_variables=%s holds an empty name' % spec)
   return KeepSpec(names=list(dict.fromkeys(names)))
+
+
+def parse_size(text, flag, alternative=''):
+  """'64MiB', '1.5GB', '500000' (bytes) -> bytes.
+
+  Raises:
+    utils.UserError: not a size (naming `flag`).
+  """
+  match = _SIZE.match(text)
+  if not match or match.group(2).lower() not in _UNITS:
+    raise utils.UserError(
+        '%s=%s is not a size (e.g. 64MiB, 1.5GB, 500000 bytes; units KB, KiB, MB, MiB, GB, '
+        'GiB)%s' % (flag, text.strip(), alternative))
+  return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
 
 
 def restore_bytes(index, restore):
@@ -283,15 +293,9 @@ def write_graph(frozen, prefix, graph_path, overwrite=False):
   return size
 
 
-def write_saved_model(frozen, prefix, export_dir, overwrite=False):
-  """Writes a serving SavedModel whose variables/ is checkpoint `prefix` (linked or copied).
-
-  Its MetaGraph holds the saver that restores the kept variables and tables; the table fill
-  op (for tables frozen as constants) is its main op, run after the restore.
-
-  Returns:
-    Total bytes written.
-  """
+def serving_meta_graph(frozen):
+  """The MetaGraphDef of a serving SavedModel for `frozen`, which has a saver (`saver_def`):
+  graph, saver, signatures, and the table fill op as main op (run after the restore)."""
   meta_graph = meta_graph_pb2.MetaGraphDef()
   meta_graph.meta_info_def.tags.extend(frozen.tags or ['serve'])
   meta_graph.meta_info_def.tensorflow_version = tf.__version__
@@ -303,12 +307,31 @@ def write_saved_model(frozen, prefix, export_dir, overwrite=False):
   if frozen.table_init_op:
     meta_graph.collection_def['saved_model_main_op'].node_list.value.append(
         frozen.table_init_op)
+  return meta_graph
+
+
+def write_saved_model_proto(meta_graph, export_dir):
+  """Writes EXPORT_DIR/saved_model.pb holding `meta_graph` (written last: it marks the model
+  complete)."""
+  proto = saved_model_pb2.SavedModel(saved_model_schema_version=1)
+  proto.meta_graphs.add().CopyFrom(meta_graph)
+  with tf.io.gfile.GFile(utils.join(export_dir, 'saved_model.pb'), 'wb') as f:
+    f.write(proto.SerializeToString(deterministic=True))
+
+
+def write_saved_model(frozen, prefix, export_dir, overwrite=False):
+  """Writes a serving SavedModel whose variables/ is checkpoint `prefix` (linked or copied).
+
+  Its MetaGraph holds the saver that restores the kept variables and tables; the table fill
+  op (for tables frozen as constants) is its main op, run after the restore.
+
+  Returns:
+    Total bytes written.
+  """
+  meta_graph = serving_meta_graph(frozen)
   with utils.atomic_output(export_dir, overwrite) as tmp:
     tf.io.gfile.makedirs(tmp)
     _link_checkpoint(prefix, utils.join(tmp, 'variables', 'variables'))
-    proto = saved_model_pb2.SavedModel(saved_model_schema_version=1)
-    proto.meta_graphs.add().CopyFrom(meta_graph)
-    with tf.io.gfile.GFile(utils.join(tmp, 'saved_model.pb'), 'wb') as f:
-      f.write(proto.SerializeToString())
+    write_saved_model_proto(meta_graph, tmp)
     size = saved_model_io.directory_size(tmp)
   return size

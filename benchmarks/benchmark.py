@@ -349,30 +349,46 @@ def _run(cmd):
 
 
 def bench_serving(work_dir, repeats, keep, latency_runs, batch_sizes=(1, 512)):
-  """Load time and latency of the re-dumped SavedModels (fully frozen, and with the big
-  variables kept as variables) against the training one, each run in a fresh process, the
-  order alternated between runs."""
+  """Load time and latency of the re-dumped SavedModels (with optimize_from_pb.py's defaults,
+  with every constant in the graph, without Grappler, and with freezer.py's kept variables)
+  against the training one, each run in a fresh process, the order alternated between runs."""
   import json  # pylint: disable=g-import-not-at-top  (here: a merge-friendly import block)
   training = os.path.join(work_dir, 'saved_model')
   models = {'training SavedModel': training}
-  for name, extra in (('frozen', []), ('kept', ['--keep_as_variables=' + keep])):
-    frozen, serving = (os.path.join(work_dir, '%s.pb' % name),
-                       os.path.join(work_dir, 'serving_%s' % name))
+  # (label, frozen graph, freezer.py flags, optimize_from_pb.py flags): the defaults, then one
+  # change each, so each line shows what one choice is worth.
+  variants = [
+      ('re-dumped (defaults)', 'frozen', [], []),
+      ('re-dumped, --constants_as_variables=off', 'frozen', [], ['--constants_as_variables=off']),
+      ('re-dumped, --nooptimize (no Grappler)', 'frozen', [], ['--nooptimize']),
+      ('re-dumped, freezer --keep_as_variables=%s' % keep, 'kept',
+       ['--keep_as_variables=' + keep], []),
+  ]
+  frozen_done = set()
+  for i, (label, name, freeze_flags, optimize_flags) in enumerate(variants):
+    frozen = os.path.join(work_dir, '%s.pb' % name)
+    serving = os.path.join(work_dir, 'serving_%d' % i)
     shutil.rmtree(serving, ignore_errors=True)
-    shutil.rmtree(frozen + '.variables', ignore_errors=True)
-    _run([sys.executable, 'freezer.py', '--saved_model_dir=' + training, '--output_graph=' + frozen,
-          '--overwrite'] + extra)
+    if name not in frozen_done:
+      shutil.rmtree(frozen + '.variables', ignore_errors=True)
+      _run([sys.executable, 'freezer.py', '--saved_model_dir=' + training,
+            '--output_graph=' + frozen, '--overwrite'] + freeze_flags)
+      frozen_done.add(name)
+    start = time.perf_counter()
     _run([sys.executable, 'optimize_from_pb.py', '--input_graph=' + frozen,
-          '--output_saved_model_dir=' + serving])
+          '--output_saved_model_dir=' + serving] + optimize_flags)
+    seconds = time.perf_counter() - start
     report = _run([sys.executable, 'optimize_from_pb_test.py', '--saved_model_dir=' + serving,
                    '--reference_saved_model_dir=' + training, '--batch_sizes=0'])
-    label = ('re-dumped, --keep_as_variables=%s' % keep) if extra else 're-dumped, all frozen'
     models[label] = serving
-    kept = (dir_bytes(frozen + '.variables') if os.path.isdir(frozen + '.variables') else 0)
+    graph = os.path.getsize(os.path.join(serving, 'saved_model.pb'))
+    variables = (dir_bytes(os.path.join(serving, 'variables'))
+                 if os.path.isdir(os.path.join(serving, 'variables')) else 0)
     print()
-    print('%s: graph %s, variables/ %s; outputs against the training SavedModel: %s' % (
-        label, utils.human_bytes(os.path.getsize(frozen)), utils.human_bytes(kept),
-        report.stdout.strip().splitlines()[-1]))
+    print('%s: optimize_from_pb.py %.1f s; saved_model.pb %s, variables/ %s; outputs against '
+          'the training SavedModel: %s' % (
+              label, seconds, utils.human_bytes(graph), utils.human_bytes(variables),
+              report.stdout.strip().splitlines()[-1]))
   reference = comparison.load_saved_model(training)
   maker = comparison.InputMaker(reference, seed=0)
   feeds = {'%d/%s' % (b, k): v for b in batch_sizes
@@ -388,12 +404,12 @@ def bench_serving(work_dir, repeats, keep, latency_runs, batch_sizes=(1, 512)):
   print()
   print('serving_default, each model in a fresh process, %d runs alternated (medians of the '
         'runs\' median and p99 of %d calls)' % (repeats, latency_runs))
-  header = '%-40s %10s' % ('', 'load time')
+  header = '%-44s %10s' % ('', 'load time')
   for b in batch_sizes:
     header += '  %21s' % ('batch %d median/p99' % b)
   print(header)
   for name, runs in figures.items():
-    line = '%-40s %8.3f s' % (name, statistics.median(f['load'] for f in runs))
+    line = '%-44s %8.3f s' % (name, statistics.median(f['load'] for f in runs))
     for b in batch_sizes:
       line += '  %7.3f / %7.3f ms' % (statistics.median(f[str(b)][0] for f in runs) * 1e3,
                                       statistics.median(f[str(b)][1] for f in runs) * 1e3)
