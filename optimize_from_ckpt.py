@@ -14,6 +14,11 @@ tensor by tensor in bounded chunks, so memory does not grow with the checkpoint;
 `--noprune` keeps the checkpoint's files as they are (every shard, renamed
 `variables.data-0000k-of-0000n`, hard-linked where the filesystem allows, else copied).
 
+With a structure whose signature inputs are placeholders (a fake inference graph), TensorFlow
+itself is never imported: protos and files only (lean_tf.py, fileio.py), tensor bytes copied
+in the kernel between local files. On a 5 GiB checkpoint with Adam slots this took 1.1-1.4 s
+and 26 MiB, where `cp -r` of the checkpoint took 4.7-5.4 s.
+
 Example:
   python optimize_from_ckpt.py --saved_model_dir=/tmp/freezer_demo/fake_infer/saved_model \
       --checkpoint=/tmp/freezer_demo/model/ckpt \

@@ -65,6 +65,9 @@ _TABLE_KEYS = flags.DEFINE_integer(
 _REPEATS = flags.DEFINE_integer('repeats', 3, 'Runs of each command (medians reported).',
                                 lower_bound=1)
 _REBUILD = flags.DEFINE_bool('rebuild', False, 'Rebuild the model even if work_dir has one.')
+_ADAM_SLOTS = flags.DEFINE_bool(
+    'adam_slots', True, 'Train one step with Adam, so the checkpoint holds its slots (twice the '
+    'embedding); --noadam_slots builds the model without an optimizer.')
 _KEEP = flags.DEFINE_string(
     'keep_size', '64MiB', 'freezer.py --keep_as_variables for the third serving model '
     '(variables and tables of this size or more restored from a checkpoint, not constants).')
@@ -253,7 +256,6 @@ def bench_checkpoint(work_dir, repeats):
         needed = sum(index.nbytes(n) for n in restored.entries)
   shutil.rmtree(out, ignore_errors=True)
 
-  print('machine: %s' % machine())
   print('checkpoint: %s in %d shards (Adam slots %s), hash table of %d keys' % (
       utils.human_bytes(total), index.num_shards, utils.human_bytes(slots), table))
   print()
@@ -424,9 +426,10 @@ def main(argv):
     os.makedirs(work_dir)
     start = time.perf_counter()
     build(work_dir, _EMBEDDING_MB.value, _DIM.value, _PARTITIONS.value, _SHARDS.value,
-          _TABLE_KEYS.value)
+          _TABLE_KEYS.value, train_step=_ADAM_SLOTS.value)
     print('built the model in %.0f s' % (time.perf_counter() - start))
   print('command: %s' % ' '.join([os.path.relpath(sys.argv[0], REPO)] + sys.argv[1:]))
+  print('machine: %s' % machine())
   bench_checkpoint(work_dir, _REPEATS.value)
   bench_freeze(work_dir, _REPEATS.value)
   bench_serving(work_dir, _REPEATS.value, _KEEP.value, _LATENCY_RUNS.value)
