@@ -308,10 +308,7 @@ def bench_freeze(work_dir, repeats):
       if os.path.exists(out):
         os.remove(out)
       figures[name].append(measure(commands[name]))
-      graph_def = saved_model_io.read_graph_def(out)
-      kept[name] = sum(len(tf.make_ndarray(n.attr['value'].tensor))
-                       for n in graph_def.node if n.name.endswith('/keys')
-                       and n.name.startswith('freezer/tables/'))
+      kept[name] = _in_child(table_keys_in, out)
       kept[name + ' size'] = os.path.getsize(out)
   print()
   print('SavedModel -> frozen GraphDef (variables the signatures need: %s)'
@@ -322,6 +319,31 @@ def bench_freeze(work_dir, repeats):
     print('%-32s %12.2f s %10.0f MiB %8.0f MiB %14d' % (
         name, statistics.median(w for w, _ in runs),
         statistics.median(m for _, m in runs) / 2**20, kept[name + ' size'] / 2**20, kept[name]))
+
+
+def _in_child(fn, *args):
+  """fn(*args) in a new process: what it loads (a 5 GiB model, a 2 GB graph) is gone when it
+  returns, instead of staying in this process's heap beside the next measured command's."""
+  import multiprocessing  # pylint: disable=g-import-not-at-top
+  with multiprocessing.get_context('spawn').Pool(1) as pool:
+    return pool.apply(fn, args)
+
+
+def table_keys_in(graph_path):
+  """Keys the frozen graph's tables are filled with (freezer/tables/*/keys constants)."""
+  graph_def = saved_model_io.read_graph_def(graph_path)
+  return sum(len(tf.make_ndarray(n.attr['value'].tensor)) for n in graph_def.node
+             if n.name.endswith('/keys') and n.name.startswith('freezer/tables/'))
+
+
+def write_feeds(training, batch_sizes, feeds_path):
+  """serving_default inputs at each batch size (half trained ids, half unseen) as an .npz."""
+  reference = comparison.load_saved_model(training)
+  maker = comparison.InputMaker(reference, seed=0)
+  feeds = {'%d/%s' % (b, k): v for b in batch_sizes
+           for k, v in maker.make('serving_default', b).items()}
+  reference.close()
+  np.savez(feeds_path, **feeds)
 
 
 # Loads one SavedModel as TF Serving would (restore, then the main op) and times it, then
@@ -391,13 +413,8 @@ def bench_serving(work_dir, repeats, keep, latency_runs, batch_sizes=(1, 512)):
           'the training SavedModel: %s' % (
               label, seconds, utils.human_bytes(graph), utils.human_bytes(variables),
               report.stdout.strip().splitlines()[-1]))
-  reference = comparison.load_saved_model(training)
-  maker = comparison.InputMaker(reference, seed=0)
-  feeds = {'%d/%s' % (b, k): v for b in batch_sizes
-           for k, v in maker.make('serving_default', b).items()}
-  reference.close()
   feeds_path = os.path.join(work_dir, 'serving_feeds.npz')
-  np.savez(feeds_path, **feeds)
+  _in_child(write_feeds, training, batch_sizes, feeds_path)
   figures = {name: [] for name in models}
   for r in range(repeats):
     for name in (list(models) if r % 2 == 0 else list(reversed(list(models)))):
@@ -425,8 +442,8 @@ def main(argv):
     shutil.rmtree(work_dir, ignore_errors=True)
     os.makedirs(work_dir)
     start = time.perf_counter()
-    build(work_dir, _EMBEDDING_MB.value, _DIM.value, _PARTITIONS.value, _SHARDS.value,
-          _TABLE_KEYS.value, train_step=_ADAM_SLOTS.value)
+    _in_child(build, work_dir, _EMBEDDING_MB.value, _DIM.value, _PARTITIONS.value,
+              _SHARDS.value, _TABLE_KEYS.value, _ADAM_SLOTS.value)
     print('built the model in %.0f s' % (time.perf_counter() - start))
   print('command: %s' % ' '.join([os.path.relpath(sys.argv[0], REPO)] + sys.argv[1:]))
   print('machine: %s' % machine())
