@@ -388,6 +388,10 @@ def bench_serving(work_dir, repeats, keep, latency_runs, batch_sizes=(1, 512)):
       ('re-dumped, freezer --keep_as_variables=%s' % keep, 'kept',
        ['--keep_as_variables=' + keep], []),
   ]
+  print()
+  print('training SavedModel: saved_model.pb %s, variables/ %s' % (
+      utils.human_bytes(os.path.getsize(os.path.join(training, 'saved_model.pb'))),
+      utils.human_bytes(dir_bytes(os.path.join(training, 'variables')))))
   frozen_done = set()
   for i, (label, name, freeze_flags, optimize_flags) in enumerate(variants):
     frozen = os.path.join(work_dir, '%s.pb' % name)
