@@ -266,8 +266,7 @@ def serving_graph(graph_def, signatures, saver_def, where, op_defs=None):
   keep = saved_model_io.signature_output_nodes(signatures)
   keep += [saved_model_io.node_name(i.name) for s in signatures.values()
            for i in s.inputs.values()]
-  inference = lean_tf.extract_sub_graph(cut, list(dict.fromkeys(keep)))
-  kept = {n.name for n in inference.node}
+  kept = lean_tf.reachable(cut, list(dict.fromkeys(keep)))
   # Static tables are not in checkpoints: their own initialisers (constants, asset files) go
   # into the main op.
   restore_ops = {r.op.name for r in restores}

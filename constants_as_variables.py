@@ -14,6 +14,7 @@ runs. The GraphDef written with `--output_graph` keeps them as constants.
 import dataclasses
 
 from absl import logging
+import numpy as np
 import tensorflow as tf
 
 import checkpoint_graph
@@ -56,40 +57,40 @@ def split(frozen, min_bytes):
   """Turns every Const of `frozen` holding at least `min_bytes` into a variable.
 
   Args:
-    frozen: saved_model_io.FrozenModel without a saver (not modified).
-    min_bytes: the threshold, compared with the size of each Const's TensorProto.
+    frozen: saved_model_io.FrozenModel without a saver (not modified; the values returned are
+      its own TensorProtos, not copies).
+    min_bytes: the threshold, compared with the bytes of each Const's values.
 
   Returns:
     Split, or None when no constant is that big.
   """
   graph_def = lean_tf.graph_pb2.GraphDef()
-  graph_def.CopyFrom(frozen.graph_def)
-  taken = {n.name for n in graph_def.node}
+  graph_def.versions.CopyFrom(frozen.graph_def.versions)
+  graph_def.library.CopyFrom(frozen.graph_def.library)
+  taken = {n.name for n in frozen.graph_def.node}
   restores, values, handles = [], {}, []
-  for node in graph_def.node:
-    if node.op != 'Const' or node.attr['dtype'].type in _NOT_STORABLE:
+  for node in frozen.graph_def.node:
+    dtype = node.attr['dtype'].type if node.op == 'Const' else None
+    if (dtype is None or dtype in _NOT_STORABLE or
+        lean_tf.tensor_nbytes(node.attr['value'].tensor) < min_bytes):
+      graph_def.node.add().CopyFrom(node)
       continue
-    tensor = node.attr['value'].tensor
-    if tensor.ByteSize() < min_bytes:
-      continue
-    dtype = node.attr['dtype'].type
+    tensor = node.attr['value'].tensor  # not copied: `frozen` holds it
     handle = lean_tf.NodeDef(name=tables.unique_name(node.name + '/variable', taken),
                              op='VarHandleOp')
-    taken.add(handle.name)
     handle.attr['dtype'].type = dtype
     handle.attr['shape'].shape.CopyFrom(tensor.tensor_shape)
     handle.attr['shared_name'].s = handle.name.encode('utf-8')
     handle.attr['container'].s = b''
+    handles.append(handle)
     values[node.name] = (handle.name, tensor)
     assign = lean_tf.NodeDef(op='AssignVariableOp')
     assign.attr['dtype'].type = dtype
     restores.append(checkpoint_graph.Restore(target=handle.name, op=assign, names=[node.name],
                                              specs=[''], dtypes=[lean_tf.as_dtype(dtype)]))
     controls = [i for i in node.input if i.startswith('^')]
-    read = lean_tf.NodeDef(name=node.name, op='ReadVariableOp', input=[handle.name] + controls)
+    read = graph_def.node.add(name=node.name, op='ReadVariableOp', input=[handle.name] + controls)
     read.attr['dtype'].type = dtype
-    node.CopyFrom(read)
-    handles.append(handle)
   if not restores:
     return None
   graph_def.node.extend(handles)
@@ -120,6 +121,16 @@ def inline(the_split):
   return dataclasses.replace(frozen, graph_def=graph_def, saver_def=None)
 
 
+def _array(tensor):
+  """The value of a TensorProto; a view of its bytes when it has tensor_content (what
+  tf.make_ndarray copies once more)."""
+  if tensor.tensor_content and tensor.dtype not in (lean_tf.types_pb2.DT_STRING,):
+    dtype = tf.as_dtype(tensor.dtype).as_numpy_dtype
+    shape = [d.size for d in tensor.tensor_shape.dim]
+    return np.frombuffer(tensor.tensor_content, dtype=dtype).reshape(shape)
+  return tf.make_ndarray(tensor)
+
+
 def write_saved_model(the_split, export_dir, overwrite=False):
   """Writes the serving SavedModel: the graph with its saver, and variables/ holding the values.
 
@@ -144,12 +155,12 @@ def write_saved_model(the_split, export_dir, overwrite=False):
     tf.io.gfile.makedirs(utils.join(tmp, 'variables'))
     with tf1.Session(graph=graph) as session:
       for name, (assign, value, tensor) in feeds.items():
-        session.run(assign, {value: tf.make_ndarray(tensor)})  # one value in memory at a time
+        session.run(assign, {value: _array(tensor)})  # one value in memory at a time
       session.run(frozen.saver_def.save_tensor_name,
                   {frozen.saver_def.filename_tensor_name: utils.join(tmp, 'variables',
                                                                      'variables')})
     keep_variables.write_saved_model_proto(meta_graph, tmp)
     size = saved_model_io.directory_size(tmp)
   logging.info('%d constants (%s) written as variables', len(feeds), utils.human_bytes(
-      sum(t.ByteSize() for _, _, t in feeds.values())))
+      sum(lean_tf.tensor_nbytes(t) for _, _, t in feeds.values())))
   return size

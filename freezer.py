@@ -27,7 +27,7 @@ import os
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # before TensorFlow loads: one-line errors
 
-import lean_tf  # pylint: disable=g-import-not-at-top,unused-import  # before TensorFlow: its start-up notices stay off stderr
+import lean_tf  # pylint: disable=g-import-not-at-top  # before TensorFlow: its start-up notices stay off stderr
 
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
@@ -103,8 +103,7 @@ def check_fits_protobuf(saved_model_dir, meta_graph, signatures, keep=None):
     return set()
   index = checkpoints.read_index(prefix)
   outputs = saved_model_io.signature_output_nodes(signatures)
-  needed = {n.name for n in tf.compat.v1.graph_util.extract_sub_graph(
-      meta_graph.graph_def, outputs).node}
+  needed = lean_tf.reachable(meta_graph.graph_def, outputs)
   restores = [r for r in checkpoint_graph.restores_of_saver(
       meta_graph.graph_def, meta_graph.saver_def, saved_model_dir) if r.target in needed]
   kept = keep_variables.select(keep, restores, index, saved_model_dir) if keep else []

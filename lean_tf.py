@@ -272,41 +272,76 @@ def string_tensor(values):
   return proto
 
 
+# Bytes per element of the numeric dtypes (DataType enum -> bytes).
+_ITEM_BYTES = {
+    types_pb2.DT_FLOAT: 4, types_pb2.DT_DOUBLE: 8, types_pb2.DT_INT32: 4, types_pb2.DT_UINT8: 1,
+    types_pb2.DT_INT16: 2, types_pb2.DT_INT8: 1, types_pb2.DT_COMPLEX64: 8,
+    types_pb2.DT_INT64: 8, types_pb2.DT_BOOL: 1, types_pb2.DT_QINT8: 1, types_pb2.DT_QUINT8: 1,
+    types_pb2.DT_QINT32: 4, types_pb2.DT_BFLOAT16: 2, types_pb2.DT_QINT16: 2,
+    types_pb2.DT_QUINT16: 2, types_pb2.DT_UINT16: 2, types_pb2.DT_COMPLEX128: 16,
+    types_pb2.DT_HALF: 2, types_pb2.DT_UINT32: 4, types_pb2.DT_UINT64: 8,
+}
+
+
+def tensor_nbytes(tensor):
+  """Bytes of a TensorProto's value once in memory: elements times their size (a string
+  tensor: its strings' bytes), read from its shape without touching its content.
+
+  Not ByteSize() or len(tensor_content): upb encodes the message for the one and copies the
+  bytes for the other, about a second per GiB.
+  """
+  if tensor.dtype == types_pb2.DT_STRING:
+    return sum(len(v) for v in tensor.string_val)
+  count = 1
+  for dim in tensor.tensor_shape.dim:
+    count *= max(dim.size, 0)
+  return count * _ITEM_BYTES.get(tensor.dtype, 8)
+
+
 def _node_name(name):
   return name.lstrip('^').split(':')[0]
 
 
-def extract_sub_graph(graph_def, dest_nodes):
-  """tf.compat.v1.graph_util.extract_sub_graph without TensorFlow: the nodes `dest_nodes`
-  reach through data, control and colocation edges, in their original order, with the
-  graph's library and versions.
+def reachable(graph_def, dest_nodes):
+  """Names of the nodes `dest_nodes` reach through data, control and colocation edges (what
+  tf.compat.v1.graph_util.extract_sub_graph keeps), without copying any node.
 
   Raises:
     KeyError: a destination node that is not in the graph.
   """
   if isinstance(dest_nodes, str):
     raise TypeError('dest_nodes must be a list')
-  nodes, inputs, order = {}, {}, {}
-  for seq, node in enumerate(graph_def.node):
-    nodes[node.name] = node
+  inputs = {}
+  for node in graph_def.node:
     edges = [_node_name(i) for i in node.input]
     if '_class' in node.attr:
       edges += [s.decode('utf-8')[len('loc:@'):] for s in node.attr['_class'].list.s
                 if s.startswith(b'loc:@')]
     inputs[node.name] = edges
-    order[node.name] = seq
-  missing = [d for d in dest_nodes if d not in nodes]
+  missing = [d for d in dest_nodes if d not in inputs]
   if missing:
     raise KeyError('%s is not in graph' % missing[0])
   keep, stack = set(), list(dest_nodes)
   while stack:
     name = stack.pop()
-    if name in keep or name not in nodes:
+    if name in keep or name not in inputs:
       continue
     keep.add(name)
     stack.extend(inputs[name])
+  return keep
+
+
+def extract_sub_graph(graph_def, dest_nodes):
+  """tf.compat.v1.graph_util.extract_sub_graph without TensorFlow: the nodes `dest_nodes`
+  reach (see `reachable`), copied in their original order, with the graph's library and
+  versions.
+
+  Raises:
+    KeyError: a destination node that is not in the graph.
+  """
+  keep = reachable(graph_def, dest_nodes)
   out = graph_pb2.GraphDef()
-  out.node.extend(copy.deepcopy(nodes[n]) for n in sorted(keep, key=order.get))
+  out.node.extend(copy.deepcopy(n) for n in graph_def.node if n.name in keep)
   out.library.CopyFrom(graph_def.library)
   out.versions.CopyFrom(graph_def.versions)
   return out

@@ -146,7 +146,7 @@ def saver_nodes(graph_def, saver_def):
   roots = [r for r in roots if r in names]
   if not roots:
     return set()
-  return {n.name for n in lean_tf.extract_sub_graph(graph_def, roots).node}
+  return lean_tf.reachable(graph_def, roots)
 
 
 def needed_nodes(graph_def, signatures, init_ops=()):
@@ -158,7 +158,7 @@ def needed_nodes(graph_def, signatures, init_ops=()):
     needed.update(key[0] for key in graph_edit.computed_tensors(graph_def, sig))
   roots = [saved_model_io.node_name(o) for o in init_ops if saved_model_io.node_name(o) in names]
   if roots:
-    needed.update(n.name for n in lean_tf.extract_sub_graph(graph_def, roots).node)
+    needed.update(lean_tf.reachable(graph_def, roots))
   return needed & names
 
 

@@ -20,7 +20,7 @@ import os
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # before TensorFlow loads: one-line errors
 
-import lean_tf  # pylint: disable=g-import-not-at-top,unused-import  # before TensorFlow: its start-up notices stay off stderr
+import lean_tf  # pylint: disable=g-import-not-at-top  # before TensorFlow: its start-up notices stay off stderr
 
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
@@ -61,7 +61,7 @@ def load_input_graph(path, inputs=(), outputs=(), init_op=None, tags=('serve',))
     utils.UserError: unreadable graph, unknown tensors.
   """
   graph_def = saved_model_io.read_graph_def(path)
-  frozen = saved_model_io.frozen_from_graph_def(graph_def, path)
+  frozen = saved_model_io.frozen_from_graph_def(graph_def, path, in_place=True)
   if inputs or outputs or frozen is None:
     plain = frozen.graph_def if frozen is not None else graph_def
     if not inputs or not outputs:
@@ -97,7 +97,8 @@ def optimize(input_graph, output_saved_model_dir=None, output_graph=None, inputs
   variables restored from its variables/ (None: none do); see constants_as_variables.py.
 
   Returns:
-    (optimized FrozenModel, GraphStats before, GraphStats after).
+    (optimized FrozenModel, GraphStats before, GraphStats after); the model's big constants
+    are variables (its `saver_def` set) when `constants_as_variables` picked any.
 
   Raises:
     utils.UserError: bad input, or an output that exists (without `overwrite`).
@@ -136,9 +137,8 @@ def optimize(input_graph, output_saved_model_dir=None, output_graph=None, inputs
   if split:
     logging.info('%d constants of %s or more (%s) set aside as variables', len(split.values),
                  utils.human_bytes(constants_as_variables), utils.human_bytes(
-                     sum(t.ByteSize() for _, t in split.values.values())))
+                     sum(lean_tf.tensor_nbytes(t) for _, t in split.values.values())))
     split = constants_as_variables_lib.Split(result, split.values)
-    result = constants_as_variables_lib.inline(split)
   graph_edit.log_cut(before, after)
   if log_dir:
     write_tensorboard_graph(frozen.graph_def, utils.join(log_dir, 'before'))
@@ -149,7 +149,8 @@ def optimize(input_graph, output_saved_model_dir=None, output_graph=None, inputs
     logging.info('wrote %s and its checkpoint %s', output_graph,
                  keep_variables.checkpoint_dir(output_graph))
   elif output_graph:
-    saved_model_io.write_graph_def(saved_model_io.frozen_to_graph_def(result), output_graph,
+    plain = constants_as_variables_lib.inline(split) if split else result
+    saved_model_io.write_graph_def(saved_model_io.frozen_to_graph_def(plain), output_graph,
                                    overwrite)
     logging.info('wrote %s', output_graph)
   if output_saved_model_dir and prefix:

@@ -251,8 +251,12 @@ def read_graph_def(path):
   return graph_def
 
 
-def frozen_from_graph_def(graph_def, where):
-  """Splits a GraphDef written by freezer.py into a FrozenModel; None when it has no metadata."""
+def frozen_from_graph_def(graph_def, where, in_place=False):
+  """Splits a GraphDef written by freezer.py into a FrozenModel; None when it has no metadata.
+
+  With `in_place`, `graph_def` itself loses its metadata node and becomes the model's graph
+  (no copy of what may be 2 GB of nodes).
+  """
   meta_nodes = [n for n in graph_def.node if n.name == METADATA_NODE]
   if not meta_nodes:
     return None
@@ -261,10 +265,15 @@ def frozen_from_graph_def(graph_def, where):
     meta.ParseFromString(tf.make_ndarray(meta_nodes[0].attr['value'].tensor).item())
   except (pb_message.DecodeError, ValueError) as e:
     raise utils.UserError('%s: its %s node is corrupt (%s)' % (where, METADATA_NODE, e)) from e
-  plain = graph_pb2.GraphDef()
-  plain.CopyFrom(graph_def)
-  del plain.node[:]
-  plain.node.extend(n for n in graph_def.node if n.name != METADATA_NODE)
+  if in_place:
+    plain = graph_def
+    for i in reversed([i for i, n in enumerate(graph_def.node) if n.name == METADATA_NODE]):
+      del plain.node[i]
+  else:
+    plain = graph_pb2.GraphDef()  # one copy of the nodes, not two: graphs reach 2 GB
+    plain.versions.CopyFrom(graph_def.versions)
+    plain.library.CopyFrom(graph_def.library)
+    plain.node.extend(n for n in graph_def.node if n.name != METADATA_NODE)
   init = meta.collection_def[TABLE_INIT_COLLECTION].node_list.value
   frozen = FrozenModel(graph_def=plain, signatures=dict(meta.signature_def),
                        tags=list(meta.meta_info_def.tags), table_init_op=init[0] if init else None)

@@ -368,7 +368,9 @@ print(json.dumps(out))
 def _run(cmd):
   proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=False)
   if proc.returncode:
-    raise RuntimeError('%s failed: %s' % (' '.join(cmd), proc.stderr[-3000:]))
+    how = ('killed by signal %d' % -proc.returncode if proc.returncode < 0
+           else 'exit code %d' % proc.returncode)
+    raise RuntimeError('%s failed (%s): %s' % (' '.join(cmd), how, proc.stderr[-3000:]))
   return proc
 
 
@@ -403,8 +405,14 @@ def bench_serving(work_dir, repeats, keep, latency_runs, batch_sizes=(1, 512)):
             '--output_graph=' + frozen, '--overwrite'] + freeze_flags)
       frozen_done.add(name)
     start = time.perf_counter()
-    _run([sys.executable, 'optimize_from_pb.py', '--input_graph=' + frozen,
-          '--output_saved_model_dir=' + serving] + optimize_flags)
+    try:
+      _run([sys.executable, 'optimize_from_pb.py', '--input_graph=' + frozen,
+            '--output_saved_model_dir=' + serving] + optimize_flags)
+    except RuntimeError as e:  # e.g. killed for memory: a figure too, not the end of the run
+      print()
+      print('%s: optimize_from_pb.py failed after %.1f s: %s' % (
+          label, time.perf_counter() - start, str(e).strip().splitlines()[-1][-300:]))
+      continue
     seconds = time.perf_counter() - start
     report = _run([sys.executable, 'optimize_from_pb_test.py', '--saved_model_dir=' + serving,
                    '--reference_saved_model_dir=' + training, '--batch_sizes=0'])

@@ -180,3 +180,20 @@ def test_tensorflow_loads_after_the_lean_modules():
   assert proc.stdout.split() == ['3', 'True']
   # TensorFlow's start-up notices are kept off stderr.
   assert 'absl::InitializeLog' not in proc.stderr and 'oneDNN' not in proc.stderr, proc.stderr
+
+
+def test_tensor_nbytes_is_the_values_size():
+  for value, dtype in ((np.arange(12, dtype=np.float32).reshape(3, 4), tf.float32),
+                       (np.arange(5, dtype=np.int64), tf.int64), (np.ones(7, np.bool_), tf.bool),
+                       (np.float16(2.5), tf.float16), (np.array([b'ab', b'cde']), tf.string)):
+    proto = tf.make_tensor_proto(value, dtype=dtype)
+    expected = (sum(len(v) for v in value) if dtype == tf.string
+                else tf.make_ndarray(proto).nbytes)
+    assert lean_tf.tensor_nbytes(proto) == expected, (value, dtype)
+
+
+def test_reachable_names_what_extract_sub_graph_keeps(tiny_model):
+  graph_def = meta_graph_of(tiny_model['saved_model']).graph_def
+  dest = ['probability', 'save/restore_all']
+  assert lean_tf.reachable(graph_def, dest) == {
+      n.name for n in tf1.graph_util.extract_sub_graph(graph_def, dest).node}
