@@ -12,7 +12,6 @@ import checkpoint_graph
 import checkpoints
 import fileio
 from lean_tf import meta_graph_pb2
-from lean_tf import saved_model_pb2
 import op_safety
 import saved_model_io
 import utils
@@ -106,12 +105,12 @@ def write_variables(checkpoint, wants, variables_dir, prune, chunk_bytes):
   files = [(checkpoint.prefix + '.index', prefix + '.index')]
   files += [(src, '%s.data-%05d-of-%05d' % (prefix, k, checkpoint.num_shards))
             for k, src in enumerate(checkpoint.data_files())]
-  total = sum(fileio.size(src) for src, _ in files)
+  sizes = [fileio.size(src) for src, _ in files]
   progress, done = utils.Progress('linking checkpoint files'), 0
-  for src, dst in files:
+  for (src, dst), size in zip(files, sizes):
     _link_or_copy(src, dst)
-    done += fileio.size(src)
-    progress(done, total)
+    done += size
+    progress(done, sum(sizes))
   return len(checkpoint.entries), sum(checkpoint.nbytes(n) for n in checkpoint.entries)
 
 
@@ -159,10 +158,7 @@ def export(checkpoint, output_dir, saved_model_dir=None, meta_graph_path=None, t
       if not fileio.exists(src):
         raise utils.UserError('asset %s of %s is missing' % (src, where))
       fileio.copy(src, utils.join(tmp, 'assets', asset.filename))
-    proto = saved_model_pb2.SavedModel(saved_model_schema_version=1)
-    proto.meta_graphs.add().CopyFrom(meta_graph)
-    with fileio.open_file(utils.join(tmp, 'saved_model.pb'), 'wb') as f:
-      f.write(proto.SerializeToString(deterministic=True))  # same model, same bytes
+    saved_model_io.write_saved_model_proto(meta_graph, tmp)
   return ExportReport(
       tensors_exported=tensors, tensors_in_checkpoint=len(index.entries), bytes_exported=written,
       bytes_in_checkpoint=sum(index.nbytes(n) for n in index.entries),

@@ -13,7 +13,6 @@ runs. The GraphDef written with `--output_graph` keeps them as constants.
 
 import dataclasses
 
-from absl import logging
 import numpy as np
 import tensorflow as tf
 
@@ -159,8 +158,6 @@ def write_saved_model(the_split, export_dir, overwrite=False):
       session.run(frozen.saver_def.save_tensor_name,
                   {frozen.saver_def.filename_tensor_name: utils.join(tmp, 'variables',
                                                                      'variables')})
-    keep_variables.write_saved_model_proto(meta_graph, tmp)
+    saved_model_io.write_saved_model_proto(meta_graph, tmp)
     size = saved_model_io.directory_size(tmp)
-  logging.info('%d constants (%s) written as variables', len(feeds), utils.human_bytes(
-      sum(lean_tf.tensor_nbytes(t) for _, _, t in feeds.values())))
   return size

@@ -400,9 +400,7 @@ def optimize_frozen(frozen, grappler=True):
   if frozen.saver_def is not None:
     # Kept variables (freezer.py --keep_as_variables): no output reaches the saver's restore and
     # save ops, which loading runs.
-    extra_keep += [saved_model_io.node_name(n) for n in (
-        frozen.saver_def.restore_op_name, frozen.saver_def.save_tensor_name,
-        frozen.saver_def.filename_tensor_name)]
+    extra_keep += saved_model_io.saver_op_names(frozen.saver_def)
   graph_def, signatures, keep = cut_to_signatures(frozen.graph_def, frozen.signatures,
                                                   extra_keep)
   if grappler:

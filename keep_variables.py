@@ -25,7 +25,6 @@ import numpy as np
 import tensorflow as tf
 
 from tensorflow.core.protobuf import meta_graph_pb2
-from tensorflow.core.protobuf import saved_model_pb2
 
 import checkpoint_export
 import checkpoints
@@ -223,13 +222,6 @@ def remove_stale_checkpoint(graph_path):
     logging.info('removed %s: the new %s keeps no variables', ckpt_dir, graph_path)
 
 
-def saver_nodes(saver_def):
-  """Names of the saver's restore op, save op and filename nodes (to keep through stripping)."""
-  return [saved_model_io.node_name(n) for n in (saver_def.restore_op_name,
-                                                saver_def.save_tensor_name,
-                                                saver_def.filename_tensor_name) if n]
-
-
 def checkpoint_of(frozen, graph_path):
   """The prefix of the checkpoint beside `graph_path` that `frozen` restores; checked.
 
@@ -310,15 +302,6 @@ def serving_meta_graph(frozen):
   return meta_graph
 
 
-def write_saved_model_proto(meta_graph, export_dir):
-  """Writes EXPORT_DIR/saved_model.pb holding `meta_graph` (written last: it marks the model
-  complete)."""
-  proto = saved_model_pb2.SavedModel(saved_model_schema_version=1)
-  proto.meta_graphs.add().CopyFrom(meta_graph)
-  with tf.io.gfile.GFile(utils.join(export_dir, 'saved_model.pb'), 'wb') as f:
-    f.write(proto.SerializeToString(deterministic=True))
-
-
 def write_saved_model(frozen, prefix, export_dir, overwrite=False):
   """Writes a serving SavedModel whose variables/ is checkpoint `prefix` (linked or copied).
 
@@ -332,6 +315,6 @@ def write_saved_model(frozen, prefix, export_dir, overwrite=False):
   with utils.atomic_output(export_dir, overwrite) as tmp:
     tf.io.gfile.makedirs(tmp)
     _link_checkpoint(prefix, utils.join(tmp, 'variables', 'variables'))
-    write_saved_model_proto(meta_graph, tmp)
+    saved_model_io.write_saved_model_proto(meta_graph, tmp)
     size = saved_model_io.directory_size(tmp)
   return size

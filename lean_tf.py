@@ -142,6 +142,13 @@ def _run_hooks(tf):
     _on_load.pop(0)(tf)
 
 
+def run_pending_hooks():
+  """Runs the after_tensorflow_loads callbacks still waiting, if TensorFlow was imported some
+  other way than through `tensorflow` here (a plain `import tensorflow`)."""
+  if tensorflow_loaded():
+    _run_hooks(sys.modules['tensorflow'])
+
+
 def _bind_subpackages(tf):
   # A module loaded by `load` was bound as an attribute of the stand-in, not of the real
   # package (the import system binds a submodule to its parent only when it loads it).

@@ -140,8 +140,7 @@ def _fed_an_asset(node, asset_tensors):
 
 def saver_nodes(graph_def, saver_def):
   """The nodes of the graph's own saver (what its save and restore ops need)."""
-  roots = [saved_model_io.node_name(n) for n in (saver_def.restore_op_name,
-                                                 saver_def.save_tensor_name) if n]
+  roots = saved_model_io.saver_op_names(saver_def)
   names = {n.name for n in graph_def.node}
   roots = [r for r in roots if r in names]
   if not roots:

@@ -360,6 +360,22 @@ def signature_from_tensors(graph_def, inputs, outputs, where):
   return signature
 
 
+def saver_op_names(saver_def):
+  """Names of the saver's restore op, save op and filename nodes: what loading and saving run,
+  which no signature output reaches."""
+  return [node_name(n) for n in (saver_def.restore_op_name, saver_def.save_tensor_name,
+                                 saver_def.filename_tensor_name) if n]
+
+
+def write_saved_model_proto(meta_graph, export_dir):
+  """Writes EXPORT_DIR/saved_model.pb holding `meta_graph`, serialized deterministically (the
+  same model, the same bytes). Write it last: it marks the model complete."""
+  proto = saved_model_pb2.SavedModel(saved_model_schema_version=1)
+  proto.meta_graphs.add().CopyFrom(meta_graph)
+  with fileio.open_file(utils.join(export_dir, 'saved_model.pb'), 'wb') as f:
+    f.write(proto.SerializeToString(deterministic=True))
+
+
 def asset_defs(meta_graph):
   """The MetaGraph's AssetFileDefs: its own field (TF2) and the TF1 `saved_model_assets`
   collection."""

@@ -59,7 +59,7 @@ def run_cli(program, fn):
   Returns:
     The exit code for `absl.app.run`.
   """
-  lean_tf.after_tensorflow_loads(_quiet_tensorflow)  # scripts that imported it after utils
+  lean_tf.run_pending_hooks()  # scripts that imported TensorFlow themselves
   try:
     code = fn()
   except UserError as e:
