@@ -50,25 +50,18 @@ Examples:
   python model_gen.py --output_dir=/tmp/freezer_demo/fake_infer --fake_infer_graph --num_ps=2
 """
 
-import os
-
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-
-import lean_tf  # pylint: disable=g-import-not-at-top,unused-import  # before TensorFlow: its start-up notices stay off stderr
-from absl import app  # pylint: disable=g-import-not-at-top
+from absl import app
 from absl import flags
 from absl import logging
-import tensorflow as tf
 
 import cli_flags
-import cluster
-from recsys_model import (  # the model's API, re-exported for `import model_gen`
-    LABEL, STATS_DIM, DEFAULT_NUM_PARTITIONS, ModelConfig, category_names, generate_examples,
-    feature_spec, make_example, write_tfrecords, input_fn, placeholder_features,
-    ShardedStatsTable, build_model, serving_signatures, train_and_export, write_fake_infer_graph)
+from freezerlib.core import errors
+from freezerlib.demo import cluster
+from freezerlib.demo.recsys_model import DEFAULT_NUM_PARTITIONS
+from freezerlib.demo.recsys_model import ModelConfig
+from freezerlib.demo.recsys_model import train_and_export
+from freezerlib.demo.recsys_model import write_fake_infer_graph
 import utils
-
-tf1 = tf.compat.v1
 
 _OUTPUT_DIR = flags.DEFINE_string(
     'output_dir', None, 'Directory to create with data/, ckpt/ and saved_model/ inside.')
@@ -126,9 +119,9 @@ def _config_from_flags(num_ps):
   try:
     hidden = tuple(int(u) for u in _HIDDEN_UNITS.value)
   except ValueError as e:
-    raise utils.UserError('--hidden_units must be integers, got %s' % _HIDDEN_UNITS.value) from e
+    raise errors.UserError('--hidden_units must be integers, got %s' % _HIDDEN_UNITS.value) from e
   if any(u < 1 for u in hidden):
-    raise utils.UserError('--hidden_units must be positive, got %s' % _HIDDEN_UNITS.value)
+    raise errors.UserError('--hidden_units must be positive, got %s' % _HIDDEN_UNITS.value)
   config = ModelConfig(
       num_examples=cli_flags.value_or_default(cli_flags.NUM_EXAMPLES, 4096),
       num_users=_NUM_USERS.value,
@@ -140,7 +133,7 @@ def _config_from_flags(num_ps):
       steps=_STEPS.value, learning_rate=_LEARNING_RATE.value,
       seed=cli_flags.value_or_default(cli_flags.SEED, 42), num_table_shards=max(1, num_ps))
   if config.num_partitions > config.item_buckets:
-    raise utils.UserError('--num_partitions (%d) exceeds --item_buckets (%d)'
+    raise errors.UserError('--num_partitions (%d) exceeds --item_buckets (%d)'
                           % (config.num_partitions, config.item_buckets))
   return config
 
@@ -176,6 +169,7 @@ def _register_flag_validators():
 
 
 def _cluster_from_flags():
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top  # after freezerlib: quiet start-up
   return tf.train.ClusterSpec({'ps': _PS_HOSTS.value, 'worker': _WORKER_HOSTS.value})
 
 

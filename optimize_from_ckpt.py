@@ -25,18 +25,14 @@ Example:
       --output_saved_model_dir=/tmp/freezer_demo/serving_from_ckpt
 """
 
-import os
-
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # before TensorFlow loads: one-line errors
-
-import lean_tf  # pylint: disable=g-import-not-at-top,unused-import  # before TensorFlow: its start-up notices stay off stderr
-
-from absl import app  # pylint: disable=g-import-not-at-top
+from absl import app
 from absl import flags
 from absl import logging
 
-import checkpoint_export
 import cli_flags
+from freezerlib.core import errors
+from freezerlib.core import units
+from freezerlib.export import from_checkpoint
 import utils
 
 _CHECKPOINT = flags.DEFINE_string(
@@ -59,18 +55,18 @@ def main(argv):
 
   def work():
     if bool(cli_flags.SAVED_MODEL_DIR.value) == bool(_META_GRAPH.value):
-      raise utils.UserError('give exactly one of --saved_model_dir and --meta_graph')
-    report = checkpoint_export.export(
+      raise errors.UserError('give exactly one of --saved_model_dir and --meta_graph')
+    report = from_checkpoint.saved_model_from_checkpoint(
         checkpoint=_CHECKPOINT.value, output_dir=cli_flags.OUTPUT_SAVED_MODEL_DIR.value,
         saved_model_dir=cli_flags.SAVED_MODEL_DIR.value, meta_graph_path=_META_GRAPH.value,
         tags=cli_flags.TAGS.value, signature_names=cli_flags.SIGNATURE_DEF.value,
-        inputs=cli_flags.INPUTS.value, outputs=cli_flags.OUTPUTS.value, prune=_PRUNE.value,
+        inputs=cli_flags.INPUTS.value, outputs=cli_flags.OUTPUTS.value, prune_tensors=_PRUNE.value,
         chunk_bytes=_CHUNK_MB.value << 20, overwrite=cli_flags.OVERWRITE.value,
         allow_ops=cli_flags.ALLOW_OPS.value)
     logging.info('wrote SavedModel %s: %d of %d checkpoint tensors, %s of %s (%.1f%%), in %.1f s',
                  cli_flags.OUTPUT_SAVED_MODEL_DIR.value, report.tensors_exported,
-                 report.tensors_in_checkpoint, utils.human_bytes(report.bytes_exported),
-                 utils.human_bytes(report.bytes_in_checkpoint),
+                 report.tensors_in_checkpoint, units.human_bytes(report.bytes_exported),
+                 units.human_bytes(report.bytes_in_checkpoint),
                  100.0 * report.bytes_exported / max(1, report.bytes_in_checkpoint),
                  report.seconds)
 

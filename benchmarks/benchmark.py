@@ -29,8 +29,6 @@ import sys
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import lean_tf  # pylint: disable=g-import-not-at-top,unused-import  # before TensorFlow
-
 import shutil  # pylint: disable=g-import-not-at-top,g-bad-import-order
 import statistics
 import subprocess
@@ -43,11 +41,12 @@ import tensorflow as tf
 
 from tensorflow.core.protobuf import saved_model_pb2
 
-import checkpoints
-import comparison
-import model_gen
-import saved_model_io
-import utils
+from freezerlib.core import units  # pylint: disable=g-bad-import-order
+from freezerlib.demo import recsys_model
+from freezerlib.formats import checkpoint_index
+from freezerlib.formats import frozen_graph
+from freezerlib.verify import inputs
+from freezerlib.verify import loaders
 
 tf1 = tf.compat.v1
 
@@ -86,7 +85,7 @@ def machine():
     pass
   memory = os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
   return '%d cores (%s), %s RAM' % (os.cpu_count(), model or 'unknown CPU',
-                                   utils.human_bytes(memory))
+                                   units.human_bytes(memory))
 
 
 def _place_round_robin(shards):
@@ -117,7 +116,7 @@ def build(work_dir, embedding_mb, dim, partitions, shards, table_keys, train_ste
     checkpoint_path: also write ckpt/ and structure/ (what optimize_from_ckpt.py reads).
   """
   rows = max(partitions, (embedding_mb << 20) // (4 * dim))
-  config = model_gen.ModelConfig(item_buckets=rows, embedding_dim=dim,
+  config = recsys_model.ModelConfig(item_buckets=rows, embedding_dim=dim,
                                  num_partitions=partitions, num_dense=8,
                                  hidden_units=(64, 32), batch_size=256)
   graph = tf.Graph()
@@ -127,12 +126,12 @@ def build(work_dir, embedding_mb, dim, partitions, shards, table_keys, train_ste
         'item_id': tf1.placeholder(tf.int64, [None], name='item_id'),
         'category': tf1.placeholder(tf.string, [None], name='category'),
         'dense': tf1.placeholder(tf.float32, [None, config.num_dense], name='dense'),
-        model_gen.LABEL: tf1.placeholder(tf.float32, [None], name='label'),
+        recsys_model.LABEL: tf1.placeholder(tf.float32, [None], name='label'),
     }
-    outputs = model_gen.build_model(features, config, training=train_step)
+    outputs = recsys_model.build_model(features, config, training=train_step)
     table = graph.get_tensor_by_name('user_stats:0')
     keys = tf1.placeholder(tf.int64, [None])
-    values = tf1.placeholder(tf.float32, [None, model_gen.STATS_DIM])
+    values = tf1.placeholder(tf.float32, [None, recsys_model.STATS_DIM])
     insert = tf.raw_ops.LookupTableInsertV2(table_handle=table, keys=keys, values=values)
     saver = tf1.train.Saver(sharded=True, max_to_keep=1, save_relative_paths=True)
     session_config = tf1.ConfigProto(device_count={'CPU': shards}, allow_soft_placement=False)
@@ -148,7 +147,7 @@ def build(work_dir, embedding_mb, dim, partitions, shards, table_keys, train_ste
               features['item_id']: rng.randint(0, rows, batch).astype(np.int64),
               features['category']: np.array([b'c%d' % i for i in range(batch)], object),
               features['dense']: rng.normal(size=(batch, config.num_dense)).astype(np.float32),
-              features[model_gen.LABEL]: (rng.rand(batch) < 0.3).astype(np.float32)}
+              features[recsys_model.LABEL]: (rng.rand(batch) < 0.3).astype(np.float32)}
       if train_step:
         session.run(outputs['train_op'], feed)  # Adam slots get values
       if checkpoint_path:
@@ -160,11 +159,11 @@ def build(work_dir, embedding_mb, dim, partitions, shards, table_keys, train_ste
       training = tf1.saved_model.Builder(os.path.join(work_dir, 'saved_model'))
       training.add_meta_graph_and_variables(session, ['serve'], signature_def_map={
           'serving_default': tf1.saved_model.signature_def_utils.predict_signature_def(
-              {k: v for k, v in features.items() if k != model_gen.LABEL},
+              {k: v for k, v in features.items() if k != recsys_model.LABEL},
               {'probability': outputs['probability']})}, clear_devices=True)
       training.save()
     signature = tf1.saved_model.signature_def_utils.predict_signature_def(
-        {k: v for k, v in features.items() if k != model_gen.LABEL},
+        {k: v for k, v in features.items() if k != recsys_model.LABEL},
         {'probability': outputs['probability']})
     meta_graph = tf1.train.export_meta_graph(saver_def=saver.as_saver_def(),
                                              clear_devices=False)
@@ -228,8 +227,8 @@ def dir_bytes(path):
 
 def bench_checkpoint(work_dir, repeats):
   ckpt = os.path.join(work_dir, 'ckpt')
-  prefix = checkpoints.resolve_prefix(ckpt)
-  index = checkpoints.read_index(prefix)
+  prefix = checkpoint_index.resolve_prefix(ckpt)
+  index = checkpoint_index.read_index(prefix)
   total = sum(index.nbytes(n) for n in index.entries)
   slots = sum(index.nbytes(n) for n in index.entries if 'Adam' in n)
   table = index.entries['user_stats-keys'].shape.dim[0].size
@@ -252,12 +251,12 @@ def bench_checkpoint(work_dir, repeats):
       figures[(name, cache)].append(measure(commands[name]))
       if name == 'optimize_from_ckpt.py':
         exported = dir_bytes(os.path.join(out, 'variables'))
-        restored = checkpoints.read_index(os.path.join(out, 'variables', 'variables'))
+        restored = checkpoint_index.read_index(os.path.join(out, 'variables', 'variables'))
         needed = sum(index.nbytes(n) for n in restored.entries)
   shutil.rmtree(out, ignore_errors=True)
 
   print('checkpoint: %s in %d shards (Adam slots %s), hash table of %d keys' % (
-      utils.human_bytes(total), index.num_shards, utils.human_bytes(slots), table))
+      units.human_bytes(total), index.num_shards, units.human_bytes(slots), table))
   print()
   print('%-32s %6s %14s %14s' % ('checkpoint -> serving SavedModel', 'cache', 'wall (median)',
                                  'peak RSS'))
@@ -266,8 +265,8 @@ def bench_checkpoint(work_dir, repeats):
                                             statistics.median(m for _, m in runs) / 2**20))
   print()
   print('exported variables/: %s; tensors the serving graph restores: %s (%+.2f%%); '
-        'checkpoint: %s' % (utils.human_bytes(exported), utils.human_bytes(needed),
-                            100.0 * (exported - needed) / needed, utils.human_bytes(total)))
+        'checkpoint: %s' % (units.human_bytes(exported), units.human_bytes(needed),
+                            100.0 * (exported - needed) / needed, units.human_bytes(total)))
 
 
 # What a user does without this toolkit: load the SavedModel, convert_variables_to_constants,
@@ -291,7 +290,7 @@ with open(out, 'wb') as f:
 
 def bench_freeze(work_dir, repeats):
   saved_model = os.path.join(work_dir, 'saved_model')
-  index = checkpoints.read_index(os.path.join(saved_model, 'variables', 'variables'))
+  index = checkpoint_index.read_index(os.path.join(saved_model, 'variables', 'variables'))
   inference = sum(index.nbytes(n) for n in index.entries
                   if 'Adam' not in n and n not in ('global_step', 'beta1_power', 'beta2_power'))
   out = os.path.join(work_dir, 'frozen.pb')
@@ -312,7 +311,7 @@ def bench_freeze(work_dir, repeats):
       kept[name + ' size'] = os.path.getsize(out)
   print()
   print('SavedModel -> frozen GraphDef (variables the signatures need: %s)'
-        % utils.human_bytes(inference))
+        % units.human_bytes(inference))
   print('%-32s %14s %14s %12s %14s' % ('', 'wall (median)', 'peak RSS', 'output',
                                        'table keys kept'))
   for name, runs in figures.items():
@@ -331,15 +330,15 @@ def _in_child(fn, *args):
 
 def table_keys_in(graph_path):
   """Keys the frozen graph's tables are filled with (freezer/tables/*/keys constants)."""
-  graph_def = saved_model_io.read_graph_def(graph_path)
+  graph_def = frozen_graph.read_graph_def(graph_path)
   return sum(len(tf.make_ndarray(n.attr['value'].tensor)) for n in graph_def.node
              if n.name.endswith('/keys') and n.name.startswith('freezer/tables/'))
 
 
 def write_feeds(training, batch_sizes, feeds_path):
   """serving_default inputs at each batch size (half trained ids, half unseen) as an .npz."""
-  reference = comparison.load_saved_model(training)
-  maker = comparison.InputMaker(reference, seed=0)
+  reference = loaders.load_saved_model(training)
+  maker = inputs.InputMaker(reference, seed=0)
   feeds = {'%d/%s' % (b, k): v for b in batch_sizes
            for k, v in maker.make('serving_default', b).items()}
   reference.close()
@@ -353,14 +352,15 @@ import json, os, sys
 os.environ['TF_CPP_MIN_LOG_LEVEL'] = '2'
 sys.path.insert(0, os.getcwd())
 import numpy as np
-import comparison
+from freezerlib.verify import compare
+from freezerlib.verify import loaders
 export_dir, feeds_path, runs = sys.argv[1], sys.argv[2], int(sys.argv[3])
-model = comparison.load_saved_model(export_dir)
+model = loaders.load_saved_model(export_dir)
 data = np.load(feeds_path, allow_pickle=True)
 out = {'load': model.load_seconds}
 for batch in sorted({int(k.split('/')[0]) for k in data.files}):
   feeds = {k.split('/', 1)[1]: data[k] for k in data.files if k.startswith('%d/' % batch)}
-  out[batch] = comparison.latency(model, 'serving_default', feeds, runs)
+  out[batch] = compare.latency(model, 'serving_default', feeds, runs)
 print(json.dumps(out))
 """
 
@@ -392,8 +392,8 @@ def bench_serving(work_dir, repeats, keep, latency_runs, batch_sizes=(1, 512)):
   ]
   print()
   print('training SavedModel: saved_model.pb %s, variables/ %s' % (
-      utils.human_bytes(os.path.getsize(os.path.join(training, 'saved_model.pb'))),
-      utils.human_bytes(dir_bytes(os.path.join(training, 'variables')))))
+      units.human_bytes(os.path.getsize(os.path.join(training, 'saved_model.pb'))),
+      units.human_bytes(dir_bytes(os.path.join(training, 'variables')))))
   frozen_done = set()
   for i, (label, name, freeze_flags, optimize_flags) in enumerate(variants):
     frozen = os.path.join(work_dir, '%s.pb' % name)
@@ -428,7 +428,7 @@ def bench_serving(work_dir, repeats, keep, latency_runs, batch_sizes=(1, 512)):
     print()
     print('%s: optimize_from_pb.py %.1f s; saved_model.pb %s, variables/ %s; outputs against '
           'the training SavedModel: %s' % (
-              label, seconds, utils.human_bytes(graph), utils.human_bytes(variables), verdict))
+              label, seconds, units.human_bytes(graph), units.human_bytes(variables), verdict))
   feeds_path = os.path.join(work_dir, 'serving_feeds.npz')
   _in_child(write_feeds, training, batch_sizes, feeds_path)
   figures = {name: [] for name in models}

@@ -13,10 +13,12 @@ import pytest  # pylint: disable=g-import-not-at-top
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import lean_tf  # pylint: disable=g-import-not-at-top,unused-import  # before TensorFlow
 from absl import flags  # pylint: disable=g-import-not-at-top
+from freezerlib import freeze
+from freezerlib.demo import cluster
+from freezerlib.demo import recsys_model
+from freezerlib.formats import saved_model
 
-import model_gen  # pylint: disable=g-import-not-at-top
 
 # Under pytest, absl flags are not parsed; the library code never reads them, but absl's own
 # logging does.
@@ -26,7 +28,7 @@ TF_SERVING = REPO.parent / 'shared' / 'testdata' / 'tf_serving'
 
 # Small enough to train in a few seconds, big enough to have every part of the real model:
 # two hash tables with hundreds of keys, a 3-way partitioned embedding, Adam slots.
-TINY = model_gen.ModelConfig(num_examples=512, num_users=300, num_categories=20,
+TINY = recsys_model.ModelConfig(num_examples=512, num_users=300, num_categories=20,
                              item_buckets=60, embedding_dim=4, num_partitions=3, num_dense=3,
                              hidden_units=(8,), batch_size=32, steps=30, seed=3)
 TINY_FLAGS = ['--num_examples=512', '--num_users=300', '--num_categories=20',
@@ -46,15 +48,14 @@ def tf_serving_model(name):
 def tiny_model(tmp_path_factory):
   """model_gen's model at TINY size: dict with 'saved_model', 'checkpoint', 'data' paths."""
   out = tmp_path_factory.mktemp('tiny') / 'model'
-  return model_gen.train_and_export(str(out), TINY)
+  return recsys_model.train_and_export(str(out), TINY)
 
 
 @pytest.fixture(scope='session')
 def tiny_frozen(tiny_model, tmp_path_factory):
-  """The tiny model frozen by freezer.freeze: path of the .pb."""
-  import freezer  # pylint: disable=g-import-not-at-top
+  """The tiny model frozen by freeze.graph_from_saved_model: path of the .pb."""
   path = str(tmp_path_factory.mktemp('frozen') / 'frozen.pb')
-  freezer.freeze(tiny_model['saved_model'], path)
+  freeze.graph_from_saved_model(tiny_model['saved_model'], path)
   return path
 
 
@@ -73,7 +74,6 @@ def cluster_model(tmp_path_factory):
   """TINY trained by a real cluster of 2 PS + 1 worker on loopback: train_distributed's result
   (sharded checkpoint, SavedModel with /job:ps devices), plus 'seconds' and 'root'."""
   import time  # pylint: disable=g-import-not-at-top
-  import cluster  # pylint: disable=g-import-not-at-top
   root = tmp_path_factory.mktemp('cluster')
   start = time.monotonic()
   result = cluster.train_distributed(str(root / 'model'), TINY, num_ps=NUM_PS, num_workers=1,
@@ -87,7 +87,7 @@ def fake_graph(tmp_path_factory):
   import dataclasses  # pylint: disable=g-import-not-at-top
   out = tmp_path_factory.mktemp('fake') / 'fake_infer'
   config = dataclasses.replace(TINY, num_table_shards=NUM_PS)
-  return model_gen.write_fake_infer_graph(str(out), config)['saved_model']
+  return recsys_model.write_fake_infer_graph(str(out), config)['saved_model']
 
 
 def run_script(script, *args):
@@ -161,6 +161,5 @@ def save_predict_model(session, export_dir, inputs, outputs):
 
 def meta_graph_of(export_dir, tags=('serve',)):
   """The MetaGraphDef of a SavedModel, read without loading it."""
-  import saved_model_io  # pylint: disable=g-import-not-at-top
-  proto = saved_model_io.read_saved_model_proto(str(export_dir))
-  return saved_model_io.select_meta_graph(proto, list(tags), str(export_dir))
+  proto = saved_model.read_saved_model_proto(str(export_dir))
+  return saved_model.select_meta_graph(proto, list(tags), str(export_dir))

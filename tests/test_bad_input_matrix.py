@@ -17,13 +17,14 @@ import tensorflow as tf
 
 from conftest import tf_serving_model
 from conftest import tree_digest
-import freezer
-import keep_variables
+from freezerlib import freeze
+from freezerlib.formats import frozen_graph
+# The scripts themselves: this file tests their command lines, in-process.
+import freezer  # pylint: disable=g-bad-import-order
 import model_gen
 import optimize_from_ckpt
 import optimize_from_pb
 import optimize_from_pb_test
-import saved_model_io
 
 SCRIPTS = {'freezer': freezer, 'optimize_from_pb': optimize_from_pb,
            'optimize_from_pb_test': optimize_from_pb_test,
@@ -140,14 +141,16 @@ def _case(name, tiny_model, tiny_frozen, tmp_path):
   if name.startswith(('optimize_from_pb-', 'optimize_from_pb_test-')) and 'beside' in name:
     kept = tmp_path / 'kept'
     kept.mkdir()
-    freezer.freeze(sm, str(kept / 'frozen.pb'), keep_as_variables='item_embedding')
+    freeze.graph_from_saved_model(sm, str(kept / 'frozen.pb'),
+                                  keep_as_variables='item_embedding')
     if 'missing' in name:  # the graph moved without its checkpoint
       (tmp_path / 'moved').mkdir()
       os.rename(kept / 'frozen.pb', tmp_path / 'moved' / 'frozen.pb')
       graph, fragments = str(tmp_path / 'moved' / 'frozen.pb'), [
           'moved/frozen.pb.variables/variables', 'missing']
     else:  # another freeze's checkpoint beside it
-      freezer.freeze(sm, str(tmp_path / 'other.pb'), keep_as_variables='item_embedding,user_stats')
+      freeze.graph_from_saved_model(sm, str(tmp_path / 'other.pb'),
+                                    keep_as_variables='item_embedding,user_stats')
       shutil.rmtree(kept / 'frozen.pb.variables')
       shutil.copytree(tmp_path / 'other.pb.variables', kept / 'frozen.pb.variables')
       graph, fragments = str(kept / 'frozen.pb'), ['kept/frozen.pb.variables/variables',
@@ -251,7 +254,7 @@ CASES = ['freezer-missing_dir', 'freezer-empty_dir', 'freezer-truncated_pb',
 def test_bad_input(name, tiny_model, tiny_frozen, tmp_path, capsys, monkeypatch):
   script, args, inputs, output, fragments = _case(name, tiny_model, tiny_frozen, tmp_path)
   if name.endswith('over_2gb'):
-    monkeypatch.setattr(saved_model_io, 'PROTOBUF_LIMIT', 1000)
+    monkeypatch.setattr(frozen_graph, 'PROTOBUF_LIMIT', 1000)
   digests = {p: tree_digest(p) for p in inputs}
   with small_disk(tmp_path) as disk:
     args = [a.replace('{disk}', disk) for a in args]
@@ -265,7 +268,7 @@ def test_bad_input(name, tiny_model, tiny_frozen, tmp_path, capsys, monkeypatch)
       assert fragment in lines[0], (fragment, lines[0])
     if output:
       assert not os.path.exists(output)
-      assert not os.path.exists(keep_variables.checkpoint_dir(output))
+      assert not os.path.exists(frozen_graph.checkpoint_dir(output))
       parent = os.path.dirname(output)
       if os.path.isdir(parent):
         assert not [n for n in os.listdir(parent) if '.tmp-' in n]  # no half-written temp

@@ -11,11 +11,12 @@ from conftest import meta_graph_of
 from conftest import run_script
 from conftest import run_tf2_signatures
 import capi_runner
-import comparison
-import op_safety
-import optimize_from_pb
-import optimize_from_pb_test
-import saved_model_io
+from freezerlib.export import from_frozen
+from freezerlib.formats import frozen_graph
+from freezerlib.formats import saved_model
+from freezerlib.verify import compare
+from freezerlib.verify import inputs
+from freezerlib.verify import loaders
 
 # On the tiny model's frozen graph, constants of 100 bytes or more: the embedding partitions,
 # hidden_0's kernel and the tables' keys and values (string keys included).
@@ -24,7 +25,7 @@ THRESHOLD = 100
 
 def _check(reference, new):
   out = io.StringIO()
-  passed, results = optimize_from_pb_test.check(reference, new, num_examples=120,
+  passed, results = compare.check(reference, new, num_examples=120,
                                                 batch_sizes=(), out=out)
   assert passed and len(results) == 4, out.getvalue()
 
@@ -39,9 +40,9 @@ def redumped(tiny_frozen, tmp_path_factory):
   root = tmp_path_factory.mktemp('consts')
   paths = {'saved_model': str(root / 'serving'), 'graph': str(root / 'optimized.pb'),
            'plain': str(root / 'plain')}
-  optimize_from_pb.optimize(tiny_frozen, paths['saved_model'], paths['graph'],
+  from_frozen.saved_model_from_frozen_graph(tiny_frozen, paths['saved_model'], paths['graph'],
                             constants_as_variables=THRESHOLD)
-  optimize_from_pb.optimize(tiny_frozen, paths['plain'], constants_as_variables=None)
+  from_frozen.saved_model_from_frozen_graph(tiny_frozen, paths['plain'], constants_as_variables=None)
   return paths
 
 
@@ -52,7 +53,7 @@ def test_big_constants_are_variables_of_the_saved_model(tiny_model, tiny_frozen,
   assert any(n.attr['dtype'].type == 7 for n in plain.node if n.name in moved)  # DT_STRING
   meta_graph = meta_graph_of(redumped['saved_model'])
   nodes = {n.name: n for n in meta_graph.graph_def.node}
-  saver = op_safety.saver_nodes(meta_graph.graph_def, meta_graph.saver_def)
+  saver = saved_model.saver_nodes(meta_graph.graph_def, meta_graph.saver_def)
   assert not _big_consts(meta_graph.graph_def) - saver  # only the saver's lists of names
   for name in moved:  # same names, now reads of variables: consumers and signatures unchanged
     assert nodes[name].op == 'ReadVariableOp', name
@@ -60,24 +61,24 @@ def test_big_constants_are_variables_of_the_saved_model(tiny_model, tiny_frozen,
   reader = __import__('tensorflow').train.load_checkpoint(
       redumped['saved_model'] + '/variables/variables')
   assert set(reader.get_variable_to_shape_map()) == moved
-  reference = comparison.load_saved_model(tiny_model['saved_model'])
-  _check(reference, comparison.load_saved_model(redumped['saved_model']))
-  _check(reference, comparison.load_saved_model(redumped['plain']))
+  reference = loaders.load_saved_model(tiny_model['saved_model'])
+  _check(reference, loaders.load_saved_model(redumped['saved_model']))
+  _check(reference, loaders.load_saved_model(redumped['plain']))
 
 
 def test_graph_output_keeps_constants(tiny_model, redumped):
-  graph_def = saved_model_io.read_graph_def(redumped['graph'])
+  graph_def = frozen_graph.read_graph_def(redumped['graph'])
   assert not {n.op for n in graph_def.node} & {'VarHandleOp', 'ReadVariableOp', 'RestoreV2',
                                                 'SaveV2'}
   plain = meta_graph_of(redumped['plain']).graph_def
-  assert _big_consts(graph_def) - {saved_model_io.METADATA_NODE} == _big_consts(plain)
-  reference = comparison.load_saved_model(tiny_model['saved_model'])
-  _check(reference, comparison.load_frozen_graph(redumped['graph']))
+  assert _big_consts(graph_def) - {frozen_graph.METADATA_NODE} == _big_consts(plain)
+  reference = loaders.load_saved_model(tiny_model['saved_model'])
+  _check(reference, loaders.load_frozen_graph(redumped['graph']))
 
 
 def test_serves_through_the_c_api_and_tf2(tiny_model, redumped, capi):
-  reference = comparison.load_saved_model(tiny_model['saved_model'])
-  maker = comparison.InputMaker(reference, seed=5)
+  reference = loaders.load_saved_model(tiny_model['saved_model'])
+  maker = inputs.InputMaker(reference, seed=5)
   feeds = {k: maker.make(k, 60) for k in reference.signatures}
   served = capi_runner.run_signatures(capi, redumped['saved_model'], feeds)
   loaded = run_tf2_signatures(redumped['saved_model'], feeds)

@@ -18,11 +18,11 @@ import pytest
 
 from conftest import REPO
 from conftest import tree_digest
-import checkpoint_export
-import comparison
-import freezer
-import optimize_from_pb
-import saved_model_io
+from freezerlib import freeze
+from freezerlib.export import from_checkpoint
+from freezerlib.export import from_frozen
+from freezerlib.formats import frozen_graph
+from freezerlib.verify import loaders
 
 
 def _run_and_kill(args, moment, parent, base, timeout=120):
@@ -90,9 +90,9 @@ def _command(script, tiny_model, tiny_frozen, out):
 
 def _loads(script, out):
   if script.startswith('freezer'):
-    frozen = saved_model_io.frozen_from_graph_def(saved_model_io.read_graph_def(out), out)
-    return comparison.load_frozen_graph(out, frozen).nodes
-  return comparison.load_saved_model(out).nodes
+    frozen = frozen_graph.frozen_from_graph_def(frozen_graph.read_graph_def(out), out)
+    return loaders.load_frozen_graph(out, frozen).nodes
+  return loaders.load_saved_model(out).nodes
 
 
 @pytest.mark.parametrize('script,moment', CASES, ids=['%s-%d' % c for c in CASES])
@@ -127,12 +127,12 @@ def _kill_and_check(script, moment, tiny_model, tiny_frozen, tmp_path):
 
 def _rerun(script, tiny_model, tiny_frozen, out):
   if script == 'freezer':
-    freezer.freeze(tiny_model['saved_model'], out)
+    freeze.graph_from_saved_model(tiny_model['saved_model'], out)
   elif script == 'freezer_keep':
-    freezer.freeze(tiny_model['saved_model'], out,
+    freeze.graph_from_saved_model(tiny_model['saved_model'], out,
                    keep_as_variables='item_embedding,user_stats')
   elif script == 'optimize_from_pb':
-    optimize_from_pb.optimize(tiny_frozen, output_saved_model_dir=out)
+    from_frozen.saved_model_from_frozen_graph(tiny_frozen, output_saved_model_dir=out)
   else:
-    checkpoint_export.export(checkpoint=tiny_model['checkpoint'], output_dir=out,
+    from_checkpoint.saved_model_from_checkpoint(checkpoint=tiny_model['checkpoint'], output_dir=out,
                              saved_model_dir=tiny_model['saved_model'])

@@ -12,12 +12,16 @@ from conftest import assert_one_line_error
 from conftest import run_script
 from conftest import tf_serving_model
 from conftest import tree_digest
-import checkpoints
-import comparison
-import freezer
-import saved_model_io
-import streaming_freeze
-import utils
+from freezerlib import freeze
+from freezerlib.core import errors
+from freezerlib.core import graphs
+from freezerlib.formats import checkpoint_index
+from freezerlib.formats import frozen_graph
+from freezerlib.formats import saved_model
+from freezerlib.freeze import streaming
+from freezerlib.verify import compare
+from freezerlib.verify import inputs
+from freezerlib.verify import loaders
 
 tf1 = tf.compat.v1
 
@@ -34,8 +38,8 @@ def _example(x):
 
 
 def test_frozen_tiny_model_keeps_tables_and_answers_as_the_original(tiny_model, tiny_frozen):
-  frozen = saved_model_io.frozen_from_graph_def(
-      saved_model_io.read_graph_def(tiny_frozen), tiny_frozen)
+  frozen = frozen_graph.frozen_from_graph_def(
+      frozen_graph.read_graph_def(tiny_frozen), tiny_frozen)
   ops = {n.op for n in frozen.graph_def.node}
   assert not ops & VARIABLE_OPS
   assert sorted(frozen.signatures) == ['embeddings', 'serving_default']
@@ -51,11 +55,11 @@ def test_frozen_tiny_model_keeps_tables_and_answers_as_the_original(tiny_model, 
   assert sig.method_name == 'tensorflow/serving/predict'
   assert sig.inputs['user_id'].dtype == tf.int64.as_datatype_enum
 
-  reference = comparison.load_saved_model(tiny_model['saved_model'])
-  new = comparison.load_frozen_graph(tiny_frozen)
-  maker = comparison.InputMaker(reference, seed=5)
+  reference = loaders.load_saved_model(tiny_model['saved_model'])
+  new = loaders.load_frozen_graph(tiny_frozen)
+  maker = inputs.InputMaker(reference, seed=5)
   feeds = {k: maker.make(k, 200) for k in reference.signatures}
-  results = comparison.compare(reference, new, feeds, atol=1e-6, rtol=0)
+  results = compare.compare(reference, new, feeds, atol=1e-6, rtol=0)
   assert len(results) == 4 and all(r.passed for r in results), results
   # The inputs really mix trained and unseen keys: stats are non-zero for some rows only.
   stats = reference.run('embeddings', feeds['embeddings'])['user_stats']
@@ -64,15 +68,15 @@ def test_frozen_tiny_model_keeps_tables_and_answers_as_the_original(tiny_model, 
 
 def test_tensorflow_baseline_loses_the_tables(tiny_model):
   """The problem this tool exists for: convert_variables_to_constants empties the tables."""
-  reference = comparison.load_saved_model(tiny_model['saved_model'])
+  reference = loaders.load_saved_model(tiny_model['saved_model'])
   sig = reference.signatures['embeddings']
-  outputs = [saved_model_io.node_name(sig.outputs['user_stats'].name)]
+  outputs = [graphs.node_name(sig.outputs['user_stats'].name)]
   baseline = tf1.graph_util.convert_variables_to_constants(
       reference.session, reference.graph_def, outputs)
   graph = tf.Graph()
   with graph.as_default():
     tf.graph_util.import_graph_def(baseline, name='')
-  feeds = comparison.InputMaker(reference, seed=1).make('embeddings', 100)
+  feeds = inputs.InputMaker(reference, seed=1).make('embeddings', 100)
   with tf1.Session(graph=graph) as session:
     lost = session.run(sig.outputs['user_stats'].name,
                        {sig.inputs['user_id'].name: feeds['user_id'],
@@ -144,7 +148,7 @@ def test_every_table_kind_survives_freezing(tmp_path):
   feeds = {'ids': np.array([3, 5, 7, 11, 13, 4, 999], np.int64),
            'words': np.array([b'apple', b'banana', b'cherry', b'kiwi', b'zzz', b'', b'apple'],
                              dtype=object)}
-  reference = comparison.load_saved_model(str(export_dir))
+  reference = loaders.load_saved_model(str(export_dir))
   expected = reference.run('serving_default', feeds)
   reference.close()
   np.testing.assert_allclose(expected['id_score'],
@@ -154,7 +158,8 @@ def test_every_table_kind_survives_freezing(tmp_path):
                              [6 + 10 + 0, -9 + 100, 15 - 9 + 200, 20 - 100, -9 - 100,
                               -9 - 100, 6 + 10])
   output = str(tmp_path / 'frozen.pb')
-  model, report, _ = freezer.freeze(str(export_dir), output)
+  report = freeze.graph_from_saved_model(str(export_dir), output)
+  model = report.model
   assert sorted(t.name for t in report.tables) == ['dense', 'from_file', 'mutable',
                                                    'of_tensors', 'static']
   assert {t.name: len(t.keys) for t in report.tables}['dense'] == 2  # empty/deleted dropped
@@ -162,7 +167,7 @@ def test_every_table_kind_survives_freezing(tmp_path):
   # The frozen graph is self-contained: no asset file, no checkpoint needed.
   shutil.rmtree(export_dir)
   (tmp_path / 'vocab.txt').unlink()
-  new = comparison.load_frozen_graph(output)
+  new = loaders.load_frozen_graph(output)
   got = new.run('serving_default', feeds)
   for key in expected:
     np.testing.assert_allclose(got[key], expected[key], atol=1e-6, err_msg=key)
@@ -181,14 +186,14 @@ def test_parameter_server_devices_are_cleared(tmp_path):
       save_predict_model(session, str(tmp_path / 'ps_model'), {'x': x}, {'y': y})
   # Place state on parameter servers, as a SavedModel exported from a PS cluster has it.
   pb = tmp_path / 'ps_model' / 'saved_model.pb'
-  proto = saved_model_io.read_saved_model_proto(str(tmp_path / 'ps_model'))
+  proto = saved_model.read_saved_model_proto(str(tmp_path / 'ps_model'))
   for node in proto.meta_graphs[0].graph_def.node:
     node.device = '/job:ps/task:%d' % (hash(node.name) % 2) if node.name[0] in 'wt' else \
         '/job:worker/task:0'
   pb.write_bytes(proto.SerializeToString())
-  model, _, _ = freezer.freeze(str(tmp_path / 'ps_model'), str(tmp_path / 'f.pb'))
+  model = freeze.graph_from_saved_model(str(tmp_path / 'ps_model'), str(tmp_path / 'f.pb')).model
   assert not any(n.device for n in model.graph_def.node)
-  got = comparison.load_frozen_graph(str(tmp_path / 'f.pb')).run(
+  got = loaders.load_frozen_graph(str(tmp_path / 'f.pb')).run(
       'serving_default', {'x': np.array([1.0, 2.0], np.float32)})
   np.testing.assert_allclose(got['y'], [3.25, 6.25])
 
@@ -201,11 +206,11 @@ def test_half_plus_two_all_signatures(tmp_path):
   src = tf_serving_model('saved_model_half_plus_two_cpu')
   digest = tree_digest(src)
   output = str(tmp_path / 'hp2.pb')
-  model, _, _ = freezer.freeze(src, output)
+  model = freeze.graph_from_saved_model(src, output).model
   assert sorted(model.signatures) == ['classify_x_to_y', 'regress_x2_to_y3', 'regress_x_to_y',
                                       'regress_x_to_y2', 'serving_default']
   assert model.signatures['classify_x_to_y'].method_name == 'tensorflow/serving/classify'
-  new = comparison.load_frozen_graph(output)
+  new = loaders.load_frozen_graph(output)
   run = new.run
   np.testing.assert_allclose(run('serving_default', {'x': np.array([[1.0], [2.0]], np.float32)})['y'],
                              [[2.5], [3.0]])
@@ -221,12 +226,12 @@ def test_half_plus_two_all_signatures(tmp_path):
 def test_stateful_signature_is_refused_and_read_only_one_freezes(tmp_path):
   src = tf_serving_model('saved_model_counter')
   output = tmp_path / 'counter.pb'
-  with pytest.raises(utils.UserError, match=r"signature 'incr_counter' .* writes 'counter'"):
-    freezer.freeze(src, str(output))
+  with pytest.raises(errors.UserError, match=r"signature 'incr_counter' .* writes 'counter'"):
+    freeze.graph_from_saved_model(src, str(output))
   assert not output.exists()
-  freezer.freeze(src, str(output), signature_names=['get_counter'])
+  freeze.graph_from_saved_model(src, str(output), signature_names=['get_counter'])
   value = tf.train.load_checkpoint(src + '/variables/variables').get_tensor('counter')
-  got = comparison.load_frozen_graph(str(output)).run('get_counter', {})
+  got = loaders.load_frozen_graph(str(output)).run('get_counter', {})
   assert got['output'] == value
 
 
@@ -240,8 +245,8 @@ def test_readme_command(tiny_model, tmp_path):
                     '--output_graph=%s' % output)
   assert proc.returncode == 0, proc.stderr[-2000:]
   first = output.read_bytes()
-  assert saved_model_io.frozen_from_graph_def(
-      saved_model_io.read_graph_def(str(output)), 'x').table_init_op
+  assert frozen_graph.frozen_from_graph_def(
+      frozen_graph.read_graph_def(str(output)), 'x').table_init_op
   proc = run_script('freezer.py', '--saved_model_dir=%s' % tiny_model['saved_model'],
                     '--output_graph=%s' % output, '--signature_def=embeddings')
   assert_one_line_error(proc, 'freezer.py', str(output), '--overwrite')
@@ -249,7 +254,7 @@ def test_readme_command(tiny_model, tmp_path):
   proc = run_script('freezer.py', '--saved_model_dir=%s' % tiny_model['saved_model'],
                     '--output_graph=%s' % output, '--signature_def=embeddings', '--overwrite')
   assert proc.returncode == 0, proc.stderr[-2000:]
-  frozen = saved_model_io.frozen_from_graph_def(saved_model_io.read_graph_def(str(output)), 'x')
+  frozen = frozen_graph.frozen_from_graph_def(frozen_graph.read_graph_def(str(output)), 'x')
   assert list(frozen.signatures) == ['embeddings']
   assert sorted(p.name for p in tmp_path.iterdir()) == ['frozen.pb']
 
@@ -285,8 +290,8 @@ def test_bad_input(case, tmp_path):
   src, extra = make(tmp_path)
   digest = tree_digest(src) if tf.io.gfile.exists(src) else None
   output = tmp_path / 'out' / 'frozen.pb'
-  with pytest.raises(utils.UserError, match=message):
-    freezer.freeze(src, str(output), tags=[a.split('=')[1] for a in extra if 'tags' in a] or
+  with pytest.raises(errors.UserError, match=message):
+    freeze.graph_from_saved_model(src, str(output), tags=[a.split('=')[1] for a in extra if 'tags' in a] or
                    ['serve'], signature_names=[a.split('=')[1] for a in extra if 'signature' in a])
   if case in ('missing_dir', 'truncated_pb', 'session_bundle'):  # a few as the user runs them
     proc = run_script('freezer.py', '--saved_model_dir=%s' % src, '--output_graph=%s' % output,
@@ -301,39 +306,39 @@ def test_model_past_the_protobuf_limit_is_refused_before_loading(tiny_model, tmp
                                                                  monkeypatch):
   # A real >2 GB model is built by benchmarks/benchmark.py; here the limit is lowered to the
   # tiny model's size, which exercises the same estimate from the variables index.
-  index = checkpoints.read_index(tiny_model['saved_model'] + '/variables/variables')
+  index = checkpoint_index.read_index(tiny_model['saved_model'] + '/variables/variables')
   inference = sum(index.nbytes(n) for n in index.entries
                   if 'Adam' not in n and n not in ('global_step', 'beta1_power', 'beta2_power'))
-  monkeypatch.setattr(saved_model_io, 'PROTOBUF_LIMIT', inference - 1)
+  monkeypatch.setattr(frozen_graph, 'PROTOBUF_LIMIT', inference - 1)
   loads = []
   monkeypatch.setattr(tf1.saved_model.loader, 'load', lambda *a, **k: loads.append(a))
-  with pytest.raises(utils.UserError, match=r'past protobuf\'s 2 GB limit.*optimize_from_ckpt'):
-    freezer.freeze(tiny_model['saved_model'], str(tmp_path / 'f.pb'))
+  with pytest.raises(errors.UserError, match=r'past protobuf\'s 2 GB limit.*optimize_from_ckpt'):
+    freeze.graph_from_saved_model(tiny_model['saved_model'], str(tmp_path / 'f.pb'))
   assert not loads and not (tmp_path / 'f.pb').exists()
   # With room for the graph around the values it goes ahead: optimizer slots are not counted.
   monkeypatch.undo()
-  monkeypatch.setattr(saved_model_io, 'PROTOBUF_LIMIT', inference + 100000)
-  freezer.freeze(tiny_model['saved_model'], str(tmp_path / 'f.pb'))
+  monkeypatch.setattr(frozen_graph, 'PROTOBUF_LIMIT', inference + 100000)
+  freeze.graph_from_saved_model(tiny_model['saved_model'], str(tmp_path / 'f.pb'))
   assert (tmp_path / 'f.pb').stat().st_size < 2 * inference + 100000
 
 
 def test_streaming_and_in_memory_freezers_agree(tiny_model, tmp_path):
   meta_graph = meta_graph_of(tiny_model['saved_model'])
-  signatures = saved_model_io.select_signatures(meta_graph, None, 'x')
-  the_plan = streaming_freeze.plan(meta_graph, signatures, tiny_model['saved_model'])
+  signatures = saved_model.select_signatures(meta_graph, None, 'x')
+  the_plan = streaming.plan(meta_graph, signatures, tiny_model['saved_model'])
   assert the_plan is not None and len(the_plan.variables) == 7  # 3 partitions + 2 layers
   assert sorted(the_plan.table_sources) == ['category_stats', 'user_stats']
   streamed, memory = str(tmp_path / 'streamed.pb'), str(tmp_path / 'memory.pb')
-  freezer.freeze(tiny_model['saved_model'], streamed)
-  freezer.freeze(tiny_model['saved_model'], memory, streaming=False)
-  a, b = comparison.load_frozen_graph(streamed), comparison.load_frozen_graph(memory)
-  reference = comparison.load_saved_model(tiny_model['saved_model'])
-  feeds = {k: comparison.InputMaker(reference, seed=9).make(k, 100) for k in a.signatures}
+  freeze.graph_from_saved_model(tiny_model['saved_model'], streamed)
+  freeze.graph_from_saved_model(tiny_model['saved_model'], memory, streaming_allowed=False)
+  a, b = loaders.load_frozen_graph(streamed), loaders.load_frozen_graph(memory)
+  reference = loaders.load_saved_model(tiny_model['saved_model'])
+  feeds = {k: inputs.InputMaker(reference, seed=9).make(k, 100) for k in a.signatures}
   for key, feed in feeds.items():
     for name, value in a.run(key, feed).items():
       np.testing.assert_array_equal(value, b.run(key, feed)[name], err_msg=name)
   # Both are GraphDefs any TensorFlow tool reads; the streamed one has every weight as a Const.
-  consts = {n.name for n in saved_model_io.read_graph_def(streamed).node if n.op == 'Const'}
+  consts = {n.name for n in frozen_graph.read_graph_def(streamed).node if n.op == 'Const'}
   assert set(the_plan.variables) <= consts
 
 
@@ -347,10 +352,10 @@ def test_variables_read_through_control_flow_fall_back_to_in_memory(tmp_path):
       session.run(tf1.global_variables_initializer())
       save_predict_model(session, str(tmp_path / 'm'), {'x': x}, {'y': y})
   meta_graph = meta_graph_of(str(tmp_path / 'm'))
-  signatures = saved_model_io.select_signatures(meta_graph, None, 'm')
-  assert streaming_freeze.plan(meta_graph, signatures, str(tmp_path / 'm')) is None
-  freezer.freeze(str(tmp_path / 'm'), str(tmp_path / 'f.pb'))
-  run = comparison.load_frozen_graph(str(tmp_path / 'f.pb')).run
+  signatures = saved_model.select_signatures(meta_graph, None, 'm')
+  assert streaming.plan(meta_graph, signatures, str(tmp_path / 'm')) is None
+  freeze.graph_from_saved_model(str(tmp_path / 'm'), str(tmp_path / 'f.pb'))
+  run = loaders.load_frozen_graph(str(tmp_path / 'f.pb')).run
   np.testing.assert_allclose(run('serving_default', {'x': np.array([1.0, 2.0], np.float32)})['y'],
                              [3.0, 6.0])
   np.testing.assert_allclose(run('serving_default', {'x': np.array([-1.0], np.float32)})['y'],
@@ -373,12 +378,12 @@ def test_streaming_freezer_keeps_dense_and_scalar_tables(tmp_path):
       session.run(dense.remove(tf.constant([13], tf.int64)))
       save_predict_model(session, str(tmp_path / 'm'), {'ids': ids}, {'y': y})
   meta_graph = meta_graph_of(str(tmp_path / 'm'))
-  the_plan = streaming_freeze.plan(meta_graph, saved_model_io.select_signatures(
+  the_plan = streaming.plan(meta_graph, saved_model.select_signatures(
       meta_graph, None, 'm'), str(tmp_path / 'm'))
   assert the_plan is not None and sorted(the_plan.table_sources) == ['dense', 'scalar']
-  _, report, _ = freezer.freeze(str(tmp_path / 'm'), str(tmp_path / 'f.pb'))
+  report = freeze.graph_from_saved_model(str(tmp_path / 'm'), str(tmp_path / 'f.pb'))
   assert {t.name: len(t.keys) for t in report.tables} == {'dense': 2, 'scalar': 2}
-  got = comparison.load_frozen_graph(str(tmp_path / 'f.pb')).run(
+  got = loaders.load_frozen_graph(str(tmp_path / 'f.pb')).run(
       'serving_default', {'ids': np.array([3, 4, 11, 13, 99], np.int64)})
   np.testing.assert_allclose(got['y'], [1.5 + 30, -1 + 40, 5.5 - 1, -1 - 1, -1 - 1])
 
@@ -386,11 +391,11 @@ def test_streaming_freezer_keeps_dense_and_scalar_tables(tmp_path):
 def test_frozen_graph_leaves_the_reader_out(tiny_frozen):
   """The training reader (TFRecord dataset, iterator, their embedded file names) is not run by
   serving: freezer.py cuts at the signature inputs and leaves it out."""
-  graph_def = saved_model_io.read_graph_def(tiny_frozen)
+  graph_def = frozen_graph.read_graph_def(tiny_frozen)
   ops = {n.op for n in graph_def.node} | {n.op for f in graph_def.library.function
                                           for n in f.node_def}
   assert not ops & {'IteratorGetNext', 'OneShotIterator', 'TFRecordDataset', 'MapDataset'}
-  frozen = saved_model_io.frozen_from_graph_def(graph_def, tiny_frozen)
+  frozen = frozen_graph.frozen_from_graph_def(graph_def, tiny_frozen)
   inputs = {k: i.name for k, i in frozen.signatures['serving_default'].inputs.items()}
   assert inputs == {'category': 'category:0', 'dense': 'dense:0', 'item_id': 'item_id:0',
                     'user_id': 'user_id:0'}

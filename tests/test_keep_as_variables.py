@@ -15,15 +15,17 @@ from conftest import meta_graph_of
 from conftest import run_script
 from conftest import run_tf2_signatures
 from conftest import tree_digest
-import checkpoints
-import comparison
-import freezer
-import keep_variables
-import optimize_from_pb
-import optimize_from_pb_test
-import saved_model_io
-import streaming_freeze
-import utils
+from freezerlib import freeze
+from freezerlib.core import errors
+from freezerlib.core import graphs
+from freezerlib.export import from_frozen
+from freezerlib.formats import checkpoint_index
+from freezerlib.formats import frozen_graph
+from freezerlib.freeze import keep
+from freezerlib.freeze import streaming
+from freezerlib.verify import compare
+from freezerlib.verify import inputs
+from freezerlib.verify import loaders
 
 # On the tiny model: item_embedding's partitions store 320 bytes each, hidden_0/kernel 352,
 # the tables category_stats 324 and user_stats 1440 (keys + values); the rest is smaller.
@@ -33,19 +35,19 @@ KEPT_BY_SIZE = {'item_embedding/part_0', 'item_embedding/part_1', 'item_embeddin
 
 
 def _frozen(path):
-  return saved_model_io.frozen_from_graph_def(saved_model_io.read_graph_def(path), path)
+  return frozen_graph.frozen_from_graph_def(frozen_graph.read_graph_def(path), path)
 
 
 def _restored(frozen):
   """Variables and tables the frozen graph's saver restores."""
   nodes = {n.name: n for n in frozen.graph_def.node}
-  restore = nodes[saved_model_io.node_name(frozen.saver_def.restore_op_name)]
+  restore = nodes[graphs.node_name(frozen.saver_def.restore_op_name)]
   return {nodes[i.lstrip('^')].input[0] for i in restore.input}
 
 
 def _check(reference, new, examples=120, outputs=4):
   out = io.StringIO()
-  passed, results = optimize_from_pb_test.check(reference, new, num_examples=examples,
+  passed, results = compare.check(reference, new, num_examples=examples,
                                                 batch_sizes=(), out=out)
   assert passed and len(results) == outputs, out.getvalue()
   return results
@@ -53,7 +55,7 @@ def _check(reference, new, examples=120, outputs=4):
 
 @pytest.fixture(scope='module')
 def reference(tiny_model):
-  return comparison.load_saved_model(tiny_model['saved_model'])
+  return loaders.load_saved_model(tiny_model['saved_model'])
 
 
 @pytest.fixture(scope='module')
@@ -61,8 +63,8 @@ def by_size(tiny_model, tmp_path_factory):
   """Frozen with --keep_as_variables=0.3KiB, then re-dumped: {'frozen', 'serving'}."""
   root = tmp_path_factory.mktemp('keep_by_size')
   frozen, serving = str(root / 'frozen.pb'), str(root / 'serving')
-  freezer.freeze(tiny_model['saved_model'], frozen, keep_as_variables=BY_SIZE)
-  optimize_from_pb.optimize(frozen, output_saved_model_dir=serving)
+  freeze.graph_from_saved_model(tiny_model['saved_model'], frozen, keep_as_variables=BY_SIZE)
+  from_frozen.saved_model_from_frozen_graph(frozen, output_saved_model_dir=serving)
   return {'frozen': frozen, 'serving': serving, 'root': str(root)}
 
 
@@ -89,13 +91,13 @@ def test_keep_by_size_keeps_exactly_the_big_tensors(tiny_model, by_size):
   training = tf.train.load_checkpoint(tiny_model['saved_model'] + '/variables/variables')
   for name in names:
     np.testing.assert_array_equal(beside.get_tensor(name), training.get_tensor(name))
-  assert checkpoints.slices_of(checkpoints.read_index(prefix), 'item_embedding') == \
-      checkpoints.slices_of(checkpoints.read_index(tiny_model['checkpoint']), 'item_embedding')
-  assert frozen.variables_digest == keep_variables.index_digest(prefix)
+  assert checkpoint_index.slices_of(checkpoint_index.read_index(prefix), 'item_embedding') == \
+      checkpoint_index.slices_of(checkpoint_index.read_index(tiny_model['checkpoint']), 'item_embedding')
+  assert frozen.variables_digest == frozen_graph.index_digest(prefix)
 
 
 def test_frozen_graph_with_kept_variables_answers_as_the_training_model(reference, by_size):
-  _check(reference, comparison.load_frozen_graph(by_size['frozen']))
+  _check(reference, loaders.load_frozen_graph(by_size['frozen']))
 
 
 def test_redumped_saved_model_restores_the_beside_checkpoint(reference, by_size):
@@ -112,13 +114,13 @@ def test_redumped_saved_model_restores_the_beside_checkpoint(reference, by_size)
   for name in ('variables.index', 'variables.data-00000-of-00001'):
     assert os.stat(os.path.join(serving, 'variables', name)).st_ino == os.stat(
         os.path.join(by_size['frozen'] + '.variables', name)).st_ino
-  results = _check(reference, comparison.load_saved_model(serving))
+  results = _check(reference, loaders.load_saved_model(serving))
   assert max(r.max_abs for r in results) <= 1e-6
 
 
 def test_redumped_saved_model_serves_through_c_api_and_tf2(reference, by_size, capi):
   import capi_runner  # pylint: disable=g-import-not-at-top
-  maker = comparison.InputMaker(reference, seed=4)
+  maker = inputs.InputMaker(reference, seed=4)
   feeds = {k: maker.make(k, 80) for k in reference.signatures}
   got_capi = capi_runner.run_signatures(capi, by_size['serving'], feeds)
   got_tf2 = run_tf2_signatures(by_size['serving'], feeds)
@@ -148,27 +150,27 @@ def test_keep_by_name_from_the_command_line_and_moved_together(tiny_model, refer
   assert 'freezer/tables/category_stats/keys' in nodes
   assert 'freezer/tables/user_stats/keys' not in nodes
   assert model.table_init_op == 'freezer/init_tables'
-  _check(reference, comparison.load_frozen_graph(moved))
+  _check(reference, loaders.load_frozen_graph(moved))
   serving = str(tmp_path / 'serving')
-  optimize_from_pb.optimize(moved, output_saved_model_dir=serving,
+  from_frozen.saved_model_from_frozen_graph(moved, output_saved_model_dir=serving,
                             output_graph=str(tmp_path / 'optimized.pb'))
-  _check(reference, comparison.load_saved_model(serving))
+  _check(reference, loaders.load_saved_model(serving))
   # --output_graph gets its own beside checkpoint.
-  _check(reference, comparison.load_frozen_graph(str(tmp_path / 'optimized.pb')))
+  _check(reference, loaders.load_frozen_graph(str(tmp_path / 'optimized.pb')))
   assert os.path.isfile(tmp_path / 'optimized.pb.variables' / 'variables.index')
 
 
 def test_overwrite_replaces_graph_and_checkpoint_together(tiny_model, tmp_path):
   out = str(tmp_path / 'frozen.pb')
-  freezer.freeze(tiny_model['saved_model'], out, keep_as_variables='user_stats')
-  with pytest.raises(utils.UserError, match='already exists; pass --overwrite'):
-    freezer.freeze(tiny_model['saved_model'], out, keep_as_variables='user_stats')
-  freezer.freeze(tiny_model['saved_model'], out, keep_as_variables='item_embedding',
+  freeze.graph_from_saved_model(tiny_model['saved_model'], out, keep_as_variables='user_stats')
+  with pytest.raises(errors.UserError, match='already exists; pass --overwrite'):
+    freeze.graph_from_saved_model(tiny_model['saved_model'], out, keep_as_variables='user_stats')
+  freeze.graph_from_saved_model(tiny_model['saved_model'], out, keep_as_variables='item_embedding',
                  overwrite=True)
   names = set(tf.train.load_checkpoint(out + '.variables/variables').get_variable_to_shape_map())
   assert names == {'item_embedding'}
   # Without kept variables the old checkpoint goes with the old graph.
-  freezer.freeze(tiny_model['saved_model'], out, overwrite=True)
+  freeze.graph_from_saved_model(tiny_model['saved_model'], out, overwrite=True)
   assert _frozen(out).saver_def is None
   assert sorted(os.listdir(tmp_path)) == ['frozen.pb']
 
@@ -178,18 +180,18 @@ def test_a_failure_while_writing_leaves_nothing_and_the_old_output_intact(
   out = str(tmp_path / 'frozen.pb')
 
   def broken(*args, **kwargs):
-    raise utils.UserError('disk broke')
+    raise errors.UserError('disk broke')
 
-  monkeypatch.setattr(streaming_freeze, '_write_streamed_const', broken)
-  with pytest.raises(utils.UserError, match='disk broke'):
-    freezer.freeze(tiny_model['saved_model'], out, keep_as_variables=BY_SIZE)
+  monkeypatch.setattr(streaming, '_write_streamed_const', broken)
+  with pytest.raises(errors.UserError, match='disk broke'):
+    freeze.graph_from_saved_model(tiny_model['saved_model'], out, keep_as_variables=BY_SIZE)
   assert os.listdir(tmp_path) == []  # neither graph nor checkpoint nor temporaries
   monkeypatch.undo()
-  freezer.freeze(tiny_model['saved_model'], out, keep_as_variables=BY_SIZE)
+  freeze.graph_from_saved_model(tiny_model['saved_model'], out, keep_as_variables=BY_SIZE)
   before = tree_digest(tmp_path)
-  monkeypatch.setattr(streaming_freeze, '_write_streamed_const', broken)
-  with pytest.raises(utils.UserError, match='disk broke'):
-    freezer.freeze(tiny_model['saved_model'], out, keep_as_variables='user_stats',
+  monkeypatch.setattr(streaming, '_write_streamed_const', broken)
+  with pytest.raises(errors.UserError, match='disk broke'):
+    freeze.graph_from_saved_model(tiny_model['saved_model'], out, keep_as_variables='user_stats',
                    overwrite=True)
   assert tree_digest(tmp_path) == before
 
@@ -201,8 +203,8 @@ def test_a_failure_while_writing_leaves_nothing_and_the_old_output_intact(
     ('item_embedding/part_9', 'names item_embedding/part_9'),
 ])
 def test_bad_spec_is_refused_before_anything_is_written(spec, fragment, tiny_model, tmp_path):
-  with pytest.raises(utils.UserError, match=fragment):
-    freezer.freeze(tiny_model['saved_model'], str(tmp_path / 'out.pb'), keep_as_variables=spec)
+  with pytest.raises(errors.UserError, match=fragment):
+    freeze.graph_from_saved_model(tiny_model['saved_model'], str(tmp_path / 'out.pb'), keep_as_variables=spec)
   assert os.listdir(tmp_path) == []
 
 
@@ -217,18 +219,18 @@ def test_bad_spec_is_one_line_from_the_command_line(tiny_model, tmp_path):
     ('64MiB', 64 << 20), ('1.5GB', 1500000000), ('500000', 500000), ('2KB', 2000),
     ('3kib', 3072), ('1GiB', 1 << 30), (' 7 MB ', 7000000)])
 def test_sizes_parse(spec, expected):
-  assert keep_variables.parse_spec(spec).min_bytes == expected
+  assert keep.parse_spec(spec).min_bytes == expected
 
 
 def test_suggested_size_leaves_the_rest_under_the_limit():
   mib = 1 << 20
   sizes = [525 * mib] * 4 + [10 * mib, mib]
-  assert keep_variables.suggest_size(sizes, 2048 * mib) == '525MiB'
-  assert keep_variables.suggest_size(sizes, 1000 * mib) == '525MiB'
-  assert keep_variables.suggest_size(sizes, 500 * mib) == '525MiB'
-  assert keep_variables.suggest_size(sizes, 5 * mib) == '10MiB'
-  assert keep_variables.suggest_size([3000 * mib], 10 * mib) == '3000MiB'
-  assert keep_variables.suggest_size(sizes, 4000 * mib) is None  # fits without keeping
+  assert keep.suggest_size(sizes, 2048 * mib) == '525MiB'
+  assert keep.suggest_size(sizes, 1000 * mib) == '525MiB'
+  assert keep.suggest_size(sizes, 500 * mib) == '525MiB'
+  assert keep.suggest_size(sizes, 5 * mib) == '10MiB'
+  assert keep.suggest_size([3000 * mib], 10 * mib) == '3000MiB'
+  assert keep.suggest_size(sizes, 4000 * mib) is None  # fits without keeping
 
 
 def test_control_flow_over_a_kept_variable_is_fine_static_tables_are_refused(tmp_path):
@@ -247,10 +249,10 @@ def test_control_flow_over_a_kept_variable_is_fine_static_tables_are_refused(tmp
       session.run(tf1.global_variables_initializer())
       save_predict_model(session, tmp_path / 'cond', {'x': x}, {'y': y})
   out = str(tmp_path / 'cond.pb')
-  freezer.freeze(str(tmp_path / 'cond'), out, keep_as_variables='v')
+  freeze.graph_from_saved_model(str(tmp_path / 'cond'), out, keep_as_variables='v')
   assert _restored(_frozen(out)) == {'v'}
-  reference = comparison.load_saved_model(str(tmp_path / 'cond'))
-  new = comparison.load_frozen_graph(out)
+  reference = loaders.load_saved_model(str(tmp_path / 'cond'))
+  new = loaders.load_frozen_graph(out)
   for feed in ([1.0, 2.0], [-1.0, -2.0]):
     np.testing.assert_array_equal(new.run('serving_default', {'x': np.float32(feed)})['y'],
                                   reference.run('serving_default', {'x': np.float32(feed)})['y'])
@@ -269,12 +271,12 @@ def test_control_flow_over_a_kept_variable_is_fine_static_tables_are_refused(tmp
           'serving_default': tf1.saved_model.predict_signature_def({'ids': ids}, {'z': z})},
           main_op=tf1.tables_initializer())
       builder.save()
-  with pytest.raises(utils.UserError, match=r'--keep_as_variables needs the streaming freezer, '
+  with pytest.raises(errors.UserError, match=r'--keep_as_variables needs the streaming freezer, '
                      r'which cannot freeze this model \(static tables'):
-    freezer.freeze(str(tmp_path / 'static'), str(tmp_path / 'static.pb'), keep_as_variables='w')
+    freeze.graph_from_saved_model(str(tmp_path / 'static'), str(tmp_path / 'static.pb'), keep_as_variables='w')
   assert not os.path.exists(tmp_path / 'static.pb')
   # With no variable reaching the size, nothing needs keeping and the in-memory path runs.
-  freezer.freeze(str(tmp_path / 'static'), str(tmp_path / 'static.pb'), keep_as_variables='1GiB')
+  freeze.graph_from_saved_model(str(tmp_path / 'static'), str(tmp_path / 'static.pb'), keep_as_variables='1GiB')
   assert _frozen(str(tmp_path / 'static.pb')).saver_def is None
 
 
@@ -295,31 +297,31 @@ def test_model_past_2gb_freezes_with_kept_variables_and_serves_the_same(tmp_path
     _benchmark_module().build(str(tmp_path), embedding_mb=2080, dim=64, partitions=4, shards=1,
                               table_keys=1000, train_step=False, checkpoint_path=False)
     saved_model = str(tmp_path / 'saved_model')
-    index = checkpoints.read_index(saved_model + '/variables/variables')
-    assert sum(index.nbytes(n) for n in index.entries) > saved_model_io.PROTOBUF_LIMIT
+    index = checkpoint_index.read_index(saved_model + '/variables/variables')
+    assert sum(index.nbytes(n) for n in index.entries) > frozen_graph.PROTOBUF_LIMIT
     frozen = str(tmp_path / 'frozen.pb')
     start = time.perf_counter()
-    with pytest.raises(utils.UserError, match=r'past protobuf\'s 2 GB limit; keep the largest '
+    with pytest.raises(errors.UserError, match=r'past protobuf\'s 2 GB limit; keep the largest '
                        r'variables and tables .*--keep_as_variables=520MiB; or .*'
                        r'optimize_from_ckpt.py') as refusal:
-      freezer.freeze(saved_model, frozen)
+      freeze.graph_from_saved_model(saved_model, frozen)
     assert time.perf_counter() - start < 5, 'the refusal comes before anything is loaded'
     assert '2.0 GiB of variables' in str(refusal.value) and not os.path.exists(frozen)
-    freezer.freeze(saved_model, frozen, keep_as_variables='256MiB')
+    freeze.graph_from_saved_model(saved_model, frozen, keep_as_variables='256MiB')
     assert os.path.getsize(frozen) < 1 << 20  # only the small variables became constants
     assert _restored(_frozen(frozen)) == {'item_embedding/part_%d' % k for k in range(4)}
     serving = str(tmp_path / 'serving')
-    optimize_from_pb.optimize(frozen, output_saved_model_dir=serving)
+    from_frozen.saved_model_from_frozen_graph(frozen, output_saved_model_dir=serving)
     assert os.stat(serving + '/variables/variables.data-00000-of-00001').st_ino == os.stat(
         frozen + '.variables/variables.data-00000-of-00001').st_ino
-    reference = comparison.load_saved_model(saved_model)
-    new = comparison.load_saved_model(serving)
+    reference = loaders.load_saved_model(saved_model)
+    new = loaders.load_saved_model(serving)
     try:
       results = _check(reference, new, examples=64, outputs=1)
       assert [r.output for r in results] == ['probability']
       assert max(r.max_abs for r in results) <= 1e-6
       # The ids compared are half trained table keys, half unseen ones.
-      feeds = comparison.InputMaker(reference, seed=0).make('serving_default', 64)
+      feeds = inputs.InputMaker(reference, seed=0).make('serving_default', 64)
       keys = tf.train.load_checkpoint(saved_model + '/variables/variables').get_tensor(
           'user_stats-keys')
       assert 10 < np.isin(feeds['user_id'], keys).sum() < 54

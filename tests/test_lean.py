@@ -12,10 +12,11 @@ import tensorflow as tf
 from conftest import REPO
 from conftest import meta_graph_of
 from conftest import tree_digest
-import checkpoint_export
-import fileio
-import graph_edit
-import lean_tf
+from freezerlib.core import files
+from freezerlib.core import graphs
+from freezerlib.core import lean_tf
+from freezerlib.export import from_checkpoint
+from freezerlib.transforms import placeholders
 
 tf1 = tf.compat.v1
 
@@ -32,11 +33,11 @@ def test_extract_sub_graph_equals_tensorflows(tiny_model):
                                                         'Adam']):
     dest = [d for d in dest if any(n.name == d for n in graph_def.node)]
     assert dest
-    ours = lean_tf.extract_sub_graph(graph_def, dest)
+    ours = graphs.extract_sub_graph(graph_def, dest)
     theirs = tf1.graph_util.extract_sub_graph(graph_def, dest)
     assert ours == theirs
   with pytest.raises(KeyError, match='nope'):
-    lean_tf.extract_sub_graph(graph_def, ['nope'])
+    graphs.extract_sub_graph(graph_def, ['nope'])
 
 
 def test_output_dtypes_equal_shape_inference(tiny_model):
@@ -49,11 +50,11 @@ def test_output_dtypes_equal_shape_inference(tiny_model):
   checked = 0
   for node in meta_graph.graph_def.node:
     for index, tensor in enumerate(graph.get_operation_by_name(node.name).outputs):
-      dtype = graph_edit.output_dtype(node, index, op_defs)
+      dtype = placeholders.output_dtype(node, index, op_defs)
       assert dtype is not None, (node.name, node.op)
       assert dtype == tensor.dtype.base_dtype.as_datatype_enum, (node.name, index)
       checked += 1
-    assert graph_edit.output_dtype(node, 99, op_defs) is None
+    assert placeholders.output_dtype(node, 99, op_defs) is None
   assert checked > 500
 
 
@@ -72,7 +73,7 @@ def test_placeholder_shape_follows_the_producer_rule(producer, attr, expected):
   with graph.as_default():
     tf.graph_util.import_graph_def(graph_def, name='')
   theirs = graph.get_tensor_by_name('p:0').shape
-  ours = tf.TensorShape(graph_edit.placeholder_shape(graph_def.node[0], producer))
+  ours = tf.TensorShape(placeholders.placeholder_shape(graph_def.node[0], producer))
   assert (ours.as_list() if ours.rank is not None else None) == expected
   assert (ours.rank is None and theirs.rank is None) or ours.as_list() == theirs.as_list()
 
@@ -101,32 +102,32 @@ def test_copy_range_in_kernel_and_through_memory(tmp_path):
   src.write_bytes(data)
   with open(src, 'rb') as s, open(tmp_path / 'dst', 'wb') as d:
     d.write(b'head')
-    fileio.copy_range(s, 5, d, 2 << 20)
+    files.copy_range(s, 5, d, 2 << 20)
     d.write(b'tail')
   assert (tmp_path / 'dst').read_bytes() == b'head' + data[5:5 + (2 << 20)] + b'tail'
   out, counted = io.BytesIO(), []  # no file descriptor: copied through memory
   with open(src, 'rb') as s:
-    fileio.copy_range(s, 7, out, 1 << 20, chunk_bytes=100000, progress=counted.append)
+    files.copy_range(s, 7, out, 1 << 20, chunk_bytes=100000, progress=counted.append)
     assert out.getvalue() == data[7:7 + (1 << 20)] and sum(counted) == 1 << 20
     with pytest.raises(EOFError):
-      fileio.copy_range(s, len(data) - 10, io.BytesIO(), 20)
+      files.copy_range(s, len(data) - 10, io.BytesIO(), 20)
 
 
 def test_remote_paths_go_through_tensorflows_file_systems():
   root = 'ram://fileio_test'
-  fileio.makedirs(root + '/a')
-  with fileio.open_file(root + '/a/f', 'wb') as f:
+  files.makedirs(root + '/a')
+  with files.open_file(root + '/a/f', 'wb') as f:
     f.write(b'12345')
-  assert fileio.exists(root + '/a/f') and fileio.isdir(root + '/a')
-  assert fileio.size(root + '/a/f') == 5 and tf.io.gfile.GFile(root + '/a/f', 'rb').read() == b'12345'
-  with fileio.open_file(root + '/a/f', 'rb') as f:
+  assert files.exists(root + '/a/f') and files.isdir(root + '/a')
+  assert files.size(root + '/a/f') == 5 and tf.io.gfile.GFile(root + '/a/f', 'rb').read() == b'12345'
+  with files.open_file(root + '/a/f', 'rb') as f:
     out = io.BytesIO()
-    fileio.copy_range(f, 1, out, 3)
+    files.copy_range(f, 1, out, 3)
     assert out.getvalue() == b'234'
   with pytest.raises(FileNotFoundError):
-    fileio.open_file(root + '/missing', 'rb')
-  fileio.rmtree(root)
-  assert not fileio.exists(root + '/a/f')
+    files.open_file(root + '/missing', 'rb')
+  files.rmtree(root)
+  assert not files.exists(root + '/a/f')
 
 
 def _export_in_fresh_process(structure, ckpt, out):
@@ -151,7 +152,7 @@ def test_fake_graph_export_runs_without_tensorflow(cluster_model, fake_graph, tm
   what the in-process export (TensorFlow loaded) writes."""
   ckpt = cluster_model['checkpoint'].rsplit('/', 1)[0]
   assert _export_in_fresh_process(fake_graph, ckpt, tmp_path / 'lean') == '[]'
-  checkpoint_export.export(checkpoint=ckpt, output_dir=str(tmp_path / 'heavy'),
+  from_checkpoint.saved_model_from_checkpoint(checkpoint=ckpt, output_dir=str(tmp_path / 'heavy'),
                            saved_model_dir=fake_graph)
   assert tree_digest(tmp_path / 'lean') == tree_digest(tmp_path / 'heavy')
 
@@ -162,14 +163,15 @@ def test_reader_inputs_load_tensorflow_for_shape_inference(tiny_model, tmp_path)
   ckpt = tiny_model['checkpoint'].rsplit('/', 1)[0]
   loaded = _export_in_fresh_process(tiny_model['saved_model'], ckpt, tmp_path / 'lean')
   assert 'tensorflow.python.framework.ops' in loaded
-  checkpoint_export.export(checkpoint=ckpt, output_dir=str(tmp_path / 'heavy'),
+  from_checkpoint.saved_model_from_checkpoint(checkpoint=ckpt, output_dir=str(tmp_path / 'heavy'),
                            saved_model_dir=tiny_model['saved_model'])
   assert tree_digest(tmp_path / 'lean') == tree_digest(tmp_path / 'heavy')
 
 
 def test_tensorflow_loads_after_the_lean_modules():
-  code = ('import lean_tf, fileio, checkpoints\n'
-          'fileio.exists("ram://x")\n'
+  code = ('from freezerlib.core import lean_tf, files\n'
+          'from freezerlib.formats import checkpoint_index\n'
+          'files.exists("ram://x")\n'
           'import tensorflow as tf\n'
           'lean_tf.after_tensorflow_loads(lambda tf: None)\n'
           'assert tf.core.framework.graph_pb2.GraphDef is lean_tf.graph_pb2.GraphDef\n'
@@ -195,5 +197,5 @@ def test_tensor_nbytes_is_the_values_size():
 def test_reachable_names_what_extract_sub_graph_keeps(tiny_model):
   graph_def = meta_graph_of(tiny_model['saved_model']).graph_def
   dest = ['probability', 'save/restore_all']
-  assert lean_tf.reachable(graph_def, dest) == {
+  assert graphs.reachable(graph_def, dest) == {
       n.name for n in tf1.graph_util.extract_sub_graph(graph_def, dest).node}

@@ -8,8 +8,8 @@ from conftest import TINY
 from conftest import TINY_FLAGS
 from conftest import assert_one_line_error
 from conftest import run_script
-import model_gen
-import saved_model_io
+from freezerlib.demo import recsys_model
+from freezerlib.formats import saved_model
 
 
 def _checkpoint_tensors(prefix):
@@ -30,19 +30,19 @@ def test_layout_and_checkpoint_contents(tiny_model):
   assert 'item_embedding/Adam' in tensors and 'item_embedding/Adam_1' in tensors
   assert tensors['item_embedding'].shape == (TINY.item_buckets, TINY.embedding_dim)
   keys, values = tensors['user_stats-keys'], tensors['user_stats-values']
-  assert keys.dtype == np.int64 and values.shape == (len(keys), model_gen.STATS_DIM)
+  assert keys.dtype == np.int64 and values.shape == (len(keys), recsys_model.STATS_DIM)
   assert tensors['category_stats-keys'].dtype == object
   # Training inserted every id it saw: each key's impressions are counted, clicks <= imps.
   seen = TINY.steps * TINY.batch_size
   assert 50 < len(keys) <= TINY.num_users
   assert values[:, 0].sum() == pytest.approx(seen)
   assert np.all(values[:, 1] <= values[:, 0])
-  assert set(keys) <= set(model_gen.generate_examples(TINY)['user_id'])
+  assert set(keys) <= set(recsys_model.generate_examples(TINY)['user_id'])
 
 
 def test_saved_model_is_fed_at_the_reader(tiny_model):
-  proto = saved_model_io.read_saved_model_proto(tiny_model['saved_model'])
-  meta_graph = saved_model_io.select_meta_graph(proto, ['serve'], 'x')
+  proto = saved_model.read_saved_model_proto(tiny_model['saved_model'])
+  meta_graph = saved_model.select_meta_graph(proto, ['serve'], 'x')
   sig = meta_graph.signature_def['serving_default']
   assert sorted(sig.inputs) == ['category', 'dense', 'item_id', 'user_id']
   assert all(i.name.startswith('IteratorGetNext:') for i in sig.inputs.values())
@@ -61,18 +61,18 @@ def test_tfrecords_round_trip(tiny_model):
   records = list(tf.data.TFRecordDataset(files))
   assert len(records) == TINY.num_examples
   example = tf.train.Example.FromString(records[0].numpy())
-  expected = model_gen.generate_examples(TINY)
+  expected = recsys_model.generate_examples(TINY)
   assert example.features.feature['user_id'].int64_list.value[0] == expected['user_id'][0]
   assert list(example.features.feature['dense'].float_list.value) == pytest.approx(
       expected['dense'][0])
 
 
 def test_same_seed_same_model(tmp_path):
-  config = model_gen.ModelConfig(**{**TINY.__dict__, 'steps': 5})
-  first = model_gen.train_and_export(str(tmp_path / 'a'), config)
-  second = model_gen.train_and_export(str(tmp_path / 'b'), config)
-  other = model_gen.train_and_export(
-      str(tmp_path / 'c'), model_gen.ModelConfig(**{**config.__dict__, 'seed': 4}))
+  config = recsys_model.ModelConfig(**{**TINY.__dict__, 'steps': 5})
+  first = recsys_model.train_and_export(str(tmp_path / 'a'), config)
+  second = recsys_model.train_and_export(str(tmp_path / 'b'), config)
+  other = recsys_model.train_and_export(
+      str(tmp_path / 'c'), recsys_model.ModelConfig(**{**config.__dict__, 'seed': 4}))
   a = _checkpoint_tensors(first['checkpoint'])
   b = _checkpoint_tensors(second['checkpoint'])
   c = _checkpoint_tensors(other['checkpoint'])

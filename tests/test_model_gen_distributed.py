@@ -15,12 +15,12 @@ from conftest import REPO
 from conftest import TINY
 from conftest import TINY_FLAGS
 from conftest import run_script
-import cluster
-import model_gen
-import saved_model_io
-import utils
 
 from conftest import NUM_PS  # pylint: disable=g-bad-import-order
+from freezerlib.core import errors
+from freezerlib.demo import cluster
+from freezerlib.demo import recsys_model
+from freezerlib.formats import saved_model
 OPTIMIZER_OPS = {'ResourceApplyAdam', 'ApplyAdam', 'ResourceSparseApplyAdam'}
 
 
@@ -46,9 +46,9 @@ def _cluster_processes(marker):
           if 'model_gen.py' in args and (pid in children or marker in args)]
 
 
-def _meta_graph(saved_model):
-  proto = saved_model_io.read_saved_model_proto(saved_model)
-  return saved_model_io.select_meta_graph(proto, ['serve'], 'x')
+def _meta_graph(export_dir):
+  proto = saved_model.read_saved_model_proto(export_dir)
+  return saved_model.select_meta_graph(proto, ['serve'], 'x')
 
 
 def _shapes(prefix):
@@ -89,7 +89,7 @@ def test_tables_are_sharded_by_key(cluster_model):
   for k in range(NUM_PS):
     keys = reader.get_tensor('user_stats/shard_%d-keys' % k)
     values = reader.get_tensor('user_stats/shard_%d-values' % k)
-    assert keys.dtype == np.int64 and values.shape == (len(keys), model_gen.STATS_DIM)
+    assert keys.dtype == np.int64 and values.shape == (len(keys), recsys_model.STATS_DIM)
     assert len(keys) and np.all(keys % NUM_PS == k), (k, keys[:10])
     users += list(keys)
     impressions += values[:, 0].sum()
@@ -97,7 +97,7 @@ def test_tables_are_sharded_by_key(cluster_model):
     routed = tf.strings.to_hash_bucket_fast(categories, NUM_PS).numpy()
     assert len(categories) and np.all(routed == k), (k, categories, routed)
   assert len(set(users)) == len(users) > 50
-  assert set(users) <= set(model_gen.generate_examples(TINY)['user_id'])
+  assert set(users) <= set(recsys_model.generate_examples(TINY)['user_id'])
   # One worker, each step counted each example of its batch once, in exactly one shard.
   assert impressions == pytest.approx(TINY.steps * TINY.batch_size)
 
@@ -160,7 +160,7 @@ def _run_failing(tmp_path, **kwargs):
   """Runs train_distributed that must fail: (message, seconds); checks it left nothing."""
   out = tmp_path / 'model'
   start = time.monotonic()
-  with pytest.raises(utils.UserError) as e:
+  with pytest.raises(errors.UserError) as e:
     cluster.train_distributed(str(out), TINY, num_ps=NUM_PS, log_dir=str(tmp_path / 'logs'),
                                 **kwargs)
   seconds = time.monotonic() - start

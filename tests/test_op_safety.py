@@ -8,13 +8,13 @@ from conftest import meta_graph_of
 from conftest import save_predict_model
 from conftest import assert_one_line_error
 from conftest import run_script
-import checkpoint_export
-import comparison
-import freezer
-import op_safety
-import optimize_from_pb
-import saved_model_io
-import utils
+from freezerlib import freeze
+from freezerlib.analysis import unsafe_ops
+from freezerlib.core import errors
+from freezerlib.export import from_checkpoint
+from freezerlib.export import from_frozen
+from freezerlib.formats import saved_model
+from freezerlib.verify import loaders
 
 tf1 = tf.compat.v1
 
@@ -43,13 +43,13 @@ def test_file_read_in_a_signature_is_refused_unless_allowed(tmp_path):
   model = _save(tmp_path / 'm', lambda x: x + tf.strings.to_number(
       tf.io.read_file(tf.constant(str(secret)))))
   out = tmp_path / 'f.pb'
-  with pytest.raises(utils.UserError, match=r'ReadFile.*--allow_ops=ReadFile'):
-    freezer.freeze(model, str(out))
+  with pytest.raises(errors.UserError, match=r'ReadFile.*--allow_ops=ReadFile'):
+    freeze.graph_from_saved_model(model, str(out))
   assert not out.exists()
   proc = run_script('freezer.py', '--saved_model_dir=%s' % model, '--output_graph=%s' % out)
   assert_one_line_error(proc, 'freezer.py', model, 'ReadFile')
-  freezer.freeze(model, str(out), allow_ops=['ReadFile'])
-  got = comparison.load_frozen_graph(str(out)).run('serving_default',
+  freeze.graph_from_saved_model(model, str(out), allow_ops=['ReadFile'])
+  got = loaders.load_frozen_graph(str(out)).run('serving_default',
                                                    {'x': np.array([1.0], np.float32)})
   assert got['y'] == pytest.approx([86.0])
 
@@ -59,10 +59,10 @@ def test_file_write_in_the_main_op_is_refused_before_loading(tmp_path):
   model = _save(tmp_path / 'm', lambda x: x + 1.0,
                 main_op=lambda: tf.io.write_file(str(target), 'pwned'))
   assert not target.exists()  # the builder did not run it; loading would
-  with pytest.raises(utils.UserError, match='WriteFile'):
-    freezer.freeze(model, str(tmp_path / 'f.pb'))
-  with pytest.raises(utils.UserError, match='WriteFile'):
-    checkpoint_export.export(checkpoint=model + '/variables/variables',
+  with pytest.raises(errors.UserError, match='WriteFile'):
+    freeze.graph_from_saved_model(model, str(tmp_path / 'f.pb'))
+  with pytest.raises(errors.UserError, match='WriteFile'):
+    from_checkpoint.saved_model_from_checkpoint(checkpoint=model + '/variables/variables',
                              output_dir=str(tmp_path / 'ck'), saved_model_dir=model)
   assert not target.exists()  # refused before anything ran
   assert not (tmp_path / 'f.pb').exists() and not (tmp_path / 'ck').exists()
@@ -81,31 +81,31 @@ def test_python_op_outside_the_signatures_is_removed_and_listed(tmp_path):
     with tf1.Session(graph=graph) as session:
       save_predict_model(session, str(tmp_path / 'm'), {'x': x}, {'y': y})
   meta_graph = meta_graph_of(str(tmp_path / 'm'))
-  findings = op_safety.find_unsafe(meta_graph.graph_def)
+  findings = unsafe_ops.find_unsafe(meta_graph.graph_def)
   assert [f.op for f in findings] == ['PyFunc']
-  freezer.freeze(str(tmp_path / 'm'), str(tmp_path / 'f.pb'))
-  result, _, _ = optimize_from_pb.optimize(str(tmp_path / 'f.pb'),
+  freeze.graph_from_saved_model(str(tmp_path / 'm'), str(tmp_path / 'f.pb'))
+  result, _, _ = from_frozen.saved_model_from_frozen_graph(str(tmp_path / 'f.pb'),
                                            output_saved_model_dir=str(tmp_path / 's'))
   assert 'PyFunc' not in {n.op for n in result.graph_def.node}
 
 
 def test_asset_escaping_the_assets_directory_is_refused(tmp_path):
   model = _save(tmp_path / 'm', lambda x: x)
-  proto = saved_model_io.read_saved_model_proto(model)
+  proto = saved_model.read_saved_model_proto(model)
   asset = proto.meta_graphs[0].asset_file_def.add()
   asset.filename = '../../etc/passwd'
   asset.tensor_info.name = 'x:0'
   (tmp_path / 'm' / 'saved_model.pb').write_bytes(proto.SerializeToString())
-  with pytest.raises(utils.UserError, match=r"asset file name '../../etc/passwd' escapes"):
-    freezer.freeze(model, str(tmp_path / 'f.pb'))
+  with pytest.raises(errors.UserError, match=r"asset file name '../../etc/passwd' escapes"):
+    freeze.graph_from_saved_model(model, str(tmp_path / 'f.pb'))
 
 
 def test_training_reader_is_reported_but_not_blocking(tiny_model, tmp_path):
   """model_gen's reader (TFRecordDataset) and training saver are outside what serving runs."""
   meta_graph = meta_graph_of(tiny_model['saved_model'])
-  signatures = saved_model_io.select_signatures(meta_graph, None, 'x')
-  outside = op_safety.check_meta_graph(meta_graph, signatures, set(), 'x')
+  signatures = saved_model.select_signatures(meta_graph, None, 'x')
+  outside = unsafe_ops.check_meta_graph(meta_graph, signatures, set(), 'x')
   assert {'TFRecordDataset', 'SaveV2', 'RestoreV2'} <= {f.op for f in outside}
   # The SavedModel's own saver (the one loaders run) is not reported.
-  own = op_safety.saver_nodes(meta_graph.graph_def, meta_graph.saver_def)
+  own = saved_model.saver_nodes(meta_graph.graph_def, meta_graph.saver_def)
   assert own and not {f.root for f in outside} & own

@@ -13,19 +13,21 @@ from conftest import assert_one_line_error
 from conftest import run_script
 from conftest import tf_serving_model
 from conftest import tree_digest
-import checkpoint_export
-import checkpoints
-import comparison
-import model_gen
-import utils
+from freezerlib.core import errors
+from freezerlib.demo import recsys_model
+from freezerlib.export import from_checkpoint
+from freezerlib.formats import checkpoint_index
+from freezerlib.verify import compare
+from freezerlib.verify import inputs
+from freezerlib.verify import loaders
 
 
 def _compare(reference_dir, new_dir, examples=150):
-  reference = comparison.load_saved_model(reference_dir)
-  new = comparison.load_saved_model(new_dir)
-  maker = comparison.InputMaker(reference, seed=11)
+  reference = loaders.load_saved_model(reference_dir)
+  new = loaders.load_saved_model(new_dir)
+  maker = inputs.InputMaker(reference, seed=11)
   feeds = {k: maker.make(k, examples) for k in reference.signatures}
-  results = comparison.compare(reference, new, feeds, atol=1e-6, rtol=0)
+  results = compare.compare(reference, new, feeds, atol=1e-6, rtol=0)
   stats = reference.run('embeddings', feeds['embeddings'])['user_stats']
   return results, stats
 
@@ -33,7 +35,7 @@ def _compare(reference_dir, new_dir, examples=150):
 @pytest.fixture(scope='module')
 def exported(tiny_model, tmp_path_factory):
   out = str(tmp_path_factory.mktemp('ckpt_export') / 'serving')
-  report = checkpoint_export.export(checkpoint=tiny_model['checkpoint'].rsplit('/', 1)[0],
+  report = from_checkpoint.saved_model_from_checkpoint(checkpoint=tiny_model['checkpoint'].rsplit('/', 1)[0],
                                     output_dir=out, saved_model_dir=tiny_model['saved_model'])
   return out, report
 
@@ -47,7 +49,7 @@ def test_pruned_export_answers_as_the_checkpoint(tiny_model, exported):
   assert 'item_embedding' in names and 'user_stats-keys' in names
   assert 'category_stats-values' in names
   assert not {n for n in names if 'Adam' in n or n in ('global_step', 'beta1_power')}
-  source = checkpoints.read_index(tiny_model['checkpoint'])
+  source = checkpoint_index.read_index(tiny_model['checkpoint'])
   needed = sum(source.nbytes(n) for n in names)
   assert report.bytes_exported == needed
   dropped = set(source.entries) - names
@@ -56,16 +58,16 @@ def test_pruned_export_answers_as_the_checkpoint(tiny_model, exported):
   assert report.bytes_exported == report.bytes_in_checkpoint - sum(source.nbytes(n)
                                                                   for n in dropped)
   # The partition layout of the training graph is kept.
-  layout = checkpoints.slices_of(checkpoints.read_index(out + '/variables/variables'),
+  layout = checkpoint_index.slices_of(checkpoint_index.read_index(out + '/variables/variables'),
                                  'item_embedding')
-  assert layout == checkpoints.slices_of(source, 'item_embedding') and len(layout) == 3
+  assert layout == checkpoint_index.slices_of(source, 'item_embedding') and len(layout) == 3
 
 
 def test_export_serves_through_the_c_api(tiny_model, exported, capi):
   import capi_runner  # pylint: disable=g-import-not-at-top
   out, _ = exported
-  reference = comparison.load_saved_model(tiny_model['saved_model'])
-  feeds = {k: comparison.InputMaker(reference, seed=2).make(k, 50) for k in reference.signatures}
+  reference = loaders.load_saved_model(tiny_model['saved_model'])
+  feeds = {k: inputs.InputMaker(reference, seed=2).make(k, 50) for k in reference.signatures}
   got = capi_runner.run_signatures(capi, out, feeds)
   for key, feed in feeds.items():
     expected = reference.run(key, feed)
@@ -76,7 +78,7 @@ def test_export_serves_through_the_c_api(tiny_model, exported, capi):
 
 def test_export_has_no_training_ops_and_loads_with_tf2(exported):
   out, _ = exported
-  graph_def = comparison.load_saved_model(out).graph_def
+  graph_def = loaders.load_saved_model(out).graph_def
   ops = {n.op for n in graph_def.node}
   assert not ops & {'IteratorGetNext', 'OneShotIterator', 'ResourceApplyAdam', 'ScalarSummary'}
   assert {'RestoreV2', 'LookupTableImportV2', 'VarHandleOp'} <= ops
@@ -89,7 +91,7 @@ def test_export_has_no_training_ops_and_loads_with_tf2(exported):
 
 def test_small_chunks_and_noprune_give_the_same_answers(tiny_model, tmp_path):
   out = str(tmp_path / 'chunked')
-  checkpoint_export.export(checkpoint=tiny_model['checkpoint'], output_dir=out,
+  from_checkpoint.saved_model_from_checkpoint(checkpoint=tiny_model['checkpoint'], output_dir=out,
                            saved_model_dir=tiny_model['saved_model'], chunk_bytes=7)
   assert sorted(os.listdir(out + '/variables')) == ['variables.data-00000-of-00001',
                                                    'variables.index']
@@ -101,8 +103,8 @@ def test_small_chunks_and_noprune_give_the_same_answers(tiny_model, tmp_path):
   assert all(r.passed for r in results), results
 
   full = str(tmp_path / 'full')
-  report = checkpoint_export.export(checkpoint=tiny_model['checkpoint'], output_dir=full,
-                                    saved_model_dir=tiny_model['saved_model'], prune=False)
+  report = from_checkpoint.saved_model_from_checkpoint(checkpoint=tiny_model['checkpoint'], output_dir=full,
+                                    saved_model_dir=tiny_model['saved_model'], prune_tensors=False)
   source = pathlib.Path(tiny_model['checkpoint'] + '.data-00000-of-00001')
   copy = pathlib.Path(full) / 'variables' / 'variables.data-00000-of-00001'
   assert copy.read_bytes() == source.read_bytes()
@@ -113,13 +115,13 @@ def test_small_chunks_and_noprune_give_the_same_answers(tiny_model, tmp_path):
 
 
 def test_partition_count_change_is_refused(tiny_model, tmp_path):
-  other = model_gen.train_and_export(
-      str(tmp_path / 'two_parts'), model_gen.ModelConfig(**{**TINY.__dict__, 'steps': 1,
+  other = recsys_model.train_and_export(
+      str(tmp_path / 'two_parts'), recsys_model.ModelConfig(**{**TINY.__dict__, 'steps': 1,
                                                             'num_partitions': 2}))
   out = tmp_path / 'out'
-  with pytest.raises(utils.UserError, match=r'item_embedding is split in 3 partitions in the '
+  with pytest.raises(errors.UserError, match=r'item_embedding is split in 3 partitions in the '
                      r'checkpoint, 2 in'):
-    checkpoint_export.export(checkpoint=tiny_model['checkpoint'], output_dir=str(out),
+    from_checkpoint.saved_model_from_checkpoint(checkpoint=tiny_model['checkpoint'], output_dir=str(out),
                              saved_model_dir=other['saved_model'])
   assert not out.exists()
 
@@ -162,8 +164,8 @@ def test_bad_checkpoint(case, tiny_model, tmp_path):
   checkpoint, message = BAD[case](tmp_path, tiny_model)
   digest = tree_digest(checkpoint) if os.path.isdir(checkpoint) else None
   out = tmp_path / 'out'
-  with pytest.raises(utils.UserError, match=message):
-    checkpoint_export.export(checkpoint=checkpoint, output_dir=str(out),
+  with pytest.raises(errors.UserError, match=message):
+    from_checkpoint.saved_model_from_checkpoint(checkpoint=checkpoint, output_dir=str(out),
                              saved_model_dir=tiny_model['saved_model'])
   assert not out.exists()
   assert [p.name for p in tmp_path.iterdir() if p.name.startswith('.out')] == []
@@ -190,10 +192,10 @@ def test_cluster_checkpoint_serves_through_the_fake_inference_graph(cluster_mode
   """The issue's path: a real 2-PS cluster's sharded checkpoint, the fake graph's structure."""
   import capi_runner  # pylint: disable=g-import-not-at-top
   ckpt_dir = cluster_model['checkpoint'].rsplit('/', 1)[0]
-  index = checkpoints.read_index(cluster_model['checkpoint'])
+  index = checkpoint_index.read_index(cluster_model['checkpoint'])
   assert index.num_shards == 2
   out = str(tmp_path / 'serving')
-  report = checkpoint_export.export(checkpoint=ckpt_dir, output_dir=out,
+  report = from_checkpoint.saved_model_from_checkpoint(checkpoint=ckpt_dir, output_dir=out,
                                     saved_model_dir=fake_graph)
   assert report.bytes_exported < report.bytes_in_checkpoint
   names = set(tf.train.load_checkpoint(out + '/variables/variables').get_variable_to_shape_map())
@@ -201,12 +203,12 @@ def test_cluster_checkpoint_serves_through_the_fake_inference_graph(cluster_mode
   assert not [n for n in names if 'Adam' in n or n == 'global_step']
   # The training SavedModel, restored from the same checkpoint, is the reference; its graph
   # keeps /job:ps devices (the loader clears them), the export has none.
-  reference = comparison.load_saved_model(cluster_model['saved_model'])
-  new = comparison.load_saved_model(out)
+  reference = loaders.load_saved_model(cluster_model['saved_model'])
+  new = loaders.load_saved_model(out)
   assert not any(n.device for n in new.graph_def.node)
-  maker = comparison.InputMaker(reference, seed=4)
+  maker = inputs.InputMaker(reference, seed=4)
   feeds = {k: maker.make(k, 120) for k in reference.signatures}
-  results = comparison.compare(reference, new, feeds, atol=1e-6, rtol=0)
+  results = compare.compare(reference, new, feeds, atol=1e-6, rtol=0)
   assert len(results) == 4 and all(r.passed for r in results), results
   stats = reference.run('embeddings', feeds['embeddings'])['user_stats']
   assert 10 < np.count_nonzero(stats[:, 0]) < 110  # ids from both shards' keys, and unseen

@@ -15,17 +15,18 @@ import pytest
 import tensorflow as tf
 
 import capi_runner
-import comparison
 from conftest import meta_graph_of
 from conftest import run_tf2_signatures
 from conftest import assert_one_line_error
 from conftest import run_script
 from conftest import tf_serving_model
 from conftest import tree_digest
-import freezer
-import optimize_from_pb
-import saved_model_io
-import utils
+from freezerlib import freeze
+from freezerlib.core import errors
+from freezerlib.export import from_frozen
+from freezerlib.formats import frozen_graph
+from freezerlib.verify import inputs
+from freezerlib.verify import loaders
 
 tf1 = tf.compat.v1
 
@@ -117,9 +118,9 @@ def _assert_outputs_equal(got, expected, atol=1e-6):
 
 def _freeze_and_optimize(saved_model_dir, out_dir, **kwargs):
   frozen_path = str(out_dir / 'frozen.pb')
-  freezer.freeze(saved_model_dir, frozen_path)
+  freeze.graph_from_saved_model(saved_model_dir, frozen_path)
   serving = str(out_dir / 'serving')
-  result = optimize_from_pb.optimize(frozen_path, serving, **kwargs)
+  result = from_frozen.saved_model_from_frozen_graph(frozen_path, serving, **kwargs)
   return frozen_path, serving, result
 
 
@@ -129,8 +130,8 @@ def _freeze_and_optimize(saved_model_dir, out_dir, **kwargs):
 
 @pytest.fixture(scope='module')
 def tiny_reference(tiny_model):
-  """The original training SavedModel, loaded with the TF1 loader (comparison.Model)."""
-  model = comparison.load_saved_model(tiny_model['saved_model'])
+  """The original training SavedModel, loaded with the TF1 loader (loaders.Model)."""
+  model = loaders.load_saved_model(tiny_model['saved_model'])
   yield model
   model.close()
 
@@ -138,7 +139,7 @@ def tiny_reference(tiny_model):
 @pytest.fixture(scope='module')
 def tiny_feeds(tiny_reference):
   """{sig: {input: array}}: 64 rows per signature, ids half known table keys, half unseen."""
-  maker = comparison.InputMaker(tiny_reference, seed=0)
+  maker = inputs.InputMaker(tiny_reference, seed=0)
   return {key: maker.make(key, 64) for key in sorted(tiny_reference.signatures)}
 
 
@@ -302,9 +303,9 @@ def test_saved_model_cli_shows_every_signature(tiny_serving):
 def test_log_dir_and_nooptimize_give_equal_outputs(tiny_frozen, tmp_path, tiny_feeds,
                                                    tiny_expected):
   log_dir = tmp_path / 'logs'
-  _, before, optimized = optimize_from_pb.optimize(
+  _, before, optimized = from_frozen.saved_model_from_frozen_graph(
       tiny_frozen, str(tmp_path / 'default'), log_dir=str(log_dir))
-  _, _, plain = optimize_from_pb.optimize(tiny_frozen, str(tmp_path / 'nooptimize'),
+  _, _, plain = from_frozen.saved_model_from_frozen_graph(tiny_frozen, str(tmp_path / 'nooptimize'),
                                           grappler=False)
   # Grappler ran by default and not with grappler=False (--nooptimize): it removes nodes.
   # (freezer.py already left the reader out, so the cut alone removes nothing here.)
@@ -332,12 +333,12 @@ def test_log_dir_and_nooptimize_give_equal_outputs(tiny_frozen, tmp_path, tiny_f
 
 def test_devices_are_cleared(tiny_frozen, tmp_path, tiny_feeds, tiny_expected):
   """A graph pinned to a device this machine lacks serves once optimize_from_pb cleared it."""
-  graph_def = saved_model_io.read_graph_def(tiny_frozen)
+  graph_def = frozen_graph.read_graph_def(tiny_frozen)
   for node in graph_def.node:
     node.device = '/job:worker/replica:0/task:3/device:GPU:7'
   pinned = tmp_path / 'pinned.pb'
   pinned.write_bytes(graph_def.SerializeToString())
-  optimize_from_pb.optimize(str(pinned), str(tmp_path / 'serving'))
+  from_frozen.saved_model_from_frozen_graph(str(pinned), str(tmp_path / 'serving'))
   assert not [n.name for n in _meta_graph(tmp_path / 'serving').graph_def.node if n.device]
   _assert_outputs_equal(_run_tf1(tmp_path / 'serving', tiny_feeds), tiny_expected)
 
@@ -347,11 +348,11 @@ def test_existing_output_needs_overwrite(half_plus_two, tmp_path):
   out.mkdir()
   (out / 'keep.txt').write_text('old model')
   digest = tree_digest(out)
-  with pytest.raises(utils.UserError, match='already exists'):
-    optimize_from_pb.optimize(half_plus_two['frozen'], str(out))
+  with pytest.raises(errors.UserError, match='already exists'):
+    from_frozen.saved_model_from_frozen_graph(half_plus_two['frozen'], str(out))
   assert tree_digest(out) == digest
 
-  optimize_from_pb.optimize(half_plus_two['frozen'], str(out), overwrite=True)
+  from_frozen.saved_model_from_frozen_graph(half_plus_two['frozen'], str(out), overwrite=True)
   assert sorted(os.listdir(out)) == ['saved_model.pb', 'variables']
   assert sorted(os.listdir(tmp_path)) == ['serving']
   got = _run_tf1(out, {'serving_default': {'x': np.float32([[1], [2]])}})
@@ -361,7 +362,7 @@ def test_existing_output_needs_overwrite(half_plus_two, tmp_path):
 def test_graph_def_not_from_freezer_with_inputs_outputs(half_plus_two_plain, tmp_path, capi):
   digest = tree_digest(half_plus_two_plain)
   out = tmp_path / 'serving'
-  result, _, _ = optimize_from_pb.optimize(half_plus_two_plain, str(out), inputs=['x:0'],
+  result, _, _ = from_frozen.saved_model_from_frozen_graph(half_plus_two_plain, str(out), inputs=['x:0'],
                                            outputs=['y:0'])
   assert tree_digest(half_plus_two_plain) == digest
   meta_graph = _meta_graph(out)

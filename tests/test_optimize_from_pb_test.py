@@ -14,17 +14,20 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import comparison
 from conftest import TINY
 from conftest import assert_one_line_error
 from conftest import run_script
 from conftest import tf_serving_model
 from conftest import tree_digest
-import freezer
-import optimize_from_pb
-import optimize_from_pb_test
-import saved_model_io
-import utils
+from freezerlib import freeze
+from freezerlib.core import graphs
+from freezerlib.core import units
+from freezerlib.export import from_frozen
+from freezerlib.formats import frozen_graph
+from freezerlib.formats import saved_model
+from freezerlib.verify import compare
+from freezerlib.verify import inputs
+from freezerlib.verify import loaders
 
 SCRIPT = 'optimize_from_pb_test.py'
 TINY_OUTPUTS = [('embeddings', 'item_embedding'), ('embeddings', 'user_stats'),
@@ -41,14 +44,14 @@ def _results(stdout):
 def _check(reference, new, **kwargs):
   """optimize_from_pb_test.check without latency; (passed, {(sig, out): passed}, report)."""
   out = io.StringIO()
-  passed, results = optimize_from_pb_test.check(reference, new, batch_sizes=(), out=out,
+  passed, results = compare.check(reference, new, batch_sizes=(), out=out,
                                                 **kwargs)
   return passed, {(r.signature, r.output): r.passed for r in results}, out.getvalue()
 
 
 def _tampered(graph_path, out_path, node_name, change):
   """Writes `graph_path` with Const `node_name`'s value replaced by change(value)."""
-  graph_def = saved_model_io.read_graph_def(graph_path)
+  graph_def = frozen_graph.read_graph_def(graph_path)
   [node] = [n for n in graph_def.node if n.name == node_name]
   assert node.op == 'Const'
   value = tf.make_ndarray(node.attr['value'].tensor)
@@ -68,13 +71,13 @@ def optimized(tiny_frozen, tmp_path_factory):
   """The pipeline's output for the tiny model: {'saved_model', 'graph'} paths."""
   root = tmp_path_factory.mktemp('checked')
   paths = {'saved_model': str(root / 'serving'), 'graph': str(root / 'optimized.pb')}
-  optimize_from_pb.optimize(tiny_frozen, paths['saved_model'], paths['graph'])
+  from_frozen.saved_model_from_frozen_graph(tiny_frozen, paths['saved_model'], paths['graph'])
   return paths
 
 
 @pytest.fixture(scope='module')
 def reference(tiny_model):
-  model = comparison.load_saved_model(tiny_model['saved_model'])
+  model = loaders.load_saved_model(tiny_model['saved_model'])
   yield model
   model.close()
 
@@ -87,7 +90,7 @@ def record_user(tiny_model, reference):
            for r in tf.data.TFRecordDataset(files).take(64)]
   in_records = collections.Counter(
       e.features.feature['user_id'].int64_list.value[0] for e in first)
-  maker = comparison.InputMaker(reference, 0)
+  maker = inputs.InputMaker(reference, 0)
   generated = set()
   for key in reference.signatures:
     generated |= set(maker.make(key, 64)['user_id'].tolist())
@@ -101,7 +104,7 @@ def record_user(tiny_model, reference):
 @pytest.fixture(scope='module')
 def table_tampered(optimized, record_user, tmp_path_factory):
   """The optimized graph with `record_user`'s [impressions, clicks] changed in user_stats."""
-  graph_def = saved_model_io.read_graph_def(optimized['graph'])
+  graph_def = frozen_graph.read_graph_def(optimized['graph'])
   nodes = {n.name: n for n in graph_def.node}
   [fill] = [n for n in graph_def.node
             if n.op == 'LookupTableImportV2' and n.input[0] == 'user_stats']
@@ -113,7 +116,7 @@ def table_tampered(optimized, record_user, tmp_path_factory):
     return values
 
   return _tampered(optimized['graph'], tmp_path_factory.mktemp('table') / 'tampered.pb',
-                   saved_model_io.node_name(fill.input[2]), change)
+                   graphs.node_name(fill.input[2]), change)
 
 
 # ------------------------------------------------------------------------------------------
@@ -143,17 +146,17 @@ def test_passed_with_report_on_pipeline_output(optimized, tiny_model):
   nodes = [l.split() for l in lines if l.startswith('nodes')]
   ref_nodes, new_nodes = int(nodes[0][1]), int(nodes[0][2])
   assert new_nodes == len(
-      saved_model_io.select_meta_graph(saved_model_io.read_saved_model_proto(
+      saved_model.select_meta_graph(saved_model.read_saved_model_proto(
           optimized['saved_model']), ['serve'], 'x').graph_def.node)
   assert new_nodes < ref_nodes / 4  # the reader, optimizer and saver are gone
   size = [l for l in lines if l.startswith('size')]
   assert len(size) == 1
-  assert size[0].endswith(utils.human_bytes(
-      saved_model_io.directory_size(optimized['saved_model'])))
+  assert size[0].endswith(units.human_bytes(
+      saved_model.directory_size(optimized['saved_model'])))
 
 
 def test_untampered_graph_passes(optimized, reference):
-  new = comparison.load_frozen_graph(optimized['graph'])
+  new = loaders.load_frozen_graph(optimized['graph'])
   passed, results, report = _check(reference, new)
   assert passed, report
   assert sorted(results) == TINY_OUTPUTS and all(results.values())
@@ -182,10 +185,10 @@ def test_tampered_logit_weight_fails(optimized, tiny_model, tmp_path):
 
 def test_tampered_half_plus_two_constant_fails(tmp_path):
   src = tf_serving_model('saved_model_half_plus_two_cpu')
-  freezer.freeze(src, str(tmp_path / 'frozen.pb'))
-  optimize_from_pb.optimize(str(tmp_path / 'frozen.pb'), output_graph=str(tmp_path / 'opt.pb'))
-  reference = comparison.load_saved_model(src)
-  passed, results, report = _check(reference, comparison.load_frozen_graph(
+  freeze.graph_from_saved_model(src, str(tmp_path / 'frozen.pb'))
+  from_frozen.saved_model_from_frozen_graph(str(tmp_path / 'frozen.pb'), output_graph=str(tmp_path / 'opt.pb'))
+  reference = loaders.load_saved_model(src)
+  passed, results, report = _check(reference, loaders.load_frozen_graph(
       str(tmp_path / 'opt.pb')))
   assert passed, report
   assert len(results) == 5
@@ -195,7 +198,7 @@ def test_tampered_half_plus_two_constant_fails(tmp_path):
     return np.float32(0.75)
 
   tampered = _tampered(str(tmp_path / 'opt.pb'), tmp_path / 'tampered.pb', 'a', change)
-  passed, results, report = _check(reference, comparison.load_frozen_graph(tampered))
+  passed, results, report = _check(reference, loaders.load_frozen_graph(tampered))
   assert not passed
   failed = {k for k, ok in results.items() if not ok}
   assert failed >= {('serving_default', 'y'), ('classify_x_to_y', 'scores'),
@@ -209,7 +212,7 @@ def test_tampered_half_plus_two_constant_fails(tmp_path):
 
 def test_npz_inputs_are_fed(table_tampered, reference, record_user, tmp_path):
   # Generated inputs never hold record_user: the tampered table row goes unnoticed by them...
-  passed, _, report = _check(reference, comparison.load_frozen_graph(table_tampered))
+  passed, _, report = _check(reference, loaders.load_frozen_graph(table_tampered))
   assert passed, report
 
   def write_npz(name, user_ids):
@@ -222,14 +225,14 @@ def test_npz_inputs_are_fed(table_tampered, reference, record_user, tmp_path):
 
   # ... an .npz holding it is fed, and catches it; one without it passes.
   with_user = write_npz('with_user.npz', [1, record_user, 2, 3])
-  passed, results, report = _check(reference, comparison.load_frozen_graph(table_tampered),
+  passed, results, report = _check(reference, loaders.load_frozen_graph(table_tampered),
                                    inputs=with_user)
   assert not passed
   assert not results[('embeddings', 'user_stats')]
   assert results[('embeddings', 'item_embedding')]
   assert "signature 'embeddings' output 'user_stats'" in report.splitlines()[-1]
   without_user = write_npz('without_user.npz', [1, 2, 3, 4])
-  passed, results, report = _check(reference, comparison.load_frozen_graph(table_tampered),
+  passed, results, report = _check(reference, loaders.load_frozen_graph(table_tampered),
                                    inputs=without_user)
   assert passed, report
   assert sorted(results) == TINY_OUTPUTS
@@ -237,7 +240,7 @@ def test_npz_inputs_are_fed(table_tampered, reference, record_user, tmp_path):
 
 def test_tfrecord_inputs_are_fed(table_tampered, optimized, reference, tiny_model):
   pattern = tiny_model['data'] + '/*.tfrecord'
-  passed, results, report = _check(reference, comparison.load_frozen_graph(optimized['graph']),
+  passed, results, report = _check(reference, loaders.load_frozen_graph(optimized['graph']),
                                     inputs=pattern)
   assert passed, report
   assert sorted(results) == TINY_OUTPUTS

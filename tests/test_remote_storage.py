@@ -8,47 +8,47 @@ import tensorflow as tf
 
 from conftest import REPO
 from conftest import TINY
-import checkpoint_export
-import comparison
-import freezer
-import model_gen
-import optimize_from_pb
-import optimize_from_pb_test
+from freezerlib import freeze
+from freezerlib.demo import recsys_model
+from freezerlib.export import from_checkpoint
+from freezerlib.export import from_frozen
+from freezerlib.verify import compare
+from freezerlib.verify import loaders
 
 
 def test_both_paths_end_to_end_on_ram_filesystem(tmp_path):
   root = 'ram://%s' % tmp_path.name  # ram:// is per process: this test runs in-process
-  model = model_gen.train_and_export(root + '/model', model_gen.ModelConfig(
+  model = recsys_model.train_and_export(root + '/model', recsys_model.ModelConfig(
       **{**TINY.__dict__, 'steps': 5}))
   assert tf.io.gfile.exists(model['saved_model'] + '/saved_model.pb')
   assert tf.io.gfile.glob(model['checkpoint'] + '.data-*')
-  freezer.freeze(model['saved_model'], root + '/frozen.pb')
-  optimize_from_pb.optimize(root + '/frozen.pb', output_saved_model_dir=root + '/serving',
+  freeze.graph_from_saved_model(model['saved_model'], root + '/frozen.pb')
+  from_frozen.saved_model_from_frozen_graph(root + '/frozen.pb', output_saved_model_dir=root + '/serving',
                             output_graph=root + '/optimized.pb')
   # Kept variables: the checkpoint beside the graph (ram:// calls any prefix of a file's name a
   # directory, so frozen.pb "exists" once frozen.pb.variables/ does), copied, not linked.
-  freezer.freeze(model['saved_model'], root + '/kept.pb',
+  freeze.graph_from_saved_model(model['saved_model'], root + '/kept.pb',
                  keep_as_variables='item_embedding,user_stats')
-  freezer.freeze(model['saved_model'], root + '/kept.pb', keep_as_variables='user_stats',
+  freeze.graph_from_saved_model(model['saved_model'], root + '/kept.pb', keep_as_variables='user_stats',
                  overwrite=True)
-  optimize_from_pb.optimize(root + '/kept.pb', output_saved_model_dir=root + '/kept_serving',
+  from_frozen.saved_model_from_frozen_graph(root + '/kept.pb', output_saved_model_dir=root + '/kept_serving',
                             output_graph=root + '/kept_optimized.pb')
   assert tf.io.gfile.exists(root + '/kept_serving/variables/variables.index')
-  checkpoint_export.export(checkpoint=root + '/model/ckpt', output_dir=root + '/from_ckpt',
+  from_checkpoint.saved_model_from_checkpoint(checkpoint=root + '/model/ckpt', output_dir=root + '/from_ckpt',
                            saved_model_dir=model['saved_model'])
   # Hard links are for local disks: elsewhere --noprune copies.
-  checkpoint_export.export(checkpoint=model['checkpoint'], output_dir=root + '/full',
-                           saved_model_dir=model['saved_model'], prune=False)
+  from_checkpoint.saved_model_from_checkpoint(checkpoint=model['checkpoint'], output_dir=root + '/full',
+                           saved_model_dir=model['saved_model'], prune_tensors=False)
   assert tf.io.gfile.exists(root + '/full/variables/variables.data-00000-of-00001')
-  reference = comparison.load_saved_model(model['saved_model'])
+  reference = loaders.load_saved_model(model['saved_model'])
   for new_dir in ('/serving', '/from_ckpt', '/full', '/kept_serving'):
-    passed, results = optimize_from_pb_test.check(
-        reference, comparison.load_saved_model(root + new_dir), batch_sizes=(),
+    passed, results = compare.check(
+        reference, loaders.load_saved_model(root + new_dir), batch_sizes=(),
         num_examples=40, out=open('/dev/null', 'w'))
     assert passed and len(results) == 4, (new_dir, results)
   for graph in ('/optimized.pb', '/kept.pb', '/kept_optimized.pb'):
-    passed, _ = optimize_from_pb_test.check(
-        reference, comparison.load_frozen_graph(root + graph), batch_sizes=(),
+    passed, _ = compare.check(
+        reference, loaders.load_frozen_graph(root + graph), batch_sizes=(),
         num_examples=40, out=open('/dev/null', 'w'))
     assert passed, graph
   # Nothing was written to the local disk under those names.

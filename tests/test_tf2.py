@@ -1,6 +1,7 @@
 """TF2 object-based SavedModels (tf.saved_model.save): frozen, re-dumped and served like TF1 ones.
 
-Each model goes through freezer.freeze and optimize_from_pb.optimize; the re-dumped SavedModel
+Each model goes through freeze.graph_from_saved_model and
+from_frozen.saved_model_from_frozen_graph; the re-dumped SavedModel
 must answer as the original does under tf.saved_model.load, on keys the tables hold and on keys
 they have never seen, and as the values worked out by hand below.
 """
@@ -13,19 +14,18 @@ import pytest
 import tensorflow as tf
 
 import capi_runner
-import comparison
 from conftest import all_ops
 from conftest import run_tf2_signatures
 from conftest import assert_one_line_error
 from conftest import run_script
 from conftest import tf_serving_model
 from conftest import tree_digest
-import freezer
-import optimize_from_pb
-import optimize_from_pb_test
-import saved_model_io
-import tf2_freezing
-import utils
+from freezerlib import freeze
+from freezerlib.core import errors
+from freezerlib.export import from_frozen
+from freezerlib.formats import saved_model
+from freezerlib.verify import compare
+from freezerlib.verify import loaders
 
 VARIABLE_OPS = {'VarHandleOp', 'ReadVariableOp', 'ResourceGather', 'AssignVariableOp',
                 'RestoreV2', 'SaveV2'}
@@ -37,7 +37,7 @@ _run_original = run_tf2_signatures
 
 def _run_redumped(export_dir, feeds_by_signature):
   """{sig: {output: array}} through the TF1 loader (restore, then the main op), as TF Serving."""
-  model = comparison.load_saved_model(str(export_dir))
+  model = loaders.load_saved_model(str(export_dir))
   try:
     return {k: model.run(k, feeds) for k, feeds in feeds_by_signature.items()}
   finally:
@@ -56,17 +56,18 @@ def _assert_same(got, expected, atol=1e-6):
 
 def _freeze_and_redump(src, out_dir, **freeze_args):
   frozen_path = str(out_dir / 'frozen.pb')
-  model, report, _ = freezer.freeze(str(src), frozen_path, **freeze_args)
+  report = freeze.graph_from_saved_model(str(src), frozen_path, **freeze_args)
+  model = report.model
   serving = out_dir / 'serving'
-  optimize_from_pb.optimize(frozen_path, str(serving))
+  from_frozen.saved_model_from_frozen_graph(frozen_path, str(serving))
   return model, report, serving
 
 
 def _signature_keys(export_dir):
-  proto = saved_model_io.read_saved_model_proto(str(export_dir))
-  meta_graph = saved_model_io.select_meta_graph(proto, ['serve'], str(export_dir))
+  proto = saved_model.read_saved_model_proto(str(export_dir))
+  meta_graph = saved_model.select_meta_graph(proto, ['serve'], str(export_dir))
   return {k: v.method_name for k, v in meta_graph.signature_def.items()
-          if k != saved_model_io.INIT_OP_SIGNATURE_KEY}
+          if k != saved_model.INIT_OP_SIGNATURE_KEY}
 
 
 def _example(x):
@@ -96,10 +97,10 @@ HALF_PLUS_TWO_TF2_CASES = {
 def test_half_plus_two_tf2_every_signature(tmp_path):
   src = tf_serving_model('saved_model_half_plus_two_tf2_cpu')
   digest = tree_digest(src)
-  proto = saved_model_io.read_saved_model_proto(src)
-  assert tf2_freezing.is_object_based(proto.meta_graphs[0])
-  tf1_proto = saved_model_io.read_saved_model_proto(tf_serving_model('saved_model_half_plus_two_cpu'))
-  assert not tf2_freezing.is_object_based(tf1_proto.meta_graphs[0])
+  proto = saved_model.read_saved_model_proto(src)
+  assert saved_model.is_object_based(proto.meta_graphs[0])
+  tf1_proto = saved_model.read_saved_model_proto(tf_serving_model('saved_model_half_plus_two_cpu'))
+  assert not saved_model.is_object_based(tf1_proto.meta_graphs[0])
 
   model, report, serving = _freeze_and_redump(src, tmp_path)
   assert report.variables == ['a', 'b', 'c'] and not report.tables
@@ -219,9 +220,9 @@ def test_table_module_serves_through_the_c_api(table_module, capi):
 @pytest.mark.parametrize('signature,state', [('learn', 'mutable'), ('count_calls', 'calls')])
 def test_stateful_signature_is_refused(table_module, tmp_path, signature, state):
   output = tmp_path / 'frozen.pb'
-  with pytest.raises(utils.UserError,
+  with pytest.raises(errors.UserError,
                      match=r"signature '%s' .* writes '%s'" % (signature, state)):
-    freezer.freeze(str(table_module['src']), str(output), signature_names=[signature])
+    freeze.graph_from_saved_model(str(table_module['src']), str(output), signature_names=[signature])
   assert not output.exists()
 
 
@@ -337,11 +338,11 @@ def test_keras_model_serves_through_the_c_api(keras_model, capi):
 
 
 def test_optimize_from_pb_test_checks_against_the_tf2_original(keras_model):
-  reference = comparison.load_saved_model(str(keras_model['src']))
-  new = comparison.load_saved_model(str(keras_model['serving']))
-  assert isinstance(reference, tf2_freezing.LoadedModel)
+  reference = loaders.load_saved_model(str(keras_model['src']))
+  new = loaders.load_saved_model(str(keras_model['serving']))
+  assert isinstance(reference, loaders.LoadedModel)
   out = io.StringIO()
-  passed, results = optimize_from_pb_test.check(reference, new, batch_sizes=(), out=out)
+  passed, results = compare.check(reference, new, batch_sizes=(), out=out)
   assert passed and [(r.signature, r.output) for r in results] == [('serving_default', 'score')]
   assert results[0].max_abs <= 1e-6
   assert out.getvalue().splitlines()[-1].startswith('PASSED | 1 outputs of 1 signatures match')

@@ -1,4 +1,4 @@
-"""A serving graph that restores its variables and tables from a checkpoint.
+"""A saver over chosen variables and tables, read from a graph's own saver.
 
 The structure graph's own saver says which checkpoint tensor (and which slice of it) each
 variable and table is restored from: its RestoreV2 ops list names and slice specs, and the
@@ -11,22 +11,20 @@ import copy
 import dataclasses
 from typing import List
 
-import checkpoints
-import graph_edit
-import lean_tf
-from lean_tf import saver_pb2
-import saved_model_io
-import tables
-import utils
+from freezerlib.core import errors
+from freezerlib.core import graphs
+from freezerlib.core import lean_tf
+from freezerlib.core.lean_tf import saver_pb2
+from freezerlib.formats import checkpoint_index
+from freezerlib.transforms import tables
 
 _RESTORE_OPS = frozenset({'RestoreV2'})
 _ASSIGN_OPS = frozenset({'Assign', 'AssignVariableOp'})
 _IMPORT_OPS = frozenset({'LookupTableImportV2', 'LookupTableImport'})
-_VARIABLE_OPS = frozenset({'VariableV2', 'Variable', 'VarHandleOp'})
+VARIABLE_OPS = frozenset({'VariableV2', 'Variable', 'VarHandleOp'})
 _STATIC_INIT_OPS = frozenset({'InitializeTableV2', 'InitializeTable',
                               'InitializeTableFromTextFileV2', 'InitializeTableFromTextFile',
                               'LookupTableImportV2', 'LookupTableImport'})
-_PASS_THROUGH = frozenset({'Identity', 'RefIdentity'})
 
 
 @dataclasses.dataclass
@@ -48,13 +46,13 @@ class Restore:
 
 
 def _const(nodes, name):
-  node = nodes.get(saved_model_io.node_name(name))
+  node = nodes.get(graphs.node_name(name))
   if node is None or node.op != 'Const':
-    raise utils.UserError('the saver reads tensor names from %s, which is not a constant' % name)
+    raise errors.UserError('the saver reads tensor names from %s, which is not a constant' % name)
   try:
     return lean_tf.string_values(node.attr['value'].tensor)
   except (ValueError, UnicodeDecodeError) as e:
-    raise utils.UserError('the saver reads tensor names from %s, which does not hold names (%s)'
+    raise errors.UserError('the saver reads tensor names from %s, which does not hold names (%s)'
                           % (name, e)) from e
 
 
@@ -62,16 +60,16 @@ def restores_of_saver(graph_def, saver_def, where):
   """Reads what the saver `saver_def` restores into which variable or table.
 
   Raises:
-    utils.UserError: the graph has no saver or one this cannot read.
+    errors.UserError: the graph has no saver or one this cannot read.
   """
   if not saver_def.restore_op_name:
-    raise utils.UserError('%s has no saver (saver_def): nothing says how its variables map to '
+    raise errors.UserError('%s has no saver (saver_def): nothing says how its variables map to '
                           'checkpoint tensors' % where)
-  restore_op = saved_model_io.node_name(saver_def.restore_op_name)
+  restore_op = graphs.node_name(saver_def.restore_op_name)
   try:
-    sub = lean_tf.extract_sub_graph(graph_def, [restore_op])
+    sub = graphs.extract_sub_graph(graph_def, [restore_op])
   except KeyError as e:
-    raise utils.UserError('%s: its saver\'s restore op %s is not in the graph' % (where, restore_op)) from e
+    raise errors.UserError('%s: its saver\'s restore op %s is not in the graph' % (where, restore_op)) from e
   nodes = {n.name: n for n in sub.node}
   sources = {}  # (restore node, output index) -> (name, spec, dtype)
   for node in sub.node:
@@ -85,7 +83,7 @@ def restores_of_saver(graph_def, saver_def, where):
   def source_of(tensor):
     name, _, index = tensor.partition(':')
     seen = 0
-    while name in nodes and nodes[name].op in _PASS_THROUGH and seen < 20:
+    while name in nodes and nodes[name].op in graphs.IDENTITY_OPS and seen < 20:
       name, _, index = nodes[name].input[0].partition(':')
       seen += 1
     return sources.get((name, int(index or 0)))
@@ -103,24 +101,24 @@ def restores_of_saver(graph_def, saver_def, where):
         result.append(Restore(_state_node(nodes, node.input[0]), node,
                               [keys[0], values[0]], [keys[1], values[1]], [keys[2], values[2]]))
   if not result and sources:
-    raise utils.UserError('%s: cannot tell which variables its saver restores' % where)
+    raise errors.UserError('%s: cannot tell which variables its saver restores' % where)
   return result
 
 
 def _state_node(nodes, tensor):
-  name = saved_model_io.node_name(tensor)
-  while name in nodes and nodes[name].op in _PASS_THROUGH:
-    name = saved_model_io.node_name(nodes[name].input[0])
+  name = graphs.node_name(tensor)
+  while name in nodes and nodes[name].op in graphs.IDENTITY_OPS:
+    name = graphs.node_name(nodes[name].input[0])
   return name
 
 
 def wants(restores, graph_def):
-  """The checkpoint tensors `restores` read, as checkpoints.Want (specs merged per name)."""
+  """The checkpoint tensors `restores` read, as checkpoint_index.Want (specs merged per name)."""
   nodes = {n.name: n for n in graph_def.node}
   by_name = {}
   for r in restores:
     for name, spec, dtype in zip(r.names, r.specs, r.dtypes):
-      want = by_name.setdefault(name, checkpoints.Want(name, dtype))
+      want = by_name.setdefault(name, checkpoint_index.Want(name, dtype))
       want.specs.append(spec)
       target = nodes.get(r.target)
       if not spec and r.op.op in _ASSIGN_OPS and target is not None and 'shape' in target.attr:
@@ -130,15 +128,7 @@ def wants(restores, graph_def):
   return list(by_name.values())
 
 
-def _unique_scope(base, taken):
-  scope, i = base, 1
-  while any(n == scope or n.startswith(scope + '/') for n in taken):
-    scope = '%s_%d' % (base, i)
-    i += 1
-  return scope
-
-
-def _node(name, op, inputs=(), **attrs):
+def node_def(name, op, inputs=(), **attrs):
   node = lean_tf.NodeDef(name=name, op=op, input=list(inputs))
   for key, value in attrs.items():
     if isinstance(value, list):
@@ -165,11 +155,11 @@ def add_saver(graph_def, restores):
   resource variables, LookupTableExportV2 for tables) with the same names and slices.
   """
   taken = {n.name for n in graph_def.node}
-  scope = _unique_scope('save', taken)
+  scope = graphs.unique_scope('save', taken)
   nodes = {n.name: n for n in graph_def.node}
   names, specs, dtypes, reads = [], [], [], []
   new = [_string_const(scope + '/filename/input', 'model'),
-         _node(scope + '/filename', 'PlaceholderWithDefault', [scope + '/filename/input'],
+         node_def(scope + '/filename', 'PlaceholderWithDefault', [scope + '/filename/input'],
                dtype=lean_tf.DType(lean_tf.types_pb2.DT_STRING))]
   new[-1].attr['shape'].shape.SetInParent()
   filename = scope + '/filename'
@@ -190,29 +180,29 @@ def add_saver(graph_def, restores):
     assigns.append(op)
     target = nodes[r.target]
     if r.op.op in _IMPORT_OPS:
-      export = _node('%s/export_%d' % (scope, i), 'LookupTableExportV2', [r.target],
+      export = node_def('%s/export_%d' % (scope, i), 'LookupTableExportV2', [r.target],
                      Tkeys=r.dtypes[0], Tvalues=r.dtypes[1])
       new.append(export)
       reads.extend([export.name + ':0', export.name + ':1'])
     elif target.op == 'VarHandleOp':
-      read = _node('%s/read_%d' % (scope, i), 'ReadVariableOp', [r.target], dtype=r.dtypes[0])
+      read = node_def('%s/read_%d' % (scope, i), 'ReadVariableOp', [r.target], dtype=r.dtypes[0])
       new.append(read)
       reads.append(read.name + ':0')
     else:
       reads.append(r.target + ':0')
   new += [_string_const(scope + '/RestoreV2/tensor_names', names),
           _string_const(scope + '/RestoreV2/shape_and_slices', specs),
-          _node(scope + '/RestoreV2', 'RestoreV2',
+          node_def(scope + '/RestoreV2', 'RestoreV2',
                 [filename, scope + '/RestoreV2/tensor_names', scope + '/RestoreV2/shape_and_slices'],
                 dtypes=dtypes)]
   new += assigns
-  new.append(_node(scope + '/restore_all', 'NoOp', ['^' + a.name for a in assigns]))
+  new.append(node_def(scope + '/restore_all', 'NoOp', ['^' + a.name for a in assigns]))
   new += [_string_const(scope + '/SaveV2/tensor_names', names),
           _string_const(scope + '/SaveV2/shape_and_slices', specs),
-          _node(scope + '/SaveV2', 'SaveV2',
+          node_def(scope + '/SaveV2', 'SaveV2',
                 [filename, scope + '/SaveV2/tensor_names', scope + '/SaveV2/shape_and_slices']
                 + reads, dtypes=dtypes),
-          _node(scope + '/control_dependency', 'Identity', [filename, '^' + scope + '/SaveV2'],
+          node_def(scope + '/control_dependency', 'Identity', [filename, '^' + scope + '/SaveV2'],
                 T=lean_tf.DType(lean_tf.types_pb2.DT_STRING))]
   graph_def.node.extend(new)
   return saver_pb2.SaverDef(
@@ -232,64 +222,3 @@ def static_table_inits(graph_def, table_names, exclude):
         nodes[_state_node(nodes, node.input[0])].op in tables.HASH_TABLE_OPS):
       found.append(node.name)
   return found
-
-
-@dataclasses.dataclass
-class ServingGraph:
-  """What optimize_from_ckpt.py writes: graph, signatures, saver, init op (or None), and the
-  restores its saver performs."""
-  graph_def: object
-  signatures: dict
-  saver_def: object
-  main_op: str
-  restores: List[Restore]
-
-
-def serving_graph(graph_def, signatures, saver_def, where, op_defs=None):
-  """Cuts the structure graph to serving and gives it a saver over what it keeps.
-
-  Args:
-    graph_def: the structure graph (not modified).
-    signatures: signature key -> SignatureDef to serve.
-    saver_def: the structure's SaverDef (how its variables map to checkpoint tensors).
-    where: the structure's path, for messages.
-    op_defs: the structure's OpList, for graph_edit.inputs_to_placeholders.
-
-  Returns:
-    ServingGraph.
-
-  Raises:
-    utils.UserError: a variable the outputs need that the saver does not restore.
-  """
-  restores = restores_of_saver(graph_def, saver_def, where)
-  cut, signatures, _ = graph_edit.inputs_to_placeholders(graph_def, signatures, op_defs)
-  keep = saved_model_io.signature_output_nodes(signatures)
-  keep += [saved_model_io.node_name(i.name) for s in signatures.values()
-           for i in s.inputs.values()]
-  kept = lean_tf.reachable(cut, list(dict.fromkeys(keep)))
-  # Static tables are not in checkpoints: their own initialisers (constants, asset files) go
-  # into the main op.
-  restore_ops = {r.op.name for r in restores}
-  inits = static_table_inits(cut, kept, restore_ops)
-  keep += inits
-  stripped = graph_edit.strip(cut, list(dict.fromkeys(keep)))
-  kept = {n.name for n in stripped.node}
-  needed = [r for r in restores if r.target in kept]
-  restored = {r.target for r in needed}
-  unrestored = sorted(n.name for n in stripped.node if n.op in _VARIABLE_OPS and
-                      n.name not in restored)
-  if unrestored:
-    raise utils.UserError('%s: the saver does not restore %s, which the signatures need'
-                          % (where, ', '.join(unrestored)))
-  mutable = sorted(n.name for n in stripped.node
-                   if n.op in tables.MUTABLE_TABLE_OPS | tables.DENSE_TABLE_OPS
-                   and n.name not in restored)
-  if mutable:
-    raise utils.UserError('%s: the saver does not restore table %s, which the signatures read '
-                          '(it would serve empty)' % (where, ', '.join(mutable)))
-  saver = add_saver(stripped, needed)
-  main_op = None
-  if inits:
-    main_op = _unique_scope('freezer/init_tables', {n.name for n in stripped.node})
-    stripped.node.append(_node(main_op, 'NoOp', ['^' + i for i in inits]))
-  return ServingGraph(stripped, signatures, saver, main_op, needed)

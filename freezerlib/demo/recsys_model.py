@@ -14,7 +14,9 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
-import utils
+from freezerlib.core import atomic
+from freezerlib.core import errors
+from freezerlib.core import files
 
 tf1 = tf.compat.v1
 
@@ -113,7 +115,7 @@ def write_tfrecords(data, data_dir, num_files):
   """Writes `data` round-robin into `num_files` TFRecord files; returns their paths."""
   tf.io.gfile.makedirs(data_dir)
   n = len(data[LABEL])
-  paths = [utils.join(data_dir, 'train-%05d-of-%05d.tfrecord' % (i, num_files))
+  paths = [files.join(data_dir, 'train-%05d-of-%05d.tfrecord' % (i, num_files))
            for i in range(num_files)]
   writers = [tf.io.TFRecordWriter(p) for p in paths]
   for i in range(n):
@@ -313,9 +315,9 @@ def serving_signatures(features, outputs):
 
 
 def _save_checkpoint(sess, saver, work_dir, step):
-  ckpt_dir = utils.join(work_dir, 'ckpt')
+  ckpt_dir = files.join(work_dir, 'ckpt')
   tf.io.gfile.makedirs(ckpt_dir)
-  return saver.save(sess, utils.join(ckpt_dir, 'model.ckpt'), global_step=step)
+  return saver.save(sess, files.join(ckpt_dir, 'model.ckpt'), global_step=step)
 
 
 def _save_saved_model(sess, path, signatures, saver=None, clear_devices=False):
@@ -340,11 +342,11 @@ def train_and_export(output_dir, config, overwrite=False):
     training loss.
 
   Raises:
-    utils.UserError: `output_dir` exists (without `overwrite`) or cannot be written.
+    errors.UserError: `output_dir` exists (without `overwrite`) or cannot be written.
   """
   tf.config.experimental.enable_op_determinism()
-  with utils.atomic_output(output_dir, overwrite) as tmp:
-    data_paths = write_tfrecords(generate_examples(config), utils.join(tmp, 'data'),
+  with atomic.atomic_output(output_dir, overwrite) as tmp:
+    data_paths = write_tfrecords(generate_examples(config), files.join(tmp, 'data'),
                                  config.num_data_files)
     graph = tf.Graph()
     with graph.as_default():
@@ -362,13 +364,13 @@ def train_and_export(output_dir, config, overwrite=False):
           if step % 50 == 0 or step == config.steps - 1:
             logging.info('step %d: loss %.4f', step + 1, loss)
         _save_checkpoint(sess, saver, tmp, config.steps)
-        _save_saved_model(sess, utils.join(tmp, 'saved_model'),
+        _save_saved_model(sess, files.join(tmp, 'saved_model'),
                           serving_signatures(features, outputs))
-  ckpt_dir = utils.join(output_dir, 'ckpt')
+  ckpt_dir = files.join(output_dir, 'ckpt')
   return {
-      'saved_model': utils.join(output_dir, 'saved_model'),
-      'checkpoint': utils.join(ckpt_dir, 'model.ckpt-%d' % config.steps),
-      'data': utils.join(output_dir, 'data'),
+      'saved_model': files.join(output_dir, 'saved_model'),
+      'checkpoint': files.join(ckpt_dir, 'model.ckpt-%d' % config.steps),
+      'data': files.join(output_dir, 'data'),
       'loss': float(loss),
   }
 
@@ -391,9 +393,9 @@ def write_fake_infer_graph(output_dir, config, overwrite=False):
     dict with the 'saved_model' path.
 
   Raises:
-    utils.UserError: `output_dir` exists (without `overwrite`) or cannot be written.
+    errors.UserError: `output_dir` exists (without `overwrite`) or cannot be written.
   """
-  with utils.atomic_output(output_dir, overwrite) as tmp:
+  with atomic.atomic_output(output_dir, overwrite) as tmp:
     graph = tf.Graph()
     with graph.as_default():
       tf1.set_random_seed(config.seed)
@@ -402,6 +404,6 @@ def write_fake_infer_graph(output_dir, config, overwrite=False):
       with tf1.Session(graph=graph) as sess:
         sess.run(tf1.global_variables_initializer())
         # No devices at all, not even the CPU pins of the saver's ops.
-        _save_saved_model(sess, utils.join(tmp, 'saved_model'),
+        _save_saved_model(sess, files.join(tmp, 'saved_model'),
                           serving_signatures(features, outputs), clear_devices=True)
-  return {'saved_model': utils.join(output_dir, 'saved_model')}
+  return {'saved_model': files.join(output_dir, 'saved_model')}

@@ -16,10 +16,11 @@ import time
 
 from absl import logging
 
-import lean_tf
-from lean_tf import numpy as np  # imported on first use, as TensorFlow
-from lean_tf import tensorflow as tf
-import utils
+from freezerlib.core import graphs
+from freezerlib.core import lean_tf
+from freezerlib.core import units
+from freezerlib.core.lean_tf import numpy as np  # imported on first use, as TensorFlow
+from freezerlib.core.lean_tf import tensorflow as tf
 
 tf1 = lean_tf.tf1
 
@@ -113,16 +114,6 @@ def _const_node(name, array, dtype):
   return node
 
 
-def unique_name(base, taken):
-  """`base`, or `base_N` for the first N that is not in `taken`; added to `taken`."""
-  name, i = base, 1
-  while name in taken:
-    name = '%s_%d' % (base, i)
-    i += 1
-  taken.add(name)
-  return name
-
-
 def fill_nodes(table_node, contents, taken):
   """NodeDefs that fill `table_node` with `contents` when run: two Consts and an import op.
 
@@ -137,13 +128,13 @@ def fill_nodes(table_node, contents, taken):
   key_dtype = tf.as_dtype(table_node.attr['key_dtype'].type)
   value_dtype = tf.as_dtype(table_node.attr['value_dtype'].type)
   scope = 'freezer/tables/' + table_node.name
-  keys = _const_node(unique_name(scope + '/keys', taken), contents.keys, key_dtype)
-  values = _const_node(unique_name(scope + '/values', taken), contents.values, value_dtype)
+  keys = _const_node(graphs.unique_name(scope + '/keys', taken), contents.keys, key_dtype)
+  values = _const_node(graphs.unique_name(scope + '/values', taken), contents.values, value_dtype)
   if table_node.op in DENSE_TABLE_OPS:
     op = 'LookupTableInsertV2' if not _is_ref_table(table_node) else 'LookupTableInsert'
   else:
     op = 'LookupTableImportV2' if not _is_ref_table(table_node) else 'LookupTableImport'
-  fill = tf1.NodeDef(name=unique_name(scope + '/fill', taken), op=op,
+  fill = tf1.NodeDef(name=graphs.unique_name(scope + '/fill', taken), op=op,
                      input=[table_node.name, keys.name, values.name])
   fill.attr['Tin'].type = key_dtype.as_datatype_enum
   fill.attr['Tout'].type = value_dtype.as_datatype_enum
@@ -171,13 +162,13 @@ def add_table_fill(graph_def, session):
     contents = export_table(session, node)
     seconds = time.perf_counter() - start
     logging.info('table %s (%s): %d keys, %s exported in %.1f s (%s/s)', node.name, node.op,
-                 len(contents.keys), utils.human_bytes(contents.nbytes), seconds,
-                 utils.human_bytes(contents.nbytes / max(seconds, 1e-9)))
+                 len(contents.keys), units.human_bytes(contents.nbytes), seconds,
+                 units.human_bytes(contents.nbytes / max(seconds, 1e-9)))
     new_nodes, fill_name = fill_nodes(node, contents, taken)
     graph_def.node.extend(new_nodes)
     fills.append(fill_name)
     exported.append(contents)
-  init = tf1.NodeDef(name=unique_name(INIT_OP_NAME, taken), op='NoOp',
+  init = tf1.NodeDef(name=graphs.unique_name(INIT_OP_NAME, taken), op='NoOp',
                      input=['^' + f for f in fills])
   graph_def.node.append(init)
   return init.name, exported

@@ -23,14 +23,18 @@ import types
 from absl import logging
 import tensorflow as tf
 
-import recsys_model
-import utils
+from freezerlib.demo import recsys_model
+from freezerlib.core import atomic
+from freezerlib.core import errors
+from freezerlib.core import files
 
 tf1 = tf.compat.v1
 
 _OP_TIMEOUT_MS = 60 * 1000
 _LAUNCHER_PID_ENV = 'MODEL_GEN_LAUNCHER_PID'
-_SCRIPT = str(pathlib.Path(__file__).resolve().parent / 'model_gen.py')  # what each task runs
+# What each task runs: the command line at the repository's root (this package never imports
+# it; flags are a script's business).
+_SCRIPT = str(pathlib.Path(__file__).resolve().parents[2] / 'model_gen.py')
 
 
 def _task_session_config(device_filters, timeout_ms=_OP_TIMEOUT_MS):
@@ -46,9 +50,9 @@ def _start_server(cluster, job_name, task_index):
         cluster, job_name=job_name, task_index=task_index, start=True,
         config=tf1.ConfigProto(intra_op_parallelism_threads=1, inter_op_parallelism_threads=2))
   except (tf.errors.OpError, ValueError) as e:
-    raise utils.UserError('cannot start %s task %d at %s: %s' % (
+    raise errors.UserError('cannot start %s task %d at %s: %s' % (
         job_name, task_index, cluster.task_address(job_name, task_index),
-        utils.tf_error_message(e))) from e
+        errors.tf_error_message(e))) from e
 
 
 def _token_queue(name, ps_index, num_workers):
@@ -87,7 +91,7 @@ def run_ps_task(cluster, task_index, timeout_secs=600):
     timeout_secs: how long to wait for the workers.
 
   Raises:
-    utils.UserError: a worker did not report within `timeout_secs`.
+    errors.UserError: a worker did not report within `timeout_secs`.
   """
   server = _start_server(cluster, 'ps', task_index)
   logging.info('ps %d serving at %s', task_index, server.target)
@@ -100,7 +104,7 @@ def run_ps_task(cluster, task_index, timeout_secs=600):
         try:
           sess.run(dequeue)
         except tf.errors.DeadlineExceededError as e:
-          raise utils.UserError('ps %d: %d of %d workers did not finish within %d s '
+          raise errors.UserError('ps %d: %d of %d workers did not finish within %d s '
                                 '(--cluster_timeout_secs)' % (
                                     task_index, num_workers - i, num_workers,
                                     timeout_secs)) from e
@@ -121,7 +125,7 @@ def _wait_for_other_workers(target, num_workers, timeout_secs):
       _run_in_cluster(target, 0, lambda: _stopped_queue(num_workers).dequeue_many(
           num_workers - 1), timeout_ms=timeout_secs * 1000)
     except tf.errors.DeadlineExceededError as e:
-      raise utils.UserError('chief: the other workers did not stop training within %d s '
+      raise errors.UserError('chief: the other workers did not stop training within %d s '
                             '(--cluster_timeout_secs)' % timeout_secs) from e
 
 
@@ -131,7 +135,7 @@ def _export_from_cluster(target, graph, saver, session_config, work_dir, signatu
     step = int(sess.run(tf1.train.get_global_step(graph)))
     checkpoint = recsys_model._save_checkpoint(sess, saver, work_dir, step)
     # The same sharded saver: each PS task writes its variables' shard of variables/ too.
-    recsys_model._save_saved_model(sess, utils.join(work_dir, 'saved_model'), signatures, saver=saver)
+    recsys_model._save_saved_model(sess, files.join(work_dir, 'saved_model'), signatures, saver=saver)
   logging.info('chief: wrote %s and the SavedModel at global step %d', checkpoint, step)
   return checkpoint
 
@@ -165,12 +169,12 @@ def run_worker_task(cluster, task_index, config, work_dir, timeout_secs=600):
     The checkpoint prefix (chief) or None.
 
   Raises:
-    utils.UserError: no data, or the cluster cannot be reached.
+    errors.UserError: no data, or the cluster cannot be reached.
   """
-  data_paths = sorted(tf.io.gfile.glob(utils.join(work_dir, 'data', '*.tfrecord')))
+  data_paths = sorted(tf.io.gfile.glob(files.join(work_dir, 'data', '*.tfrecord')))
   if not data_paths:
-    raise utils.UserError('no training data: %s matches no file'
-                          % utils.join(work_dir, 'data', '*.tfrecord'))
+    raise errors.UserError('no training data: %s matches no file'
+                          % files.join(work_dir, 'data', '*.tfrecord'))
   num_ps, num_workers = cluster.num_tasks('ps'), cluster.num_tasks('worker')
   is_chief = task_index == 0
   server = _start_server(cluster, 'worker', task_index)
@@ -224,7 +228,7 @@ def die_with_launcher():
   pr_set_pdeathsig = 1
   ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
   if os.getppid() != int(launcher):  # the launcher ended before prctl took effect
-    os._exit(utils.EXIT_FAILURE)  # pylint: disable=protected-access
+    os._exit(1)  # pylint: disable=protected-access
 
 
 def _start_watchdog(timeout_secs, what):
@@ -233,7 +237,7 @@ def _start_watchdog(timeout_secs, what):
     sys.stderr.write('model_gen.py: error: %s did not finish within %d s '
                      '(--cluster_timeout_secs)\n' % (what, timeout_secs))
     sys.stderr.flush()
-    os._exit(utils.EXIT_FAILURE)  # pylint: disable=protected-access
+    os._exit(1)  # pylint: disable=protected-access
   timer = threading.Timer(timeout_secs, expire)
   timer.daemon = True
   timer.start()
@@ -241,7 +245,7 @@ def _start_watchdog(timeout_secs, what):
 
 
 def _write_training_data(config, work_dir):
-  recsys_model.write_tfrecords(recsys_model.generate_examples(config), utils.join(work_dir, 'data'), config.num_data_files)
+  recsys_model.write_tfrecords(recsys_model.generate_examples(config), files.join(work_dir, 'data'), config.num_data_files)
 
 
 def join_cluster(job_name, task_index, cluster, config, output_dir=None, overwrite=False,
@@ -263,7 +267,7 @@ def join_cluster(job_name, task_index, cluster, config, output_dir=None, overwri
     The checkpoint prefix (chief) or None.
 
   Raises:
-    utils.UserError: on the user's mistakes and unreachable clusters.
+    errors.UserError: on the user's mistakes and unreachable clusters.
   """
   watchdog = _start_watchdog(timeout_secs, '%s task %d' % (job_name, task_index))
   try:
@@ -283,8 +287,8 @@ def _tf_errors_as_user_errors(task):
     # An error raised on another task starts with a line 'From /job:ps/replica:0/task:0:'.
     text = '\n'.join(line for line in (e.message or str(e)).splitlines()
                      if not re.fullmatch(r'\s*From /job:\S*:\s*', line))
-    raise utils.UserError('%s: %s' % (
-        task, utils.tf_error_message(types.SimpleNamespace(message=text)))) from e
+    raise errors.UserError('%s: %s' % (
+        task, errors.tf_error_message(types.SimpleNamespace(message=text)))) from e
 
 
 def _run_task(job_name, task_index, cluster, config, output_dir, overwrite, timeout_secs,
@@ -295,11 +299,11 @@ def _run_task(job_name, task_index, cluster, config, output_dir, overwrite, time
   if work_dir:
     return run_worker_task(cluster, task_index, config, work_dir, timeout_secs)
   if task_index == 0:
-    with utils.atomic_output(output_dir, overwrite) as tmp:
+    with atomic.atomic_output(output_dir, overwrite) as tmp:
       _write_training_data(config, tmp)
       with _tf_errors_as_user_errors('worker 0'):  # before atomic_output words it otherwise
         prefix = run_worker_task(cluster, task_index, config, tmp, timeout_secs)
-    return utils.join(output_dir, 'ckpt', prefix.rstrip('/').rsplit('/', 1)[-1])
+    return files.join(output_dir, 'ckpt', prefix.rstrip('/').rsplit('/', 1)[-1])
   # The data is generated from the seed: each worker writes its own copy, locally.
   local = tempfile.mkdtemp(prefix='model_gen_worker_')
   try:
@@ -366,7 +370,7 @@ def _copy_output(stream, log):
 
 
 def _start_task(job, index, args, log_dir):
-  log = utils.join(log_dir, '%s-%d.log' % (job, index))
+  log = files.join(log_dir, '%s-%d.log' % (job, index))
   env = dict(os.environ, TF_GRPC_REUSE_PORT='1', **{_LAUNCHER_PID_ENV: str(os.getpid())})
   env.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
   # A session (and process group) of its own: a Ctrl-C at the terminal reaches only the
@@ -426,12 +430,12 @@ def _wait_for_workers(tasks, deadline, timeout_secs, log_dir):
     for task in tasks:
       code = task.proc.poll()
       if code:
-        raise utils.UserError('%s %s: %s (all tasks stopped; logs in %s)' % (
+        raise errors.UserError('%s %s: %s (all tasks stopped; logs in %s)' % (
             task.name, _exit_text(code), _error_line(task), log_dir))
     if all(w.proc.returncode == 0 for w in workers):
       return
     if time.monotonic() > deadline:
-      raise utils.UserError(
+      raise errors.UserError(
           'the cluster did not finish within %d s; pass a larger --cluster_timeout_secs '
           '(all tasks stopped; logs in %s)' % (timeout_secs, log_dir))
     time.sleep(0.1)
@@ -467,7 +471,7 @@ def run_local_cluster(config, num_ps, num_workers, work_dir, timeout_secs, log_d
     extra_flags: more flags for every task (they come last, so they win).
 
   Raises:
-    utils.UserError: a task failed or the deadline passed; every task is stopped first.
+    errors.UserError: a task failed or the deadline passed; every task is stopped first.
   """
   deadline = time.monotonic() + timeout_secs
   socks = reserve_ports(num_ps + num_workers)
@@ -518,31 +522,31 @@ def train_distributed(output_dir, config, num_ps, num_workers=1, overwrite=False
     dict with 'saved_model', 'checkpoint' (prefix) and 'data' paths, and 'global_step'.
 
   Raises:
-    utils.UserError: a task failed, the deadline passed, or `output_dir` cannot be written.
+    errors.UserError: a task failed, the deadline passed, or `output_dir` cannot be written.
   """
   if num_ps < 1 or num_workers < 1:
-    raise utils.UserError('a cluster needs --num_ps>=1 and --num_workers>=1, got %d and %d'
+    raise errors.UserError('a cluster needs --num_ps>=1 and --num_workers>=1, got %d and %d'
                           % (num_ps, num_workers))
   if output_dir.startswith('ram://'):
-    raise utils.UserError('%s: ram:// lives in one process, and a cluster is several; use '
+    raise errors.UserError('%s: ram:// lives in one process, and a cluster is several; use '
                           'a directory every task can write' % output_dir)
   config = dataclasses.replace(config, num_table_shards=num_ps)
   own_log_dir = log_dir is None
   keep_logs = False  # only when an error message names them
   start = time.monotonic()
   try:
-    with utils.atomic_output(output_dir, overwrite) as tmp:
+    with atomic.atomic_output(output_dir, overwrite) as tmp:
       log_dir = log_dir or tempfile.mkdtemp(prefix='model_gen_cluster_')
       tf.io.gfile.makedirs(log_dir)
       _write_training_data(config, tmp)
       keep_logs = True
       run_local_cluster(config, num_ps, num_workers, tmp, timeout_secs, log_dir, extra_flags)
-      prefix = tf.train.latest_checkpoint(utils.join(tmp, 'ckpt'))
-      if not prefix or not tf.io.gfile.exists(utils.join(tmp, 'saved_model', 'saved_model.pb')):
-        raise utils.UserError('the chief ended without writing its checkpoint and SavedModel '
+      prefix = tf.train.latest_checkpoint(files.join(tmp, 'ckpt'))
+      if not prefix or not tf.io.gfile.exists(files.join(tmp, 'saved_model', 'saved_model.pb')):
+        raise errors.UserError('the chief ended without writing its checkpoint and SavedModel '
                               '(logs in %s)' % log_dir)
       keep_logs = False
-  except utils.UserError:
+  except errors.UserError:
     raise
   except BaseException:  # Ctrl-C, SIGTERM: no message names the logs
     keep_logs = False
@@ -554,9 +558,9 @@ def train_distributed(output_dir, config, num_ps, num_workers=1, overwrite=False
   logging.info('cluster of %d PS and %d workers trained in %.1f s', num_ps, num_workers,
                time.monotonic() - start)
   return {
-      'saved_model': utils.join(output_dir, 'saved_model'),
-      'checkpoint': utils.join(output_dir, 'ckpt', name),
-      'data': utils.join(output_dir, 'data'),
+      'saved_model': files.join(output_dir, 'saved_model'),
+      'checkpoint': files.join(output_dir, 'ckpt', name),
+      'data': files.join(output_dir, 'data'),
       'global_step': int(name.rsplit('-', 1)[1]),
   }
 

@@ -1,11 +1,11 @@
-"""Files for freezer's scripts: tf.io.gfile's operations, local paths at the cost of the OS.
+"""Files: tf.io.gfile's operations, local paths at the cost of the OS.
 
 A path with a scheme (`hdfs://`, `gs://`, `s3://`, `ram://`, `file://`) goes to TensorFlow's
 file system layer, `tensorflow.python.lib.io.file_io` (what `tf.io.gfile` calls), after
 importing TensorFlow, whose start-up registers the file system plugins a `tf.io.gfile` user
 has (tensorflow-io-gcs-filesystem, site-packages/tensorflow-plugins). A plain local path goes
 straight to the OS, which is what TensorFlow's local file system does too, so a script that
-touches only local files and protos never loads TensorFlow (see lean_tf.py). Copies between
+touches only local files and protos never loads TensorFlow (see lean_tf). Copies between
 local files run in the kernel (`copy_file_range`), as `cp` does.
 
 Errors are OSError: FileNotFoundError for a missing path, FileError (with TensorFlow's
@@ -16,7 +16,7 @@ import os
 import shutil
 import sys
 
-import lean_tf
+from freezerlib.core import lean_tf
 
 
 class FileError(OSError):
@@ -25,6 +25,27 @@ class FileError(OSError):
 
 def is_remote(path):
   return '://' in path
+
+
+def scheme(path):
+  """'gs' for 'gs://b/x', '' for a local path."""
+  return path.split('://', 1)[0] if '://' in path else ''
+
+
+def join(*parts):
+  """Joins path components the way tf.io.gfile expects, keeping URL schemes intact."""
+  return '/'.join([parts[0].rstrip('/')] + [p.strip('/') for p in parts[1:]])
+
+
+def parent_dir(path):
+  """The directory holding `path` ('' for a bare relative name), scheme-safe."""
+  path = path.rstrip('/')
+  return path.rsplit('/', 1)[0] if '/' in path else ''
+
+
+def basename(path):
+  """The last component of `path`."""
+  return path.rstrip('/').rsplit('/', 1)[-1]
 
 
 def _file_io():

@@ -13,18 +13,13 @@ runs. The GraphDef written with `--output_graph` keeps them as constants.
 
 import dataclasses
 
-import numpy as np
-import tensorflow as tf
-
-import checkpoint_graph
-import keep_variables
-import lean_tf
-import op_safety
-import saved_model_io
-import tables
-import utils
-
-tf1 = tf.compat.v1
+from freezerlib.core import graphs
+from freezerlib.core import lean_tf
+from freezerlib.core import units
+from freezerlib.core.lean_tf import numpy as np
+from freezerlib.core.lean_tf import tensorflow as tf
+from freezerlib.formats import saved_model
+from freezerlib.transforms import saver
 
 _NOT_STORABLE = frozenset({lean_tf.types_pb2.DT_RESOURCE, lean_tf.types_pb2.DT_VARIANT})
 
@@ -45,18 +40,18 @@ def parse_threshold(text):
   """--constants_as_variables: a size, or 'off' -> None.
 
   Raises:
-    utils.UserError: not a size.
+    errors.UserError: not a size.
   """
   if text is None or text.strip().lower() in ('', 'off', 'none'):
     return None
-  return keep_variables.parse_size(text, '--constants_as_variables', ", or 'off'")
+  return units.parse_size(text, '--constants_as_variables', ", or 'off'")
 
 
 def split(frozen, min_bytes):
   """Turns every Const of `frozen` holding at least `min_bytes` into a variable.
 
   Args:
-    frozen: saved_model_io.FrozenModel without a saver (not modified; the values returned are
+    frozen: frozen_graph.FrozenModel without a saver (not modified; the values returned are
       its own TensorProtos, not copies).
     min_bytes: the threshold, compared with the bytes of each Const's values.
 
@@ -75,7 +70,7 @@ def split(frozen, min_bytes):
       graph_def.node.add().CopyFrom(node)
       continue
     tensor = node.attr['value'].tensor  # not copied: `frozen` holds it
-    handle = lean_tf.NodeDef(name=tables.unique_name(node.name + '/variable', taken),
+    handle = lean_tf.NodeDef(name=graphs.unique_name(node.name + '/variable', taken),
                              op='VarHandleOp')
     handle.attr['dtype'].type = dtype
     handle.attr['shape'].shape.CopyFrom(tensor.tensor_shape)
@@ -85,7 +80,7 @@ def split(frozen, min_bytes):
     values[node.name] = (handle.name, tensor)
     assign = lean_tf.NodeDef(op='AssignVariableOp')
     assign.attr['dtype'].type = dtype
-    restores.append(checkpoint_graph.Restore(target=handle.name, op=assign, names=[node.name],
+    restores.append(saver.Restore(target=handle.name, op=assign, names=[node.name],
                                              specs=[''], dtypes=[lean_tf.as_dtype(dtype)]))
     controls = [i for i in node.input if i.startswith('^')]
     read = graph_def.node.add(name=node.name, op='ReadVariableOp', input=[handle.name] + controls)
@@ -93,7 +88,7 @@ def split(frozen, min_bytes):
   if not restores:
     return None
   graph_def.node.extend(handles)
-  saver_def = checkpoint_graph.add_saver(graph_def, restores)
+  saver_def = saver.add_saver(graph_def, restores)
   return Split(dataclasses.replace(frozen, graph_def=graph_def, saver_def=saver_def), values)
 
 
@@ -102,12 +97,12 @@ def inline(the_split):
   GraphDef file holds. The ReadVariableOps (which carry the Consts' names) become the Consts,
   with their control inputs."""
   frozen = the_split.frozen
-  saver = op_safety.saver_nodes(frozen.graph_def, frozen.saver_def)
+  saver_nodes = saved_model.saver_nodes(frozen.graph_def, frozen.saver_def)
   graph_def = lean_tf.graph_pb2.GraphDef()
   graph_def.versions.CopyFrom(frozen.graph_def.versions)
   graph_def.library.CopyFrom(frozen.graph_def.library)
   for node in frozen.graph_def.node:
-    if node.name in saver:
+    if node.name in saver_nodes:
       continue
     if node.name in the_split.values and node.op == 'ReadVariableOp':
       const = lean_tf.NodeDef(name=node.name, op='Const',
@@ -130,34 +125,26 @@ def _array(tensor):
   return tf.make_ndarray(tensor)
 
 
-def write_saved_model(the_split, export_dir, overwrite=False):
-  """Writes the serving SavedModel: the graph with its saver, and variables/ holding the values.
-
-  Returns:
-    Total bytes written.
-
-  Raises:
-    utils.UserError: `export_dir` exists (without `overwrite`) or cannot be written.
-  """
+def variables_writer(the_split):
+  """A callable(variables_dir) writing the values of `the_split`'s variables as its saver's
+  checkpoint there, one value in memory at a time (for saved_model.write_saved_model)."""
   frozen = the_split.frozen
-  graph = tf.Graph()
-  with graph.as_default():
-    tf.graph_util.import_graph_def(frozen.graph_def, name='')
-    feeds = {}
-    for name, (handle, tensor) in the_split.values.items():
-      value = tf1.placeholder(tensor.dtype, name=None)
-      assign = tf.raw_ops.AssignVariableOp(
-          resource=graph.get_tensor_by_name(handle + ':0'), value=value)
-      feeds[name] = (assign, value, tensor)
-  meta_graph = keep_variables.serving_meta_graph(frozen)
-  with utils.atomic_output(export_dir, overwrite) as tmp:
-    tf.io.gfile.makedirs(utils.join(tmp, 'variables'))
+
+  def write(variables_dir):
+    tf1 = tf.compat.v1
+    graph = tf.Graph()
+    with graph.as_default():
+      tf.graph_util.import_graph_def(frozen.graph_def, name='')
+      feeds = {}
+      for name, (handle, tensor) in the_split.values.items():
+        value = tf1.placeholder(tensor.dtype, name=None)
+        assign = tf.raw_ops.AssignVariableOp(
+            resource=graph.get_tensor_by_name(handle + ':0'), value=value)
+        feeds[name] = (assign, value, tensor)
     with tf1.Session(graph=graph) as session:
-      for name, (assign, value, tensor) in feeds.items():
-        session.run(assign, {value: _array(tensor)})  # one value in memory at a time
+      for assign, value, tensor in feeds.values():
+        session.run(assign, {value: _array(tensor)})
       session.run(frozen.saver_def.save_tensor_name,
-                  {frozen.saver_def.filename_tensor_name: utils.join(tmp, 'variables',
-                                                                     'variables')})
-    saved_model_io.write_saved_model_proto(meta_graph, tmp)
-    size = saved_model_io.directory_size(tmp)
-  return size
+                  {frozen.saver_def.filename_tensor_name: variables_dir + '/variables'})
+
+  return write

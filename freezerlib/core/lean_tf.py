@@ -1,4 +1,4 @@
-"""TensorFlow's protos and graph helpers without `import tensorflow`.
+"""TensorFlow's protos without `import tensorflow`, and TensorFlow itself on first use.
 
 `import tensorflow` runs every module of its Python API: 1.7 to 3.6 s and about 500 MiB on
 this project's machine, before any work. The checkpoint path (optimize_from_ckpt.py) needs
@@ -20,7 +20,6 @@ file; afterwards every line but those notices is written back.
 """
 
 import contextlib
-import copy
 import importlib
 import importlib.abc
 import importlib.util
@@ -30,6 +29,9 @@ import sys
 import tempfile
 import threading
 import types
+
+# Before TensorFlow loads: its C++ start-up chatter would drown the one-line errors.
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 _lock = threading.Lock()
 _on_load = []
@@ -183,7 +185,20 @@ tensorflow = _Lazy('tensorflow', _import_tensorflow)
 tf1 = _Lazy('tensorflow.compat.v1', lambda: _import_tensorflow().compat.v1)
 numpy = _Lazy('numpy', lambda: importlib.import_module('numpy'))
 
+def _quiet_python_side(tf):
+  """Silences TensorFlow's Python-side noise once it is loaded."""
+  from tensorflow.python.util import deprecation  # pylint: disable=g-import-not-at-top
+  # tf.compat.v1 is this toolkit's subject, not a migration target: its deprecation notices
+  # are noise.
+  deprecation._PRINT_DEPRECATION_WARNINGS = False  # pylint: disable=protected-access
+  # TensorFlow's Python logger has a handler of its own besides absl's, so each of its lines
+  # would print twice; its INFO chatter (builder paths of temporary directories) is noise here.
+  tf.get_logger().handlers = []
+  tf.get_logger().setLevel('WARNING')
+
+
 after_tensorflow_loads(_bind_subpackages)
+after_tensorflow_loads(_quiet_python_side)
 
 types_pb2 = load('tensorflow.core.framework.types_pb2')
 tensor_pb2 = load('tensorflow.core.framework.tensor_pb2')
@@ -290,6 +305,12 @@ _ITEM_BYTES = {
 }
 
 
+def dtype_size(enum):
+  """Bytes per element of a numeric DataType enum (refs as their base type)."""
+  enum = int(enum)
+  return _ITEM_BYTES.get(enum - 100 if enum > 100 else enum, 8)
+
+
 def tensor_nbytes(tensor):
   """Bytes of a TensorProto's value once in memory: elements times their size (a string
   tensor: its strings' bytes), read from its shape without touching its content.
@@ -303,52 +324,3 @@ def tensor_nbytes(tensor):
   for dim in tensor.tensor_shape.dim:
     count *= max(dim.size, 0)
   return count * _ITEM_BYTES.get(tensor.dtype, 8)
-
-
-def _node_name(name):
-  return name.lstrip('^').split(':')[0]
-
-
-def reachable(graph_def, dest_nodes):
-  """Names of the nodes `dest_nodes` reach through data, control and colocation edges (what
-  tf.compat.v1.graph_util.extract_sub_graph keeps), without copying any node.
-
-  Raises:
-    KeyError: a destination node that is not in the graph.
-  """
-  if isinstance(dest_nodes, str):
-    raise TypeError('dest_nodes must be a list')
-  inputs = {}
-  for node in graph_def.node:
-    edges = [_node_name(i) for i in node.input]
-    if '_class' in node.attr:
-      edges += [s.decode('utf-8')[len('loc:@'):] for s in node.attr['_class'].list.s
-                if s.startswith(b'loc:@')]
-    inputs[node.name] = edges
-  missing = [d for d in dest_nodes if d not in inputs]
-  if missing:
-    raise KeyError('%s is not in graph' % missing[0])
-  keep, stack = set(), list(dest_nodes)
-  while stack:
-    name = stack.pop()
-    if name in keep or name not in inputs:
-      continue
-    keep.add(name)
-    stack.extend(inputs[name])
-  return keep
-
-
-def extract_sub_graph(graph_def, dest_nodes):
-  """tf.compat.v1.graph_util.extract_sub_graph without TensorFlow: the nodes `dest_nodes`
-  reach (see `reachable`), copied in their original order, with the graph's library and
-  versions.
-
-  Raises:
-    KeyError: a destination node that is not in the graph.
-  """
-  keep = reachable(graph_def, dest_nodes)
-  out = graph_pb2.GraphDef()
-  out.node.extend(copy.deepcopy(n) for n in graph_def.node if n.name in keep)
-  out.library.CopyFrom(graph_def.library)
-  out.versions.CopyFrom(graph_def.versions)
-  return out

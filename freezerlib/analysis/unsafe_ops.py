@@ -15,10 +15,9 @@ import dataclasses
 
 from absl import logging
 
-import graph_edit
-import lean_tf
-import saved_model_io
-import utils
+from freezerlib.core import errors
+from freezerlib.core import graphs
+from freezerlib.formats import saved_model
 
 UNSAFE_OPS = frozenset({
     # files
@@ -116,14 +115,14 @@ _PATH_CARRIERS = frozenset({'Identity', 'ReadVariableOp', 'AssignVariableOp', 'A
 
 def _asset_derived(graph_def, asset_tensors):
   """`asset_tensors` plus the tensors that carry those paths unchanged (no string ops)."""
-  tainted = {saved_model_io.node_name(t) for t in asset_tensors}
+  tainted = {graphs.node_name(t) for t in asset_tensors}
   changed = True
   while changed:
     changed = False
     for node in graph_def.node:
       if node.op not in _PATH_CARRIERS or node.name in tainted:
         continue
-      data = [saved_model_io.node_name(i) for i in node.input if not i.startswith('^')]
+      data = [graphs.node_name(i) for i in node.input if not i.startswith('^')]
       if node.op in ('AssignVariableOp', 'Assign'):
         if len(data) > 1 and data[1] in tainted and data[0] not in tainted:
           tainted.add(data[0])  # the variable now holds the path
@@ -138,56 +137,35 @@ def _fed_an_asset(node, asset_tensors):
   return any(i in asset_tensors or i + ':0' in asset_tensors for i in node.input)
 
 
-def saver_nodes(graph_def, saver_def):
-  """The nodes of the graph's own saver (what its save and restore ops need)."""
-  roots = saved_model_io.saver_op_names(saver_def)
-  names = {n.name for n in graph_def.node}
-  roots = [r for r in roots if r in names]
-  if not roots:
-    return set()
-  return lean_tf.reachable(graph_def, roots)
-
-
 def needed_nodes(graph_def, signatures, init_ops=()):
   """Nodes the signatures run when fed at their inputs, plus everything `init_ops` run."""
   names = {n.name for n in graph_def.node}
   needed = set()
   for sig in signatures.values():
-    needed.update(saved_model_io.node_name(o.name) for o in sig.outputs.values())
-    needed.update(key[0] for key in graph_edit.computed_tensors(graph_def, sig))
-  roots = [saved_model_io.node_name(o) for o in init_ops if saved_model_io.node_name(o) in names]
+    needed.update(graphs.node_name(o.name) for o in sig.outputs.values())
+    needed.update(key[0] for key in graphs.computed_tensors(graph_def, sig))
+  roots = [graphs.node_name(o) for o in init_ops if graphs.node_name(o) in names]
   if roots:
-    needed.update(lean_tf.reachable(graph_def, roots))
+    needed.update(graphs.reachable(graph_def, roots))
   return needed & names
-
-
-def init_ops_of(meta_graph):
-  """The ops a SavedModel loader runs after restoring: main op, legacy init op, TF2 init op."""
-  ops = []
-  for key in ('saved_model_main_op', 'legacy_init_op', 'table_initializer'):
-    ops.extend(meta_graph.collection_def[key].node_list.value)
-  init = meta_graph.signature_def.get(saved_model_io.INIT_OP_SIGNATURE_KEY)
-  if init is not None:
-    ops.extend(o.name for o in init.outputs.values())
-  return ops
 
 
 def asset_tensors(meta_graph):
   """Names of the tensors SavedModel loaders feed with asset file paths."""
-  return {a.tensor_info.name for a in saved_model_io.asset_defs(meta_graph)}
+  return {a.tensor_info.name for a in saved_model.asset_defs(meta_graph)}
 
 
 def check_asset_names(meta_graph, where):
   """Refuses asset file names that escape the assets directory.
 
   Raises:
-    utils.UserError: naming the asset.
+    errors.UserError: naming the asset.
   """
-  for asset in saved_model_io.asset_defs(meta_graph):
+  for asset in saved_model.asset_defs(meta_graph):
     name = asset.filename
     parts = name.replace('\\', '/').split('/')
     if not name or name.startswith('/') or '://' in name or '..' in parts or ':' in parts[0]:
-      raise utils.UserError('%s: asset file name %r escapes the assets directory; refusing an '
+      raise errors.UserError('%s: asset file name %r escapes the assets directory; refusing an '
                             'untrusted model' % (where, name))
 
 
@@ -198,13 +176,13 @@ def check_meta_graph(meta_graph, signatures, allowed, where):
     Findings outside what loading and the signatures run.
 
   Raises:
-    utils.UserError: an escaping asset name, or unsafe ops that would run.
+    errors.UserError: an escaping asset name, or unsafe ops that would run.
   """
   check_asset_names(meta_graph, where)
   graph_def = meta_graph.graph_def
-  findings = find_unsafe(graph_def, exempt=saver_nodes(graph_def, meta_graph.saver_def),
+  findings = find_unsafe(graph_def, exempt=saved_model.saver_nodes(graph_def, meta_graph.saver_def),
                          asset_tensors=asset_tensors(meta_graph))
-  needed = needed_nodes(graph_def, signatures, init_ops_of(meta_graph))
+  needed = needed_nodes(graph_def, signatures, saved_model.init_ops_of(meta_graph))
   return enforce(findings, needed, allowed, where)
 
 
@@ -221,12 +199,12 @@ def enforce(findings, needed, allowed, where):
     The findings outside `needed` (which the conversion leaves out).
 
   Raises:
-    utils.UserError: listing the unsafe ops that would run.
+    errors.UserError: listing the unsafe ops that would run.
   """
   blocking = [f for f in findings if f.root in needed and f.op not in allowed]
   if blocking:
     ops = sorted({f.op for f in blocking})
-    raise utils.UserError(
+    raise errors.UserError(
         '%s runs ops that touch files, run Python or reach the network: %s; if you trust this '
         'model, pass --allow_ops=%s' % (where, ', '.join(str(f) for f in blocking[:10]) +
                                         (' and %d more' % (len(blocking) - 10)
@@ -247,11 +225,11 @@ def unsafe_in(graph_def, allowed, where, exempt=()):
   """For a graph about to be written: unsafe ops still in it that are not allowed.
 
   Raises:
-    utils.UserError: listing them.
+    errors.UserError: listing them.
   """
   remaining = [f for f in find_unsafe(graph_def, exempt) if f.op not in allowed]
   if remaining:
-    raise utils.UserError(
+    raise errors.UserError(
         'the serving graph of %s would keep ops that touch files, run Python or reach the '
         'network: %s; if you trust this model, pass --allow_ops=%s' % (
             where, ', '.join(str(f) for f in remaining[:10]),

@@ -14,7 +14,7 @@ SavedModel's variables/ by its saver, and there are no static tables (whose cont
 op run in a session makes). Elsewhere `plan` returns None and freezer.py uses the in-memory path.
 
 Variables and tables chosen with --keep_as_variables are not frozen: they stay as they are (any
-op may read them), a saver over exactly them is added (checkpoint_graph.add_saver), and their
+op may read them), a saver over exactly them is added (saver.add_saver), and their
 stored bytes are copied into a checkpoint beside the output before the graph is written
 (keep_variables).
 """
@@ -25,21 +25,21 @@ import time
 from typing import Dict, List
 
 from absl import logging
-import tensorflow as tf
 
-from tensorflow.core.framework import graph_pb2
-from tensorflow.core.framework import tensor_pb2
-
-import checkpoint_graph
-import checkpoints
-import freezing
-import graph_edit
-import keep_variables
-import saved_model_io
-import tables
-import utils
-
-tf1 = tf.compat.v1
+from freezerlib.core import atomic
+from freezerlib.core import errors
+from freezerlib.core import files
+from freezerlib.core import graphs
+from freezerlib.core import lean_tf
+from freezerlib.core import units
+from freezerlib.core.lean_tf import graph_pb2
+from freezerlib.core.lean_tf import tensor_pb2
+from freezerlib.core.lean_tf import tensorflow as tf  # imported on first use
+from freezerlib.formats import checkpoint_index
+from freezerlib.formats import frozen_graph
+from freezerlib.transforms import prune
+from freezerlib.transforms import saver
+from freezerlib.transforms import tables
 
 _VARIABLE_OPS = frozenset({'VarHandleOp', 'VariableV2', 'Variable'})
 # How each plain reader of a resource variable becomes an op on the constant.
@@ -53,7 +53,7 @@ class Source:
   """Where a frozen variable's value comes from: checkpoint tensor `name`, slice `spec`."""
   name: str
   spec: str
-  dtype: tf.DType
+  dtype: object  # tf.DType
 
 
 @dataclasses.dataclass
@@ -62,24 +62,15 @@ class Plan:
   signatures: dict                       # with the placeholders that replace reader outputs
   variables: Dict[str, Source]           # Const node name -> where its value is
   table_sources: Dict[str, List[Source]]  # table node -> [keys, values]
-  checkpoint: checkpoints.Checkpoint
+  checkpoint: checkpoint_index.Checkpoint
   # Variables and tables that stay stateful (--keep_as_variables): how each is restored.
-  kept: List[checkpoint_graph.Restore] = dataclasses.field(default_factory=list)
-
-
-def _varint(n):
-  out = bytearray()
-  while True:
-    b = n & 0x7f
-    n >>= 7
-    out.append(b | 0x80 if n else b)
-    if not n:
-      return bytes(out)
+  kept: List[saver.Restore] = dataclasses.field(default_factory=list)
 
 
 def _field(number, payload_len):
   """Header of a length-delimited protobuf field."""
-  return _varint(number << 3 | 2) + _varint(payload_len)
+  return (checkpoint_index.encode_varint(number << 3 | 2) +
+          checkpoint_index.encode_varint(payload_len))
 
 
 def plan(meta_graph, signatures, export_dir, kept=()):
@@ -93,20 +84,20 @@ def plan(meta_graph, signatures, export_dir, kept=()):
       path keeps them, so when it cannot be used the reason is raised instead of logged.
 
   Raises:
-    utils.UserError: the checkpoint does not match the graph, or `kept` is not empty and the
+    errors.UserError: the checkpoint does not match the graph, or `kept` is not empty and the
       model cannot be streamed.
   """
   kept = set(kept)
   _skip = _skipper(kept)
-  prefix = utils.join(export_dir, 'variables', 'variables')
-  if not meta_graph.saver_def.restore_op_name or not tf.io.gfile.exists(prefix + '.index'):
+  prefix = files.join(export_dir, 'variables', 'variables')
+  if not meta_graph.saver_def.restore_op_name or not files.exists(prefix + '.index'):
     return _skip('no saver or no variables/ to stream from')
   # Reader outputs become placeholders; the reader and all else serving does not run go.
-  sub, signatures, _ = graph_edit.cut_to_signatures(meta_graph.graph_def, signatures)
+  sub, signatures, _ = prune.cut_to_signatures(meta_graph.graph_def, signatures)
   nodes = {n.name: n for n in sub.node}
   if any(n.op in tables.HASH_TABLE_OPS for n in sub.node):
     return _skip('static tables are filled by an init op, which needs a session')
-  restores = {r.target: r for r in checkpoint_graph.restores_of_saver(
+  restores = {r.target: r for r in saver.restores_of_saver(
       meta_graph.graph_def, meta_graph.saver_def, export_dir)}
   variables, table_sources, kept_restores, kept_sources = {}, {}, [], []
   for node in sub.node:
@@ -124,19 +115,19 @@ def plan(meta_graph, signatures, export_dir, kept=()):
         table_sources[node.name] = sources
   for node in sub.node:
     for i, graph_input in enumerate(node.input):
-      source = saved_model_io.node_name(graph_input)
+      source = graphs.node_name(graph_input)
       if source not in variables or graph_input.startswith('^'):
         continue
       readers = _RESOURCE_READERS if nodes[source].op == 'VarHandleOp' else _REF_READERS
       if node.op not in readers:
         return _skip('%s reads %s through %s (control flow or other ops over variables)'
                      % (node.name, source, node.op))
-  checkpoint = checkpoints.read_index(prefix)
+  checkpoint = checkpoint_index.read_index(prefix)
   wants = {}
   for s in (list(variables.values()) + [s for v in table_sources.values() for s in v] +
             kept_sources):
-    wants.setdefault(s.name, checkpoints.Want(s.name, s.dtype)).specs.append(s.spec)
-  checkpoints.check_restorable(checkpoint, list(wants.values()), export_dir)
+    wants.setdefault(s.name, checkpoint_index.Want(s.name, s.dtype)).specs.append(s.spec)
+  checkpoint_index.check_restorable(checkpoint, list(wants.values()), export_dir)
   return Plan(_rewrite_readers(sub, variables), signatures, variables, table_sources,
               checkpoint, kept_restores)
 
@@ -144,7 +135,7 @@ def plan(meta_graph, signatures, export_dir, kept=()):
 def _skipper(kept):
   def skip(reason):
     if kept:
-      raise utils.UserError(
+      raise errors.UserError(
           '--keep_as_variables needs the streaming freezer, which cannot freeze this model (%s); '
           'leave the flag out, or serve it from its checkpoint with optimize_from_ckpt.py'
           % reason)
@@ -168,7 +159,7 @@ def _rewrite_readers(sub, variables):
       node.name, node.op = name, 'Const'
       node.attr['dtype'].type = variables[name].dtype.as_datatype_enum
       continue
-    source = saved_model_io.node_name(node.input[0]) if node.input else None
+    source = graphs.node_name(node.input[0]) if node.input else None
     if source not in variables:
       continue
     if node.op == 'ReadVariableOp':
@@ -182,7 +173,7 @@ def _rewrite_readers(sub, variables):
       batch_dims = node.attr['batch_dims'].i if 'batch_dims' in node.attr else 0
       for key in list(node.attr):
         del node.attr[key]
-      axis = tf1.NodeDef(name=tables.unique_name(node.name + '/axis', taken), op='Const')
+      axis = lean_tf.NodeDef(name=graphs.unique_name(node.name + '/axis', taken), op='Const')
       axis.attr['dtype'].type = tf.int32.as_datatype_enum
       axis.attr['value'].tensor.CopyFrom(tf.make_tensor_proto(0, tf.int32))
       extra.append(axis)
@@ -207,7 +198,7 @@ def _rewrite_readers(sub, variables):
       node.attr['dtype'].type = tf.bool.as_datatype_enum
       node.attr['value'].tensor.CopyFrom(tf.make_tensor_proto(True))
     elif node.op in _REF_READERS:
-      node.attr['T'].type = saved_model_io.base_dtype(node.attr['T'].type)
+      node.attr['T'].type = graphs.base_dtype(node.attr['T'].type)
   out.node.extend(extra)
   return out
 
@@ -222,9 +213,9 @@ def _stored_piece(checkpoint, source):
     if entry.slices:
       return None
     return entry.shard_id, entry.offset, entry.size, [d.size for d in entry.shape.dim]
-  full, extents = checkpoints.parse_slice_spec(source.spec)
+  full, extents = checkpoint_index.parse_slice_spec(source.spec)
   for key, slice_entry in checkpoint.slices.get(source.name, []):
-    if checkpoints.slice_key_extents(key, full) == extents:
+    if checkpoint_index.slice_key_extents(key, full) == extents:
       return (slice_entry.shard_id, slice_entry.offset, slice_entry.size,
               [length for _, length in extents])
   return None
@@ -232,7 +223,7 @@ def _stored_piece(checkpoint, source):
 
 def _const_prefix(name, dtype, shape):
   """Serialized NodeDef of a Const without its value attribute."""
-  node = tf1.NodeDef(name=name, op='Const')
+  node = lean_tf.NodeDef(name=name, op='Const')
   node.attr['dtype'].type = dtype.as_datatype_enum
   return node.SerializeToString(), tensor_pb2.TensorProto(
       dtype=dtype.as_datatype_enum,
@@ -254,7 +245,7 @@ def _write_streamed_const(out, name, dtype, shape, data_file, offset, size, chun
   while left:
     piece = data_file.read(min(chunk, left))
     if not piece:
-      raise utils.UserError('checkpoint data file %s ends early' % data_file.name)
+      raise errors.UserError('checkpoint data file %s ends early' % data_file.name)
     out.write(piece)
     left -= len(piece)
   return len(_field(1, node_len)) + node_len
@@ -269,11 +260,11 @@ def write(the_plan, tags, path, overwrite=False, chunk=8 << 20):
   """Writes the frozen GraphDef of `the_plan` to `path`, streaming each variable's bytes.
 
   Returns:
-    (saved_model_io.FrozenModel without the values (structure only), freezing.FreezeReport,
-     bytes written).
+    (frozen_graph.FrozenModel without the frozen variables' values (structure only), names of
+     the variables frozen, list of tables.TableContents, bytes written).
 
   Raises:
-    utils.UserError: unreadable checkpoint data or an unwritable output.
+    errors.UserError: unreadable checkpoint data or an unwritable output.
   """
   start = time.perf_counter()
   checkpoint = the_plan.checkpoint
@@ -284,7 +275,7 @@ def write(the_plan, tags, path, overwrite=False, chunk=8 << 20):
     # saver over exactly them.
     graph_def = graph_pb2.GraphDef()
     graph_def.CopyFrom(the_plan.graph_def)
-    saver_def = checkpoint_graph.add_saver(graph_def, the_plan.kept)
+    saver_def = saver.add_saver(graph_def, the_plan.kept)
   taken = {n.name for n in graph_def.node}
   # Tables: keys and values read one table at a time.
   fills, contents, fill_names = [], [], []
@@ -293,7 +284,7 @@ def write(the_plan, tags, path, overwrite=False, chunk=8 << 20):
     node = nodes[table]
     keys, values = _restore(checkpoint, keys_src), _restore(checkpoint, values_src)
     if node.op in tables.DENSE_TABLE_OPS:
-      empty, deleted = [tf.make_ndarray(nodes[saved_model_io.node_name(i)].attr['value'].tensor)
+      empty, deleted = [tf.make_ndarray(nodes[graphs.node_name(i)].attr['value'].tensor)
                         for i in node.input[:2]]
       keys, values = tables.drop_empty_buckets(node, keys, values, empty, deleted)
     content = tables.TableContents(table, node.op, keys, values)
@@ -304,34 +295,34 @@ def write(the_plan, tags, path, overwrite=False, chunk=8 << 20):
     logging.info('table %s (%s): %d keys from the checkpoint', table, node.op, len(keys))
   init_op = None
   if fill_names:
-    init_op = tables.unique_name(tables.INIT_OP_NAME, taken)
-    fills.append(tf1.NodeDef(name=init_op, op='NoOp', input=['^' + f for f in fill_names]))
-  model = saved_model_io.FrozenModel(
+    init_op = graphs.unique_name(tables.INIT_OP_NAME, taken)
+    fills.append(lean_tf.NodeDef(name=init_op, op='NoOp', input=['^' + f for f in fill_names]))
+  model = frozen_graph.FrozenModel(
       graph_def=graph_pb2.GraphDef(),
-      signatures=freezing.frozen_signatures(the_plan.signatures),
+      signatures=frozen_graph.frozen_signatures(the_plan.signatures),
       tags=list(tags), table_init_op=init_op)
   total = sum(checkpoint.nbytes(n) for n in {s.name for s in the_plan.variables.values()})
-  progress = utils.Progress('streaming constants')
+  progress = units.Progress('streaming constants')
   done = written = 0
-  files = {}
+  files_open = {}
   with contextlib.ExitStack() as outputs:
     if the_plan.kept:
       tmp, ckpt_prefix = outputs.enter_context(
-          keep_variables.graph_and_checkpoint_output(path, overwrite))
+          frozen_graph.graph_and_checkpoint_output(path, overwrite))
       names = list(dict.fromkeys(n for r in the_plan.kept for n in r.names))
-      kept_bytes = checkpoints.copy_tensors(checkpoint, names, ckpt_prefix, chunk,
-                                            progress=utils.Progress('copying kept tensors'))
+      kept_bytes = checkpoint_index.copy_tensors(
+          checkpoint, names, ckpt_prefix, chunk, progress=units.Progress('copying kept tensors'))
       logging.info('kept %d variables and tables as state: %d checkpoint tensors (%s) in %s',
-                   len(the_plan.kept), len(names), utils.human_bytes(kept_bytes),
-                   keep_variables.checkpoint_dir(path))
+                   len(the_plan.kept), len(names), units.human_bytes(kept_bytes),
+                   frozen_graph.checkpoint_dir(path))
       model.saver_def = saver_def
-      model.variables_prefix = keep_variables.relative_prefix(path)
-      model.variables_digest = keep_variables.index_digest(ckpt_prefix)
+      model.variables_prefix = frozen_graph.relative_prefix(path)
+      model.variables_digest = frozen_graph.index_digest(ckpt_prefix)
     else:
-      tmp = outputs.enter_context(utils.atomic_output(path, overwrite))
-    metadata = saved_model_io.frozen_to_graph_def(model).node[0]
+      tmp = outputs.enter_context(atomic.atomic_output(path, overwrite))
+    metadata = frozen_graph.frozen_to_graph_def(model).node[0]
     try:
-      with tf.io.gfile.GFile(tmp, 'wb') as out:
+      with files.open_file(tmp, 'wb') as out:
         for node in graph_def.node:
           source = the_plan.variables.get(node.name) if node.op == 'Const' else None
           if source is None:
@@ -341,7 +332,7 @@ def write(the_plan, tags, path, overwrite=False, chunk=8 << 20):
             continue
           piece = _stored_piece(checkpoint, source)
           if piece is None:  # strings, or a slice stored differently: one tensor in memory
-            const = tf1.NodeDef(name=node.name, op='Const')
+            const = lean_tf.NodeDef(name=node.name, op='Const')
             value = _restore(checkpoint, source)
             const.attr['dtype'].type = source.dtype.as_datatype_enum
             const.attr['value'].tensor.CopyFrom(tf.make_tensor_proto(value, source.dtype))
@@ -351,9 +342,9 @@ def write(the_plan, tags, path, overwrite=False, chunk=8 << 20):
             done += value.nbytes
           else:
             shard, offset, size, shape = piece
-            if shard not in files:
-              files[shard] = tf.io.gfile.GFile(checkpoint.data_files()[shard], 'rb')
-            written += _write_streamed_const(out, node.name, source.dtype, shape, files[shard],
+            if shard not in files_open:
+              files_open[shard] = files.open_file(checkpoint.data_files()[shard], 'rb')
+            written += _write_streamed_const(out, node.name, source.dtype, shape, files_open[shard],
                                              offset, size, chunk)
             done += size
           progress(done, total)
@@ -367,14 +358,12 @@ def write(the_plan, tags, path, overwrite=False, chunk=8 << 20):
             out.write(_field(number, len(data)) + data)
             written += len(_field(number, len(data))) + len(data)
     finally:
-      for f in files.values():
+      for f in files_open.values():
         f.close()
   seconds = time.perf_counter() - start
   logging.info('streamed %d variables (%s) and %d tables into %s: %s in %.1f s (%s/s)',
-               len(the_plan.variables), utils.human_bytes(total), len(contents), path,
-               utils.human_bytes(written), seconds, utils.human_bytes(written / max(seconds, 1e-9)))
-  report = freezing.FreezeReport(variables=sorted(the_plan.variables), tables=contents,
-                                 nodes_before=len(graph_def.node),
-                                 nodes_after=len(graph_def.node) + len(fills))
+               len(the_plan.variables), units.human_bytes(total), len(contents), path,
+               units.human_bytes(written), seconds, units.human_bytes(written / max(seconds, 1e-9)))
   model.graph_def = graph_def
-  return model, report, written
+  model.graph_def.node.extend(fills)
+  return model, sorted(the_plan.variables), contents, written

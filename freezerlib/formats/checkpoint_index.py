@@ -15,15 +15,19 @@ restart point, blocks checksummed with masked CRC32C as TensorFlow's reader veri
 """
 
 import dataclasses
+import os
 import struct
 from typing import Dict, List, Optional
+
+from absl import logging
 
 from google.protobuf import message as pb_message
 from google.protobuf import text_format
 
-import fileio
-import lean_tf
-import utils
+from freezerlib.core import errors
+from freezerlib.core import files
+from freezerlib.core import lean_tf
+from freezerlib.core import units
 
 tensor_bundle_pb2 = lean_tf.tensor_bundle_pb2
 
@@ -156,40 +160,40 @@ def resolve_prefix(path):
   """A checkpoint prefix from a prefix or a directory holding a `checkpoint` state file.
 
   Raises:
-    utils.UserError: nothing there is a checkpoint.
+    errors.UserError: nothing there is a checkpoint.
   """
   # The prefix test comes first: some filesystems (ram://) call any prefix of a file a directory.
-  if fileio.exists(path + '.index'):
+  if files.exists(path + '.index'):
     return path
-  if fileio.isdir(path):
+  if files.isdir(path):
     try:
       state = _checkpoint_state(path)
     except (OSError, ValueError, text_format.ParseError) as e:
-      raise utils.UserError('cannot read the checkpoint state file in %s: %s' % (
-          path, utils.tf_error_message(e))) from e
+      raise errors.UserError('cannot read the checkpoint state file in %s: %s' % (
+          path, errors.tf_error_message(e))) from e
     if state is None or not state.model_checkpoint_path:
-      raise utils.UserError('%s holds no `checkpoint` state file: pass a checkpoint prefix '
+      raise errors.UserError('%s holds no `checkpoint` state file: pass a checkpoint prefix '
                             '(e.g. %s/model.ckpt-1000) instead' % (path, path.rstrip('/')))
     prefix = state.model_checkpoint_path
     if not prefix.startswith('/') and '://' not in prefix:
-      prefix = utils.join(path, prefix)
+      prefix = files.join(path, prefix)
     return prefix
-  parent = utils.parent_dir(path)
-  if not fileio.exists(path) and parent and not fileio.exists(parent):
-    raise utils.UserError('checkpoint %s does not exist' % path)
-  raise utils.UserError('checkpoint %s: no %s.index (pass a prefix such as '
+  parent = files.parent_dir(path)
+  if not files.exists(path) and parent and not files.exists(parent):
+    raise errors.UserError('checkpoint %s does not exist' % path)
+  raise errors.UserError('checkpoint %s: no %s.index (pass a prefix such as '
                         'model.ckpt-1000, or the directory holding `checkpoint`)' % (path, path))
 
 
 def _checkpoint_state(directory):
   """The CheckpointState in `directory`/checkpoint (a text proto), or None when absent; what
   tf.train.get_checkpoint_state reads."""
-  path = utils.join(directory, 'checkpoint')
-  if not fileio.exists(path):
+  path = files.join(directory, 'checkpoint')
+  if not files.exists(path):
     return None
   pb2 = lean_tf.load('tensorflow.python.training.checkpoint_state_pb2')
   state = pb2.CheckpointState()
-  text_format.Merge(fileio.read(path).decode('utf-8'), state)
+  text_format.Merge(files.read(path).decode('utf-8'), state)
   return state
 
 
@@ -197,13 +201,13 @@ def read_index(prefix):
   """Parses PREFIX.index and checks every data shard is there and long enough.
 
   Raises:
-    utils.UserError: a missing, truncated or corrupt index or data shard, named.
+    errors.UserError: a missing, truncated or corrupt index or data shard, named.
   """
   index_path = prefix + '.index'
   try:
-    data = fileio.read(index_path)
+    data = files.read(index_path)
   except OSError as e:
-    raise utils.UserError('cannot read %s: %s' % (index_path, utils.tf_error_message(e))) from e
+    raise errors.UserError('cannot read %s: %s' % (index_path, errors.tf_error_message(e))) from e
   entries, slices, num_shards = {}, {}, None
   try:
     for key, value in _table_items(data):
@@ -218,9 +222,9 @@ def read_index(prefix):
       else:
         entries[key.decode('utf-8')] = entry
   except (ValueError, struct.error, UnicodeDecodeError, pb_message.DecodeError) as e:
-    raise utils.UserError('%s is truncated or corrupt (%s)' % (index_path, e)) from e
+    raise errors.UserError('%s is truncated or corrupt (%s)' % (index_path, e)) from e
   if num_shards is None:
-    raise utils.UserError('%s has no header: truncated or not a checkpoint index' % index_path)
+    raise errors.UserError('%s has no header: truncated or not a checkpoint index' % index_path)
   checkpoint = Checkpoint(prefix=prefix, num_shards=num_shards, entries=entries, slices=slices)
   _check_data_files(checkpoint)
   return checkpoint
@@ -233,11 +237,11 @@ def _check_data_files(checkpoint):
       if entry.size:
         needed[entry.shard_id] = max(needed.get(entry.shard_id, 0), entry.offset + entry.size)
   for shard, path in enumerate(checkpoint.data_files()):
-    if not fileio.exists(path):
-      raise utils.UserError('checkpoint data shard %s is missing' % path)
-    length = fileio.size(path)
+    if not files.exists(path):
+      raise errors.UserError('checkpoint data shard %s is missing' % path)
+    length = files.size(path)
     if length < needed.get(shard, 0):
-      raise utils.UserError('checkpoint data shard %s is truncated (%d bytes, the index needs '
+      raise errors.UserError('checkpoint data shard %s is truncated (%d bytes, the index needs '
                             '%d)' % (path, length, needed[shard]))
 
 
@@ -319,7 +323,7 @@ def check_restorable(checkpoint, wants, what):
     what: how to call the graph in messages.
 
   Raises:
-    utils.UserError: listing every tensor that is missing or different.
+    errors.UserError: listing every tensor that is missing or different.
   """
   problems = []
   for want in wants:
@@ -352,7 +356,7 @@ def check_restorable(checkpoint, wants, what):
       problems.append('%s has shape %s in the checkpoint, %s in %s' % (want.name, shape,
                                                                       want.shape, what))
   if problems:
-    raise utils.UserError('checkpoint %s does not match %s: %s' % (
+    raise errors.UserError('checkpoint %s does not match %s: %s' % (
         checkpoint.prefix, what, '; '.join(problems)))
 
 
@@ -377,7 +381,8 @@ def _masked_crc32c(data):
   return (((crc >> 15) | (crc << 17)) + 0xa282ead8) & 0xffffffff
 
 
-def _put_varint(value):
+def encode_varint(value):
+  """Protobuf's (and LevelDB's) base-128 varint encoding of a non-negative int."""
   out = bytearray()
   while True:
     byte = value & 0x7f
@@ -394,7 +399,7 @@ def _block(items):
   body, restarts = bytearray(), []
   for key, value in items:
     restarts.append(len(body))
-    body += _put_varint(0) + _put_varint(len(key)) + _put_varint(len(value)) + key + value
+    body += encode_varint(0) + encode_varint(len(key)) + encode_varint(len(value)) + key + value
   if not restarts:
     restarts = [0]
   body += b''.join(struct.pack('<I', r) for r in restarts) + struct.pack('<I', len(restarts))
@@ -421,7 +426,7 @@ def write_index(path, records, num_shards=1, block_bytes=256 << 10):
     offset = len(out)
     out.extend(contents)
     out.extend(b'\x00' + struct.pack('<I', _masked_crc32c(contents + b'\x00')))
-    return _put_varint(offset) + _put_varint(len(contents))
+    return encode_varint(offset) + encode_varint(len(contents))
 
   index, current, size = [], [], 0
   for key, value in items:
@@ -436,7 +441,7 @@ def write_index(path, records, num_shards=1, block_bytes=256 << 10):
   index_handle = put_block(_block(index))
   footer = (metaindex + index_handle).ljust(40, b'\x00') + struct.pack('<Q', _TABLE_MAGIC)
   out.extend(footer)
-  with fileio.open_file(path, 'wb') as f:
+  with files.open_file(path, 'wb') as f:
     f.write(bytes(out))
 
 
@@ -458,7 +463,7 @@ def copy_tensors(checkpoint, names, dst_prefix, chunk_bytes=8 << 20, progress=No
     Bytes of tensor data copied.
 
   Raises:
-    utils.UserError: a data shard that cannot be read.
+    errors.UserError: a data shard that cannot be read.
   """
   records = [r for name in names for r in checkpoint.records(name)]
   total = sum(entry.size for _, entry in records)
@@ -474,7 +479,7 @@ def copy_tensors(checkpoint, names, dst_prefix, chunk_bytes=8 << 20, progress=No
       progress(done, total)
 
   try:
-    with fileio.open_file(data_path, 'wb') as out:
+    with files.open_file(data_path, 'wb') as out:
       # Sorted by shard and offset, each source file is read front to back.
       for key, entry in sorted(records, key=lambda r: (r[1].shard_id, r[1].offset)):
         copy = tensor_bundle_pb2.BundleEntryProto()
@@ -483,18 +488,18 @@ def copy_tensors(checkpoint, names, dst_prefix, chunk_bytes=8 << 20, progress=No
         copy.offset = done if entry.size else 0
         if entry.size:
           if entry.shard_id not in sources:
-            sources[entry.shard_id] = fileio.open_file(
+            sources[entry.shard_id] = files.open_file(
                 checkpoint.data_files()[entry.shard_id], 'rb')
           try:
-            fileio.copy_range(sources[entry.shard_id], entry.offset, out, entry.size,
+            files.copy_range(sources[entry.shard_id], entry.offset, out, entry.size,
                               chunk_bytes, advance)
           except EOFError as e:
-            raise utils.UserError('checkpoint data shard %s ends early'
+            raise errors.UserError('checkpoint data shard %s ends early'
                                   % checkpoint.data_files()[entry.shard_id]) from e
         out_records.append((key, copy))
   except OSError as e:
-    raise utils.UserError('cannot copy from checkpoint %s: %s'
-                          % (checkpoint.prefix, utils.tf_error_message(e))) from e
+    raise errors.UserError('cannot copy from checkpoint %s: %s'
+                          % (checkpoint.prefix, errors.tf_error_message(e))) from e
   finally:
     for src in sources.values():
       src.close()
@@ -502,3 +507,42 @@ def copy_tensors(checkpoint, names, dst_prefix, chunk_bytes=8 << 20, progress=No
   if progress and not total:
     progress(0, 0)
   return done
+
+
+def _link_or_copy(src, dst):
+  # A hard link costs nothing and keeps the checkpoint untouched (neither file is written
+  # again); it needs both paths on one local filesystem, else the bytes are copied.
+  if not files.is_remote(src) and not files.is_remote(dst):
+    try:
+      os.link(src, dst)
+      return
+    except OSError:
+      pass
+  files.copy(src, dst, overwrite=True)
+
+
+def link_files(checkpoint, dst_prefix):
+  """Makes DST_PREFIX.{index,data-*} the files of `checkpoint`, hard-linked where the
+  filesystem allows, else copied.
+
+  Returns:
+    (tensors, bytes of tensor data) the checkpoint holds.
+  """
+  pairs = [(checkpoint.prefix + '.index', dst_prefix + '.index')]
+  pairs += [(src, '%s.data-%05d-of-%05d' % (dst_prefix, k, checkpoint.num_shards))
+            for k, src in enumerate(checkpoint.data_files())]
+  sizes = [files.size(src) for src, _ in pairs]
+  progress, done = units.Progress('linking checkpoint files'), 0
+  for (src, dst), size in zip(pairs, sizes):
+    _link_or_copy(src, dst)
+    done += size
+    progress(done, sum(sizes))
+  return len(checkpoint.entries), sum(checkpoint.nbytes(n) for n in checkpoint.entries)
+
+
+def link_checkpoint(prefix, dst_prefix):
+  """Hard-links (or copies) the files of checkpoint `prefix` to `dst_prefix`, after checking
+  its index and shards."""
+  tensors, nbytes = link_files(read_index(prefix), dst_prefix)
+  logging.info('linked %s (%d tensors, %s) as %s', prefix, tensors, units.human_bytes(nbytes),
+               dst_prefix)

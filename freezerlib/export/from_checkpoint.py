@@ -1,0 +1,207 @@
+"""The checkpoint path: structure graph + training checkpoint -> serving SavedModel.
+
+For models too large to freeze, or to export from the training cluster. The structure's own
+variable values are never read: its signature inputs become placeholders, what the outputs do
+not need goes, devices are cleared, and a new saver restores exactly the variables and tables
+left. Every tensor that saver reads is checked against the checkpoint's index before anything
+is written; then variables/ gets only those tensors, their stored bytes copied as they are.
+With a structure whose inputs are placeholders, TensorFlow itself is never imported.
+"""
+
+import dataclasses
+import time
+from typing import List
+
+from absl import logging
+
+from google.protobuf import message as pb_message
+
+from freezerlib.analysis import unsafe_ops
+from freezerlib.core import atomic
+from freezerlib.core import errors
+from freezerlib.core import files
+from freezerlib.core import graphs
+from freezerlib.core import units
+from freezerlib.core.lean_tf import meta_graph_pb2
+from freezerlib.formats import checkpoint_index
+from freezerlib.formats import saved_model
+from freezerlib.transforms import placeholders
+from freezerlib.transforms import prune
+from freezerlib.transforms import saver
+from freezerlib.transforms import tables
+
+
+@dataclasses.dataclass
+class ExportReport:
+  tensors_exported: int
+  tensors_in_checkpoint: int
+  bytes_exported: int
+  bytes_in_checkpoint: int
+  seconds: float
+
+
+def load_structure(saved_model_dir=None, meta_graph_path=None, tags=('serve',),
+                   signature_names=None, inputs=(), outputs=()):
+  """(MetaGraphDef, signatures, assets dir or None, name) of the structure; no values read.
+
+  Raises:
+    errors.UserError: unreadable structure, unknown tags or signatures or tensors.
+  """
+  if saved_model_dir:
+    proto = saved_model.read_saved_model_proto(saved_model_dir)
+    meta_graph = saved_model.select_meta_graph(proto, tags, saved_model_dir)
+    where, assets = saved_model_dir, files.join(saved_model_dir, 'assets')
+  else:
+    where, assets = meta_graph_path, None
+    if not files.exists(meta_graph_path):
+      raise errors.UserError('meta graph %s does not exist' % meta_graph_path)
+    meta_graph = meta_graph_pb2.MetaGraphDef()
+    try:
+      meta_graph.ParseFromString(files.read(meta_graph_path))
+    except pb_message.DecodeError as e:
+      raise errors.UserError('%s is not a MetaGraphDef (truncated or corrupt: %s)'
+                            % (meta_graph_path, e)) from e
+    if not meta_graph.graph_def.node:
+      raise errors.UserError('%s is not a MetaGraphDef: it holds no graph' % meta_graph_path)
+  if inputs or outputs:
+    if not inputs or not outputs:
+      raise errors.UserError('give both --inputs and --outputs')
+    signatures = {'serving_default': saved_model.signature_from_tensors(
+        meta_graph.graph_def, inputs, outputs, where)}
+  else:
+    signatures = saved_model.select_signatures(meta_graph, signature_names, where)
+  saved_model.check_tensors_exist(meta_graph.graph_def, signatures, where)
+  return meta_graph, signatures, assets, where
+
+
+@dataclasses.dataclass
+class ServingGraph:
+  """What optimize_from_ckpt.py writes: graph, signatures, saver, init op (or None), and the
+  restores its saver performs."""
+  graph_def: object
+  signatures: dict
+  saver_def: object
+  main_op: str
+  restores: List[saver.Restore]
+
+
+def serving_graph(graph_def, signatures, saver_def, where, op_defs=None):
+  """Cuts the structure graph to serving and gives it a saver over what it keeps.
+
+  Args:
+    graph_def: the structure graph (not modified).
+    signatures: signature key -> SignatureDef to serve.
+    saver_def: the structure's SaverDef (how its variables map to checkpoint tensors).
+    where: the structure's path, for messages.
+    op_defs: the structure's OpList, for graph_edit.inputs_to_placeholders.
+
+  Returns:
+    ServingGraph.
+
+  Raises:
+    errors.UserError: a variable the outputs need that the saver does not restore.
+  """
+  restores = saver.restores_of_saver(graph_def, saver_def, where)
+  cut, signatures, _ = placeholders.inputs_to_placeholders(graph_def, signatures, op_defs)
+  keep = saved_model.signature_output_nodes(signatures)
+  keep += [graphs.node_name(i.name) for s in signatures.values() for i in s.inputs.values()]
+  kept = graphs.reachable(cut, list(dict.fromkeys(keep)))
+  # Static tables are not in checkpoints: their own initialisers (constants, asset files) go
+  # into the main op.
+  restore_ops = {r.op.name for r in restores}
+  inits = saver.static_table_inits(cut, kept, restore_ops)
+  keep += inits
+  stripped = prune.strip(cut, list(dict.fromkeys(keep)))
+  kept = {n.name for n in stripped.node}
+  needed = [r for r in restores if r.target in kept]
+  restored = {r.target for r in needed}
+  unrestored = sorted(n.name for n in stripped.node if n.op in saver.VARIABLE_OPS and
+                      n.name not in restored)
+  if unrestored:
+    raise errors.UserError('%s: the saver does not restore %s, which the signatures need'
+                          % (where, ', '.join(unrestored)))
+  mutable = sorted(n.name for n in stripped.node
+                   if n.op in tables.MUTABLE_TABLE_OPS | tables.DENSE_TABLE_OPS
+                   and n.name not in restored)
+  if mutable:
+    raise errors.UserError('%s: the saver does not restore table %s, which the signatures read '
+                          '(it would serve empty)' % (where, ', '.join(mutable)))
+  saver_def = saver.add_saver(stripped, needed)
+  main_op = None
+  if inits:
+    main_op = graphs.unique_scope(tables.INIT_OP_NAME, {n.name for n in stripped.node})
+    stripped.node.append(saver.node_def(main_op, 'NoOp', ['^' + i for i in inits]))
+  return ServingGraph(stripped, signatures, saver_def, main_op, needed)
+
+
+def saved_model_from_checkpoint(checkpoint, output_dir, saved_model_dir=None,
+                                meta_graph_path=None, tags=('serve',), signature_names=None,
+                                inputs=(), outputs=(), prune_tensors=True, chunk_bytes=8 << 20,
+                                overwrite=False, allow_ops=()):
+  """Writes a serving SavedModel at `output_dir` whose variables come from `checkpoint`.
+
+  Args:
+    checkpoint: a checkpoint prefix, or the directory holding its `checkpoint` state file.
+    output_dir: the SavedModel directory to write.
+    saved_model_dir: the structure, a SavedModel (its values are not read); or
+    meta_graph_path: the structure, a MetaGraphDef file.
+    tags: the structure MetaGraph's tags, and the output's.
+    signature_names: signatures to serve; all when empty.
+    inputs, outputs: tensor names, for a structure without signatures.
+    prune_tensors: copy only the tensors the serving graph restores (False: every
+      checkpoint file as it is).
+    chunk_bytes: bytes read and written at a time when copying through memory.
+    overwrite: replace an existing `output_dir`.
+    allow_ops: op types that touch files, run Python or reach the network to accept.
+
+  Returns:
+    ExportReport.
+
+  Raises:
+    errors.UserError: bad structure or checkpoint, a mismatch between them (all listed), or an
+      output that exists (without `overwrite`). Nothing is written then.
+  """
+  start = time.perf_counter()
+  atomic.check_output_free(output_dir, overwrite)
+  structure, signatures, assets_dir, where = load_structure(
+      saved_model_dir, meta_graph_path, tags, signature_names, inputs, outputs)
+  removed = unsafe_ops.check_meta_graph(structure, signatures, set(allow_ops), where)
+  unsafe_ops.log_findings(removed, 'removed (not run by the signatures)')
+  serving = serving_graph(structure.graph_def, signatures, structure.saver_def, where,
+                          structure.meta_info_def.stripped_op_list)
+  ours = saved_model.saver_nodes(serving.graph_def, serving.saver_def)
+  unsafe_ops.unsafe_in(serving.graph_def, set(allow_ops), where, exempt=ours)
+  prefix = checkpoint_index.resolve_prefix(checkpoint)
+  index = checkpoint_index.read_index(prefix)
+  wants = saver.wants(serving.restores, serving.graph_def)
+  checkpoint_index.check_restorable(index, wants, where)
+  kept = {n.name for n in serving.graph_def.node}
+  assets = [a for a in saved_model.asset_defs(structure)
+            if graphs.node_name(a.tensor_info.name) in kept]
+  if assets and not assets_dir:
+    raise errors.UserError('%s reads asset files, which a .meta file does not carry: use the '
+                           'SavedModel as --saved_model_dir' % where)
+  meta_graph = saved_model.serving_meta_graph(
+      serving.graph_def, serving.signatures, tags, saver_def=serving.saver_def,
+      main_op=serving.main_op, assets=assets, meta_info_def=structure.meta_info_def)
+  logging.info('serving graph: %d nodes restoring %d tensors (%d variables and tables); '
+               'checkpoint %s: %d tensors in %d shards', len(serving.graph_def.node),
+               len(wants), len(serving.restores), prefix, len(index.entries), index.num_shards)
+  copied = {}
+
+  def write_variables(variables_dir):
+    dst = files.join(variables_dir, 'variables')
+    if prune_tensors:
+      copied['bytes'] = checkpoint_index.copy_tensors(
+          index, [w.name for w in wants], dst, chunk_bytes,
+          progress=units.Progress('copying tensors'))
+      copied['tensors'] = len(wants)
+    else:
+      copied['tensors'], copied['bytes'] = checkpoint_index.link_files(index, dst)
+
+  saved_model.write_saved_model(output_dir, meta_graph, write_variables, assets_dir, overwrite)
+  return ExportReport(
+      tensors_exported=copied['tensors'], tensors_in_checkpoint=len(index.entries),
+      bytes_exported=copied['bytes'],
+      bytes_in_checkpoint=sum(index.nbytes(n) for n in index.entries),
+      seconds=time.perf_counter() - start)

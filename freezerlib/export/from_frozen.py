@@ -1,0 +1,180 @@
+"""Stage 3 of the freeze path: a frozen GraphDef becomes a lean serving SavedModel.
+
+Each signature input that is a reader output (`IteratorGetNext:k`) or an intermediate tensor
+becomes a Placeholder named after its signature key; everything the signatures' outputs and the
+table fill do not need is removed; devices are cleared; Grappler's passes run. Big constants
+become variables restored from variables/ (transforms.constants_as_variables); a graph frozen
+with `--keep_as_variables` keeps its saver, and the checkpoint beside it becomes variables/.
+"""
+
+import dataclasses
+
+from absl import logging
+
+from freezerlib.analysis import unsafe_ops
+from freezerlib.core import atomic
+from freezerlib.core import errors
+from freezerlib.core import files
+from freezerlib.core import lean_tf
+from freezerlib.core import units
+from freezerlib.formats import checkpoint_index
+from freezerlib.formats import frozen_graph
+from freezerlib.formats import saved_model
+from freezerlib.transforms import constants_as_variables as constants_lib
+from freezerlib.transforms import grappler as grappler_lib
+from freezerlib.transforms import prune
+
+
+def frozen_from_file(path, inputs=(), outputs=(), init_op=None, tags=('serve',)):
+  """The FrozenModel in `path`: its own metadata, or the one --inputs/--outputs describe.
+
+  Raises:
+    errors.UserError: unreadable graph, unknown tensors.
+  """
+  graph_def = frozen_graph.read_graph_def(path)
+  frozen = frozen_graph.frozen_from_graph_def(graph_def, path, in_place=True)
+  if inputs or outputs or frozen is None:
+    plain = frozen.graph_def if frozen is not None else graph_def
+    if not inputs or not outputs:
+      raise errors.UserError('%s was not written by freezer.py: give both --inputs and --outputs'
+                             % path)
+    signature = saved_model.signature_from_tensors(plain, inputs, outputs, path)
+    if init_op and init_op not in {n.name for n in plain.node}:
+      raise errors.UserError('--init_op names %s, which is not an op of %s' % (init_op, path))
+    # A graph that keeps variables keeps its saver and checkpoint whatever the signature.
+    frozen = dataclasses.replace(
+        frozen or frozen_graph.FrozenModel(graph_def=plain, signatures={}, tags=[]),
+        graph_def=plain, signatures={'serving_default': signature}, tags=list(tags),
+        table_init_op=init_op)
+  saved_model.check_tensors_exist(frozen.graph_def, frozen.signatures, path)
+  return frozen
+
+
+def write_tensorboard_graph(graph_def, log_dir):
+  """Writes `graph_def` as a TensorBoard event file under `log_dir`."""
+  tf = lean_tf.tensorflow
+  graph = tf.Graph()
+  with graph.as_default():
+    tf.graph_util.import_graph_def(graph_def, name='')
+    writer = tf.compat.v1.summary.FileWriter(log_dir, graph=graph)
+    writer.close()
+
+
+def serving_graph(frozen, grappler=True):
+  """The serving graph of a FrozenModel: placeholders in, only inference left, devices cleared.
+
+  Args:
+    frozen: frozen_graph.FrozenModel (not modified).
+    grappler: also run Grappler's passes.
+
+  Returns:
+    (new FrozenModel, prune.GraphStats before, prune.GraphStats after).
+  """
+  before = prune.GraphStats.of(frozen.graph_def)
+  extra_keep = [frozen.table_init_op]
+  if frozen.saver_def is not None:
+    # Kept variables: no output reaches the saver's restore and save ops, which loading runs.
+    extra_keep += saved_model.saver_op_names(frozen.saver_def)
+  graph_def, signatures, keep = prune.cut_to_signatures(frozen.graph_def, frozen.signatures,
+                                                        extra_keep)
+  if grappler:
+    graph_def = prune.strip(grappler_lib.grappler_optimize(graph_def, keep), keep)
+  result = dataclasses.replace(frozen, graph_def=graph_def, signatures=signatures)
+  return result, before, prune.GraphStats.of(graph_def)
+
+
+def saved_model_from_frozen_graph(input_graph, output_saved_model_dir=None, output_graph=None,
+                                  inputs=(), outputs=(), init_op=None, tags=('serve',),
+                                  grappler=True, log_dir=None, overwrite=False, allow_ops=(),
+                                  constants_as_variables=1 << 20):
+  """Cuts, strips and re-dumps `input_graph` as a serving SavedModel and/or GraphDef.
+
+  Args:
+    input_graph: a GraphDef written by freezer.py, or any frozen GraphDef with `inputs` and
+      `outputs` (tensor names).
+    output_saved_model_dir: the SavedModel to write, or None.
+    output_graph: the optimized GraphDef to write, or None.
+    inputs, outputs: tensor names of a GraphDef without freezer's metadata.
+    init_op: with `inputs`/`outputs`, the op that fills the graph's tables.
+    tags: the tags of the SavedModel written.
+    grappler: run Grappler's passes.
+    log_dir: write the graph before and after as TensorBoard event files there.
+    overwrite: replace existing outputs.
+    allow_ops: op types that touch files, run Python or reach the network to accept.
+    constants_as_variables: in the SavedModel, Consts of at least this many bytes become
+      variables restored from its variables/ (None: none do).
+
+  Returns:
+    (optimized FrozenModel, prune.GraphStats before, prune.GraphStats after); the model's big
+    constants are variables (its `saver_def` set) when `constants_as_variables` picked any.
+
+  Raises:
+    errors.UserError: bad input, or an output that exists (without `overwrite`).
+  """
+  if not output_saved_model_dir and not output_graph:
+    raise errors.UserError('nothing to write: give --output_saved_model_dir and/or '
+                           '--output_graph')
+  for path in (output_saved_model_dir, output_graph):
+    if path:
+      atomic.check_output_free(path, overwrite)
+  frozen = frozen_from_file(input_graph, inputs, outputs, init_op, tags)
+  prefix, saver_nodes = None, set()
+  if frozen.saver_def is not None:  # freezer.py --keep_as_variables: a checkpoint beside it
+    prefix = frozen_graph.checkpoint_of(frozen, input_graph)
+    saver_nodes = saved_model.saver_nodes(frozen.graph_def, frozen.saver_def)
+  needed = unsafe_ops.needed_nodes(frozen.graph_def, frozen.signatures,
+                                   [frozen.table_init_op] if frozen.table_init_op else [])
+  removed = unsafe_ops.enforce(unsafe_ops.find_unsafe(frozen.graph_def, exempt=saver_nodes),
+                               needed, set(allow_ops), input_graph)
+  unsafe_ops.log_findings(removed, 'removed (not run by the signatures)')
+  # Big constants are set aside as variables first: Grappler and the cut then work on a graph
+  # without their bytes (on a graph with 355 MiB of constants Grappler alone took 9.5 s), and
+  # the SavedModel restores them from variables/ instead of parsing them from its graph.
+  split = None
+  if frozen.saver_def is None and constants_as_variables is not None:
+    split = constants_lib.split(frozen, constants_as_variables)
+  work = split.frozen if split else frozen
+  tf = lean_tf.tensorflow
+  try:
+    result, before, after = serving_graph(work, grappler)
+  except (ValueError, tf.errors.OpError) as e:
+    raise errors.UserError('cannot optimize %s: %s'
+                           % (input_graph, errors.tf_error_message(e))) from e
+  unsafe_ops.unsafe_in(result.graph_def, set(allow_ops), input_graph,
+                       exempt=saved_model.saver_nodes(result.graph_def, result.saver_def))
+  if split:
+    logging.info('%d constants of %s or more (%s) set aside as variables', len(split.values),
+                 units.human_bytes(constants_as_variables), units.human_bytes(
+                     sum(lean_tf.tensor_nbytes(t) for _, t in split.values.values())))
+    split = constants_lib.Split(result, split.values)
+  prune.log_cut(before, after)
+  if log_dir:
+    write_tensorboard_graph(frozen.graph_def, files.join(log_dir, 'before'))
+    write_tensorboard_graph(result.graph_def, files.join(log_dir, 'after'))
+    logging.info('TensorBoard graphs: tensorboard --logdir=%s', log_dir)
+  if output_graph and prefix:
+    frozen_graph.write_graph(result, prefix, output_graph, overwrite)
+    logging.info('wrote %s and its checkpoint %s', output_graph,
+                 frozen_graph.checkpoint_dir(output_graph))
+  elif output_graph:
+    plain = constants_lib.inline(split) if split else result
+    frozen_graph.write_graph_def(frozen_graph.frozen_to_graph_def(plain), output_graph,
+                                 overwrite)
+    logging.info('wrote %s', output_graph)
+  if output_saved_model_dir:
+    tags = result.tags or ['serve']
+    if prefix:
+      write_variables = lambda d: checkpoint_index.link_checkpoint(prefix, d + '/variables')
+    elif split:
+      write_variables = constants_lib.variables_writer(split)
+    else:
+      write_variables = None
+    meta_graph = saved_model.serving_meta_graph(
+        result.graph_def, result.signatures, tags, saver_def=result.saver_def,
+        main_op=result.table_init_op, strip_default_attrs=write_variables is None)
+    size = saved_model.write_saved_model(output_saved_model_dir, meta_graph, write_variables,
+                                         overwrite=overwrite)
+    logging.info('wrote SavedModel %s (%s%s; signatures: %s)', output_saved_model_dir,
+                 units.human_bytes(size), ', variables/ from %s' % prefix if prefix else '',
+                 ', '.join(sorted(result.signatures)))
+  return result, before, after

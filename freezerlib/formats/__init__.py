@@ -1,0 +1,1 @@
+"""The files this toolkit reads and writes: SavedModels, frozen graphs, checkpoint indexes."""

@@ -1,0 +1,337 @@
+"""SavedModels: read one with errors that name the path at fault, build and write a serving one.
+
+Reading parses `saved_model.pb` (or `.pbtxt`) with TensorFlow's protos only, never importing
+TensorFlow itself. Writing is one function for every serving SavedModel this toolkit makes:
+the MetaGraph (`serving_meta_graph`), then whatever fills `variables/` and `assets/`, then
+`saved_model.pb` last, all under a temporary name moved into place when complete.
+"""
+
+from google.protobuf import message as pb_message
+from google.protobuf import text_format
+
+from freezerlib.core import atomic
+from freezerlib.core import errors
+from freezerlib.core import files
+from freezerlib.core import graphs
+from freezerlib.core import lean_tf
+from freezerlib.core.lean_tf import meta_graph_pb2
+from freezerlib.core.lean_tf import saved_model_pb2
+
+INIT_OP_SIGNATURE_KEY = '__saved_model_init_op'
+# The collection of the one op TF Serving, the C++ loader and both Python loaders run after
+# restoring variables/ (the TF1 Builder's `main_op`).
+MAIN_OP_COLLECTION = 'saved_model_main_op'
+
+
+def _is_session_bundle(export_dir):
+  return (files.exists(files.join(export_dir, 'export.meta')) or
+          files.exists(files.join(export_dir, 'export')))
+
+
+def read_saved_model_proto(export_dir):
+  """Parses DIR/saved_model.pb (or .pbtxt).
+
+  Raises:
+    errors.UserError: the directory is missing, empty, a session-bundle export, or its
+      saved_model.pb is truncated or not a SavedModel.
+  """
+  if not files.exists(export_dir):
+    raise errors.UserError('SavedModel directory %s does not exist' % export_dir)
+  if not files.isdir(export_dir):
+    raise errors.UserError('%s is a file, not a SavedModel directory' % export_dir)
+  pb_path = files.join(export_dir, 'saved_model.pb')
+  txt_path = files.join(export_dir, 'saved_model.pbtxt')
+  saved_model = saved_model_pb2.SavedModel()
+  if files.exists(pb_path):
+    data = files.read(pb_path)
+    try:
+      saved_model.ParseFromString(data)
+    except pb_message.DecodeError as e:
+      raise errors.UserError('%s is not a valid SavedModel (truncated or corrupt: %s)'
+                            % (pb_path, e)) from e
+    path = pb_path
+  elif files.exists(txt_path):
+    try:
+      text_format.Parse(files.read(txt_path).decode('utf-8'), saved_model)
+    except text_format.ParseError as e:
+      raise errors.UserError('%s is not a valid SavedModel: %s' % (txt_path, e)) from e
+    path = txt_path
+  elif _is_session_bundle(export_dir):
+    raise errors.UserError(
+        '%s is an old session-bundle export (export.meta), not a SavedModel; re-export it '
+        'with tf.compat.v1.saved_model.Builder' % export_dir)
+  elif not files.listdir(export_dir):
+    raise errors.UserError('SavedModel directory %s is empty' % export_dir)
+  else:
+    raise errors.UserError('%s holds no saved_model.pb: not a SavedModel directory' % export_dir)
+  if not saved_model.meta_graphs:
+    raise errors.UserError('%s holds no MetaGraph (empty or truncated file)' % path)
+  return saved_model
+
+
+def select_meta_graph(saved_model, tags, export_dir):
+  """The MetaGraph whose tag set equals `tags`.
+
+  Raises:
+    errors.UserError: no such MetaGraph; the message lists the tag sets there are.
+  """
+  wanted = set(tags)
+  for meta_graph in saved_model.meta_graphs:
+    if set(meta_graph.meta_info_def.tags) == wanted:
+      return meta_graph
+  available = ['%s' % ','.join(mg.meta_info_def.tags) for mg in saved_model.meta_graphs]
+  raise errors.UserError('%s has no MetaGraph tagged %s; choose --tags from: %s'
+                        % (export_dir, ','.join(sorted(wanted)), '; '.join(available)))
+
+
+def select_signatures(meta_graph, names, where):
+  """signature key -> SignatureDef for `names` (all when empty), in a stable order.
+
+  Raises:
+    errors.UserError: an unknown name (the message lists the choices) or no signature at all.
+  """
+  # TF2's tf.saved_model.save stores its init op among the signatures; it is not one to serve.
+  available = sorted(k for k in meta_graph.signature_def if k != INIT_OP_SIGNATURE_KEY)
+  if not available:
+    raise errors.UserError('%s has no signatures: nothing says what to keep' % where)
+  names = list(names) if names else available
+  unknown = [n for n in names if n not in available]
+  if unknown:
+    raise errors.UserError('%s has no signature %s; choose from: %s'
+                          % (where, ', '.join(repr(n) for n in unknown), ', '.join(available)))
+  return {n: meta_graph.signature_def[n] for n in names}
+
+
+def signature_output_nodes(signatures):
+  """Names of the nodes that produce the signatures' outputs, in a stable order."""
+  names = []
+  for sig in signatures.values():
+    for key in sorted(sig.outputs):
+      name = graphs.node_name(sig.outputs[key].name)
+      if name not in names:
+        names.append(name)
+  return names
+
+
+def check_tensors_exist(graph_def, signatures, where):
+  """Every signature tensor names a node of `graph_def`.
+
+  Raises:
+    errors.UserError: naming the signature, key and missing tensor.
+  """
+  nodes = {n.name for n in graph_def.node}
+  for sig_key, sig in signatures.items():
+    for kind, infos in (('input', sig.inputs), ('output', sig.outputs)):
+      for key, info in infos.items():
+        if not info.name:
+          raise errors.UserError('signature %r %s %r of %s is not a dense tensor (sparse and '
+                                'composite signature tensors are not supported)'
+                                % (sig_key, kind, key, where))
+        if graphs.node_name(info.name) not in nodes:
+          raise errors.UserError('signature %r %s %r names %s, which is not in %s'
+                                % (sig_key, kind, key, info.name, where))
+
+
+def directory_size(path):
+  """Bytes of every file under `path` (or of the file `path`)."""
+  if not files.isdir(path):
+    return files.size(path)
+  total = 0
+  for root, _, names in files.walk(path):
+    for name in names:
+      total += files.size(files.join(root, name))
+  return total
+
+
+def signature_from_tensors(graph_def, inputs, outputs, where):
+  """A predict SignatureDef over named tensors of `graph_def`; keys are the node names.
+
+  Raises:
+    errors.UserError: a tensor that is not in the graph.
+  """
+  tf = lean_tf.tensorflow  # shapes need TensorFlow's shape inference
+  graph = tf.Graph()
+  with graph.as_default():
+    try:
+      tf.graph_util.import_graph_def(graph_def, name='')
+    except (ValueError, tf.errors.OpError) as e:
+      raise errors.UserError('cannot import %s: %s' % (where, errors.tf_error_message(e))) from e
+  signature = meta_graph_pb2.SignatureDef(
+      method_name='tensorflow/serving/predict')
+  for names, infos, flag in ((inputs, signature.inputs, '--inputs'),
+                             (outputs, signature.outputs, '--outputs')):
+    for name in names:
+      try:
+        tensor = graph.get_tensor_by_name(graphs.tensor_name(name))
+      except (KeyError, ValueError) as e:
+        raise errors.UserError('%s names %s, which is not a tensor of %s'
+                               % (flag, name, where)) from e
+      key = (graphs.node_name(name) if graphs.tensor_name(name).endswith(':0')
+             else name.replace(':', '_'))
+      infos[key].name = tensor.name
+      infos[key].dtype = tensor.dtype.as_datatype_enum
+      infos[key].tensor_shape.CopyFrom(tensor.shape.as_proto())
+  return signature
+
+
+def saver_op_names(saver_def):
+  """Names of the saver's restore op, save op and filename nodes: what loading and saving run,
+  which no signature output reaches."""
+  return [graphs.node_name(n) for n in (saver_def.restore_op_name, saver_def.save_tensor_name,
+                                        saver_def.filename_tensor_name) if n]
+
+
+def saver_nodes(graph_def, saver_def):
+  """The nodes of the graph's own saver (what its save and restore ops need)."""
+  if saver_def is None:
+    return set()
+  names = {n.name for n in graph_def.node}
+  roots = [r for r in saver_op_names(saver_def) if r in names]
+  if not roots:
+    return set()
+  return graphs.reachable(graph_def, roots)
+
+
+def is_object_based(meta_graph):
+  """True for a MetaGraph written by tf.saved_model.save (TF2), False for a TF1 Builder's.
+
+  The test tf.saved_model.load itself makes: only TF2's saver writes an object graph. The
+  `__saved_model_init_op` signature is not a test (TF1 models can have one), nor is a missing
+  saver (TF2 models have one too).
+  """
+  return (meta_graph.HasField('object_graph_def') and
+          len(meta_graph.object_graph_def.nodes) > 0)
+
+
+def load_objects(export_dir, tags):
+  """tf.saved_model.load (TensorFlow imported here), with its failures as one-line errors."""
+  tf = lean_tf.tensorflow
+  try:
+    return tf.saved_model.load(export_dir, tags=list(tags))
+  except (tf.errors.OpError, ValueError, RuntimeError, KeyError, TypeError) as e:
+    raise errors.UserError('cannot load SavedModel %s: %s'
+                           % (export_dir, errors.tf_error_message(e))) from e
+
+
+def init_ops_of(meta_graph):
+  """The ops a SavedModel loader runs after restoring: main op, legacy init op, TF2 init op."""
+  ops = []
+  for key in (MAIN_OP_COLLECTION, 'legacy_init_op', 'table_initializer'):
+    ops.extend(meta_graph.collection_def[key].node_list.value)
+  init = meta_graph.signature_def.get(INIT_OP_SIGNATURE_KEY)
+  if init is not None:
+    ops.extend(o.name for o in init.outputs.values())
+  return ops
+
+
+def write_saved_model_proto(meta_graph, export_dir):
+  """Writes EXPORT_DIR/saved_model.pb holding `meta_graph`, serialized deterministically (the
+  same model, the same bytes). Write it last: it marks the model complete."""
+  proto = saved_model_pb2.SavedModel(saved_model_schema_version=1)
+  proto.meta_graphs.add().CopyFrom(meta_graph)
+  with files.open_file(files.join(export_dir, 'saved_model.pb'), 'wb') as f:
+    f.write(proto.SerializeToString(deterministic=True))
+
+
+def asset_defs(meta_graph):
+  """The MetaGraph's AssetFileDefs: its own field (TF2) and the TF1 `saved_model_assets`
+  collection."""
+  defs = list(meta_graph.asset_file_def)
+  for value in meta_graph.collection_def['saved_model_assets'].any_list.value:
+    asset = meta_graph_pb2.AssetFileDef()
+    value.Unpack(asset)
+    defs.append(asset)
+  return defs
+
+
+def serving_meta_graph(graph_def, signatures, tags, saver_def=None, main_op=None, assets=(),
+                       meta_info_def=None, strip_default_attrs=False):
+  """The one builder of a serving SavedModel's MetaGraphDef.
+
+  Args:
+    graph_def: the serving graph (copied).
+    signatures: signature key -> SignatureDef.
+    tags: the MetaGraph's tags.
+    saver_def: the saver that restores variables/, or None for a graph without state.
+    main_op: the op loaders run after restoring (it fills the tables), or None.
+    assets: AssetFileDefs the graph reads.
+    meta_info_def: a MetaInfoDef to start from (the structure's, on the checkpoint path);
+      its op list is dropped. None: this TensorFlow's version.
+    strip_default_attrs: strip attributes that hold their op's default value and record the
+      ops used, as the TF1 Builder does (needs TensorFlow's op registry).
+
+  Returns:
+    MetaGraphDef.
+  """
+  meta_graph = meta_graph_pb2.MetaGraphDef()
+  if strip_default_attrs:
+    tf = lean_tf.tensorflow
+    graph = tf.Graph()
+    with graph.as_default():
+      tf.graph_util.import_graph_def(graph_def, name='')
+      if main_op:
+        graph.add_to_collection(MAIN_OP_COLLECTION, graph.get_operation_by_name(main_op))
+      meta_graph.CopyFrom(tf.compat.v1.train.export_meta_graph(
+          graph=graph, strip_default_attrs=True, saver_def=saver_def))
+    meta_graph.meta_info_def.tags.extend(tags)
+  else:
+    if meta_info_def is not None:
+      meta_graph.meta_info_def.CopyFrom(meta_info_def)
+      meta_graph.meta_info_def.ClearField('stripped_op_list')
+      del meta_graph.meta_info_def.tags[:]
+      meta_graph.meta_info_def.tags.extend(tags)
+    else:
+      tf = lean_tf.tensorflow
+      meta_graph.meta_info_def.tags.extend(tags)
+      meta_graph.meta_info_def.tensorflow_version = tf.version.VERSION
+      meta_graph.meta_info_def.tensorflow_git_version = tf.version.GIT_VERSION
+    meta_graph.graph_def.CopyFrom(graph_def)
+    if saver_def is not None:
+      meta_graph.saver_def.CopyFrom(saver_def)
+    if main_op:
+      meta_graph.collection_def[MAIN_OP_COLLECTION].node_list.value.append(main_op)
+  for key, sig in signatures.items():
+    meta_graph.signature_def[key].CopyFrom(sig)
+  for asset in assets:
+    meta_graph.asset_file_def.add().CopyFrom(asset)
+  return meta_graph
+
+
+def write_saved_model(export_dir, meta_graph, write_variables=None, assets_dir=None,
+                      overwrite=False):
+  """The one SavedModel writer: variables/, assets/, then saved_model.pb, atomically.
+
+  Args:
+    export_dir: the SavedModel directory to write.
+    meta_graph: its MetaGraphDef (from `serving_meta_graph`).
+    write_variables: None for a model without state, else callable(variables_dir) that
+      writes variables/variables.{index,data-*} there (the directory exists).
+    assets_dir: where the files of `meta_graph.asset_file_def` are read from; each file is
+      copied once, however many entries name it.
+    overwrite: replace an existing `export_dir`.
+
+  Returns:
+    Total bytes written.
+
+  Raises:
+    errors.UserError: `export_dir` exists (without `overwrite`), an asset is missing, or a
+      write fails. Nothing is left at `export_dir` then.
+  """
+  with atomic.atomic_output(export_dir, overwrite) as tmp:
+    # variables/ exists even for a model without state, as the TF1 Builder leaves it.
+    files.makedirs(files.join(tmp, 'variables'))
+    if write_variables is not None:
+      write_variables(files.join(tmp, 'variables'))
+    copied = set()
+    for asset in meta_graph.asset_file_def:
+      if asset.filename in copied:
+        continue
+      copied.add(asset.filename)
+      src = files.join(assets_dir, asset.filename) if assets_dir else None
+      if src is None or not files.exists(src):
+        raise errors.UserError('asset %s is missing' % (src or asset.filename))
+      files.makedirs(files.join(tmp, 'assets'))
+      files.copy(src, files.join(tmp, 'assets', asset.filename))
+    write_saved_model_proto(meta_graph, tmp)
+    size = directory_size(tmp)
+  return size

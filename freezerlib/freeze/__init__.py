@@ -1,0 +1,148 @@
+"""Stage 2: a SavedModel becomes one frozen GraphDef whose tables keep their contents.
+
+`graph_from_saved_model` is the one entry point: it reads and checks the SavedModel once,
+then picks the freezer in one place:
+- `streaming`: TF1 graphs that read their variables the plain way: each variable's stored
+  bytes are copied from variables/ straight into its Const record (a model of any size in
+  bounded memory); the only one that keeps variables (`--keep_as_variables`, `keep`);
+- `tf2`: TF2 object-based SavedModels, values from tf.saved_model.load;
+- `in_memory`: every other TF1 graph, loaded in a session.
+"""
+
+import dataclasses
+from typing import List
+
+from absl import logging
+
+from freezerlib.analysis import stateful
+from freezerlib.analysis import unsafe_ops
+from freezerlib.core import atomic
+from freezerlib.core import errors
+from freezerlib.core import units
+from freezerlib.formats import frozen_graph
+from freezerlib.formats import saved_model
+from freezerlib.freeze import in_memory
+from freezerlib.freeze import keep as keep_lib
+from freezerlib.freeze import streaming
+from freezerlib.freeze import tf2
+from freezerlib.transforms import prune
+
+
+@dataclasses.dataclass
+class FreezeResult:
+  """What freezing wrote.
+
+  Attributes:
+    path: the frozen graph file.
+    bytes: its size.
+    model: the written graph's structure (signatures, tags, table init op, saver of kept
+      variables); the Consts of frozen variables carry no values, whichever freezer ran.
+    variables: names of the variables frozen into constants.
+    tables: contents of the tables kept (transforms.tables.TableContents).
+    kept: names of the variables and tables kept stateful (--keep_as_variables).
+    freezer: 'streaming', 'in_memory' or 'tf2'.
+  """
+  path: str
+  bytes: int
+  model: frozen_graph.FrozenModel
+  variables: List[str]
+  tables: list
+  kept: List[str]
+  freezer: str
+
+
+def read_checked(saved_model_dir, tags, signature_names, allow_ops):
+  """Reads a SavedModel's MetaGraph and refuses what must not be converted, once.
+
+  Checks: the MetaGraph and signatures exist, every signature tensor is in the graph, loading
+  and the signatures run no file, Python or network op the user did not allow, no asset
+  escapes assets/, and no signature writes a variable or table.
+
+  Returns:
+    (MetaGraphDef, signatures chosen).
+
+  Raises:
+    errors.UserError: naming what is wrong and how to choose otherwise.
+  """
+  proto = saved_model.read_saved_model_proto(saved_model_dir)
+  meta_graph = saved_model.select_meta_graph(proto, tags, saved_model_dir)
+  signatures = saved_model.select_signatures(meta_graph, signature_names, saved_model_dir)
+  saved_model.check_tensors_exist(meta_graph.graph_def, signatures, saved_model_dir)
+  outside = unsafe_ops.check_meta_graph(meta_graph, signatures, set(allow_ops), saved_model_dir)
+  # Never run here; the reader among them is left out of the frozen graph.
+  unsafe_ops.log_findings(outside, 'not run by the signatures')
+  stateful.check_read_only(meta_graph, signatures, saved_model_dir)
+  return meta_graph, signatures
+
+
+def _without_values(model, variables):
+  """`model` with the values of the frozen variables' Consts dropped (structure only)."""
+  frozen = set(variables)
+  for node in model.graph_def.node:
+    if node.name in frozen and node.op == 'Const' and 'value' in node.attr:
+      del node.attr['value']
+  return model
+
+
+def graph_from_saved_model(saved_model_dir, output_graph, tags=('serve',), signature_names=None,
+                           overwrite=False, allow_ops=(), streaming_allowed=True,
+                           keep_as_variables=None):
+  """Freezes `saved_model_dir` into the GraphDef file `output_graph`.
+
+  Args:
+    saved_model_dir: the SavedModel.
+    output_graph: the GraphDef file to write.
+    tags: tag set of the MetaGraph to freeze.
+    signature_names: signatures to keep; all when empty.
+    overwrite: replace an existing `output_graph`.
+    allow_ops: op types that touch files, run Python or reach the network to accept.
+    streaming_allowed: use the streaming freezer where it applies (tests turn it off).
+    keep_as_variables: the --keep_as_variables spec (a size or names), or None.
+
+  Returns:
+    FreezeResult.
+
+  Raises:
+    errors.UserError: bad input, unsafe ops not allowed, a stateful signature, a model past
+      2 GB, or an output that exists (without `overwrite`). Nothing is written then.
+  """
+  keep = keep_lib.parse_spec(keep_as_variables)
+  atomic.check_output_free(output_graph, overwrite)
+  meta_graph, signatures = read_checked(saved_model_dir, tags, signature_names, allow_ops)
+  object_based = saved_model.is_object_based(meta_graph)
+  if keep and object_based:
+    raise errors.UserError('--keep_as_variables works on TF1 SavedModels; %s was written by '
+                           'tf.saved_model.save' % saved_model_dir)
+  kept = keep_lib.check_fits(saved_model_dir, meta_graph, signatures, keep)
+  if kept and not streaming_allowed:
+    raise errors.UserError('--keep_as_variables needs the streaming freezer')
+  plan = None
+  if streaming_allowed and not object_based:
+    plan = streaming.plan(meta_graph, signatures, saved_model_dir, kept)
+  if plan is not None:
+    model, variables, contents, size = streaming.write(plan, tags, output_graph, overwrite)
+    if not kept and overwrite:
+      frozen_graph.remove_stale_checkpoint(output_graph)
+    freezer = 'streaming'
+  else:
+    if object_based:
+      model, variables, contents = tf2.freeze(saved_model_dir, meta_graph, signatures, tags)
+      freezer = 'tf2'
+    else:
+      model, variables, contents = in_memory.freeze(saved_model_dir, signatures, tags)
+      freezer = 'in_memory'
+    # The reader (dataset and iterator ops, its embedded data) and anything else the signatures
+    # do not run is left out: its inputs become placeholders.
+    model.graph_def, model.signatures, _ = prune.cut_to_signatures(
+        model.graph_def, model.signatures, [model.table_init_op])
+    size = frozen_graph.write_graph_def(frozen_graph.frozen_to_graph_def(model), output_graph,
+                                        overwrite)
+    if overwrite:
+      frozen_graph.remove_stale_checkpoint(output_graph)
+    _without_values(model, variables)
+  logging.info('froze %d variables and %d tables (%s of table contents) with the %s freezer; '
+               '%d nodes', len(variables), len(contents),
+               units.human_bytes(sum(t.nbytes for t in contents)), freezer.replace('_', '-'),
+               len(model.graph_def.node))
+  return FreezeResult(path=output_graph, bytes=size, model=model, variables=variables,
+                      tables=contents, kept=sorted(kept), freezer=freezer)

@@ -1,0 +1,1 @@
+"""GraphDef rewrites: placeholders, pruning, Grappler, tables, savers, constants as variables."""

@@ -1,0 +1,202 @@
+"""Signature inputs become placeholders: the reader's outputs are cut from what feeds them."""
+
+from absl import logging
+
+from freezerlib.core import graphs
+from freezerlib.core import lean_tf
+from freezerlib.core.lean_tf import graph_pb2
+from freezerlib.core.lean_tf import meta_graph_pb2
+from freezerlib.core.lean_tf import tensorflow as tf  # imported on first use
+
+
+def inputs_to_placeholders(graph_def, signatures, op_defs=None):
+  """Makes every signature input that is not a Placeholder into one, where that is sound.
+
+  A reader output (`IteratorGetNext:3`) or an intermediate tensor (`x2:0`) becomes a Placeholder
+  of the signature's dtype and shape, named after its signature key where that name is free.
+  Every consumer of that tensor is rewired to the placeholder, so what fed it (dataset,
+  iterator, parser) is left without consumers and is stripped later.
+
+  An input that another signature computes from its own inputs (`x:0` of half_plus_two's
+  `serving_default`, which `classify_x_to_y` derives from `tf_example:0`) stays as it is:
+  cutting it would break that signature, and a Session (TF Serving's included) can feed any
+  tensor.
+
+  Every TensorInfo is set to what the graph really has (signatures can be wrong). That takes
+  TensorFlow's shape inference, except where the graph states it: a Placeholder's attributes,
+  an output's dtype from its OpDef. With `op_defs` (the MetaGraph's stripped op list) and only
+  Placeholder inputs, TensorFlow is not loaded: input TensorInfos come from the placeholders,
+  output dtypes from the OpDefs, and output shapes stay as the signature gives them.
+
+  Args:
+    graph_def: GraphDef (not modified).
+    signatures: key -> SignatureDef (not modified).
+    op_defs: optional OpList of the ops in `graph_def`; None: always use shape inference.
+
+  Returns:
+    (new GraphDef, new signatures with the placeholders' names,
+     dict old tensor name -> placeholder tensor name).
+  """
+  nodes = {n.name: n for n in graph_def.node}
+  taken = set(nodes)
+  computed = {key: graphs.computed_tensors(graph_def, sig) for key, sig in signatures.items()}
+  types = _TensorTypes(graph_def, op_defs)
+  replaced = {}   # (node, index) -> placeholder node name
+  kept = set()
+  new_nodes = []
+  signatures = {k: copy_signature(v) for k, v in signatures.items()}
+  for sig_key in sorted(signatures):
+    sig = signatures[sig_key]
+    for input_key in sorted(sig.inputs):
+      info = sig.inputs[input_key]
+      key = graphs.tensor_key(info.name)
+      node = nodes[key[0]]
+      if (node.op == 'Placeholder' and key[1] == 0) or key in kept:
+        continue
+      if key not in replaced:
+        users = sorted(k for k, c in computed.items() if key in c or (key[0], None) in c)
+        if users:
+          kept.add(key)
+          logging.warning('signature %r input %r (%s) stays an intermediate tensor: '
+                          'signature %r computes it', sig_key, input_key, info.name, users[0])
+          continue
+        name = graphs.unique_name(graphs.name_for_key(input_key), taken)
+        types.fix(info, exact=True)
+        placeholder = lean_tf.NodeDef(name=name, op='Placeholder')
+        placeholder.attr['dtype'].type = info.dtype
+        placeholder.attr['shape'].shape.CopyFrom(info.tensor_shape)
+        new_nodes.append(placeholder)
+        replaced[key] = name
+        logging.info('signature %r input %r: %s -> placeholder %s', sig_key, input_key,
+                     info.name, name)
+      info.name = replaced[key] + ':0'
+  # Every TensorInfo states what the graph really has, so loaders that build feeds from the
+  # signature (tf.saved_model.load) work on models whose signatures were wrong.
+  for sig in signatures.values():
+    for info in list(sig.inputs.values()) + list(sig.outputs.values()):
+      if info.name not in {v + ':0' for v in replaced.values()}:
+        types.fix(info, exact=False)
+  out = graph_pb2.GraphDef()
+  out.CopyFrom(graph_def)
+  for node in out.node:
+    if node.op == 'Placeholder':
+      # Old graphs (half_plus_three) write an unknown shape as `shape {}`, which the graph's
+      # producer version makes mean "unknown" but which reads as a scalar once re-dumped with a
+      # current version: state what the graph really has.
+      node.attr['shape'].shape.CopyFrom(placeholder_shape(node, graph_def.versions.producer))
+    for i, graph_input in enumerate(node.input):
+      key = graphs.input_key(graph_input)
+      if key in replaced:
+        node.input[i] = replaced[key]
+      elif graph_input.startswith('^') and (graph_input[1:], 0) in replaced:
+        # A control edge on a node whose output 0 is now fed: depend on the placeholder instead.
+        node.input[i] = '^' + replaced[(graph_input[1:], 0)]
+  out.node.extend(new_nodes)
+  return out, signatures, {'%s:%d' % k: v + ':0' for k, v in replaced.items()}
+
+
+def placeholder_shape(node, producer):
+  """The TensorShapeProto a Placeholder has once imported: its `shape` attribute, except that
+  graphs from producer version 21 and older meant "unknown" by a scalar or missing shape
+  (TensorFlow's Placeholder shape function)."""
+  shape = node.attr['shape'].shape if 'shape' in node.attr else None
+  if shape is None or (producer <= 21 and (shape.unknown_rank or not shape.dim)):
+    unknown = lean_tf.tensor_shape_pb2.TensorShapeProto(unknown_rank=True)
+    return unknown
+  return shape
+
+
+class _TensorTypes:
+  """dtype and shape of graph tensors, read from the graph where it states them, else from
+  TensorFlow's shape inference (imported, with the graph, on first need)."""
+
+  def __init__(self, graph_def, op_defs):
+    self._graph_def = graph_def
+    self._nodes = {n.name: n for n in graph_def.node}
+    self._op_defs = None
+    if op_defs is not None:
+      self._op_defs = {o.name: o for o in op_defs.op}
+      self._op_defs.update({f.signature.name: f.signature for f in graph_def.library.function})
+    self._graph = None
+
+  def _imported(self):
+    if self._graph is None:
+      self._graph = _imported(self._graph_def)
+    return self._graph
+
+  def fix(self, info, exact):
+    """Sets a TensorInfo's dtype and shape to what the graph's tensor really has.
+
+    Signatures can be wrong (half_plus_three's call tf_example:0 a float scalar); a placeholder
+    made from such a TensorInfo would break the graph. Where the graph does not know the
+    shape, the shape is left unknown rather than trusted. Without shape inference (op_defs
+    given, `exact` False, not a Placeholder), only the dtype is checked.
+    """
+    node_name, index = graphs.tensor_key(info.name)
+    node = self._nodes[node_name]
+    if self._graph is None and self._op_defs is not None:
+      if node.op == 'Placeholder' and index == 0:
+        info.dtype = graphs.base_dtype(node.attr['dtype'].type)
+        info.tensor_shape.CopyFrom(placeholder_shape(node, self._graph_def.versions.producer))
+        return
+      if not exact:
+        dtype = output_dtype(node, index, self._op_defs)
+        if dtype is not None and dtype != info.dtype:
+          logging.warning('%s is %s, not %s as its signature says: corrected', info.name,
+                          lean_tf.as_dtype(dtype).name, lean_tf.as_dtype(info.dtype).name)
+          info.dtype = dtype
+        return
+    tensor = self._imported().get_tensor_by_name(info.name)
+    info.dtype = tensor.dtype.base_dtype.as_datatype_enum
+    if tensor.shape.rank is None:
+      info.tensor_shape.Clear()
+      info.tensor_shape.unknown_rank = True
+    else:
+      info.tensor_shape.CopyFrom(tensor.shape.as_proto())
+
+
+def output_dtype(node, index, op_defs):
+  """The (base) dtype of output `index` of `node` by its OpDef, or None when not known."""
+  op_def = op_defs.get(node.op)
+  if op_def is None:
+    return None
+  defaults = {a.name: a.default_value for a in op_def.attr}
+
+  def attr(name):
+    return node.attr[name] if name in node.attr else defaults.get(name)
+
+  position = 0
+  for arg in op_def.output_arg:
+    if arg.type_list_attr:
+      value = attr(arg.type_list_attr)
+      types = list(value.list.type) if value is not None else None
+    else:
+      if arg.type:
+        dtype = arg.type
+      else:
+        value = attr(arg.type_attr)
+        dtype = value.type if value is not None else None
+      count = 1
+      if arg.number_attr:
+        value = attr(arg.number_attr)
+        count = value.i if value is not None else None
+      types = None if dtype is None or count is None else [dtype] * count
+    if types is None:
+      return None
+    if index < position + len(types):
+      return graphs.base_dtype(types[index - position]) or None
+    position += len(types)
+  return None
+
+
+def _imported(graph_def):
+  graph = tf.Graph()
+  with graph.as_default():
+    tf.graph_util.import_graph_def(graph_def, name='')
+  return graph
+
+
+def copy_signature(sig):
+  copy = meta_graph_pb2.SignatureDef()
+  copy.CopyFrom(sig)
+  return copy
