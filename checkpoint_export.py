@@ -14,6 +14,7 @@ import fileio
 from lean_tf import meta_graph_pb2
 import op_safety
 import saved_model_io
+import tf2_checkpoint
 import utils
 
 _MAIN_OP_COLLECTION = 'saved_model_main_op'
@@ -116,16 +117,31 @@ def write_variables(checkpoint, wants, variables_dir, prune, chunk_bytes):
 
 def export(checkpoint, output_dir, saved_model_dir=None, meta_graph_path=None, tags=('serve',),
            signature_names=None, inputs=(), outputs=(), prune=True, chunk_bytes=8 << 20,
-           overwrite=False, allow_ops=()):
+           overwrite=False, allow_ops=(), checkpoint_object=None):
   """Writes a serving SavedModel at `output_dir` whose variables come from `checkpoint`.
 
+  A TF2 structure (tf.saved_model.save, Keras 3 model.export) goes to tf2_checkpoint.export,
+  with a tf.train.Checkpoint; `checkpoint_object` names the model's object in it.
+
   Returns:
-    ExportReport.
+    ExportReport (tf2_checkpoint.ExportReport for a TF2 structure).
 
   Raises:
     utils.UserError: bad structure or checkpoint, a mismatch between them (all listed), or an
       output that exists (without `overwrite`). Nothing is written then.
   """
+  if saved_model_dir and tf2_checkpoint.is_object_based_saved_model(saved_model_dir, tags):
+    unused = [flag for flag, value in (('--signature_def', signature_names), ('--inputs', inputs),
+                                       ('--outputs', outputs), ('--noprune', not prune)) if value]
+    if unused:
+      raise utils.UserError('%s does not apply to the TF2 SavedModel %s, whose saved_model.pb '
+                            'is served whole' % (', '.join(unused), saved_model_dir))
+    return tf2_checkpoint.export(checkpoint, output_dir, saved_model_dir, tags=tags,
+                                 checkpoint_object=checkpoint_object, chunk_bytes=chunk_bytes,
+                                 overwrite=overwrite, allow_ops=allow_ops)
+  if checkpoint_object is not None:
+    raise utils.UserError('--checkpoint_object applies to TF2 structures (tf.saved_model.save); '
+                          'the structure %s is a TF1 graph' % (saved_model_dir or meta_graph_path))
   start = time.perf_counter()
   utils.check_output_free(output_dir, overwrite)
   structure, signatures, assets_dir, where = load_structure(

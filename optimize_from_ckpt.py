@@ -48,6 +48,10 @@ _META_GRAPH = flags.DEFINE_string(
 _PRUNE = flags.DEFINE_bool(
     'prune', True, 'Export only the tensors the serving graph restores (--noprune: every '
     'checkpoint file as it is).')
+_CHECKPOINT_OBJECT = flags.DEFINE_string(
+    'checkpoint_object', None, "TF2 structure only: the model's object path in the "
+    "tf.train.Checkpoint (`model` for tf.train.Checkpoint(model=m, optimizer=opt)); by default "
+    "the object whose variables and tables match the structure's.")
 _CHUNK_MB = flags.DEFINE_integer(
     'chunk_mb', 8, 'Bytes (MiB) read and written at a time when copying tensors.',
     lower_bound=1)
@@ -66,7 +70,7 @@ def main(argv):
         tags=cli_flags.TAGS.value, signature_names=cli_flags.SIGNATURE_DEF.value,
         inputs=cli_flags.INPUTS.value, outputs=cli_flags.OUTPUTS.value, prune=_PRUNE.value,
         chunk_bytes=_CHUNK_MB.value << 20, overwrite=cli_flags.OVERWRITE.value,
-        allow_ops=cli_flags.ALLOW_OPS.value)
+        allow_ops=cli_flags.ALLOW_OPS.value, checkpoint_object=_CHECKPOINT_OBJECT.value)
     logging.info('wrote SavedModel %s: %d of %d checkpoint tensors, %s of %s (%.1f%%), in %.1f s',
                  cli_flags.OUTPUT_SAVED_MODEL_DIR.value, report.tensors_exported,
                  report.tensors_in_checkpoint, utils.human_bytes(report.bytes_exported),
