@@ -378,11 +378,14 @@ def match(structure, structure_index, checkpoint_graph, checkpoint_index, checkp
   if complete:
     return complete[0]
   best = max(plans, key=lambda p: (p.matched, p.matched_by == 'path', -len(p.problems)))
-  what = best.object_path or 'its root'
-  raise utils.UserError(
-      'checkpoint %s does not match %s (closest: %s, by %s, %d of %d variables and tables): %s'
-      % (checkpoint_index.prefix, where, what, best.matched_by, best.matched, best.total,
-         '; '.join(best.problems)))
+  if best.matched or checkpoint_object is not None:
+    closest = 'closest: %s, by %s, %d of %d variables and tables' % (
+        best.object_path or 'its root', best.matched_by, best.matched, best.total)
+  else:
+    closest = 'none of its objects (%s) holds any of the %d variables and tables' % (
+        ', '.join(c.local_name for c in checkpoint_graph.nodes[0].children), best.total)
+  raise utils.UserError('checkpoint %s does not match %s (%s): %s' % (
+      checkpoint_index.prefix, where, closest, '; '.join(best.problems)))
 
 
 # ---------------------------------------------------------------------------------------------
