@@ -19,6 +19,11 @@ itself is never imported: protos and files only (lean_tf.py, fileio.py), tensor 
 in the kernel between local files. On a 5 GiB checkpoint with Adam slots this took 1.1-1.4 s
 and 26 MiB, where `cp -r` of the checkpoint took 4.7-5.4 s.
 
+A TF2 structure (tf.saved_model.save, Keras 3 model.export) takes a tf.train.Checkpoint instead
+(tf2_checkpoint.py): the model is found in the checkpoint's object graph (`--checkpoint_object`
+names it), its tensors are copied under the structure's keys with the structure's object graph,
+and saved_model.pb and the assets are the structure's own; never with TensorFlow.
+
 Example:
   python optimize_from_ckpt.py --saved_model_dir=/tmp/freezer_demo/fake_infer/saved_model \
       --checkpoint=/tmp/freezer_demo/model/ckpt \

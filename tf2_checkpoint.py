@@ -36,12 +36,16 @@ Exporting therefore:
    not this one, and loaders do without it.
 
 A `tf.distribute.ShardedVariable` (ParameterServerStrategy with a variable_partitioner) is saved
-as one full tensor stored in slices, one per shard (the index entry of the key lists the slices'
-extents; each slice is an entry of its own, on the data shard of its parameter server). The
-slices are copied as they are; TensorFlow's reader serves any slice or the whole tensor from
-them, so a structure with one plain variable or another number of shards restores the same
-full tensor, and TF2's embedding_lookup on a ShardedVariable splits rows by contiguous ranges
-("div"), so each id reads the same row whatever the shard count.
+in a checkpoint as one full tensor stored in slices, one per shard: the index entry of its key
+lists the slices' extents and holds no bytes, and each slice is an entry of its own (keyed by
+NUL + name + encoded extents) on the data shard of the parameter server that holds it. Its
+object is one node with one VARIABLE_VALUE attribute (full name "ShardedVariable"), no node
+per shard. In a SavedModel, TensorFlow 2.21 saves it as ONE variable of the full shape (one
+SavedObject `variable`): the serving functions gather from that variable, and the restore
+function reads it whole (slice spec "11 4 0,11:0,4"), which TensorFlow's reader assembles from
+whatever slices are stored; only the structure's own variables/ is laid out in its shards. So
+the slices are copied as they are, and a structure with one plain variable or another number
+of shards serves the same values as TensorFlow's own SavedModel of the trained model would.
 """
 
 import collections
@@ -427,8 +431,8 @@ def _log_layout_changes(plan, structure_index, checkpoint_index):
     have = checkpoint_index.slices.get(rename.checkpoint_key)
     want = structure_index.slices.get(rename.structure_key)
     if bool(have) != bool(want) or (have and len(have) != len(want)):
-      logging.info('%s: %s in the checkpoint, %s in the structure; TensorFlow restores the '
-                   'structure\'s layout from the full tensor', rename.path,
+      logging.info('%s: %s in the checkpoint, %s in the structure; restored whole from the '
+                   'checkpoint\'s layout', rename.path,
                    '%d shards' % len(have) if have else 'one tensor',
                    '%d shards' % len(want) if want else 'one variable')
 

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import conftest
 from conftest import REPO
 from conftest import assert_one_line_error
 from conftest import run_script
@@ -442,6 +443,14 @@ def test_sharded_variable_is_saved_as_slices_of_one_tensor(sharded_case):
       ((0, 4), (0, 4)), ((4, 4), (0, 4)), ((8, 3), (0, 4))]
   assert index.num_shards == 3  # one data file per parameter server, one for the coordinator
   assert len([n for n in index.entries if n.startswith('optimizer/_variables/')]) == 8
+  # The structure saved from the strategy's model has the same slices in its variables/, but
+  # its MetaGraph serves one variable of the full shape: the shard count is only a layout.
+  structure = str(sharded_case['root'] / 'structure_3')
+  assert len(checkpoints.read_index(structure + '/variables/variables').slices[
+      'emb/.ATTRIBUTES/VARIABLE_VALUE']) == 3
+  objects = conftest.meta_graph_of(structure).object_graph_def.nodes
+  assert [[d.size for d in o.variable.shape.dim] for o in objects
+          if o.WhichOneof('kind') == 'variable'] == [[11, 4], [4, 1]]
   untrained = np.arange(44, dtype=np.float32).reshape(11, 4).sum(1)
   assert np.abs(sharded_case['expected'] - untrained).min() > 0.01  # the worker trained it
 
