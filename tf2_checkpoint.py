@@ -197,6 +197,7 @@ class Plan:
   problems: List[str]
   matched: int  # structure objects with saved values whose every tensor matched
   total: int    # structure objects with saved values
+  kept: List[Rename] = dataclasses.field(default_factory=list)  # the structure's own values
 
 
 def _structure_keys(structure, index):
@@ -257,6 +258,19 @@ def _check_tensor(structure_index, checkpoint_index, s_key, c_key, name, path):
   return []
 
 
+# Keras 3 random layers (Dropout, ...) hold a SeedGenerator whose state variable a Keras export
+# saves but a tf.train.Checkpoint of the model does not (it is not tracked there); inference
+# does not read it. The structure's own value is kept for it, and only for it.
+_UNTRAINED_STATE = 'seed_generator_state'
+
+
+def _untrained_state(node):
+  """Whether a structure object holds only a Keras seed generator's state."""
+  return bool(node.attributes) and all(
+      a.name == _VARIABLE_VALUE and a.full_name.rsplit('/', 1)[-1] == _UNTRAINED_STATE
+      for a in node.attributes)
+
+
 @dataclasses.dataclass
 class _Structure:
   """The structure's side of matching, computed once."""
@@ -276,7 +290,7 @@ def _plan(structure, checkpoint_graph, checkpoint_index, pairs, object_path, mat
           extra_problems=()):
   """Matches every saved attribute of the structure through `pairs` (structure node id ->
   checkpoint node id); returns the Plan."""
-  renames, problems, matched = [], list(extra_problems), 0
+  renames, kept, problems, matched = [], [], list(extra_problems), 0
   problems += ['%s in the structure\'s checkpoint belongs to no object of its object graph' % k
                for k in structure.stray]
   for s_id in sorted(structure.owned):
@@ -287,6 +301,11 @@ def _plan(structure, checkpoint_graph, checkpoint_index, pairs, object_path, mat
                       % (path, saver))
       continue
     c_id = pairs.get(s_id)
+    if c_id is None and _untrained_state(structure.graph.nodes[s_id]):
+      kept += [Rename(key, key, path) for keys in structure.owned[s_id].values()
+               for key, _ in keys]
+      matched += 1
+      continue
     if c_id is None:
       problems.append('%s missing' % path)
       continue
@@ -315,7 +334,7 @@ def _plan(structure, checkpoint_graph, checkpoint_index, pairs, object_path, mat
     if len(problems) == before:
       matched += 1
   return Plan(object_path=object_path, matched_by=matched_by, renames=renames,
-              problems=problems, matched=matched, total=len(structure.owned))
+              problems=problems, matched=matched, total=len(structure.owned), kept=kept)
 
 
 def _resolve_object(graph, path, prefix):
@@ -406,7 +425,7 @@ class ExportReport:
   seconds: float
   checkpoint_object: str = ''
   matched_by: str = ''
-  bytes_needed: int = 0  # bytes of the structure's tensors as the checkpoint stores them
+  bytes_needed: int = 0  # the model's tensors as stored, each once, and the object graph
 
 
 def _records(plan, structure_index, checkpoint_index):
@@ -420,6 +439,9 @@ def _records(plan, structure_index, checkpoint_index):
       else:
         new_key = checkpoints.renamed_slice_key(key, rename.checkpoint_key, rename.structure_key)
       records.append(checkpoints.Record(checkpoint_index, key, entry, new_key))
+  for rename in plan.kept:
+    records += [checkpoints.Record(structure_index, key, entry)
+                for key, entry in structure_index.records(rename.structure_key)]
   graph_key = OBJECT_GRAPH_KEY.encode('utf-8')
   records.append(checkpoints.Record(structure_index, graph_key,
                                     structure_index.entries[OBJECT_GRAPH_KEY]))
@@ -509,6 +531,9 @@ def export(checkpoint, output_dir, saved_model_dir, tags=('serve',), checkpoint_
                plan.object_path or '(the root)', plan.matched_by, len(plan.renames), plan.total,
                len(checkpoint_index.entries))
   _log_layout_changes(plan, structure_index, checkpoint_index)
+  for rename in plan.kept:
+    logging.info('%s: the structure\'s own value (a Keras seed generator state, which the '
+                 'checkpoint does not hold and inference does not read)', rename.path)
   records = _records(plan, structure_index, checkpoint_index)
   with utils.atomic_output(output_dir, overwrite) as tmp:
     fileio.makedirs(utils.join(tmp, 'variables'))
@@ -520,12 +545,15 @@ def export(checkpoint, output_dir, saved_model_dir, tags=('serve',), checkpoint_
     if not fileio.exists(utils.join(saved_model_dir, name)):
       name = 'saved_model.pbtxt'
     fileio.copy(utils.join(saved_model_dir, name), utils.join(tmp, name))
+  stored = {}  # one stored tensor under two keys is needed once
+  for record in records:
+    stored[(id(record.checkpoint), record.entry.shard_id, record.entry.offset)] = (
+        record.entry.size)
   return ExportReport(
-      tensors_exported=len(plan.renames),
+      tensors_exported=len(plan.renames) + len(plan.kept),
       tensors_in_checkpoint=len(checkpoint_index.entries),
       bytes_exported=written,
       bytes_in_checkpoint=sum(checkpoint_index.nbytes(n) for n in checkpoint_index.entries),
       seconds=time.perf_counter() - start, checkpoint_object=plan.object_path,
       matched_by=plan.matched_by,
-      bytes_needed=sum(checkpoint_index.nbytes(r.checkpoint_key) for r in plan.renames)
-      + structure_index.nbytes(OBJECT_GRAPH_KEY))
+      bytes_needed=sum(stored.values()))
