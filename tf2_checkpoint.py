@@ -1,4 +1,4 @@
-"""The checkpoint path for TF2: a structure SavedModel + a tf.train.Checkpoint -> serving SavedModel.
+"""The TF2 checkpoint path: structure SavedModel + tf.train.Checkpoint -> serving SavedModel.
 
 A TF2 training checkpoint (`tf.train.Checkpoint(model=m, optimizer=opt).save(...)`, or a
 CheckpointManager's) is object-based. Its root is the Checkpoint object; its
@@ -68,6 +68,7 @@ trackable_object_graph_pb2 = lean_tf.load('tensorflow.core.protobuf.trackable_ob
 
 OBJECT_GRAPH_KEY = '_CHECKPOINTABLE_OBJECT_GRAPH'
 _VARIABLE_VALUE = 'VARIABLE_VALUE'
+_MAX_LISTED = 40  # problems named in a mismatch message; the rest counted
 
 
 def is_object_based(meta_graph):
@@ -304,7 +305,6 @@ def _plan(structure, checkpoint_graph, checkpoint_index, pairs, object_path, mat
     if c_id is None and _untrained_state(structure.graph.nodes[s_id]):
       kept += [Rename(key, key, path) for keys in structure.owned[s_id].values()
                for key, _ in keys]
-      matched += 1
       continue
     if c_id is None:
       problems.append('%s missing' % path)
@@ -407,8 +407,11 @@ def match(structure, structure_index, checkpoint_graph, checkpoint_index, checkp
   else:
     closest = 'none of its objects (%s) holds any of the %d variables and tables' % (
         ', '.join(c.local_name for c in checkpoint_graph.nodes[0].children), best.total)
+  shown = best.problems[:_MAX_LISTED]
+  if len(best.problems) > len(shown):
+    shown.append('and %d more' % (len(best.problems) - len(shown)))
   raise utils.UserError('checkpoint %s does not match %s (%s): %s' % (
-      checkpoint_index.prefix, where, closest, '; '.join(best.problems)))
+      checkpoint_index.prefix, where, closest, '; '.join(shown)))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -215,7 +215,8 @@ def keras_case(tmp_path_factory):
   embedded = keras.layers.Flatten()(keras.layers.Embedding(30, 4, name='item_emb')(ids))
   hidden = keras.layers.Dense(8, activation='relu', name='hidden')(
       keras.layers.Concatenate()([embedded, x]))
-  hidden = keras.layers.Dropout(0.2, name='drop')(keras.layers.BatchNormalization(name='bn')(hidden))
+  hidden = keras.layers.BatchNormalization(name='bn')(hidden)
+  hidden = keras.layers.Dropout(0.2, name='drop')(hidden)
   model = keras.Model([ids, x], keras.layers.Dense(1, name='logit')(hidden))
   model.export(str(root / 'structure'), verbose=False)
   optimizer = keras.optimizers.Adam(0.05)
@@ -406,7 +407,8 @@ with strategy.scope():
   optimizer = tf.keras.optimizers.Adam(0.1)
 assert isinstance(model.emb, tf.__internal__.distribute.ShardedVariable)
 assert len(model.emb.variables) == 3, model.emb.variables
-tf.saved_model.save(model, sys.argv[1] + '/structure_3', signatures={'serving_default': model.serve})
+tf.saved_model.save(model, sys.argv[1] + '/structure_3',
+                    signatures={'serving_default': model.serve})
 model.emb.assign(tf.reshape(tf.range(44, dtype=tf.float32), [11, 4]))
 variables = list(model.emb.variables) + [model.w]
 with strategy.scope():
