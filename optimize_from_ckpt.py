@@ -19,6 +19,11 @@ itself is never imported: protos and files only (lean_tf.py, fileio.py), tensor 
 in the kernel between local files. On a 5 GiB checkpoint with Adam slots this took 1.1-1.4 s
 and 26 MiB, where `cp -r` of the checkpoint took 4.7-5.4 s.
 
+A TF2 structure (tf.saved_model.save, Keras 3 model.export) takes a tf.train.Checkpoint instead
+(freezerlib/export/from_tf2_checkpoint.py): the model is found in the checkpoint's object graph (`--checkpoint_object`
+names it), its tensors are copied under the structure's keys with the structure's object graph,
+and saved_model.pb and the assets are the structure's own; never with TensorFlow.
+
 Example:
   python optimize_from_ckpt.py --saved_model_dir=/tmp/freezer_demo/fake_infer/saved_model \
       --checkpoint=/tmp/freezer_demo/model/ckpt \
@@ -44,6 +49,10 @@ _META_GRAPH = flags.DEFINE_string(
 _PRUNE = flags.DEFINE_bool(
     'prune', True, 'Export only the tensors the serving graph restores (--noprune: every '
     'checkpoint file as it is).')
+_CHECKPOINT_OBJECT = flags.DEFINE_string(
+    'checkpoint_object', None, "TF2 structure only: the model's object path in the "
+    "tf.train.Checkpoint (`model` for tf.train.Checkpoint(model=m, optimizer=opt)); by default "
+    "the object whose variables and tables match the structure's.")
 _CHUNK_MB = flags.DEFINE_integer(
     'chunk_mb', 8, 'Bytes (MiB) read and written at a time when copying tensors.',
     lower_bound=1)
@@ -62,7 +71,7 @@ def main(argv):
         tags=cli_flags.TAGS.value, signature_names=cli_flags.SIGNATURE_DEF.value,
         inputs=cli_flags.INPUTS.value, outputs=cli_flags.OUTPUTS.value, prune_tensors=_PRUNE.value,
         chunk_bytes=_CHUNK_MB.value << 20, overwrite=cli_flags.OVERWRITE.value,
-        allow_ops=cli_flags.ALLOW_OPS.value)
+        allow_ops=cli_flags.ALLOW_OPS.value, checkpoint_object=_CHECKPOINT_OBJECT.value)
     logging.info('wrote SavedModel %s: %d of %d checkpoint tensors, %s of %s (%.1f%%), in %.1f s',
                  cli_flags.OUTPUT_SAVED_MODEL_DIR.value, report.tensors_exported,
                  report.tensors_in_checkpoint, units.human_bytes(report.bytes_exported),

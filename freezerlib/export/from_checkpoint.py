@@ -23,6 +23,7 @@ from freezerlib.core import files
 from freezerlib.core import graphs
 from freezerlib.core import units
 from freezerlib.core.lean_tf import meta_graph_pb2
+from freezerlib.export import from_tf2_checkpoint
 from freezerlib.formats import checkpoint_index
 from freezerlib.formats import saved_model
 from freezerlib.transforms import placeholders
@@ -137,7 +138,7 @@ def serving_graph(graph_def, signatures, saver_def, where, op_defs=None):
 def saved_model_from_checkpoint(checkpoint, output_dir, saved_model_dir=None,
                                 meta_graph_path=None, tags=('serve',), signature_names=None,
                                 inputs=(), outputs=(), prune_tensors=True, chunk_bytes=8 << 20,
-                                overwrite=False, allow_ops=()):
+                                overwrite=False, allow_ops=(), checkpoint_object=None):
   """Writes a serving SavedModel at `output_dir` whose variables come from `checkpoint`.
 
   Args:
@@ -153,14 +154,33 @@ def saved_model_from_checkpoint(checkpoint, output_dir, saved_model_dir=None,
     chunk_bytes: bytes read and written at a time when copying through memory.
     overwrite: replace an existing `output_dir`.
     allow_ops: op types that touch files, run Python or reach the network to accept.
+    checkpoint_object: for a TF2 structure, the object path of the model in the checkpoint
+      (found by matching when None).
+
+  A TF2 structure (tf.saved_model.save, Keras 3 model.export) with a tf.train.Checkpoint goes
+  to from_tf2_checkpoint.
 
   Returns:
-    ExportReport.
+    ExportReport (from_tf2_checkpoint.ExportReport for a TF2 structure).
 
   Raises:
     errors.UserError: bad structure or checkpoint, a mismatch between them (all listed), or an
       output that exists (without `overwrite`). Nothing is written then.
   """
+  if saved_model_dir and from_tf2_checkpoint.is_object_based_saved_model(saved_model_dir, tags):
+    unused = [flag for flag, value in (
+        ('--signature_def', signature_names), ('--inputs', inputs), ('--outputs', outputs),
+        ('--noprune', not prune_tensors)) if value]
+    if unused:
+      raise errors.UserError('%s does not apply to the TF2 SavedModel %s, whose saved_model.pb '
+                             'is served whole' % (', '.join(unused), saved_model_dir))
+    return from_tf2_checkpoint.export(checkpoint, output_dir, saved_model_dir, tags=tags,
+                                      checkpoint_object=checkpoint_object,
+                                      chunk_bytes=chunk_bytes, overwrite=overwrite,
+                                      allow_ops=allow_ops)
+  if checkpoint_object is not None:
+    raise errors.UserError('--checkpoint_object applies to TF2 structures (tf.saved_model.save); '
+                           'the structure %s is a TF1 graph' % (saved_model_dir or meta_graph_path))
   start = time.perf_counter()
   atomic.check_output_free(output_dir, overwrite)
   structure, signatures, assets_dir, where = load_structure(

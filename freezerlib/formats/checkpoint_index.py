@@ -289,6 +289,91 @@ def slice_key_extents(key, full_shape):
   return tuple(extents)
 
 
+def _escape_ordered_string(name):
+  # OrderedCode's WriteString: NUL -> NUL 0xff, 0xff -> 0xff NUL, then the terminator NUL 0x01.
+  return name.replace(b'\x00', b'\x00\xff').replace(b'\xff', b'\xff\x00') + b'\x00\x01'
+
+
+def renamed_slice_key(key, name, new_name):
+  """The index key of the same slice of tensor `new_name` as `key` is of tensor `name`.
+
+  A slice is stored under NUL + the tensor name (OrderedCode-escaped) + its encoded extents,
+  so renaming a partitioned tensor renames every one of its slice keys.
+  """
+  head = b'\x00' + _escape_ordered_string(name.encode('utf-8'))
+  if not key.startswith(head):
+    raise ValueError('%r is not a slice key of %s' % (key, name))
+  return b'\x00' + _escape_ordered_string(new_name.encode('utf-8')) + key[len(head):]
+
+
+def decode_string_tensor(data, num_elements, masked_crc=None):
+  """The strings of a DT_STRING tensor as a checkpoint stores them (tensor_bundle.cc's
+  WriteStringTensor): a varint64 length per element, a masked CRC32C of those lengths (each
+  taken as a little-endian uint32, or uint64 past 4 GiB), then the bytes of every element.
+
+  Args:
+    data: the stored bytes (BundleEntryProto.offset/size of the data file).
+    num_elements: elements of the tensor (1 for a scalar).
+    masked_crc: the entry's crc32c, checked over the whole of `data` when given.
+
+  Raises:
+    ValueError: the bytes do not hold such a tensor, or fail a checksum.
+  """
+  lengths, pos = [], 0
+  for _ in range(num_elements):
+    length, pos = _varint(data, pos)
+    lengths.append(length)
+  if pos + 4 > len(data):
+    raise ValueError('string tensor truncated in its lengths')
+  packed = b''.join(struct.pack('<I' if n <= 0xffffffff else '<Q', n) for n in lengths)
+  if struct.unpack_from('<I', data, pos)[0] != _masked_crc32c(packed):
+    raise ValueError('string tensor lengths fail their checksum')
+  pos += 4
+  if pos + sum(lengths) != len(data):
+    raise ValueError('string tensor holds %d bytes, its lengths say %d'
+                     % (len(data) - pos, sum(lengths)))
+  # The entry's checksum covers the lengths as those uint32s (not as the stored varints), then
+  # the length checksum and the strings.
+  if masked_crc is not None and _masked_crc32c(packed + data[pos - 4:]) != masked_crc:
+    raise ValueError('string tensor fails its checksum')
+  values = []
+  for length in lengths:
+    values.append(bytes(data[pos:pos + length]))
+    pos += length
+  return values
+
+
+def read_string_tensor(checkpoint, name):
+  """The values of DT_STRING tensor `name` of `checkpoint` (read whole: for small tensors such
+  as the object graph of an object-based checkpoint).
+
+  Raises:
+    errors.UserError: the tensor is missing, not a whole string tensor, or corrupt.
+  """
+  entry = checkpoint.entries.get(name)
+  if entry is None:
+    raise errors.UserError('checkpoint %s holds no tensor %s' % (checkpoint.prefix, name))
+  if entry.dtype != lean_tf.types_pb2.DT_STRING or checkpoint.slices.get(name):
+    raise errors.UserError('checkpoint %s: %s is not a string tensor' % (checkpoint.prefix, name))
+  count = 1
+  for dim in entry.shape.dim:
+    count *= dim.size
+  path = checkpoint.data_files()[entry.shard_id]
+  try:
+    with files.open_file(path, 'rb') as f:
+      f.seek(entry.offset)
+      data = f.read(entry.size)
+  except OSError as e:
+    raise errors.UserError('cannot read %s: %s' % (path, errors.tf_error_message(e))) from e
+  try:
+    if len(data) != entry.size:
+      raise ValueError('the data shard ends early')
+    return decode_string_tensor(data, count, entry.crc32c)
+  except (ValueError, struct.error) as e:
+    raise errors.UserError('checkpoint %s: tensor %s is corrupt (%s)'
+                          % (checkpoint.prefix, name, e)) from e
+
+
 def parse_slice_spec(spec):
   """'1000 8 0,334:0,8' -> ([1000, 8], ((0, 334), (0, 8))); '' -> (None, None)."""
   if not spec:
@@ -373,11 +458,20 @@ def _crc32c_table():
 _CRC32C = _crc32c_table()
 
 
+def _crc32c(data):
+  try:
+    import google_crc32c  # pylint: disable=g-import-not-at-top  # optional: C speed
+  except ImportError:
+    crc = 0xffffffff
+    for byte in data:
+      crc = _CRC32C[(crc ^ byte) & 0xff] ^ (crc >> 8)
+    return crc ^ 0xffffffff
+  return google_crc32c.value(bytes(data))
+
+
 def _masked_crc32c(data):
-  crc = 0xffffffff
-  for byte in data:
-    crc = _CRC32C[(crc ^ byte) & 0xff] ^ (crc >> 8)
-  crc ^= 0xffffffff
+  """LevelDB's and TensorFlow's masked CRC32C (crc32c::Mask)."""
+  crc = _crc32c(data)
   return (((crc >> 15) | (crc << 17)) + 0xa282ead8) & 0xffffffff
 
 
@@ -465,11 +559,51 @@ def copy_tensors(checkpoint, names, dst_prefix, chunk_bytes=8 << 20, progress=No
   Raises:
     errors.UserError: a data shard that cannot be read.
   """
-  records = [r for name in names for r in checkpoint.records(name)]
-  total = sum(entry.size for _, entry in records)
-  sources = {}
+  records = [Record(checkpoint, key, entry) for name in names
+             for key, entry in checkpoint.records(name)]
+  return copy_records(records, dst_prefix, chunk_bytes, progress)
+
+
+@dataclasses.dataclass
+class Record:
+  """One index record to copy: `entry` of `checkpoint` (stored under `key` there), written
+  under `new_key` (default: the same key)."""
+  checkpoint: Checkpoint
+  key: bytes
+  entry: tensor_bundle_pb2.BundleEntryProto
+  new_key: Optional[bytes] = None
+
+
+def copy_records(records, dst_prefix, chunk_bytes=8 << 20, progress=None):
+  """Writes a one-shard checkpoint at `dst_prefix` holding `records`, bytes copied as stored.
+
+  Records may come from several checkpoints. Records that point at the same stored bytes (the
+  same checkpoint, shard, offset and size: one tensor written under two keys) share one copy.
+
+  Args:
+    records: list of Record.
+    dst_prefix: prefix of the checkpoint to write (its directory must exist).
+    chunk_bytes: bytes read and written at a time when the kernel cannot copy.
+    progress: optional callable(bytes_done, bytes_total).
+
+  Returns:
+    Bytes of tensor data written.
+
+  Raises:
+    errors.UserError: a data shard that cannot be read.
+  """
+  def source(record):
+    entry = record.entry
+    return (id(record.checkpoint), entry.shard_id, entry.offset, entry.size)
+
+  unique = {}
+  for record in records:
+    if record.entry.size:
+      unique.setdefault(source(record), record)
+  total = sum(r.entry.size for r in unique.values())
+  opened = {}  # (checkpoint id, shard) -> open file
+  written = {}  # source -> offset in the new data file
   done = 0
-  out_records = []
   data_path = '%s.data-00000-of-00001' % dst_prefix
 
   def advance(n):
@@ -478,31 +612,35 @@ def copy_tensors(checkpoint, names, dst_prefix, chunk_bytes=8 << 20, progress=No
     if progress:
       progress(done, total)
 
+  current = None
   try:
     with files.open_file(data_path, 'wb') as out:
-      # Sorted by shard and offset, each source file is read front to back.
-      for key, entry in sorted(records, key=lambda r: (r[1].shard_id, r[1].offset)):
-        copy = tensor_bundle_pb2.BundleEntryProto()
-        copy.CopyFrom(entry)
-        copy.shard_id = 0
-        copy.offset = done if entry.size else 0
-        if entry.size:
-          if entry.shard_id not in sources:
-            sources[entry.shard_id] = files.open_file(
-                checkpoint.data_files()[entry.shard_id], 'rb')
-          try:
-            files.copy_range(sources[entry.shard_id], entry.offset, out, entry.size,
-                              chunk_bytes, advance)
-          except EOFError as e:
-            raise errors.UserError('checkpoint data shard %s ends early'
-                                  % checkpoint.data_files()[entry.shard_id]) from e
-        out_records.append((key, copy))
+      # Sorted by source file and offset, each source file is read front to back.
+      for key in sorted(unique, key=lambda k: (unique[k].checkpoint.prefix,) + k[1:]):
+        record = unique[key]
+        entry, checkpoint = record.entry, record.checkpoint
+        current = checkpoint.data_files()[entry.shard_id]
+        handle = (key[0], entry.shard_id)
+        if handle not in opened:
+          opened[handle] = files.open_file(current, 'rb')
+        written[key] = done
+        try:
+          files.copy_range(opened[handle], entry.offset, out, entry.size, chunk_bytes, advance)
+        except EOFError as e:
+          raise errors.UserError('checkpoint data shard %s ends early' % current) from e
   except OSError as e:
-    raise errors.UserError('cannot copy from checkpoint %s: %s'
-                          % (checkpoint.prefix, errors.tf_error_message(e))) from e
+    raise errors.UserError('cannot copy from checkpoint data shard %s: %s'
+                          % (current, errors.tf_error_message(e))) from e
   finally:
-    for src in sources.values():
-      src.close()
+    for f in opened.values():
+      f.close()
+  out_records = []
+  for record in records:
+    copy = tensor_bundle_pb2.BundleEntryProto()
+    copy.CopyFrom(record.entry)
+    copy.shard_id = 0
+    copy.offset = written[source(record)] if record.entry.size else 0
+    out_records.append((record.new_key or record.key, copy))
   write_index(dst_prefix + '.index', out_records)
   if progress and not total:
     progress(0, 0)

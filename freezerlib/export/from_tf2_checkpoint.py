@@ -1,0 +1,558 @@
+"""The TF2 checkpoint path: structure SavedModel + tf.train.Checkpoint -> serving SavedModel.
+
+A TF2 training checkpoint (`tf.train.Checkpoint(model=m, optimizer=opt).save(...)`, or a
+CheckpointManager's) is object-based. Its root is the Checkpoint object; its
+`_CHECKPOINTABLE_OBJECT_GRAPH` tensor, a serialized TrackableObjectGraph, lists every object
+(children by local name, and per object its saved attributes: name, full_name and the
+`checkpoint_key` its tensors are stored under). A key is the object's first path in a
+breadth-first walk from the root, so it need not start with `model/`: in a Keras 3 model
+trained by an optimizer the checkpoint tracks, the model's variables are stored under
+`optimizer/_trainable_variables/k/...`, the optimizer's path to them being shorter than the
+model's (`model/_operations/1/_embeddings`). Keys are therefore never derived from strings
+here: the object graph says which key holds which object's value.
+
+A TF2 SavedModel (`tf.saved_model.save`, Keras 3 `model.export`) keeps the same kind of
+checkpoint in `variables/`, rooted at the saved object. Its object graph is what
+`tf.saved_model.load` matches to the SavedModel's objects, and its keys are what the
+MetaGraph's restore function (run by the TF1 and C++ loaders and TF Serving) reads.
+
+Exporting therefore:
+1. matches the structure's objects to the checkpoint's: the structure's object graph is
+   walked in step with the checkpoint's from a checkpoint object (by default every object
+   is tried; the one under which every variable and table of the structure is found, with
+   the same dtype and shape, wins, and two such objects are ambiguous), children paired by
+   local name as TensorFlow's own restore pairs them. A structure whose paths exist nowhere
+   in the checkpoint (a Keras 3 export tracks its variables as `variables/k`, the model
+   itself is not in it) is matched by each variable's full name instead (Keras 3: the
+   variable's path, `dense/kernel`), which must then be unique.
+2. checks every tensor before anything is written; all mismatches in one message.
+3. writes `variables/` with the structure's keys: the checkpoint's stored bytes copied as they
+   are (checkpoints.copy_records: no decoding, no TensorFlow), slices of a sharded variable
+   renamed slice by slice, and the structure's own object graph tensor (copied as stored), whose
+   keys are exactly those written. Two keys of one tensor (a Keras export tracks each variable
+   twice, as `variables/k` and `_all_variables/k`) share one copy of its bytes.
+4. copies the structure's saved_model.pb and assets as they are (signatures, functions, init
+   op untouched). Its fingerprint.pb is left out: it fingerprints the structure's checkpoint,
+   not this one, and loaders do without it.
+
+A `tf.distribute.ShardedVariable` (ParameterServerStrategy with a variable_partitioner) is saved
+in a checkpoint as one full tensor stored in slices, one per shard: the index entry of its key
+lists the slices' extents and holds no bytes, and each slice is an entry of its own (keyed by
+NUL + name + encoded extents) on the data shard of the parameter server that holds it. Its
+object is one node with one VARIABLE_VALUE attribute (full name "ShardedVariable"), no node
+per shard. In a SavedModel, TensorFlow 2.21 saves it as ONE variable of the full shape (one
+SavedObject `variable`): the serving functions gather from that variable, and the restore
+function reads it whole (slice spec "11 4 0,11:0,4"), which TensorFlow's reader assembles from
+whatever slices are stored; only the structure's own variables/ is laid out in its shards. So
+the slices are copied as they are, and a structure with one plain variable or another number
+of shards serves the same values as TensorFlow's own SavedModel of the trained model would.
+"""
+
+import collections
+import dataclasses
+import time
+from typing import Dict, List, Optional
+
+from absl import logging
+
+from google.protobuf import message as pb_message
+
+from freezerlib.analysis import unsafe_ops
+from freezerlib.core import atomic
+from freezerlib.core import errors
+from freezerlib.core import files
+from freezerlib.core import lean_tf
+from freezerlib.core import units
+from freezerlib.formats import checkpoint_index as checkpoints
+from freezerlib.formats import saved_model
+
+trackable_object_graph_pb2 = lean_tf.load('tensorflow.core.protobuf.trackable_object_graph_pb2')
+
+OBJECT_GRAPH_KEY = '_CHECKPOINTABLE_OBJECT_GRAPH'
+_VARIABLE_VALUE = 'VARIABLE_VALUE'
+_MAX_LISTED = 40  # problems named in a mismatch message; the rest counted
+
+
+def is_object_based_saved_model(saved_model_dir, tags=('serve',)):
+  """Whether the SavedModel's MetaGraph tagged `tags` is TF2's (see is_object_based).
+
+  Raises:
+    errors.UserError: not a readable SavedModel, or no such tags.
+  """
+  proto = saved_model.read_saved_model_proto(saved_model_dir)
+  return saved_model.is_object_based(saved_model.select_meta_graph(proto, tags, saved_model_dir))
+
+
+# ---------------------------------------------------------------------------------------------
+# Object graphs
+
+
+def read_object_graph(checkpoint):
+  """The TrackableObjectGraph of an object-based checkpoint (checkpoints.Checkpoint).
+
+  Raises:
+    errors.UserError: the checkpoint has none (a tf.compat.v1 Saver wrote it), or it is corrupt.
+  """
+  if OBJECT_GRAPH_KEY not in checkpoint.entries:
+    raise errors.UserError(
+        'checkpoint %s is name-based (written by a tf.compat.v1 Saver: it has no %s); a TF2 '
+        'structure needs a checkpoint written by tf.train.Checkpoint'
+        % (checkpoint.prefix, OBJECT_GRAPH_KEY))
+  values = checkpoints.read_string_tensor(checkpoint, OBJECT_GRAPH_KEY)
+  graph = trackable_object_graph_pb2.TrackableObjectGraph()
+  try:
+    if len(values) != 1:
+      raise ValueError('%d values, not one' % len(values))
+    graph.ParseFromString(values[0])
+  except (ValueError, pb_message.DecodeError) as e:
+    raise errors.UserError('checkpoint %s: %s is not an object graph (%s)'
+                          % (checkpoint.prefix, OBJECT_GRAPH_KEY, e)) from e
+  if not graph.nodes:
+    raise errors.UserError('checkpoint %s: its object graph is empty' % checkpoint.prefix)
+  return graph
+
+
+def object_paths(graph):
+  """Node id -> 'a/b/c', each object's first path in a breadth-first walk from the root."""
+  paths = {0: ''}
+  queue = collections.deque([0])
+  while queue:
+    node_id = queue.popleft()
+    for child in graph.nodes[node_id].children:
+      if child.node_id not in paths:
+        parent = paths[node_id]
+        paths[child.node_id] = parent + '/' + child.local_name if parent else child.local_name
+        queue.append(child.node_id)
+  return paths
+
+
+def _reachable(graph, root):
+  seen, stack = set(), [root]
+  while stack:
+    node_id = stack.pop()
+    if node_id in seen:
+      continue
+    seen.add(node_id)
+    stack.extend(c.node_id for c in graph.nodes[node_id].children)
+  return seen
+
+
+def _paired_by_path(structure, checkpoint_graph, root):
+  """Structure node id -> checkpoint node id, walking both graphs from their roots (the
+  checkpoint's from `root`) and pairing children by local name, as TensorFlow's restore does."""
+  pairs = {0: root}
+  queue = collections.deque([0])
+  while queue:
+    s_id = queue.popleft()
+    children = {c.local_name: c.node_id for c in checkpoint_graph.nodes[pairs[s_id]].children}
+    for child in structure.nodes[s_id].children:
+      if child.node_id not in pairs and child.local_name in children:
+        pairs[child.node_id] = children[child.local_name]
+        queue.append(child.node_id)
+  return pairs
+
+
+def _paired_by_full_name(structure, checkpoint_graph, root, paths):
+  """Structure node id -> checkpoint node id for objects with saved attributes, paired by
+  attribute name and full name among the objects reachable from `root`; plus a problem per
+  full name that names several checkpoint objects."""
+  by_name = collections.defaultdict(set)
+  for node_id in _reachable(checkpoint_graph, root):
+    for attr in checkpoint_graph.nodes[node_id].attributes:
+      if attr.full_name:
+        by_name[(attr.name, attr.full_name)].add(node_id)
+  pairs, problems = {}, []
+  for s_id, node in enumerate(structure.nodes):
+    for attr in node.attributes:
+      found = by_name.get((attr.name, attr.full_name), set())
+      if len(found) == 1:
+        pairs[s_id] = next(iter(found))
+      elif len(found) > 1:
+        problems.append('full name %s names %d checkpoint objects (%s)' % (
+            attr.full_name, len(found), ', '.join(sorted(paths[n] for n in found))))
+  return pairs, problems
+
+
+# ---------------------------------------------------------------------------------------------
+# What to copy
+
+
+@dataclasses.dataclass
+class Rename:
+  """A tensor of the structure and the checkpoint tensor that holds its value."""
+  structure_key: str
+  checkpoint_key: str
+  path: str  # the structure object's path, for messages
+
+
+@dataclasses.dataclass
+class Plan:
+  """The outcome of matching the structure to one checkpoint object."""
+  object_path: str
+  matched_by: str  # 'path' or 'full name'
+  renames: List[Rename]
+  problems: List[str]
+  matched: int  # structure objects with saved values whose every tensor matched
+  total: int    # structure objects with saved values
+  kept: List[Rename] = dataclasses.field(default_factory=list)  # the structure's own values
+
+
+def _structure_keys(structure, index):
+  """(structure node id -> {attribute name: [(key, suffix)]}, keys owned by no attribute).
+
+  A key of the structure's index belongs to the attribute whose checkpoint_key is its longest
+  prefix: a variable's value is stored under the key itself, a table's under key + '-keys' and
+  key + '-values' (the suffix, kept when the key is renamed).
+  """
+  by_key = {}
+  for node_id, node in enumerate(structure.nodes):
+    for attr in node.attributes:
+      by_key[attr.checkpoint_key] = (node_id, attr.name)
+  owned = collections.defaultdict(lambda: collections.defaultdict(list))
+  stray = []
+  for key in sorted(index.entries):
+    if key == OBJECT_GRAPH_KEY:
+      continue
+    end = key.rfind('/.ATTRIBUTES/')
+    for cut in range(len(key), max(end, 0), -1):
+      if key[:cut] in by_key:
+        node_id, name = by_key[key[:cut]]
+        owned[node_id][name].append((key, key[cut:]))
+        break
+    else:
+      stray.append(key)
+  return owned, stray
+
+
+def _volume(extents):
+  count = 1
+  for _, length in extents:
+    count *= length
+  return count
+
+
+def _check_tensor(structure_index, checkpoint_index, s_key, c_key, name, path):
+  """Problems with restoring structure tensor `s_key` from checkpoint tensor `c_key`."""
+  s_entry, c_entry = structure_index.entries[s_key], checkpoint_index.entries[c_key]
+  s_shape = [d.size for d in s_entry.shape.dim]
+  c_shape = [d.size for d in c_entry.shape.dim]
+  what = path + ('' if name == _VARIABLE_VALUE else ' (%s)' % s_key.rsplit('/', 1)[-1])
+  if s_entry.dtype != c_entry.dtype:
+    return ['%s is %s in the checkpoint, %s in the structure' % (
+        what, lean_tf.as_dtype(c_entry.dtype).name, lean_tf.as_dtype(s_entry.dtype).name)]
+  if name == _VARIABLE_VALUE:
+    same = s_shape == c_shape
+  else:
+    # A table's keys and values grow with its contents: only the value shape must agree.
+    same = len(s_shape) == len(c_shape) and s_shape[1:] == c_shape[1:]
+  if not same:
+    return ['%s has shape %s in the checkpoint, %s in the structure' % (what, c_shape, s_shape)]
+  if checkpoint_index.slices.get(c_key):
+    have = checkpoints.slices_of(checkpoint_index, c_key)
+    if sum(_volume(e) for e in have) != _volume([(0, n) for n in c_shape]):
+      return ['%s: its %d slices in the checkpoint do not cover its shape %s' % (
+          what, len(have), c_shape)]
+  return []
+
+
+# Keras 3 random layers (Dropout, ...) hold a SeedGenerator whose state variable a Keras export
+# saves but a tf.train.Checkpoint of the model does not (it is not tracked there); inference
+# does not read it. The structure's own value is kept for it, and only for it.
+_UNTRAINED_STATE = 'seed_generator_state'
+
+
+def _untrained_state(node):
+  """Whether a structure object holds only a Keras seed generator's state."""
+  return bool(node.attributes) and all(
+      a.name == _VARIABLE_VALUE and a.full_name.rsplit('/', 1)[-1] == _UNTRAINED_STATE
+      for a in node.attributes)
+
+
+@dataclasses.dataclass
+class _Structure:
+  """The structure's side of matching, computed once."""
+  graph: object  # TrackableObjectGraph
+  index: checkpoints.Checkpoint
+  paths: Dict[int, str]
+  owned: Dict[int, Dict[str, list]]
+  stray: List[str]
+
+
+def _structure(graph, index):
+  owned, stray = _structure_keys(graph, index)
+  return _Structure(graph, index, object_paths(graph), owned, stray)
+
+
+def _plan(structure, checkpoint_graph, checkpoint_index, pairs, object_path, matched_by,
+          extra_problems=()):
+  """Matches every saved attribute of the structure through `pairs` (structure node id ->
+  checkpoint node id); returns the Plan."""
+  renames, kept, problems, matched = [], [], list(extra_problems), 0
+  problems += ['%s in the structure\'s checkpoint belongs to no object of its object graph' % k
+               for k in structure.stray]
+  for s_id in sorted(structure.owned):
+    path = structure.paths.get(s_id, 'node %d' % s_id)
+    saver = structure.graph.nodes[s_id].registered_saver.name
+    if saver:
+      problems.append('%s is saved by registered saver %s, which this cannot copy'
+                      % (path, saver))
+      continue
+    c_id = pairs.get(s_id)
+    if c_id is None and _untrained_state(structure.graph.nodes[s_id]):
+      kept += [Rename(key, key, path) for keys in structure.owned[s_id].values()
+               for key, _ in keys]
+      continue
+    if c_id is None:
+      problems.append('%s missing' % path)
+      continue
+    c_node = checkpoint_graph.nodes[c_id]
+    if c_node.registered_saver.name:
+      problems.append('%s is saved by registered saver %s in the checkpoint, which this cannot '
+                      'copy' % (path, c_node.registered_saver.name))
+      continue
+    c_attrs = {a.name: a.checkpoint_key for a in c_node.attributes}
+    before = len(problems)
+    for name, keys in sorted(structure.owned[s_id].items()):
+      if name not in c_attrs:
+        problems.append('%s has no saved %s in the checkpoint (it has %s)' % (
+            path, name, ', '.join(sorted(c_attrs)) or 'no saved values'))
+        continue
+      for s_key, suffix in keys:
+        c_key = c_attrs[name] + suffix
+        if c_key not in checkpoint_index.entries:
+          problems.append('%s: the checkpoint\'s object graph names %s, which its index lacks'
+                          % (path, c_key))
+          continue
+        found = _check_tensor(structure.index, checkpoint_index, s_key, c_key, name, path)
+        problems += found
+        if not found:
+          renames.append(Rename(s_key, c_key, path))
+    if len(problems) == before:
+      matched += 1
+  return Plan(object_path=object_path, matched_by=matched_by, renames=renames,
+              problems=problems, matched=matched, total=len(structure.owned), kept=kept)
+
+
+def _resolve_object(graph, path, prefix):
+  """The node id at object path `path` ('' or '/' for the root) of the checkpoint's graph."""
+  node_id, walked = 0, []
+  for part in [p for p in path.split('/') if p]:
+    children = {c.local_name: c.node_id for c in graph.nodes[node_id].children}
+    if part not in children:
+      raise errors.UserError('checkpoint %s has no object %s: %s holds %s' % (
+          prefix, path, '/'.join(walked) or 'its root', ', '.join(sorted(children)) or
+          'no objects'))
+    node_id = children[part]
+    walked.append(part)
+  return node_id
+
+
+def match(structure, structure_index, checkpoint_graph, checkpoint_index, checkpoint_object=None,
+          where='the structure'):
+  """The Plan that restores every saved value of the structure from the checkpoint.
+
+  Args:
+    structure: the structure's TrackableObjectGraph.
+    structure_index: checkpoints.Checkpoint of the structure's variables/.
+    checkpoint_graph: the training checkpoint's TrackableObjectGraph.
+    checkpoint_index: checkpoints.Checkpoint of the training checkpoint.
+    checkpoint_object: object path in the checkpoint to match ('model'), or None to find it.
+    where: the structure's path, for messages.
+
+  Returns:
+    Plan without problems.
+
+  Raises:
+    errors.UserError: no object matches (the message lists what is missing or different for
+      the closest one), or several do.
+  """
+  paths = object_paths(checkpoint_graph)
+  structure = _structure(structure, structure_index)
+  if checkpoint_object is not None:
+    roots = [_resolve_object(checkpoint_graph, checkpoint_object, checkpoint_index.prefix)]
+  else:
+    roots = sorted(paths, key=lambda n: (paths[n].count('/') if paths[n] else -1, paths[n]))
+  plans = []
+  for root in roots:
+    pairs = _paired_by_path(structure.graph, checkpoint_graph, root)
+    if checkpoint_object is None and not any(s_id in pairs for s_id in structure.owned):
+      continue  # nothing of the structure under this object
+    plans.append(_plan(structure, checkpoint_graph, checkpoint_index, pairs, paths[root],
+                       'path'))
+  complete = [p for p in plans if not p.problems]
+  if not complete:
+    # No object has the structure's paths: pair by full names (a Keras export's variables).
+    root = roots[0] if checkpoint_object is not None else 0
+    pairs, ambiguous = _paired_by_full_name(structure.graph, checkpoint_graph, root, paths)
+    plan = _plan(structure, checkpoint_graph, checkpoint_index, pairs, paths[root],
+                 'full name', ambiguous)
+    if not plan.problems:
+      complete = [plan]
+    plans.append(plan)
+  if len(complete) > 1:
+    raise errors.UserError(
+        'checkpoint %s holds %d objects that match %s: %s; choose one with --checkpoint_object'
+        % (checkpoint_index.prefix, len(complete), where,
+           ', '.join(p.object_path or '(the root)' for p in complete)))
+  if complete:
+    return complete[0]
+  best = max(plans, key=lambda p: (p.matched, p.matched_by == 'path', -len(p.problems)))
+  if best.matched or checkpoint_object is not None:
+    closest = 'closest: %s, by %s, %d of %d variables and tables' % (
+        best.object_path or 'its root', best.matched_by, best.matched, best.total)
+  else:
+    closest = 'none of its objects (%s) holds any of the %d variables and tables' % (
+        ', '.join(c.local_name for c in checkpoint_graph.nodes[0].children), best.total)
+  shown = best.problems[:_MAX_LISTED]
+  if len(best.problems) > len(shown):
+    shown.append('and %d more' % (len(best.problems) - len(shown)))
+  raise errors.UserError('checkpoint %s does not match %s (%s): %s' % (
+      checkpoint_index.prefix, where, closest, '; '.join(shown)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Export
+
+
+@dataclasses.dataclass
+class ExportReport:
+  """What export() wrote (the fields of checkpoint_export.ExportReport, and how it matched)."""
+  tensors_exported: int
+  tensors_in_checkpoint: int
+  bytes_exported: int
+  bytes_in_checkpoint: int
+  seconds: float
+  checkpoint_object: str = ''
+  matched_by: str = ''
+  bytes_needed: int = 0  # the model's tensors as stored, each once, and the object graph
+
+
+def _records(plan, structure_index, checkpoint_index):
+  """checkpoints.Record list: each renamed tensor's records (a sliced one's every slice), and
+  the structure's object graph."""
+  records = []
+  for rename in plan.renames:
+    for key, entry in checkpoint_index.records(rename.checkpoint_key):
+      if key == rename.checkpoint_key.encode('utf-8'):
+        new_key = rename.structure_key.encode('utf-8')
+      else:
+        new_key = checkpoints.renamed_slice_key(key, rename.checkpoint_key, rename.structure_key)
+      records.append(checkpoints.Record(checkpoint_index, key, entry, new_key))
+  for rename in plan.kept:
+    records += [checkpoints.Record(structure_index, key, entry)
+                for key, entry in structure_index.records(rename.structure_key)]
+  graph_key = OBJECT_GRAPH_KEY.encode('utf-8')
+  records.append(checkpoints.Record(structure_index, graph_key,
+                                    structure_index.entries[OBJECT_GRAPH_KEY]))
+  return records
+
+
+def _log_layout_changes(plan, structure_index, checkpoint_index):
+  for rename in plan.renames:
+    have = checkpoint_index.slices.get(rename.checkpoint_key)
+    want = structure_index.slices.get(rename.structure_key)
+    if bool(have) != bool(want) or (have and len(have) != len(want)):
+      logging.info('%s: %s in the checkpoint, %s in the structure; restored whole from the '
+                   'checkpoint\'s layout', rename.path,
+                   '%d shards' % len(have) if have else 'one tensor',
+                   '%d shards' % len(want) if want else 'one variable')
+
+
+def _copy_assets(meta_graph, structure_dir, out_dir):
+  """Copies each asset file the MetaGraph names once (two tables can share one file)."""
+  names = sorted({a.filename for a in saved_model.asset_defs(meta_graph)})
+  for name in names:
+    src = files.join(structure_dir, 'assets', name)
+    if not files.exists(src):
+      raise errors.UserError('asset %s of %s is missing' % (src, structure_dir))
+    dst = files.join(out_dir, 'assets', name)
+    files.makedirs(files.parent_dir(dst))
+    files.copy(src, dst)
+  extra = files.join(structure_dir, 'assets.extra')  # TF Serving's warmup requests
+  if files.isdir(extra):
+    for root, _, extra_names in files.walk(extra):
+      for name in extra_names:
+        src = files.join(root, name)
+        dst = files.join(out_dir, 'assets.extra', src[len(extra):])
+        files.makedirs(files.parent_dir(dst))
+        files.copy(src, dst)
+  return names
+
+
+def export(checkpoint, output_dir, saved_model_dir, tags=('serve',), checkpoint_object=None,
+           chunk_bytes=8 << 20, overwrite=False, allow_ops=()):
+  """Writes a serving SavedModel: the TF2 structure at `saved_model_dir` with the values of
+  the model in TF2 training checkpoint `checkpoint`.
+
+  Args:
+    checkpoint: a checkpoint prefix, or a directory holding a `checkpoint` state file.
+    output_dir: the SavedModel directory to write.
+    saved_model_dir: the structure, written by tf.saved_model.save or Keras 3 model.export (its
+      variable values are never read; its variables/ index and object graph are).
+    tags: the structure's MetaGraph tags.
+    checkpoint_object: the model's object path in the checkpoint (`model`); found when None.
+    chunk_bytes: bytes read and written at a time when the kernel cannot copy.
+    overwrite: replace an existing `output_dir`.
+    allow_ops: op types to accept that read files, run Python or reach the network.
+
+  Returns:
+    ExportReport.
+
+  Raises:
+    errors.UserError: a bad structure or checkpoint, any mismatch between them (all listed), or
+      an existing output without `overwrite`. Nothing is written then.
+  """
+  start = time.perf_counter()
+  atomic.check_output_free(output_dir, overwrite)
+  proto = saved_model.read_saved_model_proto(saved_model_dir)
+  meta_graph = saved_model.select_meta_graph(proto, tags, saved_model_dir)
+  if not saved_model.is_object_based(meta_graph):
+    raise errors.UserError('%s is not a TF2 SavedModel (it has no object graph)'
+                          % saved_model_dir)
+  signatures = saved_model.select_signatures(meta_graph, None, saved_model_dir)
+  kept = unsafe_ops.check_meta_graph(meta_graph, signatures, set(allow_ops), saved_model_dir)
+  unsafe_ops.log_findings(kept, 'kept in the structure\'s graph (not run by loading or the '
+                               'signatures)')
+  variables = files.join(saved_model_dir, 'variables', 'variables')
+  if not files.exists(variables + '.index'):
+    raise errors.UserError(
+        '%s has no variables/variables.index: keep the structure\'s variables/ (its object '
+        'graph and index are read, its values never)' % saved_model_dir)
+  structure_index = checkpoints.read_index(variables)
+  structure = read_object_graph(structure_index)
+  prefix = checkpoints.resolve_prefix(checkpoint)
+  checkpoint_index = checkpoints.read_index(prefix)
+  checkpoint_graph = read_object_graph(checkpoint_index)
+  plan = match(structure, structure_index, checkpoint_graph, checkpoint_index,
+               checkpoint_object, saved_model_dir)
+  logging.info('checkpoint %s: the structure is object %s (matched by %s): %d tensors of %d '
+               'variables and tables, of the checkpoint\'s %d', prefix,
+               plan.object_path or '(the root)', plan.matched_by, len(plan.renames), plan.total,
+               len(checkpoint_index.entries))
+  _log_layout_changes(plan, structure_index, checkpoint_index)
+  for rename in plan.kept:
+    logging.info('%s: the structure\'s own value (a Keras seed generator state, which the '
+                 'checkpoint does not hold and inference does not read)', rename.path)
+  records = _records(plan, structure_index, checkpoint_index)
+  with atomic.atomic_output(output_dir, overwrite) as tmp:
+    files.makedirs(files.join(tmp, 'variables'))
+    written = checkpoints.copy_records(records, files.join(tmp, 'variables', 'variables'),
+                                       chunk_bytes, progress=units.Progress('copying tensors'))
+    _copy_assets(meta_graph, saved_model_dir, tmp)
+    # The structure's own file, byte for byte: signatures, functions and init op untouched.
+    name = 'saved_model.pb'
+    if not files.exists(files.join(saved_model_dir, name)):
+      name = 'saved_model.pbtxt'
+    files.copy(files.join(saved_model_dir, name), files.join(tmp, name))
+  stored = {}  # one stored tensor under two keys is needed once
+  for record in records:
+    stored[(id(record.checkpoint), record.entry.shard_id, record.entry.offset)] = (
+        record.entry.size)
+  return ExportReport(
+      tensors_exported=len(plan.renames) + len(plan.kept),
+      tensors_in_checkpoint=len(checkpoint_index.entries),
+      bytes_exported=written,
+      bytes_in_checkpoint=sum(checkpoint_index.nbytes(n) for n in checkpoint_index.entries),
+      seconds=time.perf_counter() - start, checkpoint_object=plan.object_path,
+      matched_by=plan.matched_by,
+      bytes_needed=sum(stored.values()))

@@ -1,0 +1,476 @@
+"""optimize_from_ckpt.py with a TF2 structure SavedModel and a tf.train.Checkpoint.
+
+Each model saves its structure first, trains more, and is checkpointed with its optimizer; the
+export must answer like the trained model in memory through tf.saved_model.load, the TF1
+loader and the C API.
+"""
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import conftest
+from conftest import REPO
+from conftest import assert_one_line_error
+from conftest import run_script
+from conftest import tree_digest
+from freezerlib.core import errors
+from freezerlib.export import from_checkpoint
+from freezerlib.export import from_tf2_checkpoint
+from freezerlib.formats import checkpoint_index
+
+ATOL = 1e-6
+ROWS = 50  # embedding rows; ids beyond them, and ids training never saw, are fed too
+
+
+def _serve(export_dir, feeds):
+  """{output: array} of serving_default through tf.saved_model.load and the TF1 loader."""
+  loaded = tf.saved_model.load(export_dir)
+  tf2 = loaded.signatures['serving_default'](**{k: tf.constant(v) for k, v in feeds.items()})
+  with tf.compat.v1.Session(graph=tf.Graph()) as session:
+    meta_graph = tf.compat.v1.saved_model.loader.load(session, ['serve'], export_dir)
+    sig = meta_graph.signature_def['serving_default']
+    tf1 = session.run({k: v.name for k, v in sig.outputs.items()},
+                      {sig.inputs[k].name: v for k, v in feeds.items()})
+  return {k: v.numpy() for k, v in tf2.items()}, tf1
+
+
+def _assert_answers(export_dir, feeds, expected, capi=None):
+  """The export answers `expected` through both Python loaders (and the C API if given)."""
+  tf2, tf1 = _serve(export_dir, feeds)
+  got = {'tf.saved_model.load': tf2, 'TF1 loader': tf1}
+  if capi:
+    import capi_runner  # pylint: disable=g-import-not-at-top
+    got['C API'] = capi_runner.run_signatures(capi, export_dir, {'serving_default': feeds})[
+        'serving_default']
+  for loader, outputs in got.items():
+    assert sorted(outputs) == sorted(expected), loader
+    for name, value in expected.items():
+      np.testing.assert_allclose(outputs[name], value, atol=ATOL, rtol=0,
+                                 err_msg='%s %s' % (loader, name))
+
+
+def _keys(prefix):
+  return set(checkpoint_index.read_index(prefix).entries)
+
+
+# ---------------------------------------------------------------------------------------------
+# A tf.Module: embedding, dense layer, MutableHashTable, DenseHashTable, static tables
+
+
+class _Dense(tf.Module):
+
+  def __init__(self, n_in, n_out):
+    super().__init__()
+    self.w = tf.Variable(tf.random.stateless_normal([n_in, n_out], seed=[1, 2]), name='w')
+    self.b = tf.Variable(tf.zeros([n_out]), name='b')
+
+  def __call__(self, x):
+    return tf.matmul(x, self.w) + self.b
+
+
+class RecModule(tf.Module):
+
+  def __init__(self, vocab_path):
+    super().__init__()
+    self.emb = tf.Variable(tf.random.stateless_normal([ROWS, 4], seed=[3, 4]), name='emb')
+    self.dense = _Dense(6, 1)
+    self.clicks = tf.lookup.experimental.MutableHashTable(tf.int64, tf.float32, 0.0)
+    self.prices = tf.lookup.experimental.DenseHashTable(
+        tf.int64, tf.float32, default_value=-1.0, empty_key=-1, deleted_key=-2,
+        initial_num_buckets=16)  # grows while training: the checkpoint's is bigger
+    # Two tables read one asset file: the export holds it once.
+    init = lambda: tf.lookup.TextFileInitializer(  # pylint: disable=g-long-lambda
+        vocab_path, tf.string, tf.lookup.TextFileIndex.WHOLE_LINE, tf.int64,
+        tf.lookup.TextFileIndex.LINE_NUMBER)
+    self.words = tf.lookup.StaticHashTable(init(), -1)
+    self.words_again = tf.lookup.StaticHashTable(init(), 7)
+
+  def _features(self, ids, words):
+    stats = tf.stack([self.clicks.lookup(ids), self.prices.lookup(ids)], 1)
+    return tf.concat([tf.gather(self.emb, ids % ROWS), stats], 1)
+
+  @tf.function(input_signature=[tf.TensorSpec([None], tf.int64),
+                                tf.TensorSpec([None], tf.string)])
+  def serve(self, ids, words):
+    word = tf.cast(self.words.lookup(words) * 10 + self.words_again.lookup(words), tf.float32)
+    return {'score': self.dense(self._features(ids, words))[:, 0] + word,
+            'clicks': self.clicks.lookup(ids), 'price': self.prices.lookup(ids)}
+
+  def train_step(self, ids, words, optimizer):
+    variables = [self.emb, self.dense.w, self.dense.b]
+    with tf.GradientTape() as tape:
+      loss = tf.reduce_mean((self.dense(self._features(ids, words))[:, 0] - 1.0) ** 2)
+    optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+    self.clicks.insert(ids, self.clicks.lookup(ids) + 1.0)
+    self.prices.insert(ids, tf.cast(ids, tf.float32) * 0.5)
+
+
+def _module_feeds():
+  rng = np.random.RandomState(5)
+  return {'ids': rng.randint(0, 2 * ROWS, 64).astype(np.int64),
+          'words': np.array([b'ant', b'bee', b'cat', b'unseen'] * 16)}
+
+
+@pytest.fixture(scope='module')
+def module_case(tmp_path_factory):
+  root = tmp_path_factory.mktemp('tf2_module')
+  vocab = root / 'vocab.txt'
+  vocab.write_text('ant\nbee\ncat\n')
+  model = RecModule(str(vocab))
+  tf.saved_model.save(model, str(root / 'structure'), signatures={'serving_default': model.serve})
+  optimizer = tf.keras.optimizers.Adam(0.05)
+  manager = tf.train.CheckpointManager(tf.train.Checkpoint(model=model, optimizer=optimizer),
+                                       str(root / 'ckpt'), max_to_keep=2)
+  rng = np.random.RandomState(0)
+  for step in range(6):  # ids below ROWS only: the tables never see the others
+    ids = tf.constant(rng.randint(0, ROWS, 32), tf.int64)
+    model.train_step(ids, tf.constant([b'ant'] * 32), optimizer)
+    if step in (2, 5):
+      manager.save()
+  feeds = _module_feeds()
+  expected = {k: v.numpy() for k, v in model.serve(**feeds).items()}
+  out = str(root / 'serving')
+  report = from_checkpoint.saved_model_from_checkpoint(checkpoint=str(root / 'ckpt'), output_dir=out,
+                                    saved_model_dir=str(root / 'structure'))
+  return dict(root=root, structure=str(root / 'structure'), ckpt=manager.latest_checkpoint,
+              out=out, report=report, feeds=feeds, expected=expected)
+
+
+def test_module_answers_as_trained_through_every_loader(module_case, capi):
+  expected = module_case['expected']
+  clicks = expected['clicks']
+  assert 10 < np.count_nonzero(clicks) < len(clicks)  # trained and unseen ids both fed
+  assert np.count_nonzero(expected['price'] == -1.0) > 10  # DenseHashTable default, unseen
+  _assert_answers(module_case['out'], module_case['feeds'], expected, capi)
+
+
+def test_module_variables_hold_the_model_under_the_structures_keys(module_case):
+  out, report = module_case['out'], module_case['report']
+  written = _keys(out + '/variables/variables')
+  assert written == _keys(module_case['structure'] + '/variables/variables')
+  assert 'emb/.ATTRIBUTES/VARIABLE_VALUE' in written
+  assert 'prices/.ATTRIBUTES/table-keys' in written
+  source = checkpoint_index.read_index(module_case['ckpt'])
+  assert {n for n in source.entries if n.startswith(('optimizer/', 'save_counter/'))}
+  assert report.checkpoint_object == 'model' and report.matched_by == 'path'
+  assert report.tensors_exported == len(written) - 1  # all but the object graph
+  assert report.bytes_exported == report.bytes_needed < report.bytes_in_checkpoint
+  # The trained (grown) tables, not the structure's empty ones.
+  trained = tf.train.load_checkpoint(module_case['ckpt'])
+  copy = tf.train.load_checkpoint(out + '/variables/variables')
+  np.testing.assert_array_equal(copy.get_tensor('prices/.ATTRIBUTES/table-keys'),
+                                trained.get_tensor('model/prices/.ATTRIBUTES/table-keys'))
+  assert copy.get_tensor('clicks/.ATTRIBUTES/table-keys').shape[0] > 10
+  # The object graph is the structure's own, byte for byte.
+  structure = tf.train.load_checkpoint(module_case['structure'] + '/variables/variables')
+  graph_key = from_tf2_checkpoint.OBJECT_GRAPH_KEY
+  assert copy.get_tensor(graph_key) == structure.get_tensor(graph_key)
+  files = sorted(str(p.relative_to(out)) for p in pathlib.Path(out).rglob('*') if p.is_file())
+  assert files == ['assets/vocab.txt', 'saved_model.pb', 'variables/variables.data-00000-of-00001',
+                   'variables/variables.index']
+  assert (pathlib.Path(out) / 'saved_model.pb').read_bytes() == (
+      pathlib.Path(module_case['structure']) / 'saved_model.pb').read_bytes()
+
+
+def test_string_tensors_decode_as_tensorflow_reads_them(tmp_path):
+  values = [b'', b'a', b'x' * 300, bytes(range(256)), b'\x00end']
+  prefix = tf.train.Checkpoint(v=tf.Variable(tf.constant(values))).write(str(tmp_path / 'c'))
+  index = checkpoint_index.read_index(prefix)
+  assert checkpoint_index.read_string_tensor(index, 'v/.ATTRIBUTES/VARIABLE_VALUE') == values
+  graph = from_tf2_checkpoint.read_object_graph(index)
+  assert [c.local_name for c in graph.nodes[0].children] == ['v']
+
+
+def test_runs_without_tensorflow(module_case, tmp_path):
+  code = ('import sys; from freezerlib.export import from_checkpoint; '
+          'r = from_checkpoint.saved_model_from_checkpoint(checkpoint=sys.argv[1], output_dir=sys.argv[2], '
+          'saved_model_dir=sys.argv[3], checkpoint_object="model"); '
+          'assert "tensorflow.python.framework.ops" not in sys.modules, "TensorFlow imported"; '
+          'print(r.tensors_exported)')
+  proc = subprocess.run([sys.executable, '-c', code, module_case['ckpt'], str(tmp_path / 'o'),
+                         module_case['structure']], cwd=REPO, capture_output=True, text=True,
+                        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'), timeout=120, check=False)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert proc.stdout.split() == [str(module_case['report'].tensors_exported)]
+  assert tree_digest(tmp_path / 'o') == tree_digest(module_case['out'])
+
+
+# ---------------------------------------------------------------------------------------------
+# Keras 3: model.export, then fit
+
+
+@pytest.fixture(scope='module')
+def keras_case(tmp_path_factory):
+  import keras  # pylint: disable=g-import-not-at-top
+  root = tmp_path_factory.mktemp('tf2_keras')
+  keras.utils.set_random_seed(1)
+  ids = keras.Input((1,), dtype='int64', name='ids')
+  x = keras.Input((3,), name='x')
+  embedded = keras.layers.Flatten()(keras.layers.Embedding(30, 4, name='item_emb')(ids))
+  hidden = keras.layers.Dense(8, activation='relu', name='hidden')(
+      keras.layers.Concatenate()([embedded, x]))
+  hidden = keras.layers.BatchNormalization(name='bn')(hidden)
+  hidden = keras.layers.Dropout(0.2, name='drop')(hidden)
+  model = keras.Model([ids, x], keras.layers.Dense(1, name='logit')(hidden))
+  model.export(str(root / 'structure'), verbose=False)
+  optimizer = keras.optimizers.Adam(0.05)
+  model.compile(optimizer=optimizer, loss='mse')
+  rng = np.random.RandomState(2)
+  train = [rng.randint(0, 30, (128, 1)).astype(np.int64), rng.randn(128, 3).astype(np.float32)]
+  model.fit(train, rng.randn(128, 1).astype(np.float32), epochs=3, batch_size=32, verbose=0)
+  prefix = tf.train.Checkpoint(model=model, optimizer=optimizer).save(str(root / 'ckpt' / 'ck'))
+  feeds = {'ids': np.arange(30, dtype=np.int64)[:, None],
+           'x': rng.randn(30, 3).astype(np.float32)}
+  expected = {'output_0': model(feeds, training=False).numpy()}
+  out = str(root / 'serving')
+  report = from_checkpoint.saved_model_from_checkpoint(checkpoint=prefix, output_dir=out,
+                                    saved_model_dir=str(root / 'structure'))
+  return dict(root=root, structure=str(root / 'structure'), ckpt=prefix, out=out,
+              report=report, feeds=feeds, expected=expected)
+
+
+def test_keras_export_answers_as_trained_through_every_loader(keras_case, capi):
+  _assert_answers(keras_case['out'], keras_case['feeds'], keras_case['expected'], capi)
+
+
+def test_keras_variables_are_found_by_full_name_and_stored_once(keras_case):
+  report = keras_case['report']
+  # Keras 3 checkpoints key the model's trainable variables by the optimizer's path to them
+  # (shorter than the model's), the others by the model's.
+  source = _keys(keras_case['ckpt'])
+  assert 'optimizer/_trainable_variables/0/.ATTRIBUTES/VARIABLE_VALUE' in source
+  assert sorted(k.rsplit('/', 3)[-3] for k in source if k.startswith('model/')) == [
+      'moving_mean', 'moving_variance']
+  structure_keys = _keys(keras_case['structure'] + '/variables/variables')
+  assert report.matched_by == 'full name'
+  assert report.tensors_exported == len(structure_keys) - 1 == 19
+  index = checkpoint_index.read_index(keras_case['out'] + '/variables/variables')
+  assert set(index.entries) == structure_keys
+  # variables/k and _all_variables/k are one tensor twice: one copy of its bytes. 10 tensors:
+  # embedding, 2 dense layers, 4 batch norm, and Dropout's seed generator state (not in the
+  # checkpoint: the structure's own, which inference does not read).
+  places = {(e.offset, e.size) for n, e in index.entries.items()
+            if n != from_tf2_checkpoint.OBJECT_GRAPH_KEY}
+  assert len(places) == 10
+  assert report.bytes_exported == report.bytes_needed == sum(size for _, size in places) + (
+      index.nbytes(from_tf2_checkpoint.OBJECT_GRAPH_KEY))
+
+
+# ---------------------------------------------------------------------------------------------
+# Mismatches
+
+
+def test_checkpoint_of_another_model_is_one_line_and_writes_nothing(module_case, keras_case,
+                                                                   tmp_path):
+  out = tmp_path / 'out'
+  digest = tree_digest(keras_case['root'] / 'ckpt')
+  with pytest.raises(errors.UserError) as error:
+    from_checkpoint.saved_model_from_checkpoint(checkpoint=keras_case['ckpt'], output_dir=str(out),
+                             saved_model_dir=module_case['structure'])
+  message = str(error.value)
+  assert '\n' not in message
+  for fragment in ('does not match', 'emb missing', 'dense/w missing', 'clicks missing',
+                   'prices missing'):
+    assert fragment in message, message
+  assert not out.exists() and not list(tmp_path.iterdir())
+  assert tree_digest(keras_case['root'] / 'ckpt') == digest
+  proc = run_script('optimize_from_ckpt.py', '--saved_model_dir=%s' % module_case['structure'],
+                    '--checkpoint=%s' % keras_case['ckpt'], '--output_saved_model_dir=%s' % out)
+  assert_one_line_error(proc, 'optimize_from_ckpt.py', 'does not match', 'emb missing')
+  assert not out.exists()
+
+
+class _Bigger(tf.Module):
+
+  def __init__(self):
+    super().__init__()
+    self.emb = tf.Variable(tf.zeros([ROWS + 1, 4]), name='emb')
+    self.dense = _Dense(6, 1)
+    self.dense.w = tf.Variable(tf.zeros([6, 1], tf.float64), name='w')
+    self.extra = tf.Variable(1.0, name='extra')
+
+  @tf.function(input_signature=[tf.TensorSpec([None], tf.int64)])
+  def serve(self, ids):
+    return {'x': tf.gather(self.emb, ids)[:, 0] + self.extra}
+
+
+def test_every_difference_is_listed(module_case, tmp_path):
+  model = _Bigger()
+  structure = str(tmp_path / 'bigger')
+  tf.saved_model.save(model, structure, signatures={'serving_default': model.serve})
+  with pytest.raises(errors.UserError) as error:
+    from_checkpoint.saved_model_from_checkpoint(checkpoint=module_case['ckpt'], output_dir=str(tmp_path / 'out'),
+                             saved_model_dir=structure)
+  message = str(error.value)
+  assert 'closest: model, by path, 1 of 4' in message, message  # dense/b matches
+  assert 'emb has shape [50, 4] in the checkpoint, [51, 4] in the structure' in message
+  assert 'dense/w is float32 in the checkpoint, float64 in the structure' in message
+  assert 'extra missing' in message
+  assert not (tmp_path / 'out').exists()
+
+
+@pytest.mark.parametrize('path,fragment', [
+    ('optimizer', 'closest: optimizer'),
+    ('model/nope', 'has no object model/nope: model holds clicks, dense, emb'),
+])
+def test_checkpoint_object_is_obeyed(module_case, tmp_path, path, fragment):
+  with pytest.raises(errors.UserError, match=fragment):
+    from_checkpoint.saved_model_from_checkpoint(checkpoint=module_case['ckpt'], output_dir=str(tmp_path / 'o'),
+                             saved_model_dir=module_case['structure'], checkpoint_object=path)
+  assert not (tmp_path / 'o').exists()
+
+
+def test_two_matching_objects_are_ambiguous(module_case, tmp_path):
+  vocab = str(module_case['root'] / 'vocab.txt')
+  prefix = tf.train.Checkpoint(model=RecModule(vocab), ema=RecModule(vocab)).write(
+      str(tmp_path / 'ck'))
+  with pytest.raises(errors.UserError, match='2 objects that match .*: ema, model; choose one '
+                     'with --checkpoint_object'):
+    from_checkpoint.saved_model_from_checkpoint(checkpoint=prefix, output_dir=str(tmp_path / 'o'),
+                             saved_model_dir=module_case['structure'])
+  report = from_checkpoint.saved_model_from_checkpoint(checkpoint=prefix, output_dir=str(tmp_path / 'o'),
+                                    saved_model_dir=module_case['structure'],
+                                    checkpoint_object='ema')
+  assert report.checkpoint_object == 'ema'
+
+
+@pytest.mark.parametrize('args,fragment', [
+    (dict(signature_names=['serving_default']), '--signature_def does not apply'),
+    (dict(prune_tensors=False), '--noprune does not apply'),
+])
+def test_tf1_only_options_are_refused(module_case, tmp_path, args, fragment):
+  with pytest.raises(errors.UserError, match=fragment):
+    from_checkpoint.saved_model_from_checkpoint(checkpoint=module_case['ckpt'], output_dir=str(tmp_path / 'o'),
+                             saved_model_dir=module_case['structure'], **args)
+
+
+def test_name_based_checkpoint_is_refused(module_case, tmp_path):
+  with tf.Graph().as_default():
+    tf.compat.v1.get_variable('emb', [ROWS, 4])
+    with tf.compat.v1.Session() as session:
+      session.run(tf.compat.v1.global_variables_initializer())
+      prefix = tf.compat.v1.train.Saver().save(session, str(tmp_path / 'model.ckpt'))
+  with pytest.raises(errors.UserError, match='name-based .* needs a checkpoint written by '
+                     'tf.train.Checkpoint'):
+    from_checkpoint.saved_model_from_checkpoint(checkpoint=prefix, output_dir=str(tmp_path / 'o'),
+                             saved_model_dir=module_case['structure'])
+
+
+# ---------------------------------------------------------------------------------------------
+# Sharded variables: a ParameterServerStrategy's ShardedVariable
+
+
+class ShardedModule(tf.Module):
+  """An embedding of 11 rows, sharded in `shards` (None: one plain variable)."""
+
+  def __init__(self, shards=None):
+    super().__init__()
+    if shards:
+      rows = [11 // shards + (1 if i < 11 % shards else 0) for i in range(shards)]
+      self.emb = tf.__internal__.distribute.ShardedVariable(
+          [tf.Variable(tf.zeros([r, 4]), name='emb/part_%d' % i) for i, r in enumerate(rows)])
+    else:
+      self.emb = tf.Variable(tf.zeros([11, 4]), name='emb')
+    self.w = tf.Variable(tf.ones([4, 1]), name='w')
+
+  @tf.function(input_signature=[tf.TensorSpec([None], tf.int64)])
+  def serve(self, ids):
+    return {'score': tf.matmul(tf.nn.embedding_lookup(self.emb, ids), self.w)[:, 0]}
+
+
+_PS_TRAINING = '''
+import socket, sys
+import numpy as np, tensorflow as tf
+sys.path.insert(0, sys.argv[2])
+from test_tf2_checkpoint import ShardedModule
+def port():
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    return s.getsockname()[1]
+spec = {'chief': ['localhost:%d' % port()], 'worker': ['localhost:%d' % port()],
+        'ps': ['localhost:%d' % port(), 'localhost:%d' % port()]}
+cluster = tf.train.ClusterSpec(spec)
+servers = [tf.distribute.Server(cluster, job_name=job, task_index=i, start=True)
+           for job in ('worker', 'ps') for i in range(len(spec[job]))]
+strategy = tf.distribute.experimental.ParameterServerStrategy(
+    tf.distribute.cluster_resolver.SimpleClusterResolver(cluster, rpc_layer='grpc',
+                                                         task_type='chief', task_id=0),
+    variable_partitioner=lambda shape, dtype: [3, 1] if shape[0] == 11 else [1] * len(shape))
+with strategy.scope():
+  model = ShardedModule()
+  optimizer = tf.keras.optimizers.Adam(0.1)
+assert isinstance(model.emb, tf.__internal__.distribute.ShardedVariable)
+assert len(model.emb.variables) == 3, model.emb.variables
+tf.saved_model.save(model, sys.argv[1] + '/structure_3',
+                    signatures={'serving_default': model.serve})
+model.emb.assign(tf.reshape(tf.range(44, dtype=tf.float32), [11, 4]))
+variables = list(model.emb.variables) + [model.w]
+with strategy.scope():
+  optimizer.build(variables)
+
+@tf.function
+def step():
+  def replica_step():
+    with tf.GradientTape() as tape:
+      loss = tf.reduce_sum(model.serve(tf.constant([1, 5, 9], tf.int64))['score'] ** 2)
+    optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+  strategy.run(replica_step)
+
+coordinator = tf.distribute.experimental.coordinator.ClusterCoordinator(strategy)
+for _ in range(3):  # on the worker, variables on the parameter servers
+  coordinator.schedule(step)
+coordinator.join()
+tf.train.Checkpoint(model=model, optimizer=optimizer).save(sys.argv[1] + '/ckpt/ck')
+np.save(sys.argv[1] + '/expected.npy', model.serve(tf.range(11, dtype=tf.int64))['score'].numpy())
+'''
+
+
+@pytest.fixture(scope='module')
+def sharded_case(tmp_path_factory):
+  """A real ParameterServerStrategy (2 PS on loopback, in a child process: it connects the
+  eager context to the cluster for good) trains a 3-shard embedding and checkpoints it."""
+  root = tmp_path_factory.mktemp('tf2_sharded')
+  proc = subprocess.run([sys.executable, '-c', _PS_TRAINING, str(root), str(REPO / 'tests')],
+                        cwd=REPO, capture_output=True, text=True, timeout=300, check=False,
+                        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  for shards in (None, 2):
+    model = ShardedModule(shards)
+    tf.saved_model.save(model, str(root / ('structure_%s' % (shards or 1))),
+                        signatures={'serving_default': model.serve})
+  return dict(root=root, ckpt=str(root / 'ckpt'), expected=np.load(root / 'expected.npy'))
+
+
+def test_sharded_variable_is_saved_as_slices_of_one_tensor(sharded_case):
+  index = checkpoint_index.read_index(checkpoint_index.resolve_prefix(sharded_case['ckpt']))
+  assert checkpoint_index.slices_of(index, 'model/emb/.ATTRIBUTES/VARIABLE_VALUE') == [
+      ((0, 4), (0, 4)), ((4, 4), (0, 4)), ((8, 3), (0, 4))]
+  assert index.num_shards == 3  # one data file per parameter server, one for the coordinator
+  assert len([n for n in index.entries if n.startswith('optimizer/_variables/')]) == 8
+  # The structure saved from the strategy's model has the same slices in its variables/, but
+  # its MetaGraph serves one variable of the full shape: the shard count is only a layout.
+  structure = str(sharded_case['root'] / 'structure_3')
+  assert len(checkpoint_index.read_index(structure + '/variables/variables').slices[
+      'emb/.ATTRIBUTES/VARIABLE_VALUE']) == 3
+  objects = conftest.meta_graph_of(structure).object_graph_def.nodes
+  assert [[d.size for d in o.variable.shape.dim] for o in objects
+          if o.WhichOneof('kind') == 'variable'] == [[11, 4], [4, 1]]
+  untrained = np.arange(44, dtype=np.float32).reshape(11, 4).sum(1)
+  assert np.abs(sharded_case['expected'] - untrained).min() > 0.01  # the worker trained it
+
+
+@pytest.mark.parametrize('shards', [3, 2, 1])
+def test_sharded_checkpoint_serves_any_shard_count(sharded_case, shards, tmp_path, capi):
+  out = str(tmp_path / 'serving')
+  from_checkpoint.saved_model_from_checkpoint(checkpoint=sharded_case['ckpt'], output_dir=out,
+                           saved_model_dir=str(sharded_case['root'] / ('structure_%d' % shards)))
+  index = checkpoint_index.read_index(out + '/variables/variables')
+  assert len(index.slices['emb/.ATTRIBUTES/VARIABLE_VALUE']) == 3  # the checkpoint's slices
+  _assert_answers(out, {'ids': np.arange(11, dtype=np.int64)},
+                  {'score': sharded_case['expected']}, capi if shards == 2 else None)
