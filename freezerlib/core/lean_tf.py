@@ -79,6 +79,8 @@ class _QuietLoader(importlib.abc.Loader):
   def exec_module(self, module):
     with _quiet_stderr():
       self._loader.exec_module(module)
+    # However TensorFlow got imported (`import tensorflow` anywhere), quiet it now.
+    _run_hooks(module)
 
 
 class _QuietTensorFlowFinder(importlib.abc.MetaPathFinder):

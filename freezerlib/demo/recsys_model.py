@@ -344,7 +344,6 @@ def train_and_export(output_dir, config, overwrite=False):
   Raises:
     errors.UserError: `output_dir` exists (without `overwrite`) or cannot be written.
   """
-  tf.config.experimental.enable_op_determinism()
   with atomic.atomic_output(output_dir, overwrite) as tmp:
     data_paths = write_tfrecords(generate_examples(config), files.join(tmp, 'data'),
                                  config.num_data_files)

@@ -34,6 +34,8 @@ from freezerlib.transforms import tables
 
 @dataclasses.dataclass
 class ExportReport:
+  """What the checkpoint path wrote: where, how many tensors and bytes of how many."""
+  path: str
   tensors_exported: int
   tensors_in_checkpoint: int
   bytes_exported: int
@@ -138,7 +140,8 @@ def serving_graph(graph_def, signatures, saver_def, where, op_defs=None):
 def saved_model_from_checkpoint(checkpoint, output_dir, saved_model_dir=None,
                                 meta_graph_path=None, tags=('serve',), signature_names=None,
                                 inputs=(), outputs=(), prune_tensors=True, chunk_bytes=8 << 20,
-                                overwrite=False, allow_ops=(), checkpoint_object=None):
+                                overwrite=False, allow_ops=(), checkpoint_object=None,
+                                version=None, finalize=None):
   """Writes a serving SavedModel at `output_dir` whose variables come from `checkpoint`.
 
   Args:
@@ -156,6 +159,9 @@ def saved_model_from_checkpoint(checkpoint, output_dir, saved_model_dir=None,
     allow_ops: op types that touch files, run Python or reach the network to accept.
     checkpoint_object: for a TF2 structure, the object path of the model in the checkpoint
       (found by matching when None).
+    version: None, or an int or 'auto': write OUTPUT_DIR/<version>, TF Serving's layout.
+    finalize: callable(saved_model_dir) run on the complete SavedModel before it moves into
+      place (warmup requests).
 
   A TF2 structure (tf.saved_model.save, Keras 3 model.export) with a tf.train.Checkpoint goes
   to from_tf2_checkpoint.
@@ -177,12 +183,12 @@ def saved_model_from_checkpoint(checkpoint, output_dir, saved_model_dir=None,
     return from_tf2_checkpoint.export(checkpoint, output_dir, saved_model_dir, tags=tags,
                                       checkpoint_object=checkpoint_object,
                                       chunk_bytes=chunk_bytes, overwrite=overwrite,
-                                      allow_ops=allow_ops)
+                                      allow_ops=allow_ops, version=version, finalize=finalize)
   if checkpoint_object is not None:
     raise errors.UserError('--checkpoint_object applies to TF2 structures (tf.saved_model.save); '
                            'the structure %s is a TF1 graph' % (saved_model_dir or meta_graph_path))
   start = time.perf_counter()
-  atomic.check_output_free(output_dir, overwrite)
+  atomic.check_output_free(output_dir, overwrite, version)
   structure, signatures, assets_dir, where = load_structure(
       saved_model_dir, meta_graph_path, tags, signature_names, inputs, outputs)
   removed = unsafe_ops.check_meta_graph(structure, signatures, set(allow_ops), where)
@@ -219,8 +225,10 @@ def saved_model_from_checkpoint(checkpoint, output_dir, saved_model_dir=None,
     else:
       copied['tensors'], copied['bytes'] = checkpoint_index.link_files(index, dst)
 
-  saved_model.write_saved_model(output_dir, meta_graph, write_variables, assets_dir, overwrite)
+  path, _ = saved_model.write_saved_model(output_dir, meta_graph, write_variables, assets_dir,
+                                         overwrite, version=version, finalize=finalize)
   return ExportReport(
+      path=path,
       tensors_exported=copied['tensors'], tensors_in_checkpoint=len(index.entries),
       bytes_exported=copied['bytes'],
       bytes_in_checkpoint=sum(index.nbytes(n) for n in index.entries),

@@ -204,12 +204,14 @@ def frozen_from_graph_def(graph_def, where, in_place=False):
     plain.versions.CopyFrom(graph_def.versions)
     plain.library.CopyFrom(graph_def.library)
     plain.node.extend(n for n in graph_def.node if n.name != METADATA_NODE)
-  init = meta.collection_def[TABLE_INIT_COLLECTION].node_list.value
+  init = (meta.collection_def[TABLE_INIT_COLLECTION].node_list.value
+          if TABLE_INIT_COLLECTION in meta.collection_def else [])
   frozen = FrozenModel(graph_def=plain, signatures=dict(meta.signature_def),
                        tags=list(meta.meta_info_def.tags), table_init_op=init[0] if init else None)
   if meta.HasField('saver_def'):
-    variables = [v.decode('utf-8') for v in
-                 meta.collection_def[VARIABLES_COLLECTION].bytes_list.value] + ['', '']
+    stored = (meta.collection_def[VARIABLES_COLLECTION].bytes_list.value
+              if VARIABLES_COLLECTION in meta.collection_def else [])
+    variables = [v.decode('utf-8') for v in stored] + ['', '']
     if not variables[0]:
       raise errors.UserError('%s: its %s node has a saver but no checkpoint location'
                              % (where, METADATA_NODE))

@@ -217,7 +217,8 @@ def init_ops_of(meta_graph):
   """The ops a SavedModel loader runs after restoring: main op, legacy init op, TF2 init op."""
   ops = []
   for key in (MAIN_OP_COLLECTION, 'legacy_init_op', 'table_initializer'):
-    ops.extend(meta_graph.collection_def[key].node_list.value)
+    if key in meta_graph.collection_def:  # (reading a missing map key would add it)
+      ops.extend(meta_graph.collection_def[key].node_list.value)
   init = meta_graph.signature_def.get(INIT_OP_SIGNATURE_KEY)
   if init is not None:
     ops.extend(o.name for o in init.outputs.values())
@@ -237,6 +238,8 @@ def asset_defs(meta_graph):
   """The MetaGraph's AssetFileDefs: its own field (TF2) and the TF1 `saved_model_assets`
   collection."""
   defs = list(meta_graph.asset_file_def)
+  if 'saved_model_assets' not in meta_graph.collection_def:  # (reading it would add it)
+    return defs
   for value in meta_graph.collection_def['saved_model_assets'].any_list.value:
     asset = meta_graph_pb2.AssetFileDef()
     value.Unpack(asset)
@@ -298,40 +301,64 @@ def serving_meta_graph(graph_def, signatures, tags, saver_def=None, main_op=None
 
 
 def write_saved_model(export_dir, meta_graph, write_variables=None, assets_dir=None,
-                      overwrite=False):
+                      overwrite=False, version=None, finalize=None, saved_model_file=None,
+                      assets_extra_dir=None):
   """The one SavedModel writer: variables/, assets/, then saved_model.pb, atomically.
 
   Args:
-    export_dir: the SavedModel directory to write.
+    export_dir: the SavedModel directory to write; with `version`, TF Serving's model base
+      path, under which the SavedModel becomes EXPORT_DIR/<version>.
     meta_graph: its MetaGraphDef (from `serving_meta_graph`).
     write_variables: None for a model without state, else callable(variables_dir) that
       writes variables/variables.{index,data-*} there (the directory exists).
-    assets_dir: where the files of `meta_graph.asset_file_def` are read from; each file is
-      copied once, however many entries name it.
-    overwrite: replace an existing `export_dir`.
+    assets_dir: where the asset files `meta_graph` names (its asset_file_def and its TF1
+      assets collection) are read from; each file is copied once, however many entries name
+      it.
+    overwrite: replace an existing output.
+    version: None, an int, or 'auto' (one more than the highest version there).
+    finalize: callable(saved_model_dir) run once the SavedModel is complete but before it
+      moves into place (e.g. writing assets.extra/ warmup requests, which needs it loaded).
+    saved_model_file: a saved_model.pb (or .pbtxt) to copy byte for byte instead of writing
+      `meta_graph` (the TF2 checkpoint path serves its structure's file as it is).
+    assets_extra_dir: a directory copied as assets.extra/ (TF Serving's warmup requests).
 
   Returns:
-    Total bytes written.
+    (the SavedModel's final path, total bytes written).
 
   Raises:
-    errors.UserError: `export_dir` exists (without `overwrite`), an asset is missing, or a
-      write fails. Nothing is left at `export_dir` then.
+    errors.UserError: the output exists (without `overwrite`), an asset is missing, or a
+      write fails. Nothing is left in place of the output then.
   """
-  with atomic.atomic_output(export_dir, overwrite) as tmp:
+  if version is None:
+    output = atomic.atomic_output(export_dir, overwrite)
+  else:
+    output = atomic.versioned_output(export_dir, version, overwrite)
+  with output as out:
+    tmp = out if isinstance(out, str) else out.tmp
+    files.makedirs(tmp)
     # variables/ exists even for a model without state, as the TF1 Builder leaves it.
     files.makedirs(files.join(tmp, 'variables'))
     if write_variables is not None:
       write_variables(files.join(tmp, 'variables'))
-    copied = set()
-    for asset in meta_graph.asset_file_def:
-      if asset.filename in copied:
-        continue
-      copied.add(asset.filename)
-      src = files.join(assets_dir, asset.filename) if assets_dir else None
+    for name in sorted({a.filename for a in asset_defs(meta_graph)}):
+      src = files.join(assets_dir, name) if assets_dir else None
       if src is None or not files.exists(src):
-        raise errors.UserError('asset %s is missing' % (src or asset.filename))
-      files.makedirs(files.join(tmp, 'assets'))
-      files.copy(src, files.join(tmp, 'assets', asset.filename))
-    write_saved_model_proto(meta_graph, tmp)
+        raise errors.UserError('asset %s is missing' % (src or name))
+      dst = files.join(tmp, 'assets', name)
+      files.makedirs(files.parent_dir(dst))
+      files.copy(src, dst)
+    if assets_extra_dir and files.isdir(assets_extra_dir):
+      for root, _, names in files.walk(assets_extra_dir):
+        for name in names:
+          src = files.join(root, name)
+          dst = files.join(tmp, 'assets.extra', src[len(assets_extra_dir.rstrip('/')):])
+          files.makedirs(files.parent_dir(dst))
+          files.copy(src, dst)
+    if saved_model_file:
+      files.copy(saved_model_file, files.join(tmp, files.basename(saved_model_file)))
+    else:
+      write_saved_model_proto(meta_graph, tmp)
+    if finalize is not None:
+      finalize(tmp)
     size = directory_size(tmp)
-  return size
+  return (export_dir if isinstance(out, str) else out.path), size
