@@ -25,6 +25,7 @@ from freezerlib.core import units
 from freezerlib.core.lean_tf import meta_graph_pb2
 from freezerlib.export import from_tf2_checkpoint
 from freezerlib.formats import checkpoint_index
+from freezerlib.formats import graph_check
 from freezerlib.formats import saved_model
 from freezerlib.transforms import placeholders
 from freezerlib.transforms import prune
@@ -46,11 +47,10 @@ def load_structure(saved_model_dir=None, meta_graph_path=None, tags=('serve',),
   """(MetaGraphDef, signatures, assets dir or None, name) of the structure; no values read.
 
   Raises:
-    errors.UserError: unreadable structure, unknown tags or signatures or tensors.
+    errors.UserError: unreadable or corrupt structure, unknown tags or signatures or tensors.
   """
   if saved_model_dir:
-    proto = saved_model.read_saved_model_proto(saved_model_dir)
-    meta_graph = saved_model.select_meta_graph(proto, tags, saved_model_dir)
+    meta_graph = saved_model.read_meta_graph(saved_model_dir, tags)
     where, assets = saved_model_dir, files.join(saved_model_dir, 'assets')
   else:
     where, assets = meta_graph_path, None
@@ -64,6 +64,7 @@ def load_structure(saved_model_dir=None, meta_graph_path=None, tags=('serve',),
                             % (meta_graph_path, e)) from e
     if not meta_graph.graph_def.node:
       raise errors.UserError('%s is not a MetaGraphDef: it holds no graph' % meta_graph_path)
+    graph_check.check_meta_graph(meta_graph, meta_graph_path)
   if inputs or outputs:
     if not inputs or not outputs:
       raise errors.UserError('give both --inputs and --outputs')
@@ -103,7 +104,8 @@ def serving_graph(graph_def, signatures, saver_def, where, op_defs=None):
     errors.UserError: a variable the outputs need that the saver does not restore.
   """
   restores = saver.restores_of_saver(graph_def, saver_def, where)
-  cut, signatures, _ = placeholders.inputs_to_placeholders(graph_def, signatures, op_defs)
+  cut, signatures, _ = placeholders.inputs_to_placeholders(graph_def, signatures, op_defs,
+                                                           where)
   keep = saved_model.signature_output_nodes(signatures)
   keep += [graphs.node_name(i.name) for s in signatures.values() for i in s.inputs.values()]
   kept = graphs.reachable(cut, list(dict.fromkeys(keep)))

@@ -16,6 +16,7 @@ from freezerlib.core import graphs
 from freezerlib.core import lean_tf
 from freezerlib.core.lean_tf import meta_graph_pb2
 from freezerlib.core.lean_tf import saved_model_pb2
+from freezerlib.formats import graph_check
 
 INIT_OP_SIGNATURE_KEY = '__saved_model_init_op'
 # The collection of the one op TF Serving, the C++ loader and both Python loaders run after
@@ -35,6 +36,28 @@ def read_saved_model_proto(export_dir):
     errors.UserError: the directory is missing, empty, a session-bundle export, or its
       saved_model.pb is truncated or not a SavedModel.
   """
+  return _read_saved_model_proto(export_dir)[0]
+
+
+def read_meta_graph(export_dir, tags):
+  """The MetaGraph tagged `tags` of the SavedModel `export_dir`, its graph checked.
+
+  The one way every script reads a SavedModel's graph: parsed, selected, and refused with one
+  line naming saved_model.pb and the node when TensorFlow would not load it
+  (formats.graph_check).
+
+  Raises:
+    errors.UserError: as read_saved_model_proto and select_meta_graph;
+      graph_check.CorruptGraphError: a corrupt graph.
+  """
+  proto, path = _read_saved_model_proto(export_dir)
+  meta_graph = select_meta_graph(proto, tags, export_dir)
+  graph_check.check_meta_graph(meta_graph, path)
+  return meta_graph
+
+
+def _read_saved_model_proto(export_dir):
+  """(SavedModel proto, the file it was parsed from); see read_saved_model_proto."""
   if not files.exists(export_dir):
     raise errors.UserError('SavedModel directory %s does not exist' % export_dir)
   if not files.isdir(export_dir):
@@ -66,7 +89,7 @@ def read_saved_model_proto(export_dir):
     raise errors.UserError('%s holds no saved_model.pb: not a SavedModel directory' % export_dir)
   if not saved_model.meta_graphs:
     raise errors.UserError('%s holds no MetaGraph (empty or truncated file)' % path)
-  return saved_model
+  return saved_model, path
 
 
 def select_meta_graph(saved_model, tags, export_dir):

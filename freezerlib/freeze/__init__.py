@@ -54,7 +54,7 @@ class FreezeResult:
 def read_checked(saved_model_dir, tags, signature_names, allow_ops):
   """Reads a SavedModel's MetaGraph and refuses what must not be converted, once.
 
-  Checks: the MetaGraph and signatures exist, every signature tensor is in the graph, loading
+  Checks: the graph is not corrupt, the MetaGraph and signatures exist, every signature tensor is in the graph, loading
   and the signatures run no file, Python or network op the user did not allow, no asset
   escapes assets/, and no signature writes a variable or table.
 
@@ -64,8 +64,7 @@ def read_checked(saved_model_dir, tags, signature_names, allow_ops):
   Raises:
     errors.UserError: naming what is wrong and how to choose otherwise.
   """
-  proto = saved_model.read_saved_model_proto(saved_model_dir)
-  meta_graph = saved_model.select_meta_graph(proto, tags, saved_model_dir)
+  meta_graph = saved_model.read_meta_graph(saved_model_dir, tags)
   signatures = saved_model.select_signatures(meta_graph, signature_names, saved_model_dir)
   saved_model.check_tensors_exist(meta_graph.graph_def, signatures, saved_model_dir)
   outside = unsafe_ops.check_meta_graph(meta_graph, signatures, set(allow_ops), saved_model_dir)
