@@ -191,18 +191,21 @@ def saved_model_from_checkpoint(checkpoint, output_dir, saved_model_dir=None,
   unsafe_ops.log_findings(removed, 'removed (not run by the signatures)')
   serving = serving_graph(structure.graph_def, signatures, structure.saver_def, where,
                           structure.meta_info_def.stripped_op_list)
-  ours = saved_model.saver_nodes(serving.graph_def, serving.saver_def)
-  unsafe_ops.unsafe_in(serving.graph_def, set(allow_ops), where, exempt=ours)
-  prefix = checkpoint_index.resolve_prefix(checkpoint)
-  index = checkpoint_index.read_index(prefix)
-  wants = saver.wants(serving.restores, serving.graph_def)
-  checkpoint_index.check_restorable(index, wants, where)
   kept = {n.name for n in serving.graph_def.node}
   assets = [a for a in saved_model.asset_defs(structure)
             if graphs.node_name(a.tensor_info.name) in kept]
   if assets and not assets_dir:
     raise errors.UserError('%s reads asset files, which a .meta file does not carry: use the '
                            'SavedModel as --saved_model_dir' % where)
+  # The same trust as check_meta_graph's: the main op's vocabulary tables read the assets the
+  # written SavedModel carries.
+  ours = saved_model.saver_nodes(serving.graph_def, serving.saver_def)
+  unsafe_ops.unsafe_in(serving.graph_def, set(allow_ops), where, exempt=ours,
+                       asset_tensors={a.tensor_info.name for a in assets})
+  prefix = checkpoint_index.resolve_prefix(checkpoint)
+  index = checkpoint_index.read_index(prefix)
+  wants = saver.wants(serving.restores, serving.graph_def)
+  checkpoint_index.check_restorable(index, wants, where)
   meta_graph = saved_model.serving_meta_graph(
       serving.graph_def, serving.signatures, tags, saver_def=serving.saver_def,
       main_op=serving.main_op, assets=assets, meta_info_def=structure.meta_info_def)

@@ -54,9 +54,10 @@ class FreezeResult:
 def read_checked(saved_model_dir, tags, signature_names, allow_ops):
   """Reads a SavedModel's MetaGraph and refuses what must not be converted, once.
 
-  Checks: the graph is not corrupt, the MetaGraph and signatures exist, every signature tensor is in the graph, loading
-  and the signatures run no file, Python or network op the user did not allow, no asset
-  escapes assets/, and no signature writes a variable or table.
+  Checks: the graph is not corrupt, the MetaGraph and signatures exist, every signature
+  tensor is in the graph, no signature opens an asset file when it runs (a frozen graph
+  carries none), loading and the signatures run no file, Python or network op the user did
+  not allow, no asset escapes assets/, and no signature writes a variable or table.
 
   Returns:
     (MetaGraphDef, signatures chosen).
@@ -67,6 +68,15 @@ def read_checked(saved_model_dir, tags, signature_names, allow_ops):
   meta_graph = saved_model.read_meta_graph(saved_model_dir, tags)
   signatures = saved_model.select_signatures(meta_graph, signature_names, saved_model_dir)
   saved_model.check_tensors_exist(meta_graph.graph_def, signatures, saved_model_dir)
+  unsafe_ops.check_asset_names(meta_graph, saved_model_dir)
+  reads = unsafe_ops.asset_reads(meta_graph, signatures)
+  if reads:
+    r = reads[0]
+    raise errors.UserError(
+        'signature %r of %s opens the asset file %r each time it runs (op %s at %s); a frozen '
+        'graph carries no asset files, so freezing it is not supported: serve the SavedModel '
+        'as it is, or with optimize_from_ckpt.py, which keeps its assets'
+        % (r.signature, saved_model_dir, r.filename, r.op, r.location))
   outside = unsafe_ops.check_meta_graph(meta_graph, signatures, set(allow_ops), saved_model_dir)
   # Never run here; the reader among them is left out of the frozen graph.
   unsafe_ops.log_findings(outside, 'not run by the signatures')
