@@ -17,11 +17,13 @@ TAGS = flags.DEFINE_list('tags', ['serve'], 'Tag set of the MetaGraph to read or
 SIGNATURE_DEF = flags.DEFINE_list(
     'signature_def', [], 'Signature keys to use, comma-separated; default: all of them.')
 INPUTS = flags.DEFINE_list(
-    'inputs', [], 'optimize_from_pb.py: input tensors of a GraphDef not written by freezer.py '
-    '(e.g. IteratorGetNext:0,x:0). optimize_from_pb_test.py: inputs to feed, an .npz file or '
-    'TFRecord files (globs allowed) of tf.Example.')
+    'inputs', [], 'With --outputs, input tensors to serve (e.g. IteratorGetNext:0,x:0) as one '
+    'signature, serving_default, in place of the model\'s own: for a SavedModel without '
+    'signatures (freezer.py, optimize_from_ckpt.py) or a GraphDef not written by freezer.py '
+    '(optimize_from_pb.py). optimize_from_pb_test.py: inputs to feed, an .npz file or TFRecord '
+    'files (globs allowed) of tf.Example.')
 OUTPUTS = flags.DEFINE_list(
-    'outputs', [], 'Output tensors (e.g. probability:0) of a GraphDef not written by freezer.py.')
+    'outputs', [], 'With --inputs, output tensors to serve (e.g. probability:0); see --inputs.')
 OVERWRITE = flags.DEFINE_bool(
     'overwrite', False, 'Replace existing outputs (without it, an existing output is an error).')
 ALLOW_OPS = flags.DEFINE_list(

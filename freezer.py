@@ -7,7 +7,10 @@ graph fills them when its init op `freezer/init_tables` runs. TensorFlow's own
 `convert_variables_to_constants` leaves them empty, so every lookup returns the default.
 
 The signatures, tags and init op travel inside the output (node `freezer_metadata`), so the
-next step, optimize_from_pb.py, needs no other flag.
+next step, optimize_from_pb.py, needs no other flag. A TF1 SavedModel without signatures is
+frozen for the tensors `--inputs` and `--outputs` name, as optimize_from_pb.py takes them: one
+signature, serving_default, which replaces the SavedModel's own when it has some (not with
+--signature_def, which chooses among those).
 
 A model whose frozen graph would pass protobuf's 2 GB is refused before anything is loaded.
 `--keep_as_variables=SIZE` (64MiB, 1.5GB, 500000 bytes) or `=NAME,...` (a partitioned variable
@@ -21,6 +24,8 @@ Examples:
       --output_graph=/tmp/freezer_demo/frozen.pb
   python freezer.py --saved_model_dir=/tmp/freezer_demo/model/saved_model \
       --output_graph=/tmp/freezer_demo/frozen_kept.pb --keep_as_variables=item_embedding,user_stats
+  python freezer.py --saved_model_dir=/tmp/no_signatures --output_graph=/tmp/frozen.pb \
+      --inputs=x:0 --outputs=y:0
 """
 
 from absl import app
@@ -47,12 +52,13 @@ def main(argv):
     raise app.UsageError('unexpected arguments: %s' % ' '.join(argv[1:]))
 
   def work():
-    if not cli_flags.SIGNATURE_DEF.value:
+    if not cli_flags.SIGNATURE_DEF.value and not cli_flags.INPUTS.value:
       utils.log_default('signature_def', 'every signature')
     result = freeze.graph_from_saved_model(
         cli_flags.SAVED_MODEL_DIR.value, cli_flags.OUTPUT_GRAPH.value, cli_flags.TAGS.value,
         cli_flags.SIGNATURE_DEF.value, cli_flags.OVERWRITE.value, cli_flags.ALLOW_OPS.value,
-        keep_as_variables=_KEEP_AS_VARIABLES.value)
+        keep_as_variables=_KEEP_AS_VARIABLES.value, inputs=cli_flags.INPUTS.value,
+        outputs=cli_flags.OUTPUTS.value)
     logging.info('wrote %s (%s, %d nodes; signatures: %s)%s', result.path,
                  units.human_bytes(result.bytes), len(result.model.graph_def.node),
                  ', '.join(sorted(result.model.signatures)),

@@ -65,13 +65,8 @@ def load_structure(saved_model_dir=None, meta_graph_path=None, tags=('serve',),
     if not meta_graph.graph_def.node:
       raise errors.UserError('%s is not a MetaGraphDef: it holds no graph' % meta_graph_path)
     graph_check.check_meta_graph(meta_graph, meta_graph_path)
-  if inputs or outputs:
-    if not inputs or not outputs:
-      raise errors.UserError('give both --inputs and --outputs')
-    signatures = {'serving_default': saved_model.signature_from_tensors(
-        meta_graph.graph_def, inputs, outputs, where)}
-  else:
-    signatures = saved_model.select_signatures(meta_graph, signature_names, where)
+  signatures = saved_model.signatures_to_serve(meta_graph, signature_names, inputs, outputs,
+                                              where)
   saved_model.check_tensors_exist(meta_graph.graph_def, signatures, where)
   return meta_graph, signatures, assets, where
 
