@@ -188,10 +188,15 @@ class _RegisteredOpDefs:
   """TensorFlow's op registry as a read-only mapping (op name -> OpDef); imports TensorFlow
   on first use."""
 
+  def __init__(self):
+    self._cache = {}
+
   def get(self, name, default=None):
-    _import_tensorflow()
-    from tensorflow.python.framework import op_def_registry  # pylint: disable=g-import-not-at-top
-    op_def = op_def_registry.get(name)
+    if name not in self._cache:
+      _import_tensorflow()
+      from tensorflow.python.framework import op_def_registry  # pylint: disable=g-import-not-at-top
+      self._cache[name] = op_def_registry.get(name)
+    op_def = self._cache[name]
     return default if op_def is None else op_def
 
 
