@@ -5,7 +5,9 @@ keys and values, re-filled by the op `freezer/init_tables` (TensorFlow's own
 convert_variables_to_constants leaves them empty). Signature inputs that are reader outputs
 become placeholders, and what the signatures do not run (the tf.data reader, the optimizer,
 savers) is left out. Signatures, tags and that op travel inside the output, so the next step,
-optimize_from_pb.py, needs no other flag.
+optimize_from_pb.py, needs no other flag. A TF1 SavedModel without signatures is frozen for
+the tensors --inputs and --outputs name (one signature, serving_default, which replaces the
+SavedModel's own when it has some).
 
 A model whose frozen graph would pass protobuf's 2 GB is refused before anything is loaded;
 `--keep_as_variables` keeps the biggest variables and tables stateful, restored from a
@@ -30,6 +32,10 @@ _SAVED_MODEL_DIR = cli_flags.saved_model_dir('SavedModel to freeze.', required=T
 _OUTPUT_GRAPH = cli_flags.output_graph('Frozen GraphDef file to write.', required=True)
 _TAGS = cli_flags.tags()
 _SIGNATURE_DEF = cli_flags.signature_def()
+_INPUTS = cli_flags.inputs('With --outputs, input tensors to serve (e.g. IteratorGetNext:0,x:0) '
+                           'as one signature, serving_default, in place of the SavedModel\'s '
+                           'own (for a SavedModel without signatures).')
+_OUTPUTS = cli_flags.outputs()
 _OVERWRITE = cli_flags.overwrite()
 _ALLOW_OPS = cli_flags.allow_ops()
 _KEEP_AS_VARIABLES = flags.DEFINE_string(
@@ -48,11 +54,12 @@ def main(argv):
     from freezerlib import freeze  # pylint: disable=g-import-not-at-top  # --help stays fast
     from freezerlib.core import units  # pylint: disable=g-import-not-at-top
     from freezerlib.formats import frozen_graph  # pylint: disable=g-import-not-at-top
-    if not _SIGNATURE_DEF.value:
+    if not _SIGNATURE_DEF.value and not _INPUTS.value:
       utils.log_default('signature_def', 'every signature')
     result = freeze.graph_from_saved_model(
         _SAVED_MODEL_DIR.value, _OUTPUT_GRAPH.value, _TAGS.value, _SIGNATURE_DEF.value,
-        _OVERWRITE.value, _ALLOW_OPS.value, keep_as_variables=_KEEP_AS_VARIABLES.value)
+        _OVERWRITE.value, _ALLOW_OPS.value, keep_as_variables=_KEEP_AS_VARIABLES.value,
+        inputs=_INPUTS.value, outputs=_OUTPUTS.value)
     logging.info('wrote %s (%s, %d nodes; signatures: %s)%s', result.path,
                  units.human_bytes(result.bytes), len(result.model.graph_def.node),
                  ', '.join(sorted(result.model.signatures)),

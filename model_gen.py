@@ -180,9 +180,6 @@ def main(argv):
   def work():
     from freezerlib.demo import cluster  # pylint: disable=g-import-not-at-top  # --help fast
     from freezerlib.demo import recsys_model  # pylint: disable=g-import-not-at-top
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    # The same --seed, the same model: deterministic kernels for the whole process.
-    tf.config.experimental.enable_op_determinism()
     if _JOB_NAME.value:
       cluster.die_with_launcher()
       config = _config_from_flags(len(_PS_HOSTS.value))
@@ -205,7 +202,12 @@ def main(argv):
     logging.info('SavedModel: %s', result['saved_model'])
     print(result['saved_model'])
 
-  return utils.run_cli('model_gen.py', work)
+  def deterministic_work():
+    from freezerlib.demo import recsys_model  # pylint: disable=g-import-not-at-top
+    with recsys_model.deterministic_ops():  # the same --seed, the same model
+      return work()
+
+  return utils.run_cli('model_gen.py', deterministic_work)
 
 
 if __name__ == '__main__':

@@ -40,7 +40,7 @@ def frozen_from_file(path, inputs=(), outputs=(), init_op=None, tags=('serve',),
   Raises:
     errors.UserError: unreadable graph, unknown tensors or signatures.
   """
-  graph_def = frozen_graph.read_graph_def(path)
+  graph_def = frozen_graph.read_graph_def(path, lean_tf.registered_op_defs())
   frozen = frozen_graph.frozen_from_graph_def(graph_def, path, in_place=True)
   if inputs or outputs or frozen is None:
     plain = frozen.graph_def if frozen is not None else graph_def

@@ -77,10 +77,9 @@ def is_object_based_saved_model(saved_model_dir, tags=('serve',)):
   """Whether the SavedModel's MetaGraph tagged `tags` is TF2's (see is_object_based).
 
   Raises:
-    errors.UserError: not a readable SavedModel, or no such tags.
+    errors.UserError: not a readable SavedModel, no such tags, or a corrupt graph.
   """
-  proto = saved_model.read_saved_model_proto(saved_model_dir)
-  return saved_model.is_object_based(saved_model.select_meta_graph(proto, tags, saved_model_dir))
+  return saved_model.is_object_based(saved_model.read_meta_graph(saved_model_dir, tags))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -487,8 +486,7 @@ def export(checkpoint, output_dir, saved_model_dir, tags=('serve',), checkpoint_
   """
   start = time.perf_counter()
   atomic.check_output_free(output_dir, overwrite, version)
-  proto = saved_model.read_saved_model_proto(saved_model_dir)
-  meta_graph = saved_model.select_meta_graph(proto, tags, saved_model_dir)
+  meta_graph = saved_model.read_meta_graph(saved_model_dir, tags)
   if not saved_model.is_object_based(meta_graph):
     raise errors.UserError('%s is not a TF2 SavedModel (it has no object graph)'
                           % saved_model_dir)

@@ -34,6 +34,7 @@ from freezerlib.core.lean_tf import graph_pb2
 from freezerlib.core.lean_tf import meta_graph_pb2
 from freezerlib.core.lean_tf import types_pb2
 from freezerlib.formats import checkpoint_index
+from freezerlib.formats import graph_check
 
 METADATA_NODE = 'freezer_metadata'
 TABLE_INIT_COLLECTION = 'freezer_table_init_op'
@@ -149,11 +150,17 @@ def write_graph_def(graph_def, path, overwrite=False):
   return size
 
 
-def read_graph_def(path):
-  """Parses a binary (or, for .pbtxt, text) GraphDef.
+def read_graph_def(path, op_defs=None):
+  """Parses a binary (or, for .pbtxt, text) GraphDef and checks it (graph_check).
+
+  Args:
+    path: the file.
+    op_defs: {op name: OpDef} to check attribute types with (lean_tf.registered_op_defs()
+      where TensorFlow is loaded anyway), or None.
 
   Raises:
-    errors.UserError: missing, empty, or not a GraphDef.
+    errors.UserError: missing, empty, or not a GraphDef;
+      graph_check.CorruptGraphError: a graph TensorFlow would refuse, naming the node.
   """
   if not files.exists(path):
     raise errors.UserError('graph file %s does not exist' % path)
@@ -172,6 +179,7 @@ def read_graph_def(path):
     raise errors.UserError('%s is not a GraphDef (truncated or corrupt: %s)' % (path, e)) from e
   if not graph_def.node:
     raise errors.UserError('%s is not a GraphDef: it parses but holds no nodes' % path)
+  graph_check.check_graph_def(graph_def, path, op_defs)
   return graph_def
 
 

@@ -6,6 +6,8 @@ the MetaGraph (`serving_meta_graph`), then whatever fills `variables/` and `asse
 `saved_model.pb` last, all under a temporary name moved into place when complete.
 """
 
+from absl import logging
+
 from google.protobuf import message as pb_message
 from google.protobuf import text_format
 
@@ -16,6 +18,7 @@ from freezerlib.core import graphs
 from freezerlib.core import lean_tf
 from freezerlib.core.lean_tf import meta_graph_pb2
 from freezerlib.core.lean_tf import saved_model_pb2
+from freezerlib.formats import graph_check
 
 INIT_OP_SIGNATURE_KEY = '__saved_model_init_op'
 # The collection of the one op TF Serving, the C++ loader and both Python loaders run after
@@ -35,6 +38,28 @@ def read_saved_model_proto(export_dir):
     errors.UserError: the directory is missing, empty, a session-bundle export, or its
       saved_model.pb is truncated or not a SavedModel.
   """
+  return _read_saved_model_proto(export_dir)[0]
+
+
+def read_meta_graph(export_dir, tags):
+  """The MetaGraph tagged `tags` of the SavedModel `export_dir`, its graph checked.
+
+  The one way every script reads a SavedModel's graph: parsed, selected, and refused with one
+  line naming saved_model.pb and the node when TensorFlow would not load it
+  (formats.graph_check).
+
+  Raises:
+    errors.UserError: as read_saved_model_proto and select_meta_graph;
+      graph_check.CorruptGraphError: a corrupt graph.
+  """
+  proto, path = _read_saved_model_proto(export_dir)
+  meta_graph = select_meta_graph(proto, tags, export_dir)
+  graph_check.check_meta_graph(meta_graph, path)
+  return meta_graph
+
+
+def _read_saved_model_proto(export_dir):
+  """(SavedModel proto, the file it was parsed from); see read_saved_model_proto."""
   if not files.exists(export_dir):
     raise errors.UserError('SavedModel directory %s does not exist' % export_dir)
   if not files.isdir(export_dir):
@@ -66,7 +91,7 @@ def read_saved_model_proto(export_dir):
     raise errors.UserError('%s holds no saved_model.pb: not a SavedModel directory' % export_dir)
   if not saved_model.meta_graphs:
     raise errors.UserError('%s holds no MetaGraph (empty or truncated file)' % path)
-  return saved_model
+  return saved_model, path
 
 
 def select_meta_graph(saved_model, tags, export_dir):
@@ -93,13 +118,51 @@ def select_signatures(meta_graph, names, where):
   # TF2's tf.saved_model.save stores its init op among the signatures; it is not one to serve.
   available = sorted(k for k in meta_graph.signature_def if k != INIT_OP_SIGNATURE_KEY)
   if not available:
-    raise errors.UserError('%s has no signatures: nothing says what to keep' % where)
+    raise errors.UserError('%s has no signatures: nothing says what to keep; name the tensors to '
+                           'serve with --inputs and --outputs' % where)
   names = list(names) if names else available
   unknown = [n for n in names if n not in available]
   if unknown:
     raise errors.UserError('%s has no signature %s; choose from: %s'
                           % (where, ', '.join(repr(n) for n in unknown), ', '.join(available)))
   return {n: meta_graph.signature_def[n] for n in names}
+
+
+def signatures_to_serve(meta_graph, signature_names, inputs, outputs, where):
+  """The signatures a script serves: those the MetaGraph has, or one made of named tensors.
+
+  `--inputs`/`--outputs` mean the same in every script: one predict signature,
+  `serving_default`, over those tensors (keys are their node names, see
+  `signature_from_tensors`), in place of the MetaGraph's own signatures, which is how a model
+  without signatures is served. They do not mix with `--signature_def`, which chooses among
+  the MetaGraph's signatures, and they need TensorFlow (shape inference).
+
+  Args:
+    meta_graph: the MetaGraphDef.
+    signature_names: signature keys to keep (all when empty).
+    inputs, outputs: tensor names, or empty.
+    where: the model's path, for messages.
+
+  Returns:
+    signature key -> SignatureDef.
+
+  Raises:
+    errors.UserError: only one of inputs and outputs, both with signature_names, an unknown
+      tensor or signature, or no signature at all.
+  """
+  if not inputs and not outputs:
+    return select_signatures(meta_graph, signature_names, where)
+  if not inputs or not outputs:
+    raise errors.UserError('give both --inputs and --outputs')
+  if signature_names:
+    raise errors.UserError('--signature_def chooses among the signatures of %s, --inputs and '
+                           '--outputs replace them with one: give one or the other' % where)
+  own = sorted(k for k in meta_graph.signature_def if k != INIT_OP_SIGNATURE_KEY)
+  if own:
+    logging.warning('--inputs and --outputs replace the signatures of %s (%s) with one, '
+                    'serving_default', where, ', '.join(own))
+  return {'serving_default': signature_from_tensors(meta_graph.graph_def, inputs, outputs,
+                                                    where)}
 
 
 def signature_output_nodes(signatures):
