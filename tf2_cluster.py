@@ -153,16 +153,17 @@ def train(cluster, config, work_dir):
   start = time.monotonic()
   for _ in range(config.steps):
     last = coordinator.schedule(step, args=(iterator,))
-  coordinator.join()
+  coordinator.join()  # every step has run (a step that failed on a worker ran again)
   loss = float(last.fetch())
-  global_step = int(optimizer.iterations.numpy())
-  logging.info('chief: %d steps in %.1f s, last loss %.4f', global_step,
-               time.monotonic() - start, loss)
+  # The checkpoint is numbered by the steps run, not by Keras's `iterations`: Keras 3 adds 1
+  # to it by reading and assigning, so with several workers at once some additions are lost.
+  logging.info('chief: %d steps in %.1f s (optimizer iterations %d), last loss %.4f',
+               config.steps, time.monotonic() - start, int(optimizer.iterations.numpy()), loss)
   checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
   manager = tf.train.CheckpointManager(checkpoint, utils.join(work_dir, 'ckpt'), max_to_keep=1)
-  prefix = manager.save(checkpoint_number=global_step)
+  prefix = manager.save(checkpoint_number=config.steps)
   tf2_recsys_model.save_model(model, utils.join(work_dir, 'saved_model'))
-  logging.info('chief: wrote %s and the SavedModel at step %d', prefix, global_step)
+  logging.info('chief: wrote %s and the SavedModel', prefix)
   return prefix, loss
 
 
