@@ -16,6 +16,7 @@ nothing ends after --cluster_timeout_secs. ClusterCoordinator waits for a failed
 come back (a worker restarted with the same flags rejoins); a failed PS task fails training.
 """
 
+import re
 import socket
 import threading
 import time
@@ -110,6 +111,16 @@ def _tell_tasks(cluster, token, timeout_secs=10):
   thread.join(timeout_secs)
 
 
+def _unreachable_task(error):
+  """'ps 1 is unreachable (REASON)' from an UnavailableError, whose first line says little."""
+  text = error.message or str(error)
+  target = re.search(r'remote target /job:(\w+)/replica:\d+/task:(\d+)', text)
+  reason = re.search(r'UNAVAILABLE:\s*(.+)', text)
+  return '%s is unreachable (%s)' % (
+      '%s %s' % target.groups() if target else 'a task',
+      reason.group(1).strip() if reason else utils.tf_error_message(error))
+
+
 def train(cluster, config, work_dir):
   """The coordinator's work: trains `config.steps` steps on the cluster, writes the outputs.
 
@@ -151,9 +162,12 @@ def train(cluster, config, work_dir):
                         args=(next(iterator),))
 
   start = time.monotonic()
-  for _ in range(config.steps):
-    last = coordinator.schedule(step, args=(iterator,))
-  coordinator.join()  # every step has run (a step that failed on a worker ran again)
+  try:
+    for _ in range(config.steps):
+      last = coordinator.schedule(step, args=(iterator,))
+    coordinator.join()  # every step has run (a step that failed on a worker ran again)
+  except tf.errors.UnavailableError as e:
+    raise utils.UserError('training stopped: %s' % _unreachable_task(e)) from e
   loss = float(last.fetch())
   # The checkpoint is numbered by the steps run, not by Keras's `iterations`: Keras 3 adds 1
   # to it by reading and assigning, so with several workers at once some additions are lost.
