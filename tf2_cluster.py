@@ -114,7 +114,9 @@ def _tell_tasks(cluster, token, timeout_secs=10):
 def _unreachable_task(error):
   """'ps 1 is unreachable (REASON)' from an UnavailableError, whose first line says little."""
   text = error.message or str(error)
-  target = re.search(r'remote target /job:(\w+)/replica:\d+/task:(\d+)', text)
+  # A lost PS task is named after the workers that could not reach it.
+  target = (re.search(r'remote target /job:(ps)/replica:\d+/task:(\d+)', text) or
+            re.search(r'remote target /job:(\w+)/replica:\d+/task:(\d+)', text))
   reason = re.search(r'UNAVAILABLE:\s*(.+)', text)
   return '%s is unreachable (%s)' % (
       '%s %s' % target.groups() if target else 'a task',
