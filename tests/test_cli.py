@@ -183,33 +183,6 @@ def test_version_auto_numbers_versions_and_racing_runs_get_different_numbers(tin
   assert atomic.numeric_versions(str(base)) == [1, 2, 3]
 
 
-def test_versioned_output_is_never_visible_under_a_number_while_written(tmp_path):
-  base = tmp_path / 'model'
-  with atomic.versioned_output(str(base), 'auto') as out:
-    os.makedirs(out.tmp)
-    (pathlib.Path(out.tmp) / 'saved_model.pb').write_bytes(b'x')
-    assert atomic.numeric_versions(str(base)) == []  # TF Serving's poller sees nothing
-    assert os.path.basename(out.tmp).startswith('.')
-  assert out.path == str(base / '1') and atomic.numeric_versions(str(base)) == [1]
-  with pytest.raises(ZeroDivisionError):
-    with atomic.versioned_output(str(base), 'auto') as out:
-      os.makedirs(out.tmp)
-      raise ZeroDivisionError
-  assert sorted(os.listdir(base)) == ['1']
-
-
-@pytest.mark.parametrize('text,expected', [('auto', 'auto'), ('7', 7), (None, None)])
-def test_parse_version(text, expected):
-  assert atomic.parse_version(text) == expected
-
-
-@pytest.mark.parametrize('text', ['0', '-1', 'latest', '1.5'])
-def test_parse_version_refuses(text):
-  from freezerlib.core import errors  # pylint: disable=g-import-not-at-top
-  with pytest.raises(errors.UserError, match='--version=%s' % text):
-    atomic.parse_version(text)
-
-
 def test_warmup_requests_parse_back_and_run_on_the_saved_model(tiny_frozen, tmp_path):
   base = tmp_path / 'model'
   proc = run_script('optimize_from_pb.py', '--input_graph=' + tiny_frozen,

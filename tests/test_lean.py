@@ -1,20 +1,15 @@
 """lean_tf and fileio: what the checkpoint path does without TensorFlow equals what TensorFlow does."""
 
-import io
 import os
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import tensorflow as tf
 
 from conftest import REPO
 from conftest import meta_graph_of
 from conftest import tree_digest
-from freezerlib.core import files
-from freezerlib.core import graphs
-from freezerlib.core import lean_tf
 from freezerlib.export import from_checkpoint
 from freezerlib.transforms import placeholders
 
@@ -25,19 +20,6 @@ def _fresh_python(code, *args):
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
   return subprocess.run([sys.executable, '-c', code] + [str(a) for a in args], cwd=REPO,
                         env=env, capture_output=True, text=True, timeout=300, check=False)
-
-
-def test_extract_sub_graph_equals_tensorflows(tiny_model):
-  graph_def = meta_graph_of(tiny_model['saved_model']).graph_def
-  for dest in (['probability'], ['save/restore_all'], ['user_stats_lookup/LookupTableFindV2',
-                                                        'Adam']):
-    dest = [d for d in dest if any(n.name == d for n in graph_def.node)]
-    assert dest
-    ours = graphs.extract_sub_graph(graph_def, dest)
-    theirs = tf1.graph_util.extract_sub_graph(graph_def, dest)
-    assert ours == theirs
-  with pytest.raises(KeyError, match='nope'):
-    graphs.extract_sub_graph(graph_def, ['nope'])
 
 
 def test_output_dtypes_equal_shape_inference(tiny_model):
@@ -76,58 +58,6 @@ def test_placeholder_shape_follows_the_producer_rule(producer, attr, expected):
   ours = tf.TensorShape(placeholders.placeholder_shape(graph_def.node[0], producer))
   assert (ours.as_list() if ours.rank is not None else None) == expected
   assert (ours.rank is None and theirs.rank is None) or ours.as_list() == theirs.as_list()
-
-
-def test_strings_and_dtypes_equal_tensorflows():
-  for values in (['a', 'bé', ''], 'model'):
-    proto = lean_tf.string_tensor(values)
-    assert proto == tf.make_tensor_proto(values, dtype=tf.string)
-    expected = np.ravel(tf.make_ndarray(proto))
-    assert lean_tf.string_values(proto) == [v.decode('utf-8') for v in expected]
-  broadcast = tf.make_tensor_proto('x', dtype=tf.string, shape=[3])
-  assert lean_tf.string_values(broadcast) == ['x', 'x', 'x']
-  for enum in [e for e in lean_tf.types_pb2.DataType.values() if 0 < e < 100]:
-    try:
-      real = tf.as_dtype(enum)
-    except TypeError:
-      continue
-    ours = lean_tf.DType(enum)
-    assert ours.name == real.name and ours == real and ours.as_datatype_enum == enum
-    assert lean_tf.DType(enum + 100).name == tf.as_dtype(enum + 100).name
-
-
-def test_copy_range_in_kernel_and_through_memory(tmp_path):
-  src = tmp_path / 'src'
-  data = os.urandom(3 << 20)
-  src.write_bytes(data)
-  with open(src, 'rb') as s, open(tmp_path / 'dst', 'wb') as d:
-    d.write(b'head')
-    files.copy_range(s, 5, d, 2 << 20)
-    d.write(b'tail')
-  assert (tmp_path / 'dst').read_bytes() == b'head' + data[5:5 + (2 << 20)] + b'tail'
-  out, counted = io.BytesIO(), []  # no file descriptor: copied through memory
-  with open(src, 'rb') as s:
-    files.copy_range(s, 7, out, 1 << 20, chunk_bytes=100000, progress=counted.append)
-    assert out.getvalue() == data[7:7 + (1 << 20)] and sum(counted) == 1 << 20
-    with pytest.raises(EOFError):
-      files.copy_range(s, len(data) - 10, io.BytesIO(), 20)
-
-
-def test_remote_paths_go_through_tensorflows_file_systems():
-  root = 'ram://fileio_test'
-  files.makedirs(root + '/a')
-  with files.open_file(root + '/a/f', 'wb') as f:
-    f.write(b'12345')
-  assert files.exists(root + '/a/f') and files.isdir(root + '/a')
-  assert files.size(root + '/a/f') == 5 and tf.io.gfile.GFile(root + '/a/f', 'rb').read() == b'12345'
-  with files.open_file(root + '/a/f', 'rb') as f:
-    out = io.BytesIO()
-    files.copy_range(f, 1, out, 3)
-    assert out.getvalue() == b'234'
-  with pytest.raises(FileNotFoundError):
-    files.open_file(root + '/missing', 'rb')
-  files.rmtree(root)
-  assert not files.exists(root + '/a/f')
 
 
 def _export_in_fresh_process(structure, ckpt, out):
@@ -182,20 +112,3 @@ def test_tensorflow_loads_after_the_lean_modules():
   assert proc.stdout.split() == ['3', 'True']
   # TensorFlow's start-up notices are kept off stderr.
   assert 'absl::InitializeLog' not in proc.stderr and 'oneDNN' not in proc.stderr, proc.stderr
-
-
-def test_tensor_nbytes_is_the_values_size():
-  for value, dtype in ((np.arange(12, dtype=np.float32).reshape(3, 4), tf.float32),
-                       (np.arange(5, dtype=np.int64), tf.int64), (np.ones(7, np.bool_), tf.bool),
-                       (np.float16(2.5), tf.float16), (np.array([b'ab', b'cde']), tf.string)):
-    proto = tf.make_tensor_proto(value, dtype=dtype)
-    expected = (sum(len(v) for v in value) if dtype == tf.string
-                else tf.make_ndarray(proto).nbytes)
-    assert lean_tf.tensor_nbytes(proto) == expected, (value, dtype)
-
-
-def test_reachable_names_what_extract_sub_graph_keeps(tiny_model):
-  graph_def = meta_graph_of(tiny_model['saved_model']).graph_def
-  dest = ['probability', 'save/restore_all']
-  assert graphs.reachable(graph_def, dest) == {
-      n.name for n in tf1.graph_util.extract_sub_graph(graph_def, dest).node}

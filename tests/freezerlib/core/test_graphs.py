@@ -1,0 +1,127 @@
+"""core/graphs: names, reachability and new names, on a few nodes (and on the tiny model as
+TensorFlow's own extract_sub_graph sees it)."""
+
+import pytest
+import tensorflow as tf
+
+from conftest import meta_graph_of
+from freezerlib.core import graphs
+import small_graphs
+
+tf1 = tf.compat.v1
+
+# x -> a -> y, y waits for c; r reads v and is colocated with w; s and f are not needed by y.
+GRAPH = '''
+node { name: "x" op: "Placeholder" attr { key: "dtype" value { type: DT_FLOAT } } }
+node { name: "b" op: "Const" attr { key: "dtype" value { type: DT_FLOAT } }
+       attr { key: "value" value { tensor { dtype: DT_FLOAT float_val: 1 } } } }
+node { name: "c" op: "NoOp" }
+node { name: "a" op: "AddV2" input: "x:0" input: "b" attr { key: "T" value { type: DT_FLOAT } } }
+node { name: "y" op: "Identity" input: "a" input: "^c" attr { key: "T" value { type: DT_FLOAT } } }
+node { name: "w" op: "NoOp" }
+node { name: "r" op: "Identity" input: "b"  attr { key: "T" value { type: DT_FLOAT } }
+       attr { key: "_class" value { list { s: "loc:@w" } } } device: "/job:ps/task:0" }
+node { name: "s" op: "NoOp" input: "^x" }
+versions { producer: 1000 }
+'''
+
+
+@pytest.mark.parametrize('tensor,node', [('a/b:1', 'a/b'), ('^a', 'a'), ('a', 'a'),
+                                         ('a:0', 'a')])
+def test_node_name(tensor, node):
+  assert graphs.node_name(tensor) == node
+
+
+def test_tensor_names_and_keys():
+  assert graphs.tensor_key('a') == ('a', 0) and graphs.tensor_key('a/b:2') == ('a/b', 2)
+  assert graphs.input_key('^a') is None and graphs.input_key('a:3') == ('a', 3)
+  assert graphs.tensor_name('a') == 'a:0' and graphs.tensor_name('a:1') == 'a:1'
+  node = small_graphs.graph_def(GRAPH).node[4]
+  assert graphs.data_inputs(node) == ['a']
+
+
+def test_base_dtype():
+  assert graphs.base_dtype(tf.float32.as_datatype_enum + 100) == tf.float32.as_datatype_enum
+  assert graphs.base_dtype(tf.int64.as_datatype_enum) == tf.int64.as_datatype_enum
+
+
+def test_unique_names():
+  taken = {'a', 'a_1', 'b'}
+  assert graphs.unique_name('a', taken) == 'a_2' and 'a_2' in taken
+  assert graphs.unique_name('c', taken) == 'c' and 'c' in taken
+  # A scope is free only when no name lies under it.
+  assert graphs.unique_scope('save', {'save/x', 'save_1', 'saver'}) == 'save_2'
+  assert graphs.unique_scope('save', {'saver/x'}) == 'save'
+
+
+@pytest.mark.parametrize('key,name', [
+    ('input', 'input'), ('my key:0', 'my_key_0'), ('/leading/', 'leading'), ('_x', 'input__x'),
+    ('', 'input'), ('a.b-c/d', 'a.b-c/d')])
+def test_name_for_key_is_a_valid_node_name(key, name):
+  assert graphs.name_for_key(key) == name
+
+
+def test_computed_tensors_stop_at_the_fed_inputs():
+  graph = small_graphs.graph_def(GRAPH)
+  sig = small_graphs.signature({'x': 'x:0'}, {'y': 'y:0'})
+  assert graphs.computed_tensors(graph, sig) == {('a', 0), ('b', 0), ('c', None)}
+  # Fed at a, nothing before it is computed.
+  sig = small_graphs.signature({'a': 'a:0'}, {'y': 'y:0'})
+  assert graphs.computed_tensors(graph, sig) == {('c', None)}
+
+
+def test_functions_used_follows_calls_and_function_attributes():
+  graph = small_graphs.graph_def('''
+      node { name: "call" op: "f1" }
+      node { name: "p" op: "PartitionedCall" attr { key: "f" value { func { name: "f3" } } } }
+      library {
+        function { signature { name: "f1" } node_def { name: "n" op: "f2" } }
+        function { signature { name: "f2" } node_def { name: "m" op: "If"
+                   attr { key: "branches" value { list { func { name: "f4" } } } } } }
+        function { signature { name: "f3" } }
+        function { signature { name: "f4" } }
+        function { signature { name: "unused" } node_def { name: "k" op: "f1" } }
+      }''')
+  assert graphs.functions_used(graph) == {'f1', 'f2', 'f3', 'f4'}
+
+
+def test_reachable_follows_data_control_and_colocation_edges():
+  graph = small_graphs.graph_def(GRAPH)
+  assert graphs.reachable(graph, ['y']) == {'y', 'a', 'x', 'b', 'c'}
+  assert graphs.reachable(graph, ['r']) == {'r', 'b', 'w'}
+  with pytest.raises(KeyError, match='nope'):
+    graphs.reachable(graph, ['y', 'nope'])
+  with pytest.raises(TypeError):
+    graphs.reachable(graph, 'y')
+
+
+def test_extract_sub_graph_keeps_order_library_and_versions():
+  graph = small_graphs.graph_def(GRAPH)
+  graph.library.function.add().signature.name = 'f'
+  out = graphs.extract_sub_graph(graph, ['y', 'r'])
+  assert [n.name for n in out.node] == ['x', 'b', 'c', 'a', 'y', 'w', 'r']
+  assert out.node[-1].device == '/job:ps/task:0'  # copied as it is
+  assert out.library == graph.library and out.versions.producer == 1000
+  assert out == tf1.graph_util.extract_sub_graph(graph, ['y', 'r'])
+  out.node[0].name = 'changed'
+  assert graph.node[0].name == 'x'  # a copy
+
+
+def test_extract_sub_graph_equals_tensorflows(tiny_model):
+  graph_def = meta_graph_of(tiny_model['saved_model']).graph_def
+  for dest in (['probability'], ['save/restore_all'], ['user_stats_lookup/LookupTableFindV2',
+                                                        'Adam']):
+    dest = [d for d in dest if any(n.name == d for n in graph_def.node)]
+    assert dest
+    ours = graphs.extract_sub_graph(graph_def, dest)
+    theirs = tf1.graph_util.extract_sub_graph(graph_def, dest)
+    assert ours == theirs
+  with pytest.raises(KeyError, match='nope'):
+    graphs.extract_sub_graph(graph_def, ['nope'])
+
+
+def test_reachable_names_what_extract_sub_graph_keeps(tiny_model):
+  graph_def = meta_graph_of(tiny_model['saved_model']).graph_def
+  dest = ['probability', 'save/restore_all']
+  assert graphs.reachable(graph_def, dest) == {
+      n.name for n in tf1.graph_util.extract_sub_graph(graph_def, dest).node}

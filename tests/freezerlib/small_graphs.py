@@ -1,0 +1,86 @@
+"""Small graphs and models for the unit tests of freezerlib: a handful of nodes each.
+
+The unit tests live in packages named after freezerlib's sub-packages (tests/freezerlib/core,
+...), so this directory is on sys.path while they run and they import this module as
+`small_graphs`. (A second conftest.py here would shadow tests/conftest.py, which the end-to-end
+tests import by name.)
+"""
+
+from google.protobuf import text_format
+
+from freezerlib.core import lean_tf
+
+
+def graph_def(text):
+  """A GraphDef from its text format: `graph_def('node { name: "a" op: "NoOp" }')`."""
+  return text_format.Parse(text, lean_tf.graph_pb2.GraphDef())
+
+
+def node(name, op, inputs=(), **attrs):
+  """A NodeDef; attrs are DataType enums (ints), strings (bytes) or TensorProtos."""
+  out = lean_tf.NodeDef(name=name, op=op, input=list(inputs))
+  for key, value in attrs.items():
+    if isinstance(value, int):
+      out.attr[key].type = value
+    elif isinstance(value, bytes):
+      out.attr[key].s = value
+    else:
+      out.attr[key].tensor.CopyFrom(value)
+  return out
+
+
+def signature(inputs, outputs, method='tensorflow/serving/predict'):
+  """A SignatureDef over tensor names: {key: 'node:0'} for inputs and outputs."""
+  sig = lean_tf.meta_graph_pb2.SignatureDef(method_name=method)
+  for infos, names in ((sig.inputs, inputs), (sig.outputs, outputs)):
+    for key, name in names.items():
+      infos[key].name = name
+  return sig
+
+
+def save_tf1(export_dir, build, main_op=None, saver=None):
+  """Writes a TF1 SavedModel (tag serve) of the graph `build()` makes; returns its path.
+
+  Args:
+    export_dir: the directory to write.
+    build: called inside a fresh graph; returns (inputs, outputs, [session_setup]) where
+      inputs and outputs are {key: tensor} of the `serving_default` predict signature and
+      session_setup an optional op (or list) run after the variables are initialised.
+    main_op: optional callable returning the main op (called in the graph).
+    saver: optional callable returning the tf.compat.v1.train.Saver to save with.
+  """
+  tf = lean_tf.tensorflow
+  tf1 = tf.compat.v1
+  graph = tf.Graph()
+  with graph.as_default():
+    built = build()
+    inputs, outputs = built[0], built[1]
+    init = main_op() if main_op else None
+    the_saver = saver() if saver else None
+    with tf1.Session(graph=graph) as session:
+      session.run(tf1.global_variables_initializer())
+      if len(built) > 2 and built[2] is not None:
+        session.run(built[2])
+      builder = tf1.saved_model.Builder(str(export_dir))
+      builder.add_meta_graph_and_variables(
+          session, ['serve'], main_op=init, saver=the_saver, signature_def_map={
+              'serving_default': tf1.saved_model.predict_signature_def(inputs, outputs)})
+      builder.save()
+  return str(export_dir)
+
+
+def linear(w=2.0, b=1.0):
+  """A `build` for save_tf1: y = x * w + b over x [None] float32, w and b resource variables."""
+  def build():
+    tf = lean_tf.tensorflow
+    tf1 = tf.compat.v1
+    x = tf1.placeholder(tf.float32, [None], name='x')
+    weight = tf1.get_variable('w', initializer=tf.constant(w), use_resource=True)
+    bias = tf1.get_variable('b', initializer=tf.constant(b), use_resource=True)
+    return {'x': x}, {'y': tf.identity(x * weight + bias, name='y')}
+  return build
+
+
+def linear_model(export_dir, w=2.0, b=1.0):
+  """The TF1 SavedModel of `linear`: serving_default maps x to x * w + b."""
+  return save_tf1(export_dir, linear(w, b))
