@@ -68,8 +68,10 @@ def unique_scope(base, taken):
 def name_for_key(key):
   """A node name for a signature key: node names allow [A-Za-z0-9._/-] and start with a letter
   or digit; keys may hold anything."""
-  base = ''.join(c if c.isalnum() or c in '._-/' else '_' for c in key).strip('/') or 'input'
-  return base if base[0].isalnum() else 'input_' + base
+  # ASCII only: str.isalnum() is true of 'é' and '名', which TensorFlow refuses in names.
+  base = ''.join(c if (c.isascii() and c.isalnum()) or c in '._-/' else '_'
+                 for c in key).strip('/') or 'input'
+  return base if base[0].isascii() and base[0].isalnum() else 'input_' + base
 
 
 def computed_tensors(graph_def, signature):

@@ -1,6 +1,8 @@
 """core/graphs: names, reachability and new names, on a few nodes (and on the tiny model as
 TensorFlow's own extract_sub_graph sees it)."""
 
+import re
+
 import pytest
 import tensorflow as tf
 
@@ -125,3 +127,13 @@ def test_reachable_names_what_extract_sub_graph_keeps(tiny_model):
   dest = ['probability', 'save/restore_all']
   assert graphs.reachable(graph_def, dest) == {
       n.name for n in tf1.graph_util.extract_sub_graph(graph_def, dest).node}
+
+
+@pytest.mark.parametrize('key', ['café', 'naïve key', '名前', 'x²', '_x', 'a b:0', '.', '/'])
+def test_name_for_key_gives_names_tensorflow_imports(key):
+  name = graphs.name_for_key(key)
+  assert re.fullmatch(r'[A-Za-z0-9][A-Za-z0-9_./-]*', name), name
+  graph = small_graphs.graph_def('')
+  graph.node.add(name=name, op='NoOp')
+  with tf.Graph().as_default():
+    tf.graph_util.import_graph_def(graph, name='')  # refuses an invalid node name
