@@ -178,15 +178,6 @@ def test_module_variables_hold_the_model_under_the_structures_keys(module_case):
       pathlib.Path(module_case['structure']) / 'saved_model.pb').read_bytes()
 
 
-def test_string_tensors_decode_as_tensorflow_reads_them(tmp_path):
-  values = [b'', b'a', b'x' * 300, bytes(range(256)), b'\x00end']
-  prefix = tf.train.Checkpoint(v=tf.Variable(tf.constant(values))).write(str(tmp_path / 'c'))
-  index = checkpoint_index.read_index(prefix)
-  assert checkpoint_index.read_string_tensor(index, 'v/.ATTRIBUTES/VARIABLE_VALUE') == values
-  graph = from_tf2_checkpoint.read_object_graph(index)
-  assert [c.local_name for c in graph.nodes[0].children] == ['v']
-
-
 def test_runs_without_tensorflow(module_case, tmp_path):
   code = ('import sys; from freezerlib.export import from_checkpoint; '
           'r = from_checkpoint.saved_model_from_checkpoint(checkpoint=sys.argv[1], output_dir=sys.argv[2], '
