@@ -271,7 +271,8 @@ def load_objects(export_dir, tags):
   tf = lean_tf.tensorflow
   try:
     return tf.saved_model.load(export_dir, tags=list(tags))
-  except (tf.errors.OpError, ValueError, RuntimeError, KeyError, TypeError) as e:
+  except (tf.errors.OpError, OSError, ValueError, RuntimeError, KeyError, TypeError) as e:
+    # OSError: a missing variables/ is FileNotFoundError here, not an OpError.
     raise errors.UserError('cannot load SavedModel %s: %s'
                            % (export_dir, errors.tf_error_message(e))) from e
 

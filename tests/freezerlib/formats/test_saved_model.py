@@ -316,3 +316,15 @@ def test_saved_model_proto_is_deterministic(linear, tmp_path):
   proto = lean_tf.saved_model_pb2.SavedModel.FromString(first)
   assert proto.saved_model_schema_version == 1 and proto.meta_graphs[0] == meta_graph
   np.testing.assert_equal(len(proto.meta_graphs), 1)
+
+
+def test_tf2_model_without_its_variables_is_one_user_error(tmp_path):
+  module = tf.Module()
+  module.v = tf.Variable(3.0)
+  module.f = tf.function(lambda x: x * module.v, input_signature=[tf.TensorSpec([], tf.float32)])
+  tf.saved_model.save(module, str(tmp_path / 'tf2'), signatures=module.f)
+  os.remove(tmp_path / 'tf2' / 'variables' / 'variables.index')
+  # TensorFlow raises FileNotFoundError here, not an OpError.
+  with pytest.raises(errors.UserError, match='cannot load SavedModel .*tf2: Unsuccessful '
+                                             'TensorSliceReader constructor'):
+    saved_model.load_objects(str(tmp_path / 'tf2'), ['serve'])
