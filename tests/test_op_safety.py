@@ -98,14 +98,3 @@ def test_asset_escaping_the_assets_directory_is_refused(tmp_path):
   (tmp_path / 'm' / 'saved_model.pb').write_bytes(proto.SerializeToString())
   with pytest.raises(errors.UserError, match=r"asset file name '../../etc/passwd' escapes"):
     freeze.graph_from_saved_model(model, str(tmp_path / 'f.pb'))
-
-
-def test_training_reader_is_reported_but_not_blocking(tiny_model, tmp_path):
-  """model_gen's reader (TFRecordDataset) and training saver are outside what serving runs."""
-  meta_graph = meta_graph_of(tiny_model['saved_model'])
-  signatures = saved_model.select_signatures(meta_graph, None, 'x')
-  outside = unsafe_ops.check_meta_graph(meta_graph, signatures, set(), 'x')
-  assert {'TFRecordDataset', 'SaveV2', 'RestoreV2'} <= {f.op for f in outside}
-  # The SavedModel's own saver (the one loaders run) is not reported.
-  own = saved_model.saver_nodes(meta_graph.graph_def, meta_graph.saver_def)
-  assert own and not {f.root for f in outside} & own

@@ -48,6 +48,8 @@ def save_tf1(export_dir, build, main_op=None, saver=None):
       session_setup an optional op (or list) run after the variables are initialised.
     main_op: optional callable returning the main op (called in the graph).
     saver: optional callable returning the tf.compat.v1.train.Saver to save with.
+
+  Files in the graph's ASSET_FILEPATHS collection (a TextFileInitializer's) become assets.
   """
   tf = lean_tf.tensorflow
   tf1 = tf.compat.v1
@@ -63,7 +65,9 @@ def save_tf1(export_dir, build, main_op=None, saver=None):
         session.run(built[2])
       builder = tf1.saved_model.Builder(str(export_dir))
       builder.add_meta_graph_and_variables(
-          session, ['serve'], main_op=init, saver=the_saver, signature_def_map={
+          session, ['serve'], main_op=init, saver=the_saver,
+          assets_collection=tf1.get_collection(tf1.GraphKeys.ASSET_FILEPATHS),
+          signature_def_map={
               'serving_default': tf1.saved_model.predict_signature_def(inputs, outputs)})
       builder.save()
   return str(export_dir)
