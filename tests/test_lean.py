@@ -1,63 +1,22 @@
-"""lean_tf and fileio: what the checkpoint path does without TensorFlow equals what TensorFlow does."""
+"""lean_tf and fileio: what the checkpoint path does without TensorFlow equals what TensorFlow does.
+
+These run a fresh interpreter (which modules a script loads, and in which order); the unit
+tests of core/lean_tf, core/files and core/graphs are in tests/freezerlib/core.
+"""
 
 import os
 import subprocess
 import sys
 
-import pytest
-import tensorflow as tf
-
 from conftest import REPO
-from conftest import meta_graph_of
 from conftest import tree_digest
 from freezerlib.export import from_checkpoint
-from freezerlib.transforms import placeholders
-
-tf1 = tf.compat.v1
 
 
 def _fresh_python(code, *args):
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
   return subprocess.run([sys.executable, '-c', code] + [str(a) for a in args], cwd=REPO,
                         env=env, capture_output=True, text=True, timeout=300, check=False)
-
-
-def test_output_dtypes_equal_shape_inference(tiny_model):
-  """Every output of every node: the OpDef reading gives TensorFlow's dtype (or says unknown)."""
-  meta_graph = meta_graph_of(tiny_model['saved_model'])
-  op_defs = {o.name: o for o in meta_graph.meta_info_def.stripped_op_list.op}
-  graph = tf.Graph()
-  with graph.as_default():
-    tf.graph_util.import_graph_def(meta_graph.graph_def, name='')
-  checked = 0
-  for node in meta_graph.graph_def.node:
-    for index, tensor in enumerate(graph.get_operation_by_name(node.name).outputs):
-      dtype = placeholders.output_dtype(node, index, op_defs)
-      assert dtype is not None, (node.name, node.op)
-      assert dtype == tensor.dtype.base_dtype.as_datatype_enum, (node.name, index)
-      checked += 1
-    assert placeholders.output_dtype(node, 99, op_defs) is None
-  assert checked > 500
-
-
-@pytest.mark.parametrize('producer,attr,expected', [
-    (21, 'shape {}', None), (22, 'shape {}', []), (21, 'shape { dim { size: 3 } }', [3]),
-    (27, 'shape { unknown_rank: true }', None), (27, None, None)])
-def test_placeholder_shape_follows_the_producer_rule(producer, attr, expected):
-  text = 'node { name: "p" op: "Placeholder" attr { key: "dtype" value { type: DT_FLOAT } } '
-  if attr:
-    text += 'attr { key: "shape" value { %s } } ' % attr
-  text += '} versions { producer: %d }' % producer
-  graph_def = tf1.GraphDef()
-  from google.protobuf import text_format  # pylint: disable=g-import-not-at-top
-  text_format.Parse(text, graph_def)
-  graph = tf.Graph()
-  with graph.as_default():
-    tf.graph_util.import_graph_def(graph_def, name='')
-  theirs = graph.get_tensor_by_name('p:0').shape
-  ours = tf.TensorShape(placeholders.placeholder_shape(graph_def.node[0], producer))
-  assert (ours.as_list() if ours.rank is not None else None) == expected
-  assert (ours.rank is None and theirs.rank is None) or ours.as_list() == theirs.as_list()
 
 
 def _export_in_fresh_process(structure, ckpt, out):
