@@ -98,8 +98,10 @@ def computed_tensors(graph_def, signature):
 
 
 def functions_used(graph_def):
-  """Names of the library functions reachable from `graph_def`'s nodes."""
+  """Names of the library functions reachable from `graph_def`'s nodes, each with its
+  gradient function (a GradientDef naming a function the library lacks fails to import)."""
   library = {f.signature.name: f for f in graph_def.library.function}
+  gradients = {g.function_name: g.gradient_func for g in graph_def.library.gradient}
   used, stack = set(), []
 
   def visit_attrs(node_like):
@@ -118,6 +120,8 @@ def functions_used(graph_def):
     if name in used or name not in library:
       continue
     used.add(name)
+    if name in gradients:
+      stack.append(gradients[name])
     for node in library[name].node_def:
       visit_attrs(node)
   return used

@@ -83,8 +83,13 @@ def test_functions_used_follows_calls_and_function_attributes():
         function { signature { name: "f3" } }
         function { signature { name: "f4" } }
         function { signature { name: "unused" } node_def { name: "k" op: "f1" } }
+        function { signature { name: "f3_grad" } node_def { name: "g" op: "f5" } }
+        function { signature { name: "f5" } }
+        gradient { function_name: "f3" gradient_func: "f3_grad" }
+        gradient { function_name: "unused" gradient_func: "unused" }
       }''')
-  assert graphs.functions_used(graph) == {'f1', 'f2', 'f3', 'f4'}
+  # A used function's gradient goes with it, and what the gradient calls.
+  assert graphs.functions_used(graph) == {'f1', 'f2', 'f3', 'f4', 'f3_grad', 'f5'}
 
 
 def test_reachable_follows_data_control_and_colocation_edges():

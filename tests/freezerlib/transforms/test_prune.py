@@ -2,6 +2,8 @@
 
 import collections
 
+import tensorflow as tf
+
 import small_graphs
 from freezerlib.transforms import prune
 
@@ -67,3 +69,16 @@ def test_cut_to_signatures_keeps_promised_inputs_and_extra_nodes():
   assert sorted(n.name for n in out.node) == ['init', 'unused_input', 'x', 'y']
   assert {k: i.name for k, i in sigs['s'].inputs.items()} == {
       'x': 'x:0', 'unused_input': 'unused_input:0'}
+
+
+def test_a_kept_functions_gradient_stays_with_it():
+  """A GraphDef whose GradientDef names a function it lacks does not import: the gradient of a
+  used function (TF1 Defun(grad_func=...)) stays."""
+  graph_def = small_graphs.graph_def(GRAPH)
+  with tf.Graph().as_default():
+    tf.graph_util.import_graph_def(graph_def, name='')
+  out = prune.strip(graph_def, ['y'])
+  assert sorted(f.signature.name for f in out.library.function) == ['helper', 'used',
+                                                                    'used_grad']
+  with tf.Graph().as_default():
+    tf.graph_util.import_graph_def(out, name='')
