@@ -21,7 +21,6 @@ from freezerlib.core import graphs
 from freezerlib.export import from_frozen
 from freezerlib.formats import checkpoint_index
 from freezerlib.formats import frozen_graph
-from freezerlib.freeze import keep
 from freezerlib.freeze import streaming
 from freezerlib.verify import compare
 from freezerlib.verify import inputs
@@ -213,24 +212,6 @@ def test_bad_spec_is_one_line_from_the_command_line(tiny_model, tmp_path):
                     '--output_graph=%s/out.pb' % tmp_path, '--keep_as_variables=item_embedding,x9')
   assert_one_line_error(proc, 'freezer.py', 'x9', 'choose from', 'user_stats')
   assert os.listdir(tmp_path) == []
-
-
-@pytest.mark.parametrize('spec,expected', [
-    ('64MiB', 64 << 20), ('1.5GB', 1500000000), ('500000', 500000), ('2KB', 2000),
-    ('3kib', 3072), ('1GiB', 1 << 30), (' 7 MB ', 7000000)])
-def test_sizes_parse(spec, expected):
-  assert keep.parse_spec(spec).min_bytes == expected
-
-
-def test_suggested_size_leaves_the_rest_under_the_limit():
-  mib = 1 << 20
-  sizes = [525 * mib] * 4 + [10 * mib, mib]
-  assert keep.suggest_size(sizes, 2048 * mib) == '525MiB'
-  assert keep.suggest_size(sizes, 1000 * mib) == '525MiB'
-  assert keep.suggest_size(sizes, 500 * mib) == '525MiB'
-  assert keep.suggest_size(sizes, 5 * mib) == '10MiB'
-  assert keep.suggest_size([3000 * mib], 10 * mib) == '3000MiB'
-  assert keep.suggest_size(sizes, 4000 * mib) is None  # fits without keeping
 
 
 def test_control_flow_over_a_kept_variable_is_fine_static_tables_are_refused(tmp_path):

@@ -88,3 +88,50 @@ def linear(w=2.0, b=1.0):
 def linear_model(export_dir, w=2.0, b=1.0):
   """The TF1 SavedModel of `linear`: serving_default maps x to x * w + b."""
   return save_tf1(export_dir, linear(w, b))
+
+
+def stateful_model(export_dir):
+  """A TF1 SavedModel of every kind of state the freezers handle, on placeholders:
+
+  `emb` [10, 2] in 3 resource partitions (rows 0-3, 4-6, 7-9, row r = [r, 2r]), read by an
+  embedding lookup; `w` [1000] float (a ref variable, 4000 bytes); `b` a resource scalar (2.0);
+  `table` a MutableHashTable int64 -> float {4: 40, 5: 50}; an optimizer-like `unused` [500]
+  that no signature reads. serving_default: ids [None] int64 ->
+    y = sum(emb[ids], axis 1) + w[0] * b + table(ids)  (default -1), and
+  `embeddings`: ids -> emb[ids].
+  """
+  tf = lean_tf.tensorflow
+  tf1 = tf.compat.v1
+  np = lean_tf.numpy
+  graph = tf.Graph()
+  with graph.as_default():
+    ids = tf1.placeholder(tf.int64, [None], name='ids')
+    rows = np.stack([np.arange(10), 2 * np.arange(10)], axis=1).astype(np.float32)
+    emb = tf1.get_variable('emb', [10, 2], use_resource=True,
+                           partitioner=tf1.fixed_size_partitioner(3))
+    offsets = [p._save_slice_info.var_offset[0] for p in emb]  # pylint: disable=protected-access
+    fill_emb = [p.assign(rows[o:o + p.shape[0]]) for p, o in zip(emb, offsets)]
+    w = tf1.get_variable('w', initializer=tf.constant(np.full(1000, 0.5, np.float32)),
+                         use_resource=False)
+    b = tf1.get_variable('b', initializer=tf.constant(2.0), use_resource=True)
+    tf1.get_variable('unused', initializer=tf.zeros([500]), use_resource=True)
+    table = tf.lookup.experimental.MutableHashTable(tf.int64, tf.float32, -1.0, name='table')
+    looked_up = tf1.nn.embedding_lookup(emb, ids, partition_strategy='div', name='lookup')
+    y = tf.add(tf.reduce_sum(looked_up, axis=1) + w[0] * b, table.lookup(ids), name='y')
+    with tf1.Session(graph=graph) as session:
+      session.run(tf1.global_variables_initializer())
+      session.run(fill_emb)
+      session.run(table.insert(tf.constant([4, 5], tf.int64), tf.constant([40.0, 50.0])))
+      builder = tf1.saved_model.Builder(str(export_dir))
+      predict = tf1.saved_model.predict_signature_def
+      builder.add_meta_graph_and_variables(session, ['serve'], signature_def_map={
+          'serving_default': predict({'ids': ids}, {'y': y}),
+          'embeddings': predict({'ids': ids}, {'emb': tf.identity(looked_up, name='rows')})})
+      builder.save()
+  return str(export_dir)
+
+
+def stateful_expected(ids):
+  """What stateful_model's serving_default answers for `ids` (a list of ints)."""
+  table = {4: 40.0, 5: 50.0}
+  return [3.0 * i + 0.5 * 2.0 + table.get(i, -1.0) for i in ids]
