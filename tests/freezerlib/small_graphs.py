@@ -97,8 +97,8 @@ def stateful_model(export_dir):
   embedding lookup; `w` [1000] float (a ref variable, 4000 bytes); `b` a resource scalar (2.0);
   `table` a MutableHashTable int64 -> float {4: 40, 5: 50}; an optimizer-like `unused` [500]
   that no signature reads. serving_default: ids [None] int64 ->
-    y = sum(emb[ids], axis 1) + w[0] * b + table(ids)  (default -1), and
-  `embeddings`: ids -> emb[ids].
+    y = sum(emb[ids % 10], axis 1) + w[0] * b + table(ids)  (default -1), and
+  `embeddings`: ids -> emb[ids % 10].
   """
   tf = lean_tf.tensorflow
   tf1 = tf.compat.v1
@@ -116,7 +116,8 @@ def stateful_model(export_dir):
     b = tf1.get_variable('b', initializer=tf.constant(2.0), use_resource=True)
     tf1.get_variable('unused', initializer=tf.zeros([500]), use_resource=True)
     table = tf.lookup.experimental.MutableHashTable(tf.int64, tf.float32, -1.0, name='table')
-    looked_up = tf1.nn.embedding_lookup(emb, ids, partition_strategy='div', name='lookup')
+    looked_up = tf1.nn.embedding_lookup(emb, tf.math.floormod(ids, 10), partition_strategy='div',
+                                        name='lookup')
     y = tf.add(tf.reduce_sum(looked_up, axis=1) + w[0] * b, table.lookup(ids), name='y')
     with tf1.Session(graph=graph) as session:
       session.run(tf1.global_variables_initializer())
@@ -134,4 +135,4 @@ def stateful_model(export_dir):
 def stateful_expected(ids):
   """What stateful_model's serving_default answers for `ids` (a list of ints)."""
   table = {4: 40.0, 5: 50.0}
-  return [3.0 * i + 0.5 * 2.0 + table.get(i, -1.0) for i in ids]
+  return [3.0 * (i % 10) + 0.5 * 2.0 + table.get(i, -1.0) for i in ids]

@@ -1,0 +1,85 @@
+"""verify/loaders: models loaded as their servers load them, run signature by signature."""
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import small_graphs
+from freezerlib import freeze
+from freezerlib.core import errors
+from freezerlib.formats import frozen_graph
+from freezerlib.formats import saved_model
+from freezerlib.verify import loaders
+
+tf1 = tf.compat.v1
+IDS = [0, 4, 5, 9]
+
+
+def test_tf1_saved_model(tmp_path):
+  path = small_graphs.linear_model(tmp_path / 'm', w=3.0, b=0.5)
+  model = loaders.load_saved_model(path)
+  assert isinstance(model, loaders.Model) and list(model.signatures) == ['serving_default']
+  assert model.run('serving_default', {'x': np.float32([1, 2])})['y'].tolist() == [3.5, 6.5]
+  assert model.run('serving_default', {'x': np.float32([0])})['y'].tolist() == [0.5]
+  assert len(model._callables) == 1  # pylint: disable=protected-access  # made once per feeds
+  assert model.nodes == len(model.graph_def.node) > 5
+  assert model.size_bytes == saved_model.directory_size(path) and model.load_seconds > 0
+  model.close()
+  shutil.rmtree(os.path.join(path, 'variables'))
+  with pytest.raises(errors.UserError, match='cannot load SavedModel .*/m: '):
+    loaders.load_saved_model(path)
+
+
+def test_tf2_saved_model_runs_as_tf_saved_model_load_runs_it(tmp_path):
+  module = tf.Module()
+  module.v = tf.Variable(4.0)
+  module.f = tf.function(lambda x: {'y': x * module.v},
+                         input_signature=[tf.TensorSpec([None], tf.float32, name='x')])
+  tf.saved_model.save(module, str(tmp_path / 'm'), signatures=module.f)
+  model = loaders.load_saved_model(str(tmp_path / 'm'))
+  assert isinstance(model, loaders.LoadedModel) and model.session is None
+  assert list(model.signatures) == ['serving_default']
+  assert model.run('serving_default', {'x': [1.0, 2.0]})['y'].tolist() == [4.0, 8.0]
+  assert model.nodes == len(model.graph_def.node)
+  # Feeds the signature cannot take are ValueErrors, as a session's are (compare.run_or_explain
+  # makes them one line).
+  with pytest.raises(ValueError):
+    model.run('serving_default', {'x': ['a']})
+  model.close()
+
+
+def test_frozen_graph_with_tables_and_kept_variables(tmp_path):
+  path = small_graphs.stateful_model(tmp_path / 'm')
+  for name, keep in (('plain.pb', None), ('kept.pb', 'w,table')):
+    out = str(tmp_path / name)
+    freeze.graph_from_saved_model(path, out, keep_as_variables=keep)
+    model = loaders.load_frozen_graph(out)
+    got = model.run('serving_default', {'ids': np.array(IDS)})
+    np.testing.assert_allclose(got['y'], small_graphs.stateful_expected(IDS))
+    beside = saved_model.directory_size(out + '.variables') if keep else 0
+    assert model.size_bytes == os.path.getsize(out) + beside
+  frozen = frozen_graph.frozen_from_graph_def(frozen_graph.read_graph_def(out), out)
+  with tf.Graph().as_default() as graph:
+    tf.graph_util.import_graph_def(frozen.graph_def, name='')
+    with tf1.Session(graph=graph) as session:
+      with pytest.raises(errors.UserError, match='cannot restore .*nope: '):
+        loaders.restore(session, frozen, str(tmp_path / 'nope'))
+
+
+def test_frozen_graphs_that_cannot_be_served(tmp_path):
+  plain = str(tmp_path / 'plain.pb')
+  graph = tf.Graph()
+  with graph.as_default():
+    tf.identity(tf1.placeholder(tf.float32, name='x'), name='y')
+  frozen_graph.write_graph_def(graph.as_graph_def(), plain)
+  with pytest.raises(errors.UserError, match='plain.pb has no freezer_metadata node: it was not '
+                                             'written by freezer.py'):
+    loaders.load_frozen_graph(plain)
+  unknown = frozen_graph.FrozenModel(
+      graph_def=small_graphs.graph_def('node { name: "a" op: "NoSuchOp" }'), signatures={},
+      tags=['serve'])
+  with pytest.raises(errors.UserError, match='cannot import u.pb: .*NoSuchOp'):
+    loaders.load_frozen_graph('u.pb', unknown)
