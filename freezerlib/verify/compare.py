@@ -38,14 +38,18 @@ def compare_arrays(reference, new, atol, rtol):
     return (0.0, 0.0, True, '') if passed else (float('inf'), float('inf'), False,
                                                 '%d strings differ' % int(np.sum(~equal)))
   a, b = reference.astype(np.float64), new.astype(np.float64)
-  both_nan = np.isnan(a) & np.isnan(b)
-  diff = np.where(both_nan, 0.0, np.abs(a - b))
+  # As numpy.isclose: NaN where the reference has NaN is no difference, nor is the same
+  # infinity; any other infinity is infinitely far, whatever rtol times |inf| allows.
+  same = (a == b) | (np.isnan(a) & np.isnan(b))
+  with np.errstate(invalid='ignore', over='ignore'):
+    diff = np.where(same, 0.0, np.abs(a - b))
   diff = np.where(np.isnan(diff), np.inf, diff)
   scale = np.abs(a)
-  rel = np.divide(diff, scale, out=np.where(diff > 0, np.inf, 0.0), where=scale > 0)
+  rel = np.divide(diff, scale, out=np.where(diff > 0, np.inf, 0.0),
+                  where=(scale > 0) & np.isfinite(scale))
   max_abs = float(diff.max()) if diff.size else 0.0
   max_rel = float(rel.max()) if rel.size else 0.0
-  passed = bool(np.all(diff <= atol + rtol * scale))
+  passed = bool(np.all(same | (np.isfinite(diff) & (diff <= atol + rtol * scale))))
   return max_abs, max_rel, passed, ''
 
 

@@ -142,3 +142,17 @@ def test_exactly_one_new_model():
     with pytest.raises(errors.UserError, match='give exactly one of --saved_model_dir and '
                                                '--graph'):
       compare.load_models(saved_model_dir, graph, 'reference', ['serve'])
+
+
+@pytest.mark.parametrize('reference,new,passed,max_abs,max_rel', [
+    ([NAN, 1.0], [NAN, 1.0], True, 0.0, 0.0),  # NaN where the reference has NaN
+    ([INF, -INF, 2.0], [INF, -INF, 2.0], True, 0.0, 0.0),  # the same infinities
+    ([INF], [1.0], False, INF, INF),  # the reference says inf, the model 1.0
+    ([-INF], [-1e300], False, INF, INF),
+    ([INF], [-INF], False, INF, INF),
+    ([1.0], [-INF], False, INF, INF),
+])
+def test_nan_and_infinities(reference, new, passed, max_abs, max_rel):
+  """As numpy.isclose: NaN equals NaN here, an infinity only the same infinity."""
+  got = compare.compare_arrays(np.array(reference), np.array(new), 1e-6, 1e-6)
+  assert got == (max_abs, max_rel, passed, '')
