@@ -12,10 +12,10 @@ import dataclasses
 from typing import Dict
 
 import numpy as np
-import tensorflow as tf
 
 from freezerlib.core import errors
 from freezerlib.core import graphs
+from freezerlib.core.lean_tf import tensorflow as tf  # imported on first use
 from freezerlib.transforms import tables
 
 # Ops through which an id keeps its value on the way to a table lookup.

@@ -7,16 +7,16 @@ and its tables filled (restored first from the checkpoint beside it, if it keeps
 
 import time
 
-import tensorflow as tf
 
 from freezerlib.core import errors
 from freezerlib.core import files
 from freezerlib.core import graphs
 from freezerlib.core import lean_tf
+from freezerlib.core.lean_tf import tensorflow as tf  # imported on first use
 from freezerlib.formats import frozen_graph
 from freezerlib.formats import saved_model
 
-tf1 = tf.compat.v1
+tf1 = lean_tf.tf1
 
 
 class Model:
