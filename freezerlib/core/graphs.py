@@ -4,6 +4,7 @@ Every module names a tensor's node with `node_name` and finds what a set of node
 `reachable`, so "what the signatures run" means the same thing everywhere.
 """
 
+import collections
 import copy
 
 from freezerlib.core import lean_tf
@@ -119,6 +120,22 @@ def functions_used(graph_def):
     for node in library[name].node_def:
       visit_attrs(node)
   return used
+
+
+def object_paths(object_graph):
+  """Node id -> 'a/b/c', each object's first path in a breadth-first walk from the root, for
+  a SavedModel's SavedObjectGraph or a checkpoint's TrackableObjectGraph (the same shape: nodes
+  with named children), as TensorFlow's own object-graph code names them."""
+  paths = {0: ''}
+  queue = collections.deque([0])
+  while queue:
+    node_id = queue.popleft()
+    for child in object_graph.nodes[node_id].children:
+      if child.node_id not in paths:
+        parent = paths[node_id]
+        paths[child.node_id] = parent + '/' + child.local_name if parent else child.local_name
+        queue.append(child.node_id)
+  return paths
 
 
 def reachable(graph_def, dest_nodes):
