@@ -72,13 +72,34 @@ def name_for_key(key):
   return base if base[0].isalnum() else 'input_' + base
 
 
+def info_tensors(info):
+  """Every tensor name a signature TensorInfo stands for: its `name`; a coo_sparse one's
+  indices, values and dense shape tensors; a composite one's components, in order."""
+  encoding = info.WhichOneof('encoding')
+  if encoding == 'name':
+    return [info.name] if info.name else []
+  if encoding == 'coo_sparse':
+    coo = info.coo_sparse
+    return [n for n in (coo.indices_tensor_name, coo.values_tensor_name,
+                        coo.dense_shape_tensor_name) if n]
+  if encoding == 'composite_tensor':
+    return [c for t in info.composite_tensor.components for c in info_tensors(t)]
+  return []
+
+
+def signature_tensors(signature, kind):
+  """Every tensor name of a SignatureDef's `kind` ('inputs' or 'outputs'), by sorted key."""
+  infos = getattr(signature, kind)
+  return [t for key in sorted(infos) for t in info_tensors(infos[key])]
+
+
 def computed_tensors(graph_def, signature):
   """Tensors a signature needs computed (not fed): {(node, index)}, with (node, None) for
   nodes needed only through a control edge."""
   nodes = {n.name: n for n in graph_def.node}
-  fed = {tensor_key(i.name) for i in signature.inputs.values()}
+  fed = {tensor_key(t) for t in signature_tensors(signature, 'inputs')}
   needed, seen = set(), set()
-  stack = [node_name(o.name) for o in signature.outputs.values()]
+  stack = [node_name(t) for t in signature_tensors(signature, 'outputs')]
   while stack:
     name = stack.pop()
     if name in seen or name not in nodes:

@@ -105,7 +105,7 @@ def serving_graph(graph_def, signatures, saver_def, where, op_defs=None):
   restores = saver.restores_of_saver(graph_def, saver_def, where)
   cut, signatures, _ = placeholders.inputs_to_placeholders(graph_def, signatures, op_defs)
   keep = saved_model.signature_output_nodes(signatures)
-  keep += [graphs.node_name(i.name) for s in signatures.values() for i in s.inputs.values()]
+  keep += saved_model.signature_input_nodes(signatures)
   kept = graphs.reachable(cut, list(dict.fromkeys(keep)))
   # Static tables are not in checkpoints: their own initialisers (constants, asset files) go
   # into the main op.
