@@ -14,10 +14,12 @@ from freezerlib.core import lean_tf
 EXIT_OK = 0
 EXIT_FAILURE = 1  # bad input, or two models that do not answer the same
 EXIT_USAGE = 2    # absl's own exit code for unknown or missing flags
+EXIT_REFERENCE_FAILED = 3  # optimize_from_pb_test.py: the reference fails on the inputs
 
 
 def run_cli(program, fn):
-  """Runs `fn()` and turns a UserError into one line on stderr and exit code 1.
+  """Runs `fn()` and turns a UserError into one line on stderr and exit code 1 (3 for
+  errors.ReferenceFailed).
 
   Args:
     program: name shown before the message, e.g. 'freezer.py'.
@@ -32,7 +34,7 @@ def run_cli(program, fn):
   except errors.UserError as e:
     sys.stderr.write('%s: error: %s\n' % (program, str(e).replace('\n', ' ')))
     sys.stderr.flush()
-    return EXIT_FAILURE
+    return EXIT_REFERENCE_FAILED if isinstance(e, errors.ReferenceFailed) else EXIT_FAILURE
   return EXIT_OK if code is None else code
 
 
