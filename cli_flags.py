@@ -28,6 +28,15 @@ ALLOW_OPS = flags.DEFINE_list(
     'allow_ops', [], 'Op types that read or write files, run Python or reach the network '
     '(ReadFile, PyFunc, ...) to accept in what the model runs; by default such ops stop the run. '
     'Only for models you trust.')
+SERVING_INPUT = flags.DEFINE_enum(
+    'serving_input', 'placeholders', ['placeholders', 'examples'],
+    'What the serving signatures take. placeholders: each input as it is (a reader output '
+    'becomes a placeholder; a sparse one three, KEY/indices, KEY/values, KEY/dense_shape). '
+    'examples: the training reader becomes one string input `examples` of serialized '
+    'tf.Example, parsed by the reader\'s own parse op (only the features the outputs use; a '
+    'label is not required), plus Classify and Regress signatures where the outputs allow '
+    'them, as Estimator\'s parsing serving input receiver exported (freezer.py, '
+    'optimize_from_ckpt.py, and optimize_from_pb.py on a graph that still holds its reader).')
 SEED = flags.DEFINE_integer(
     'seed', None, 'Random seed: same seed, same result (model_gen.py default 42, '
     'optimize_from_pb_test.py default 0).')

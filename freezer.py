@@ -16,6 +16,12 @@ restored by a saver from a checkpoint written beside the graph (OUTPUT_GRAPH.var
 those tensors' stored bytes); optimize_from_pb.py makes that checkpoint the serving
 SavedModel's variables/. Move or copy the graph and its .variables directory together.
 
+Signature inputs that are reader outputs become placeholders named after their keys (a sparse
+one three: KEY/indices, KEY/values, KEY/dense_shape; a ragged one KEY/values, KEY/row_splits),
+or, with `--serving_input=examples`, the reader becomes one input `examples` of serialized
+tf.Example parsed by the reader's own parse op, with Classify and Regress signatures where the
+outputs allow them.
+
 Examples:
   python freezer.py --saved_model_dir=/tmp/freezer_demo/model/saved_model \
       --output_graph=/tmp/freezer_demo/frozen.pb
@@ -52,7 +58,8 @@ def main(argv):
     result = freeze.graph_from_saved_model(
         cli_flags.SAVED_MODEL_DIR.value, cli_flags.OUTPUT_GRAPH.value, cli_flags.TAGS.value,
         cli_flags.SIGNATURE_DEF.value, cli_flags.OVERWRITE.value, cli_flags.ALLOW_OPS.value,
-        keep_as_variables=_KEEP_AS_VARIABLES.value)
+        keep_as_variables=_KEEP_AS_VARIABLES.value,
+        serving_input=cli_flags.SERVING_INPUT.value)
     logging.info('wrote %s (%s, %d nodes; signatures: %s)%s', result.path,
                  units.human_bytes(result.bytes), len(result.model.graph_def.node),
                  ', '.join(sorted(result.model.signatures)),

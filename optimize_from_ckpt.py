@@ -5,7 +5,10 @@ the training cluster. The structure is a SavedModel (possibly a small "fake" one
 same variable names, partitions and table shards as the distributed training graph, e.g.
 `model_gen.py --fake_infer_graph`) or a .meta file; its own variable values are never read. Its
 signature inputs become placeholders, everything the outputs do not need goes, devices are
-cleared, and a new saver restores exactly the variables and tables that remain.
+cleared, and a new saver restores exactly the variables and tables that remain. A sparse input
+becomes three placeholders (KEY/indices, KEY/values, KEY/dense_shape), a ragged one its
+components; `--serving_input=examples` replaces a structure's training reader by one input
+`examples` of serialized tf.Example (see freezer.py).
 
 Before anything is written, every tensor that saver reads is checked against the checkpoint's
 index (name, dtype, shape, partition slices). Then `variables/` is written from the checkpoint:
@@ -71,7 +74,8 @@ def main(argv):
         tags=cli_flags.TAGS.value, signature_names=cli_flags.SIGNATURE_DEF.value,
         inputs=cli_flags.INPUTS.value, outputs=cli_flags.OUTPUTS.value, prune_tensors=_PRUNE.value,
         chunk_bytes=_CHUNK_MB.value << 20, overwrite=cli_flags.OVERWRITE.value,
-        allow_ops=cli_flags.ALLOW_OPS.value, checkpoint_object=_CHECKPOINT_OBJECT.value)
+        allow_ops=cli_flags.ALLOW_OPS.value, checkpoint_object=_CHECKPOINT_OBJECT.value,
+        serving_input=cli_flags.SERVING_INPUT.value)
     logging.info('wrote SavedModel %s: %d of %d checkpoint tensors, %s of %s (%.1f%%), in %.1f s',
                  cli_flags.OUTPUT_SAVED_MODEL_DIR.value, report.tensors_exported,
                  report.tensors_in_checkpoint, units.human_bytes(report.bytes_exported),

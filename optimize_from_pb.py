@@ -6,7 +6,10 @@ table fill do not need (dataset and iterator ops, optimizer, saver, summaries, t
 embedded data) is removed; devices are cleared; Grappler's constant folding and arithmetic
 passes run (--nooptimize to skip). The SavedModel keeps every signature key and method name and
 fills its tables in its main op, which TF Serving, the C++ loader and both Python loaders run.
-A graph frozen with `freezer.py --keep_as_variables` keeps its saver (restore and save ops,
+A sparse input becomes three placeholders (KEY/indices, KEY/values, KEY/dense_shape) and keeps
+its coo_sparse TensorInfo; a ragged one its components. `--serving_input=examples` on a graph
+that still holds its training reader replaces the reader by one input `examples` of serialized
+tf.Example (see freezer.py). A graph frozen with `freezer.py --keep_as_variables` keeps its saver (restore and save ops,
 never folded) and the checkpoint beside it becomes the SavedModel's variables/ (hard-linked
 where the filesystem allows, else copied); a missing or different checkpoint is refused.
 
@@ -52,7 +55,7 @@ def main(argv):
         _INPUT_GRAPH.value, cli_flags.OUTPUT_SAVED_MODEL_DIR.value, cli_flags.OUTPUT_GRAPH.value,
         cli_flags.INPUTS.value, cli_flags.OUTPUTS.value, _INIT_OP.value, cli_flags.TAGS.value,
         _OPTIMIZE.value, flags.FLAGS.log_dir or None, cli_flags.OVERWRITE.value,
-        cli_flags.ALLOW_OPS.value, threshold)
+        cli_flags.ALLOW_OPS.value, threshold, cli_flags.SERVING_INPUT.value)
 
   return utils.run_cli('optimize_from_pb.py', work)
 

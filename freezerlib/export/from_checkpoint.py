@@ -26,6 +26,7 @@ from freezerlib.core.lean_tf import meta_graph_pb2
 from freezerlib.export import from_tf2_checkpoint
 from freezerlib.formats import checkpoint_index
 from freezerlib.formats import saved_model
+from freezerlib.transforms import example_front
 from freezerlib.transforms import placeholders
 from freezerlib.transforms import prune
 from freezerlib.transforms import saver
@@ -138,7 +139,8 @@ def serving_graph(graph_def, signatures, saver_def, where, op_defs=None):
 def saved_model_from_checkpoint(checkpoint, output_dir, saved_model_dir=None,
                                 meta_graph_path=None, tags=('serve',), signature_names=None,
                                 inputs=(), outputs=(), prune_tensors=True, chunk_bytes=8 << 20,
-                                overwrite=False, allow_ops=(), checkpoint_object=None):
+                                overwrite=False, allow_ops=(), checkpoint_object=None,
+                                serving_input='placeholders'):
   """Writes a serving SavedModel at `output_dir` whose variables come from `checkpoint`.
 
   Args:
@@ -156,6 +158,8 @@ def saved_model_from_checkpoint(checkpoint, output_dir, saved_model_dir=None,
     allow_ops: op types that touch files, run Python or reach the network to accept.
     checkpoint_object: for a TF2 structure, the object path of the model in the checkpoint
       (found by matching when None).
+    serving_input: 'placeholders', or 'examples' for a structure that holds its training
+      reader: one input of serialized tf.Example replaces it (transforms.example_front).
 
   A TF2 structure (tf.saved_model.save, Keras 3 model.export) with a tf.train.Checkpoint goes
   to from_tf2_checkpoint.
@@ -170,7 +174,8 @@ def saved_model_from_checkpoint(checkpoint, output_dir, saved_model_dir=None,
   if saved_model_dir and from_tf2_checkpoint.is_object_based_saved_model(saved_model_dir, tags):
     unused = [flag for flag, value in (
         ('--signature_def', signature_names), ('--inputs', inputs), ('--outputs', outputs),
-        ('--noprune', not prune_tensors)) if value]
+        ('--noprune', not prune_tensors),
+        ('--serving_input=%s' % serving_input, serving_input != 'placeholders')) if value]
     if unused:
       raise errors.UserError('%s does not apply to the TF2 SavedModel %s, whose saved_model.pb '
                              'is served whole' % (', '.join(unused), saved_model_dir))
@@ -185,6 +190,10 @@ def saved_model_from_checkpoint(checkpoint, output_dir, saved_model_dir=None,
   atomic.check_output_free(output_dir, overwrite)
   structure, signatures, assets_dir, where = load_structure(
       saved_model_dir, meta_graph_path, tags, signature_names, inputs, outputs)
+  if serving_input != 'placeholders':
+    graph_def, signatures = example_front.serving_front(structure.graph_def, signatures,
+                                                        serving_input, where)
+    structure.graph_def.CopyFrom(graph_def)
   removed = unsafe_ops.check_meta_graph(structure, signatures, set(allow_ops), where)
   unsafe_ops.log_findings(removed, 'removed (not run by the signatures)')
   serving = serving_graph(structure.graph_def, signatures, structure.saver_def, where,

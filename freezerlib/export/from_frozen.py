@@ -21,6 +21,7 @@ from freezerlib.formats import checkpoint_index
 from freezerlib.formats import frozen_graph
 from freezerlib.formats import saved_model
 from freezerlib.transforms import constants_as_variables as constants_lib
+from freezerlib.transforms import example_front
 from freezerlib.transforms import grappler as grappler_lib
 from freezerlib.transforms import prune
 
@@ -86,7 +87,7 @@ def serving_graph(frozen, grappler=True):
 def saved_model_from_frozen_graph(input_graph, output_saved_model_dir=None, output_graph=None,
                                   inputs=(), outputs=(), init_op=None, tags=('serve',),
                                   grappler=True, log_dir=None, overwrite=False, allow_ops=(),
-                                  constants_as_variables=1 << 20):
+                                  constants_as_variables=1 << 20, serving_input='placeholders'):
   """Cuts, strips and re-dumps `input_graph` as a serving SavedModel and/or GraphDef.
 
   Args:
@@ -103,6 +104,8 @@ def saved_model_from_frozen_graph(input_graph, output_saved_model_dir=None, outp
     allow_ops: op types that touch files, run Python or reach the network to accept.
     constants_as_variables: in the SavedModel, Consts of at least this many bytes become
       variables restored from its variables/ (None: none do).
+    serving_input: 'placeholders', or 'examples' for a graph that still holds its training
+      reader: one input of serialized tf.Example replaces it (transforms.example_front).
 
   Returns:
     (optimized FrozenModel, prune.GraphStats before, prune.GraphStats after); the model's big
@@ -118,6 +121,10 @@ def saved_model_from_frozen_graph(input_graph, output_saved_model_dir=None, outp
     if path:
       atomic.check_output_free(path, overwrite)
   frozen = frozen_from_file(input_graph, inputs, outputs, init_op, tags)
+  if serving_input != 'placeholders':
+    graph_def, signatures = example_front.serving_front(frozen.graph_def, frozen.signatures,
+                                                        serving_input, input_graph)
+    frozen = dataclasses.replace(frozen, graph_def=graph_def, signatures=signatures)
   prefix, saver_nodes = None, set()
   if frozen.saver_def is not None:  # freezer.py --keep_as_variables: a checkpoint beside it
     prefix = frozen_graph.checkpoint_of(frozen, input_graph)
