@@ -185,3 +185,37 @@ def extract_sub_graph(graph_def, dest_nodes):
   out.library.CopyFrom(graph_def.library)
   out.versions.CopyFrom(graph_def.versions)
   return out
+
+
+
+class FunctionGraphs:
+  """Library functions as graphs (TensorFlow's function_def_to_graph_def, imported on first
+  use): a function's arguments become Placeholders named after them, its nodes' inputs graph
+  tensor names. Functions it calls by name are looked up in `library` (a FunctionDefLibrary),
+  not among whatever this process has loaded."""
+
+  def __init__(self, library):
+    self._library = library
+    self._graph = None
+
+  def convert(self, function):
+    """(GraphDef, [graph tensor name of each output, in the signature's order]).
+
+    Raises:
+      ValueError: a function TensorFlow cannot convert.
+    """
+    tf = lean_tf.tensorflow
+    from tensorflow.python.framework import function_def_to_graph  # pylint: disable=g-import-not-at-top
+    if self._graph is None:
+      self._graph = tf.Graph()
+      with self._graph.as_default():
+        holder = lean_tf.graph_pb2.GraphDef()
+        holder.library.CopyFrom(self._library)
+        tf.graph_util.import_graph_def(holder, name='')
+    with self._graph.as_default():
+      graph_def, flat = function_def_to_graph.function_def_to_graph_def(function)
+    outputs = []
+    for arg in function.signature.output_arg:
+      ret = function.ret[arg.name]
+      outputs.append(flat.get(ret, ret))
+    return graph_def, outputs

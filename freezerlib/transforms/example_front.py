@@ -193,21 +193,10 @@ def already_examples(graph_def, signatures):
   return bool(signatures)
 
 
-def _function_graph(function):
-  """(GraphDef of a FunctionDef, its outputs as graph tensor names)."""
-  from tensorflow.python.framework import function_def_to_graph  # pylint: disable=g-import-not-at-top
-  graph_def, flat = function_def_to_graph.function_def_to_graph_def(function)
-  outputs = []
-  for arg in function.signature.output_arg:
-    ret = function.ret[arg.name]
-    outputs.append(flat.get(ret, ret))
-  return graph_def, outputs
-
-
-def _copy_function(function, prefix, args, taken):
+def _copy_function(function, library, prefix, args, taken):
   """The nodes of `function` renamed under `prefix`, its arguments replaced by the tensors
   `args`; returns (nodes, output tensor names)."""
-  graph_def, outputs = _function_graph(function)
+  graph_def, outputs = graphs.FunctionGraphs(library).convert(function)
   arg_names = [a.name for a in function.signature.input_arg]
   bound = dict(zip(arg_names, args))
   renamed = {}
@@ -272,7 +261,11 @@ def examples_front(graph_def, signatures, where, input_key=INPUT_KEY):
   new_nodes, outputs = [placeholder], [placeholder.name + ':0']
   for i, function in enumerate(reader.maps):
     prefix = scope + ('/' if len(reader.maps) == 1 else '/map_%d/' % i)
-    nodes, outputs = _copy_function(function, prefix, outputs, taken)
+    try:
+      nodes, outputs = _copy_function(function, graph_def.library, prefix, outputs, taken)
+    except ValueError as e:
+      raise _no_reader(where, 'its map function %s cannot be read: %s'
+                       % (function.signature.name, e)) from e
     new_nodes.extend(nodes)
   if len(outputs) != reader.num_outputs:
     raise _no_reader(where, 'the map functions give %d tensors, the iterator %d'

@@ -21,7 +21,6 @@ from typing import Dict, List, Optional
 
 import numpy as np
 import tensorflow as tf
-from tensorflow.python.framework import function_def_to_graph
 
 from freezerlib.core import graphs
 from freezerlib.transforms import tables
@@ -95,6 +94,7 @@ class Tracer:
 
   def __init__(self, graph_def):
     self._top = _Scope(graph_def)
+    self._converter = graphs.FunctionGraphs(graph_def.library)
     self._library = {f.signature.name: f for f in graph_def.library.function}
     self._functions = {}
 
@@ -106,7 +106,7 @@ class Tracer:
     key = (id(scope), call.name)
     if key not in self._functions:
       try:
-        graph_def, _ = function_def_to_graph.function_def_to_graph_def(function)
+        graph_def, _ = self._converter.convert(function)
       except (ValueError, KeyError, TypeError):
         self._functions[key] = None
       else:
