@@ -83,6 +83,14 @@ def inputs_to_placeholders(graph_def, signatures, op_defs=None):
           logging.info('signature %r input %r%s: %s -> placeholder %s', sig_key, input_key,
                        ' (%s)' % part.role if part.role else '', part.info.name, name)
         part.set_name(replaced[key] + ':0')
+  # An output that is a replaced input (a sparse output sharing its input's dense shape) is
+  # the placeholder now.
+  for sig in signatures.values():
+    for info in sig.outputs.values():
+      for part in components(info):
+        key = graphs.tensor_key(part.info.name)
+        if key in replaced:
+          part.set_name(replaced[key] + ':0')
   # Every TensorInfo states what the graph really has, so loaders that build feeds from the
   # signature (tf.saved_model.load) work on models whose signatures were wrong.
   for sig in signatures.values():
@@ -106,7 +114,38 @@ def inputs_to_placeholders(graph_def, signatures, op_defs=None):
         # A control edge on a node whose output 0 is now fed: depend on the placeholder instead.
         node.input[i] = '^' + replaced[(graph_input[1:], 0)]
   out.node.extend(new_nodes)
+  _fetch_through_identities(out, signatures, taken)
   return out, signatures, {'%s:%d' % k: v + ':0' for k, v in replaced.items()}
+
+
+def _fetch_through_identities(graph_def, signatures, taken):
+  """Output tensors that are also fed (a sparse output sharing its input's indices) get an
+  Identity each: TensorFlow's C++ session, TF Serving's, refuses to feed and fetch one tensor
+  in the same run. In place."""
+  fed = {graphs.tensor_key(t) for s in signatures.values()
+         for t in graphs.signature_tensors(s, 'inputs')}
+  nodes = {n.name: n for n in graph_def.node}
+  made = {}
+  for sig in signatures.values():
+    for out_key in sorted(sig.outputs):
+      for part in components(sig.outputs[out_key]):
+        key = graphs.tensor_key(part.info.name)
+        if key not in fed:
+          continue
+        if key not in made:
+          base = graphs.name_for_key(out_key)
+          name = graphs.unique_name(base + '/' + part.role if part.role else base + '/output',
+                                    taken)
+          identity = lean_tf.NodeDef(name=name, op='Identity', input=['%s:%d' % key])
+          source = nodes.get(key[0])
+          dtype = (source.attr['dtype'].type if source is not None and 'dtype' in source.attr
+                   else part.info.dtype)
+          identity.attr['T'].type = graphs.base_dtype(dtype)
+          graph_def.node.append(identity)
+          made[key] = name
+          logging.info('output %r: %s is also fed; fetched through %s', out_key,
+                       part.info.name, name)
+        part.set_name(made[key] + ':0')
 
 
 _RAGGED_TENSOR_SPEC = 3  # struct.proto's TypeSpecProto.RAGGED_TENSOR_SPEC
