@@ -18,6 +18,8 @@ nothing is ever unpickled. A sparse input is KEY.indices, KEY.values, KEY.dense_
 ragged one KEY.values, KEY.row_splits (KEY.row_splits_1, ...).
 """
 
+import io
+
 import numpy as np
 import tensorflow as tf
 
@@ -274,8 +276,10 @@ def save_npz(path, feeds):
         put(name + ('.row_splits' if i == 0 else '.row_splits_%d' % i), s)
     else:
       put(name, value)
+  buffer = io.BytesIO()  # zip needs a seekable file; remote ones are not
+  np.savez(buffer, **arrays)
   with tf.io.gfile.GFile(path, 'wb') as f:
-    np.savez(f, **arrays)
+    f.write(buffer.getvalue())
 
 
 def inputs_from_npz(path, signatures):
