@@ -66,6 +66,22 @@ def capi(tmp_path_factory):
   return capi_runner.build_runner(tmp_path_factory.mktemp('capi_runner'))
 
 
+@pytest.fixture(scope='session')
+def census(tmp_path_factory):
+  """real_models.wide_and_deep: the census wide & deep, reader-fed (sparse inputs) and
+  Estimator-style, with its data and checkpoint (about 3 s)."""
+  import real_models  # pylint: disable=g-import-not-at-top
+  return real_models.wide_and_deep(str(tmp_path_factory.mktemp('census')))
+
+
+@pytest.fixture(scope='session')
+def history(tmp_path_factory):
+  """real_models.ragged_history: a reader-fed model with a RaggedTensor input, and the same
+  model as a TF2 module."""
+  import real_models  # pylint: disable=g-import-not-at-top
+  return real_models.ragged_history(str(tmp_path_factory.mktemp('history')))
+
+
 NUM_PS = 2
 
 
