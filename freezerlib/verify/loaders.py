@@ -96,7 +96,8 @@ def output_value(info, arrays):
   return ragged_value(arrays[0], *arrays[1:])
 
 
-def _output_tensors(info):
+def output_tensors(info):
+  """The tensor names of signature output `info`, in output_value's order."""
   encoding = info.WhichOneof('encoding')
   if encoding == 'coo_sparse':
     coo = info.coo_sparse
@@ -130,7 +131,7 @@ class Model:
     if key not in self._callables:
       sig = self.signatures[sig_key]
       out_keys = sorted(sig.outputs)
-      names = [_output_tensors(sig.outputs[k]) for k in out_keys]
+      names = [output_tensors(sig.outputs[k]) for k in out_keys]
       fetches = [self.graph.get_tensor_by_name(n) for group in names for n in group]
       feeds = [self.graph.get_tensor_by_name(n) for n in feed_names]
       self._callables[key] = (out_keys, [len(g) for g in names],
