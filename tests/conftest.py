@@ -113,6 +113,20 @@ def run_script(script, *args):
                         capture_output=True, text=True, timeout=300, check=False)
 
 
+def run_main(module, args, capsys):
+  """Runs a script's `main` in-process as `python SCRIPT.py ARGS` would, flags parsed from
+  ARGS (no TensorFlow start-up per run); returns (exit code, stderr)."""
+  capsys.readouterr()
+  try:
+    flags.FLAGS.unparse_flags()
+    argv = flags.FLAGS(['%s.py' % module.__name__] + [str(a) for a in args])
+    code = module.main(argv)
+  finally:
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS.mark_as_parsed()
+  return code, capsys.readouterr().err
+
+
 def assert_one_line_error(proc, script, *fragments):
   """Exit code 1, no traceback, and one error line naming each of `fragments`.
 

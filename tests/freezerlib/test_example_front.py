@@ -16,6 +16,7 @@ import tensorflow as tf
 
 import capi_runner
 from conftest import TINY
+from conftest import run_main
 from freezerlib import freeze
 from freezerlib.core import errors
 from freezerlib.demo import recsys_model
@@ -27,6 +28,10 @@ from freezerlib.freeze import in_memory
 from freezerlib.transforms import example_front
 from freezerlib.verify import loaders
 import real_models
+# The scripts, whose --serving_input flag is run in-process.
+import freezer  # pylint: disable=g-bad-import-order
+import optimize_from_ckpt
+import optimize_from_pb
 
 tf1 = tf.compat.v1
 ATOL = 1e-6
@@ -254,7 +259,9 @@ def _classifier(out_dir, records):
   return out_dir
 
 
-def test_classify_and_regress_signatures(tmp_path):
+def test_classify_and_regress_signatures(tmp_path, capsys):
+  """The scripts' --serving_input=examples on a model with `scores` and `classes` outputs and
+  one with one probability per example."""
   rng = np.random.RandomState(0)
   examples = []
   for i in range(20):
@@ -269,8 +276,11 @@ def test_classify_and_regress_signatures(tmp_path):
   model_dir = _classifier(str(tmp_path / 'model'), records)
   serving = str(tmp_path / 'serving')
   frozen = str(tmp_path / 'frozen.pb')
-  freeze.graph_from_saved_model(model_dir, frozen, serving_input='examples')
-  from_frozen.saved_model_from_frozen_graph(frozen, serving)
+  assert run_main(freezer, ['--saved_model_dir=%s' % model_dir, '--output_graph=%s' % frozen,
+                            '--serving_input=examples'], capsys) == (0, '')
+  # Already fed with serialized tf.Example: the flag changes nothing more.
+  assert run_main(optimize_from_pb, ['--input_graph=%s' % frozen, '--serving_input=examples',
+                                     '--output_saved_model_dir=%s' % serving], capsys) == (0, '')
   model = loaders.load_saved_model(serving)
   methods = {k: (v.method_name.rsplit('/', 1)[1], sorted(v.inputs), sorted(v.outputs))
              for k, v in model.signatures.items()}
@@ -295,9 +305,10 @@ def test_classify_and_regress_signatures(tmp_path):
   np.testing.assert_allclose(predicted['scores'], reference['scores'], rtol=0, atol=ATOL)
   # The checkpoint path gives the same signatures.
   from_ckpt = str(tmp_path / 'from_ckpt')
-  from_checkpoint.saved_model_from_checkpoint(os.path.join(model_dir, 'variables', 'variables'),
-                                              from_ckpt, saved_model_dir=model_dir,
-                                              serving_input='examples')
+  assert run_main(optimize_from_ckpt, [
+      '--saved_model_dir=%s' % model_dir, '--output_saved_model_dir=%s' % from_ckpt,
+      '--checkpoint=%s' % os.path.join(model_dir, 'variables', 'variables'),
+      '--serving_input=examples'], capsys) == (0, '')
   again = loaders.load_saved_model(from_ckpt)
   assert sorted(again.signatures) == sorted(methods)
   np.testing.assert_array_equal(again.run('classification', {'inputs': batch})['scores'],

@@ -13,7 +13,9 @@ from freezerlib.export import from_frozen
 from freezerlib.verify import compare
 from freezerlib.verify import inputs
 from freezerlib.verify import loaders
-import utils
+# The script, whose exit code for a reference that cannot run is checked in-process.
+import optimize_from_pb_test  # pylint: disable=g-bad-import-order
+from conftest import run_main
 
 tf1 = tf.compat.v1
 
@@ -145,7 +147,9 @@ def test_npz_strings_arrive_byte_for_byte(echo_model, tmp_path):
       b'abc', b'xyz']
 
 
-def test_reference_that_cannot_run_exits_3(embedding_model, tmp_path):
+def test_reference_that_cannot_run_exits_3(embedding_model, tmp_path, capsys):
+  """Ids past the embedding's 100 rows: the reference itself fails, which says nothing of the
+  new model: exit 3 with one line, not 1 ("models differ")."""
   reference = loaders.load_saved_model(embedding_model)
   npz = str(tmp_path / 'bad.npz')
   np.savez(npz, item_id=np.array([[5], [100000]], np.int64),
@@ -153,8 +157,9 @@ def test_reference_that_cannot_run_exits_3(embedding_model, tmp_path):
   with pytest.raises(errors.ReferenceFailed) as e:
     _check(reference, reference, inputs=npz)
   assert embedding_model in str(e.value) and 'item_id[2, 1]' in str(e.value)
-
-  def work():
-    raise e.value
-
-  assert utils.run_cli('optimize_from_pb_test.py', work) == utils.EXIT_REFERENCE_FAILED == 3
+  code, stderr = run_main(optimize_from_pb_test, [
+      '--saved_model_dir=%s' % embedding_model, '--inputs=%s' % npz, '--batch_sizes=0',
+      '--reference_saved_model_dir=%s' % embedding_model], capsys)
+  lines = [l for l in stderr.splitlines() if not (l[:1] == 'I' and l[1:5].isdigit())]
+  assert code == 3, stderr
+  assert len(lines) == 1 and lines[0].startswith('optimize_from_pb_test.py: error: '), lines
