@@ -198,6 +198,8 @@ def _copy_function(function, library, prefix, args, taken):
   `args`; returns (nodes, output tensor names)."""
   graph_def, outputs = graphs.FunctionGraphs(library).convert(function)
   arg_names = [a.name for a in function.signature.input_arg]
+  if len(arg_names) != len(args):
+    raise ValueError('it takes %d tensors, the dataset gives %d' % (len(arg_names), len(args)))
   bound = dict(zip(arg_names, args))
   renamed = {}
   for node in graph_def.node:

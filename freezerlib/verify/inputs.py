@@ -377,7 +377,11 @@ def inputs_from_tfrecords(patterns, model, num_examples):
       info = sig.inputs[key]
       encoding = info.WhichOneof('encoding')
       if encoding != 'name':
-        rows = [_feature_values(ex, key) or [] for ex in examples]
+        rows = [_feature_values(ex, key) for ex in examples]
+        if all(r is None for r in rows):
+          raise errors.UserError('the records in %s have no feature %r (signature %r)'
+                                 % (pattern, key, sig_key))
+        rows = [r or [] for r in rows]
         if encoding == 'coo_sparse':
           dtype = tf.as_dtype(info.dtype).base_dtype
           feeds[key] = _sparse_rows(rows, dtype, max(2, len(info.tensor_shape.dim)))

@@ -105,6 +105,8 @@ def _assert_answers_as_the_reader(serving_dir, sig_key, answers, records_by_id, 
       assert values.shape == want.shape, (key, values.shape, want.shape)
       worst = max(worst, float(np.max(np.abs(values.astype(np.float64) - want))))
   assert worst <= ATOL, worst
+  print('%s %s: %d records through the reader and through `examples`: max abs %.3g'
+        % (serving_dir, sig_key, len(ids), worst))
   return worst
 
 
