@@ -1,44 +1,50 @@
-r"""Freezes a SavedModel into one GraphDef, keeping the contents of its hash tables.
+r"""freezer.py: a SavedModel becomes one frozen GraphDef whose hash tables keep their contents.
 
-Every variable the chosen signatures' outputs need (resource, ref and partitioned) becomes a
-constant. Every table they read (MutableHashTable, MutableHashTableOfTensors, DenseHashTable,
-StaticHashTable from constants or from an asset file) keeps its trained contents: the output
-graph fills them when its init op `freezer/init_tables` runs. TensorFlow's own
-`convert_variables_to_constants` leaves them empty, so every lookup returns the default.
+Every variable the signatures need becomes a constant; every table they read keeps its trained
+keys and values, re-filled by the op `freezer/init_tables` (TensorFlow's own
+convert_variables_to_constants leaves them empty). Signature inputs that are reader outputs
+become placeholders, and what the signatures do not run (the tf.data reader, the optimizer,
+savers) is left out. Signatures, tags and that op travel inside the output, so the next step,
+optimize_from_pb.py, needs no other flag. A TF1 SavedModel without signatures is frozen for
+the tensors --inputs and --outputs name (one signature, serving_default, which replaces the
+SavedModel's own when it has some).
 
-The signatures, tags and init op travel inside the output (node `freezer_metadata`), so the
-next step, optimize_from_pb.py, needs no other flag.
+A sparse reader output (a coo_sparse input) becomes three placeholders, KEY/indices,
+KEY/values, KEY/dense_shape; a ragged one KEY/values, KEY/row_splits. With
+`--serving_input=examples` the reader becomes one input `examples` of serialized tf.Example,
+parsed by the reader's own parse op, with Classify and Regress signatures where the outputs
+allow them.
 
-A model whose frozen graph would pass protobuf's 2 GB is refused before anything is loaded.
-`--keep_as_variables=SIZE` (64MiB, 1.5GB, 500000 bytes) or `=NAME,...` (a partitioned variable
-by its base name) keeps the variable partitions and tables it picks as variables and tables,
-restored by a saver from a checkpoint written beside the graph (OUTPUT_GRAPH.variables/, only
-those tensors' stored bytes); optimize_from_pb.py makes that checkpoint the serving
-SavedModel's variables/. Move or copy the graph and its .variables directory together.
+A model whose frozen graph would pass protobuf's 2 GB is refused before anything is loaded;
+`--keep_as_variables` keeps the biggest variables and tables stateful, restored from a
+checkpoint written beside the graph (OUTPUT_GRAPH.variables/: move the two together).
 
-Signature inputs that are reader outputs become placeholders named after their keys (a sparse
-one three: KEY/indices, KEY/values, KEY/dense_shape; a ragged one KEY/values, KEY/row_splits),
-or, with `--serving_input=examples`, the reader becomes one input `examples` of serialized
-tf.Example parsed by the reader's own parse op, with Classify and Regress signatures where the
-outputs allow them.
-
-Examples:
+Example (after `python model_gen.py --output_dir=/tmp/freezer_demo/model --steps=200 --seed=7`):
   python freezer.py --saved_model_dir=/tmp/freezer_demo/model/saved_model \
       --output_graph=/tmp/freezer_demo/frozen.pb
   python freezer.py --saved_model_dir=/tmp/freezer_demo/model/saved_model \
       --output_graph=/tmp/freezer_demo/frozen_kept.pb --keep_as_variables=item_embedding,user_stats
 """
 
+import utils  # pylint: disable=g-bad-import-order  # first: Ctrl-C during start-up is one line
+
 from absl import app
 from absl import flags
 from absl import logging
 
 import cli_flags
-from freezerlib import freeze
-from freezerlib.core import units
-from freezerlib.formats import frozen_graph
-import utils
 
+_SAVED_MODEL_DIR = cli_flags.saved_model_dir('SavedModel to freeze.', required=True)
+_OUTPUT_GRAPH = cli_flags.output_graph('Frozen GraphDef file to write.', required=True)
+_TAGS = cli_flags.tags()
+_SIGNATURE_DEF = cli_flags.signature_def()
+_INPUTS = cli_flags.inputs('With --outputs, input tensors to serve (e.g. IteratorGetNext:0,x:0) '
+                           'as one signature, serving_default, in place of the SavedModel\'s '
+                           'own (for a SavedModel without signatures).')
+_OUTPUTS = cli_flags.outputs()
+_OVERWRITE = cli_flags.overwrite()
+_ALLOW_OPS = cli_flags.allow_ops()
+_SERVING_INPUT = cli_flags.serving_input()
 _KEEP_AS_VARIABLES = flags.DEFINE_string(
     'keep_as_variables', None,
     'Keep some variables and hash tables stateful instead of freezing them, restored from a '
@@ -49,17 +55,18 @@ _KEEP_AS_VARIABLES = flags.DEFINE_string(
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError('unexpected arguments: %s' % ' '.join(argv[1:]))
+  del argv  # flags only: utils.parse_flags refuses stray arguments
 
   def work():
-    if not cli_flags.SIGNATURE_DEF.value:
+    from freezerlib import freeze  # pylint: disable=g-import-not-at-top  # --help stays fast
+    from freezerlib.core import units  # pylint: disable=g-import-not-at-top
+    from freezerlib.formats import frozen_graph  # pylint: disable=g-import-not-at-top
+    if not _SIGNATURE_DEF.value and not _INPUTS.value:
       utils.log_default('signature_def', 'every signature')
     result = freeze.graph_from_saved_model(
-        cli_flags.SAVED_MODEL_DIR.value, cli_flags.OUTPUT_GRAPH.value, cli_flags.TAGS.value,
-        cli_flags.SIGNATURE_DEF.value, cli_flags.OVERWRITE.value, cli_flags.ALLOW_OPS.value,
-        keep_as_variables=_KEEP_AS_VARIABLES.value,
-        serving_input=cli_flags.SERVING_INPUT.value)
+        _SAVED_MODEL_DIR.value, _OUTPUT_GRAPH.value, _TAGS.value, _SIGNATURE_DEF.value,
+        _OVERWRITE.value, _ALLOW_OPS.value, keep_as_variables=_KEEP_AS_VARIABLES.value,
+        inputs=_INPUTS.value, outputs=_OUTPUTS.value, serving_input=_SERVING_INPUT.value)
     logging.info('wrote %s (%s, %d nodes; signatures: %s)%s', result.path,
                  units.human_bytes(result.bytes), len(result.model.graph_def.node),
                  ', '.join(sorted(result.model.signatures)),
@@ -71,4 +78,4 @@ def main(argv):
 
 if __name__ == '__main__':
   flags.mark_flags_as_required(['saved_model_dir', 'output_graph'])
-  app.run(main)
+  app.run(main, flags_parser=utils.parse_flags)

@@ -50,21 +50,20 @@ Examples:
   python model_gen.py --output_dir=/tmp/freezer_demo/fake_infer --fake_infer_graph --num_ps=2
 """
 
+import utils  # pylint: disable=g-bad-import-order  # first: Ctrl-C during start-up is one line
+
 from absl import app
 from absl import flags
 from absl import logging
 
 import cli_flags
-from freezerlib.core import errors
-from freezerlib.demo import cluster
-from freezerlib.demo.recsys_model import DEFAULT_NUM_PARTITIONS
-from freezerlib.demo.recsys_model import ModelConfig
-from freezerlib.demo.recsys_model import train_and_export
-from freezerlib.demo.recsys_model import write_fake_infer_graph
-import utils
 
+_OVERWRITE = cli_flags.overwrite()
+_SEED = cli_flags.seed('Random seed: the same seed gives the same data and model (default 42).')
+_NUM_EXAMPLES = cli_flags.num_examples('Training examples to write (default 4096).')
 _OUTPUT_DIR = flags.DEFINE_string(
-    'output_dir', None, 'Directory to create with data/, ckpt/ and saved_model/ inside.')
+    'output_dir', None, '(required, but for PS tasks and workers other than 0 of --job_name) '
+    'Directory to create with data/, ckpt/ and saved_model/ inside.')
 _NUM_USERS = flags.DEFINE_integer(
     'num_users', 2000, 'Distinct user ids in the data (keys of the user_stats table).',
     lower_bound=1)
@@ -116,22 +115,24 @@ _TASK_WORK_DIR = flags.DEFINE_string(
     'whose data/ workers read and where the chief writes ckpt/ and saved_model/.')
 
 def _config_from_flags(num_ps):
+  from freezerlib.core import errors  # pylint: disable=g-import-not-at-top  # --help fast
+  from freezerlib.demo import recsys_model  # pylint: disable=g-import-not-at-top
   try:
     hidden = tuple(int(u) for u in _HIDDEN_UNITS.value)
   except ValueError as e:
     raise errors.UserError('--hidden_units must be integers, got %s' % _HIDDEN_UNITS.value) from e
   if any(u < 1 for u in hidden):
     raise errors.UserError('--hidden_units must be positive, got %s' % _HIDDEN_UNITS.value)
-  config = ModelConfig(
-      num_examples=cli_flags.value_or_default(cli_flags.NUM_EXAMPLES, 4096),
+  config = recsys_model.ModelConfig(
+      num_examples=cli_flags.value_or_default(_NUM_EXAMPLES, 4096),
       num_users=_NUM_USERS.value,
       num_categories=_NUM_CATEGORIES.value, item_buckets=_ITEM_BUCKETS.value,
       embedding_dim=_EMBEDDING_DIM.value,
       num_partitions=cli_flags.value_or_default(
-          _NUM_PARTITIONS, num_ps if num_ps else DEFAULT_NUM_PARTITIONS),
+          _NUM_PARTITIONS, num_ps if num_ps else recsys_model.DEFAULT_NUM_PARTITIONS),
       num_dense=_NUM_DENSE.value, hidden_units=hidden, batch_size=_BATCH_SIZE.value,
       steps=_STEPS.value, learning_rate=_LEARNING_RATE.value,
-      seed=cli_flags.value_or_default(cli_flags.SEED, 42), num_table_shards=max(1, num_ps))
+      seed=cli_flags.value_or_default(_SEED, 42), num_table_shards=max(1, num_ps))
   if config.num_partitions > config.item_buckets:
     raise errors.UserError('--num_partitions (%d) exceeds --item_buckets (%d)'
                           % (config.num_partitions, config.item_buckets))
@@ -174,35 +175,41 @@ def _cluster_from_flags():
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError('unexpected arguments: %s' % ' '.join(argv[1:]))
+  del argv  # flags only: utils.parse_flags refuses stray arguments
 
   def work():
+    from freezerlib.demo import cluster  # pylint: disable=g-import-not-at-top  # --help fast
+    from freezerlib.demo import recsys_model  # pylint: disable=g-import-not-at-top
     if _JOB_NAME.value:
       cluster.die_with_launcher()
       config = _config_from_flags(len(_PS_HOSTS.value))
       cluster.join_cluster(_JOB_NAME.value, _TASK_INDEX.value, _cluster_from_flags(), config,
-                   output_dir=_OUTPUT_DIR.value, overwrite=cli_flags.OVERWRITE.value,
+                   output_dir=_OUTPUT_DIR.value, overwrite=_OVERWRITE.value,
                    timeout_secs=_CLUSTER_TIMEOUT_SECS.value, work_dir=_TASK_WORK_DIR.value)
       return
     config = _config_from_flags(_NUM_PS.value)
     if _FAKE_INFER_GRAPH.value:
-      result = write_fake_infer_graph(_OUTPUT_DIR.value, config, cli_flags.OVERWRITE.value)
+      result = recsys_model.write_fake_infer_graph(_OUTPUT_DIR.value, config, _OVERWRITE.value)
     elif _NUM_PS.value:
       num_workers = cli_flags.value_or_default(_NUM_WORKERS, 1)
       result = cluster.train_distributed(_OUTPUT_DIR.value, config, _NUM_PS.value, num_workers,
-                                 cli_flags.OVERWRITE.value, _CLUSTER_TIMEOUT_SECS.value)
+                                 _OVERWRITE.value, _CLUSTER_TIMEOUT_SECS.value)
       logging.info('checkpoint: %s', result['checkpoint'])
     else:
-      result = train_and_export(_OUTPUT_DIR.value, config, cli_flags.OVERWRITE.value)
+      result = recsys_model.train_and_export(_OUTPUT_DIR.value, config, _OVERWRITE.value)
       logging.info('final loss %.4f', result['loss'])
       logging.info('checkpoint: %s', result['checkpoint'])
     logging.info('SavedModel: %s', result['saved_model'])
     print(result['saved_model'])
 
-  return utils.run_cli('model_gen.py', work)
+  def deterministic_work():
+    from freezerlib.demo import recsys_model  # pylint: disable=g-import-not-at-top
+    with recsys_model.deterministic_ops():  # the same --seed, the same model
+      return work()
+
+  return utils.run_cli('model_gen.py', deterministic_work)
 
 
 if __name__ == '__main__':
   _register_flag_validators()
-  app.run(main)
+  app.run(main, flags_parser=utils.parse_flags)

@@ -1,4 +1,4 @@
-r"""Serves a training checkpoint of any size: structure graph + checkpoint -> serving SavedModel.
+r"""optimize_from_ckpt.py: a structure graph + a training checkpoint -> a serving SavedModel.
 
 For models too large to freeze (a frozen GraphDef cannot pass protobuf's 2 GB) or to export from
 the training cluster. The structure is a SavedModel (possibly a small "fake" one built with the
@@ -18,33 +18,46 @@ tensor by tensor in bounded chunks, so memory does not grow with the checkpoint;
 `variables.data-0000k-of-0000n`, hard-linked where the filesystem allows, else copied).
 
 With a structure whose signature inputs are placeholders (a fake inference graph), TensorFlow
-itself is never imported: protos and files only (lean_tf.py, fileio.py), tensor bytes copied
-in the kernel between local files. On a 5 GiB checkpoint with Adam slots this took 1.1-1.4 s
-and 26 MiB, where `cp -r` of the checkpoint took 4.7-5.4 s.
+itself is never imported: protos and files only, tensor bytes copied in the kernel between
+local files (the README's benchmark has the figures).
 
 A TF2 structure (tf.saved_model.save, Keras 3 model.export) takes a tf.train.Checkpoint instead
 (freezerlib/export/from_tf2_checkpoint.py): the model is found in the checkpoint's object graph (`--checkpoint_object`
 names it), its tensors are copied under the structure's keys with the structure's object graph,
 and saved_model.pb and the assets are the structure's own; never with TensorFlow.
 
-Example:
+Example (a 2-PS cluster's checkpoint, served through its fake inference graph):
+  python model_gen.py --output_dir=/tmp/freezer_demo/ps_model --num_ps=2 --num_workers=1
+  python model_gen.py --output_dir=/tmp/freezer_demo/fake_infer --fake_infer_graph --num_ps=2
   python optimize_from_ckpt.py --saved_model_dir=/tmp/freezer_demo/fake_infer/saved_model \
-      --checkpoint=/tmp/freezer_demo/model/ckpt \
+      --checkpoint=/tmp/freezer_demo/ps_model/ckpt \
       --output_saved_model_dir=/tmp/freezer_demo/serving_from_ckpt
 """
+
+import utils  # pylint: disable=g-bad-import-order  # first: Ctrl-C during start-up is one line
 
 from absl import app
 from absl import flags
 from absl import logging
 
 import cli_flags
-from freezerlib.core import errors
-from freezerlib.core import units
-from freezerlib.export import from_checkpoint
-import utils
 
+_SAVED_MODEL_DIR = cli_flags.saved_model_dir(
+    'The structure: a SavedModel whose values are never read (or give --meta_graph).')
+_OUTPUT_SAVED_MODEL_DIR = cli_flags.output_saved_model_dir(required=True)
+_TAGS = cli_flags.tags()
+_SIGNATURE_DEF = cli_flags.signature_def()
+_INPUTS = cli_flags.inputs('Input tensors of a structure without signatures (e.g. '
+                           'IteratorGetNext:0); with --outputs.')
+_OUTPUTS = cli_flags.outputs()
+_OVERWRITE = cli_flags.overwrite()
+_ALLOW_OPS = cli_flags.allow_ops()
+_SERVING_INPUT = cli_flags.serving_input()
+_VERSION = cli_flags.version()
+_WARMUP = cli_flags.warmup()
+_WARMUP_INPUTS = cli_flags.warmup_inputs()
 _CHECKPOINT = flags.DEFINE_string(
-    'checkpoint', None, 'Training checkpoint: a prefix (model.ckpt-1000) or the directory '
+    'checkpoint', None, '(required) Training checkpoint: a prefix (model.ckpt-1000) or the directory '
     'holding its `checkpoint` state file (the newest is used).')
 _META_GRAPH = flags.DEFINE_string(
     'meta_graph', None, 'A MetaGraphDef file (model.ckpt-N.meta) as the structure, instead of '
@@ -62,22 +75,27 @@ _CHUNK_MB = flags.DEFINE_integer(
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError('unexpected arguments: %s' % ' '.join(argv[1:]))
+  del argv  # flags only: utils.parse_flags refuses stray arguments
 
   def work():
-    if bool(cli_flags.SAVED_MODEL_DIR.value) == bool(_META_GRAPH.value):
+    from freezerlib.core import errors  # pylint: disable=g-import-not-at-top  # --help fast
+    from freezerlib.core import units  # pylint: disable=g-import-not-at-top
+    from freezerlib.export import from_checkpoint  # pylint: disable=g-import-not-at-top
+    from freezerlib.core import atomic  # pylint: disable=g-import-not-at-top
+    if bool(_SAVED_MODEL_DIR.value) == bool(_META_GRAPH.value):
       raise errors.UserError('give exactly one of --saved_model_dir and --meta_graph')
+    version = atomic.parse_version(_VERSION.value)
     report = from_checkpoint.saved_model_from_checkpoint(
-        checkpoint=_CHECKPOINT.value, output_dir=cli_flags.OUTPUT_SAVED_MODEL_DIR.value,
-        saved_model_dir=cli_flags.SAVED_MODEL_DIR.value, meta_graph_path=_META_GRAPH.value,
-        tags=cli_flags.TAGS.value, signature_names=cli_flags.SIGNATURE_DEF.value,
-        inputs=cli_flags.INPUTS.value, outputs=cli_flags.OUTPUTS.value, prune_tensors=_PRUNE.value,
-        chunk_bytes=_CHUNK_MB.value << 20, overwrite=cli_flags.OVERWRITE.value,
-        allow_ops=cli_flags.ALLOW_OPS.value, checkpoint_object=_CHECKPOINT_OBJECT.value,
-        serving_input=cli_flags.SERVING_INPUT.value)
+        checkpoint=_CHECKPOINT.value, output_dir=_OUTPUT_SAVED_MODEL_DIR.value,
+        saved_model_dir=_SAVED_MODEL_DIR.value, meta_graph_path=_META_GRAPH.value,
+        tags=_TAGS.value, signature_names=_SIGNATURE_DEF.value, inputs=_INPUTS.value,
+        outputs=_OUTPUTS.value, prune_tensors=_PRUNE.value, chunk_bytes=_CHUNK_MB.value << 20,
+        overwrite=_OVERWRITE.value, allow_ops=_ALLOW_OPS.value,
+        checkpoint_object=_CHECKPOINT_OBJECT.value, version=version,
+        finalize=utils.warmup_writer(_WARMUP.value, _WARMUP_INPUTS.value),
+        serving_input=_SERVING_INPUT.value)
     logging.info('wrote SavedModel %s: %d of %d checkpoint tensors, %s of %s (%.1f%%), in %.1f s',
-                 cli_flags.OUTPUT_SAVED_MODEL_DIR.value, report.tensors_exported,
+                 report.path, report.tensors_exported,
                  report.tensors_in_checkpoint, units.human_bytes(report.bytes_exported),
                  units.human_bytes(report.bytes_in_checkpoint),
                  100.0 * report.bytes_exported / max(1, report.bytes_in_checkpoint),
@@ -88,4 +106,4 @@ def main(argv):
 
 if __name__ == '__main__':
   flags.mark_flags_as_required(['checkpoint', 'output_saved_model_dir'])
-  app.run(main)
+  app.run(main, flags_parser=utils.parse_flags)

@@ -1,4 +1,4 @@
-r"""Checks that a converted model answers exactly as the original, and how fast.
+r"""optimize_from_pb_test.py: does a converted model answer exactly as the original, and how fast?
 
 Runs the new model (a SavedModel, or a GraphDef written by freezer.py / optimize_from_pb.py)
 and the reference SavedModel on the same inputs, signature by signature, and prints per output
@@ -14,10 +14,12 @@ fixed-width bytes that each fill the width (numpy drops trailing NUL bytes other
 Exit code 0 when every output matches within --atol/--rtol, 1 otherwise (or on bad input),
 3 when the reference model itself fails on the inputs (they are wrong for it).
 
-Example:
+Example (after optimize_from_pb.py's example):
   python optimize_from_pb_test.py --saved_model_dir=/tmp/freezer_demo/serving \
       --reference_saved_model_dir=/tmp/freezer_demo/model/saved_model
 """
+
+import utils  # pylint: disable=g-bad-import-order  # first: Ctrl-C during start-up is one line
 
 import sys
 
@@ -25,14 +27,22 @@ from absl import app
 from absl import flags
 
 import cli_flags
-from freezerlib.verify import compare
-import utils
 
+_SAVED_MODEL_DIR = cli_flags.saved_model_dir('The new SavedModel to check (or give --graph).')
 _GRAPH = flags.DEFINE_string(
     'graph', None, 'A GraphDef written by freezer.py or optimize_from_pb.py, to check instead '
     'of --saved_model_dir.')
 _REFERENCE = flags.DEFINE_string(
-    'reference_saved_model_dir', None, 'The original SavedModel the new model must equal.')
+    'reference_saved_model_dir', None, '(required) The original SavedModel the new model must '
+    'equal.')
+_TAGS = cli_flags.tags()
+_SIGNATURE_DEF = cli_flags.signature_def('Signatures to compare, comma-separated; default: '
+                                         'every signature of the reference.')
+_INPUTS = cli_flags.inputs('Inputs to feed instead of generated ones: an .npz file (arrays '
+                           'named INPUT or SIGNATURE/INPUT) or TFRecord files of tf.Example '
+                           '(globs allowed).')
+_SEED = cli_flags.seed('Random seed of the generated inputs (default 0).')
+_NUM_EXAMPLES = cli_flags.num_examples('Examples per signature to compare (default 64).')
 _ATOL = flags.DEFINE_float('atol', 1e-6, 'Absolute tolerance.', lower_bound=0)
 _RTOL = flags.DEFINE_float('rtol', 1e-6, 'Relative tolerance.', lower_bound=0)
 _BATCH_SIZES = flags.DEFINE_multi_integer(
@@ -43,17 +53,17 @@ _LATENCY_RUNS = flags.DEFINE_integer(
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError('unexpected arguments: %s' % ' '.join(argv[1:]))
+  del argv  # flags only: utils.parse_flags refuses stray arguments
 
   def work():
-    reference, new = compare.load_models(cli_flags.SAVED_MODEL_DIR.value, _GRAPH.value,
-                                 _REFERENCE.value, cli_flags.TAGS.value)
+    from freezerlib.verify import compare  # pylint: disable=g-import-not-at-top  # --help fast
+    reference, new = compare.load_models(_SAVED_MODEL_DIR.value, _GRAPH.value, _REFERENCE.value,
+                                         _TAGS.value)
     batch_sizes = [b for b in _BATCH_SIZES.value if b > 0]
-    passed, _ = compare.check(reference, new, cli_flags.SIGNATURE_DEF.value, cli_flags.INPUTS.value,
-                      cli_flags.value_or_default(cli_flags.NUM_EXAMPLES, 64),
-                      cli_flags.value_or_default(cli_flags.SEED, 0), _ATOL.value, _RTOL.value,
-                      batch_sizes, _LATENCY_RUNS.value)
+    passed, _ = compare.check(
+        reference, new, _SIGNATURE_DEF.value, _INPUTS.value,
+        cli_flags.value_or_default(_NUM_EXAMPLES, 64), cli_flags.value_or_default(_SEED, 0),
+        _ATOL.value, _RTOL.value, batch_sizes, _LATENCY_RUNS.value)
     sys.stdout.flush()
     return utils.EXIT_OK if passed else utils.EXIT_FAILURE
 
@@ -62,4 +72,4 @@ def main(argv):
 
 if __name__ == '__main__':
   flags.mark_flag_as_required('reference_saved_model_dir')
-  app.run(main)
+  app.run(main, flags_parser=utils.parse_flags)

@@ -1,25 +1,107 @@
-"""What every script shares at its top: one-line errors, exit codes, the defaults it picked.
+"""What every script shares at its top: flags parsing, one-line errors, exit codes, Ctrl-C.
+
+Exit codes (the README's table): 0 success; 1 bad input or models that differ; 2 usage errors
+(an unknown flag, a required flag missing, a stray argument), as one line naming the flag;
+3 optimize_from_pb_test.py's reference fails on the inputs; 130 interrupted (SIGINT or SIGTERM), as one line saying what was written. Never a traceback
+for any of them.
 
 The library is the `freezerlib` package; this module is the scripts' side of it and is never
-imported by the package.
+imported by the package. Import it first in a script: until `run_cli` starts the work, an
+interrupt ends the process at once (nothing has been written yet).
 """
 
+import os
+import signal
 import sys
 
-from absl import logging
 
-from freezerlib.core import errors
-from freezerlib.core import lean_tf
+def _exit_at_start_up(signum, frame):  # pylint: disable=unused-argument
+  program = sys.argv[0].rsplit('/', 1)[-1] if sys.argv and sys.argv[0] else 'freezer'
+  os.write(2, ('%s: interrupted: nothing written\n' % program).encode())
+  os._exit(130)  # pylint: disable=protected-access
+
+
+# First, before the imports (TensorFlow's take seconds): an interrupt during them has nothing to
+# clean up, so it ends the process at once with one line.
+signal.signal(signal.SIGINT, _exit_at_start_up)
+signal.signal(signal.SIGTERM, _exit_at_start_up)
+
+import re  # pylint: disable=g-import-not-at-top,g-bad-import-order
+
+from absl import flags  # pylint: disable=g-import-not-at-top
+from absl import logging  # pylint: disable=g-import-not-at-top
 
 EXIT_OK = 0
-EXIT_FAILURE = 1  # bad input, or two models that do not answer the same
-EXIT_USAGE = 2    # absl's own exit code for unknown or missing flags
+EXIT_FAILURE = 1      # bad input, or two models that do not answer the same
+EXIT_USAGE = 2        # unknown or missing flags, stray arguments
 EXIT_REFERENCE_FAILED = 3  # optimize_from_pb_test.py: the reference fails on the inputs
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
+
+_HELP_ARGS = ('-h', '-?', '--help', '--helpshort')
+
+
+def _program():
+  return sys.argv[0].rsplit('/', 1)[-1] if sys.argv and sys.argv[0] else 'freezer'
+
+
+def _interrupt(signum, frame):  # pylint: disable=unused-argument
+  raise KeyboardInterrupt
+
+
+def usage_error(message):
+  """Prints a usage error as one line pointing at --help, and exits with code 2."""
+  program = _program()
+  sys.stderr.write('%s: usage error: %s; see %s --help\n' % (program, message, program))
+  sys.stderr.flush()
+  sys.exit(EXIT_USAGE)
+
+
+def _print_help():
+  main = sys.modules.get('__main__')
+  doc = (getattr(main, '__doc__', None) or '').strip('\n')
+  # absl heads the list with the script's path; the flags follow, indented.
+  body = '\n'.join(l for l in flags.FLAGS.main_module_help().splitlines()
+                   if l.startswith(' '))
+  sys.stdout.write('%s\n\nFlags (required ones marked):\n%s\n\nExit codes: 0 success; 1 bad '
+                   'input, or models that differ; 2 usage error;\n130 interrupted. Every flag, '
+                   'absl\'s own included: --helpfull.\n' % (doc, body))
+  sys.stdout.flush()
+
+
+def parse_flags(argv):
+  """absl's flags parser for `app.run(main, flags_parser=utils.parse_flags)`.
+
+  `--help` prints the script's docstring and its own flags and exits 0; a usage error is one
+  line and exit code 2.
+  """
+  args = argv[1:argv.index('--')] if '--' in argv else argv[1:]
+  if any(a in _HELP_ARGS for a in args):
+    try:
+      flags.FLAGS(argv[:1], known_only=True)  # defaults, so help can show them
+    except flags.Error:
+      pass
+    _print_help()
+    sys.exit(EXIT_OK)
+  try:
+    rest = flags.FLAGS(argv)
+  except flags.Error as e:
+    # A rule between flags reads "flags a=1, b=2: the rule"; the rule is what to say.
+    message = re.sub(r'^flags [^:]*: ', '', str(e).strip().splitlines()[0])
+    missing = [f for f in flags.FLAGS if
+               'Flag --%s must have a value other than None' % f in str(e)]
+    if missing:
+      message = 'flag --%s is required' % missing[0]
+    elif message.startswith('Unknown command line flag'):
+      message = 'unknown flag ' + message[len('Unknown command line flag '):]
+    usage_error(message)
+  if len(rest) > 1:
+    usage_error('unexpected argument %r (every input is given by a flag)' % rest[1])
+  return rest
 
 
 def run_cli(program, fn):
-  """Runs `fn()` and turns a UserError into one line on stderr and exit code 1 (3 for
-  errors.ReferenceFailed).
+  """Runs `fn()`: a UserError becomes one line and exit code 1 (3 for errors.ReferenceFailed),
+  an interrupt exit code 130.
 
   Args:
     program: name shown before the message, e.g. 'freezer.py'.
@@ -28,14 +110,49 @@ def run_cli(program, fn):
   Returns:
     The exit code for `absl.app.run`.
   """
+  from freezerlib.core import atomic  # pylint: disable=g-import-not-at-top
+  from freezerlib.core import errors  # pylint: disable=g-import-not-at-top
+  from freezerlib.core import lean_tf  # pylint: disable=g-import-not-at-top
   lean_tf.run_pending_hooks()  # scripts that imported TensorFlow themselves
+  # From here an interrupt unwinds the work, so every temporary output is removed.
+  signal.signal(signal.SIGINT, _interrupt)
+  signal.signal(signal.SIGTERM, _interrupt)
+  already = len(atomic.completed_outputs())
   try:
     code = fn()
   except errors.UserError as e:
     sys.stderr.write('%s: error: %s\n' % (program, str(e).replace('\n', ' ')))
     sys.stderr.flush()
     return EXIT_REFERENCE_FAILED if isinstance(e, errors.ReferenceFailed) else EXIT_FAILURE
+  except KeyboardInterrupt:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    done = atomic.completed_outputs()[already:]
+    sys.stderr.write('%s: interrupted: %s\n' % (
+        program, ('%s complete, nothing else written' % ', '.join(done)) if done
+        else 'nothing written'))
+    sys.stderr.flush()
+    return EXIT_INTERRUPTED
+  # The work is done and its outputs are in place: an interrupt from here on changes nothing.
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
+  signal.signal(signal.SIGTERM, signal.SIG_IGN)
   return EXIT_OK if code is None else code
+
+
+def warmup_writer(count, input_files, seed=0):
+  """The `finalize` callback that writes `count` warmup requests (None when `count` is 0), for
+  the scripts that write serving SavedModels (--warmup, --warmup_inputs)."""
+  if not count:
+    if input_files:
+      usage_error('--warmup_inputs needs --warmup=N')
+    return None
+
+  def finalize(saved_model_dir):
+    from freezerlib.verify import warmup  # pylint: disable=g-import-not-at-top  # loads TF
+    written = warmup.write(saved_model_dir, count, input_files or None, seed)
+    logging.info('wrote %d warmup requests (assets.extra/%s)', written, warmup.FILE_NAME)
+
+  return finalize
 
 
 def log_default(flag_name, value):

@@ -7,11 +7,12 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 PY="$VENV/bin/python"
 stamp="$VENV/.requirements.sha"
-want="$(sha256sum requirements.txt | cut -d' ' -f1)"
+want="$(cat requirements.txt requirements-nodeps.txt | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "Installing requirements.txt into $VENV ..." >&2
   "$PY" -m pip install -q --upgrade pip >&2
   "$PY" -m pip install -q -r requirements.txt >&2
+  "$PY" -m pip install -q --no-deps -r requirements-nodeps.txt >&2
   echo "$want" > "$stamp"
 fi
 export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"

@@ -400,3 +400,80 @@ def test_frozen_graph_leaves_the_reader_out(tiny_frozen):
   assert inputs == {'category': 'category:0', 'dense': 'dense:0', 'item_id': 'item_id:0',
                     'user_id': 'user_id:0'}
   assert not [n for n in graph_def.node if n.device]
+
+
+# ---------------------------------------------------------------------------------------------
+# --inputs / --outputs
+
+
+def _reader_model_without_signatures(export_dir):
+  """A tf.data reader feeding y = x * w + 1, saved by a Builder with no signatures at all."""
+  graph = tf.Graph()
+  with graph.as_default():
+    tf1.set_random_seed(0)  # other tests may have enabled op determinism
+    data = tf.data.Dataset.from_tensor_slices(np.arange(12, dtype=np.float32).reshape(6, 2))
+    x = tf1.data.make_one_shot_iterator(data.batch(3)).get_next()
+    w = tf1.get_variable('w', initializer=tf.constant([[1.0], [3.0]]))
+    tf.add(tf.matmul(x, w), 1.0, name='y')
+    with tf1.Session() as session:
+      session.run(tf1.global_variables_initializer())
+      builder = tf1.saved_model.Builder(str(export_dir))
+      builder.add_meta_graph_and_variables(session, ['serve'])
+      builder.save()
+  return str(export_dir)
+
+
+def test_inputs_and_outputs_freeze_a_model_without_signatures(tmp_path, capsys):
+  from test_bad_input_matrix import run_main  # pylint: disable=g-import-not-at-top
+  model = _reader_model_without_signatures(tmp_path / 'm')
+  out = str(tmp_path / 'f.pb')
+  code, err = run_main('freezer', ['--saved_model_dir=' + model, '--output_graph=' + out], capsys)
+  assert code == 1 and 'has no signatures' in err and '--inputs and --outputs' in err, err
+  code, err = run_main('freezer', ['--saved_model_dir=' + model, '--output_graph=' + out,
+                                   '--inputs=IteratorGetNext:0', '--outputs=y:0'], capsys)
+  assert code == 0, err
+  frozen = loaders.load_frozen_graph(out)
+  sig = frozen.signatures['serving_default']
+  assert list(frozen.signatures) == ['serving_default']
+  assert (sorted(sig.inputs), sorted(sig.outputs)) == (['IteratorGetNext'], ['y'])
+  got = frozen.run('serving_default', {'IteratorGetNext': np.float32([[1, 1], [2, 0]])})
+  np.testing.assert_array_equal(got['y'], [[5.0], [3.0]])
+  ops = {n.op for n in frozen.graph_def.node}
+  assert 'IteratorGetNext' not in ops and 'VarHandleOp' not in ops  # reader cut, w frozen
+
+
+def test_inputs_and_outputs_replace_the_signatures(tmp_path):
+  """As on optimize_from_pb.py and optimize_from_ckpt.py: one signature, serving_default, over
+  the tensors named (keys from their node names), in place of the SavedModel's own."""
+  graph = tf.Graph()
+  with graph.as_default():
+    x = tf1.placeholder(tf.float32, [None], name='x')
+    half = tf.multiply(x, 0.5, name='half')
+    y = tf.add(half, 2.0, name='y')
+    with tf1.Session() as session:
+      save_predict_model(session, tmp_path / 'm', {'input': x}, {'output': y})
+  model = str(tmp_path / 'm')
+  out = tmp_path / 'f.pb'
+  result = freeze.graph_from_saved_model(model, str(out), inputs=['x:0'],
+                                         outputs=['half:0', 'y:0'])
+  assert {k: (sorted(s.inputs), sorted(s.outputs))
+          for k, s in result.model.signatures.items()} == {
+              'serving_default': (['x'], ['half', 'y'])}
+  got = loaders.load_frozen_graph(str(out)).run('serving_default', {'x': np.float32([1, 2])})
+  np.testing.assert_array_equal(got['y'], [2.5, 3.0])
+  np.testing.assert_array_equal(got['half'], [0.5, 1.0])
+  for kwargs, message in (
+      (dict(inputs=['x:0']), 'give both --inputs and --outputs'),
+      (dict(inputs=['x:0'], outputs=['y:0'], signature_names=['serving_default']),
+       '--signature_def chooses among the signatures'),
+      (dict(inputs=['x:0'], outputs=['nope:0']), '--outputs names nope:0')):
+    with pytest.raises(errors.UserError, match=message):
+      freeze.graph_from_saved_model(model, str(tmp_path / 'g.pb'), **kwargs)
+  module = tf.Module()
+  module.serve = tf.function(lambda x: {'y': x + 1.0},
+                             input_signature=[tf.TensorSpec([None], tf.float32)])
+  tf.saved_model.save(module, str(tmp_path / 'tf2'), signatures=module.serve)
+  with pytest.raises(errors.UserError, match='apply to TF1 SavedModels.*--signature_def'):
+    freeze.graph_from_saved_model(str(tmp_path / 'tf2'), str(tmp_path / 'g.pb'),
+                                  inputs=['serving_default_x:0'], outputs=['Identity:0'])
+  assert not (tmp_path / 'g.pb').exists()

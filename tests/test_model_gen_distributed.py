@@ -231,7 +231,7 @@ def test_cli_starts_a_cluster(tmp_path):
 
 def test_cli_flag_rules(tmp_path):
   proc = run_script('model_gen.py', '--output_dir=%s' % (tmp_path / 'x'), '--num_workers=2')
-  assert proc.returncode == 1
+  assert proc.returncode == 2  # a usage error
   assert '--num_workers needs --num_ps>=1' in proc.stderr
   assert not (tmp_path / 'x').exists()
 

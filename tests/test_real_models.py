@@ -6,12 +6,11 @@ answer as the original within 1e-6 on inputs that include values training never 
 keys, vocabulary misses, empty and multi-valued features, rows without the label).
 
 Ported from the phase-1 tests of issue 12; the asset cases (a vocabulary file listed three
-times, trusted on the checkpoint path) belong to the issue's other part and are skipped here.
+times, trusted on the checkpoint path, an asset escaping assets/) are test_asset_policy.py's.
 """
 
 import io
 import os
-import shutil
 
 import numpy as np
 import pytest
@@ -19,7 +18,6 @@ import tensorflow as tf
 
 import capi_runner
 from freezerlib import freeze
-from freezerlib.core import errors
 from freezerlib.export import from_checkpoint
 from freezerlib.export import from_frozen
 from freezerlib.formats import saved_model
@@ -30,9 +28,6 @@ import real_models
 
 tf1 = tf.compat.v1
 ATOL = 1e-6
-# The census vocabulary-file tables read the SavedModel's own assets/; until the checkpoint
-# path trusts them as freezer.py does (the issue's assets part), they are allowed by name.
-TEXT_FILE_INIT = ['InitializeTableFromTextFileV2']
 
 
 def _run_saved_model(export_dir, feeds_by_signature):
@@ -233,8 +228,7 @@ def test_reader_fed_census_compares_with_generated_and_recorded_inputs(census,
 def test_reader_fed_census_from_checkpoint(census, reader_feeds, reader_expected, tmp_path, capi):
   out = str(tmp_path / 'serving')
   from_checkpoint.saved_model_from_checkpoint(census['checkpoint'], out,
-                                              saved_model_dir=census['reader_fed'],
-                                              allow_ops=TEXT_FILE_INIT)
+                                              saved_model_dir=census['reader_fed'])
   assert _encodings(out) == _encodings(census['reader_fed'])
   _assert_same(_run_saved_model(out, reader_feeds), reader_expected)
   _assert_same(capi_runner.run_signatures(capi, out, reader_feeds), reader_expected)
@@ -262,25 +256,6 @@ def test_estimator_style_census_freezes_and_redumps(census, example_feeds, tmp_p
                      'predict': 'tensorflow/serving/predict'}
   passed, results = _check(reference, new)  # serialized tf.Example with vocabulary words
   assert passed and len(results) == 11, results
-
-
-@pytest.mark.skip(reason='issue 12, assets part (another branch): the checkpoint path trusts '
-                  'vocabulary files in assets/ and copies an asset listed twice once')
-def test_estimator_style_census_from_checkpoint(census, example_feeds, tmp_path):
-  out = str(tmp_path / 'serving')
-  from_checkpoint.saved_model_from_checkpoint(census['checkpoint'], out,
-                                              saved_model_dir=census['estimator_style'])
-  _assert_same(_run_saved_model(out, example_feeds),
-               _run_saved_model(census['estimator_style'], example_feeds))
-
-
-@pytest.mark.skip(reason='issue 12, assets part (another branch)')
-def test_checkpoint_path_still_refuses_an_escaping_asset(census, tmp_path):
-  src = tmp_path / 'escaping'
-  shutil.copytree(census['estimator_style'], src)
-  with pytest.raises(errors.UserError, match='escapes the assets directory'):
-    from_checkpoint.saved_model_from_checkpoint(census['checkpoint'], str(tmp_path / 'out'),
-                                                saved_model_dir=str(src))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,7 +7,12 @@ with --allow_ops; elsewhere in the graph (a training reader, a summary writer) t
 with everything else serving does not need, and listed.
 
 The saver's own SaveV2/RestoreV2 and a table initialiser that reads a SavedModel asset file are
-how SavedModels work and are not reported.
+how SavedModels work and are not reported. That is the one asset policy of every script: the
+freeze path checks the SavedModel (`check_meta_graph`); the checkpoint path checks it the same
+way, then its serving graph with the assets the output keeps (`unsafe_in`). An asset name
+that escapes assets/ is refused by both. A signature that itself opens an asset file each
+time it runs (`asset_reads`) needs the file at serving time: the checkpoint path keeps it,
+a frozen graph cannot.
 """
 
 import collections
@@ -137,6 +142,80 @@ def _fed_an_asset(node, asset_tensors):
   return any(i in asset_tensors or i + ':0' in asset_tensors for i in node.input)
 
 
+@dataclasses.dataclass(frozen=True)
+class AssetRead:
+  """A signature that reads an asset file each time it runs: `location` is the node (or
+  `function/node`) whose op takes the file's path."""
+  signature: str
+  filename: str
+  location: str
+  op: str
+
+
+def asset_reads(meta_graph, signatures):
+  """Where the signatures themselves (not loading) take an asset file's path.
+
+  Loading reads assets in the init op (vocabulary tables): that is how SavedModels work and a
+  freezer exports what it read. A signature that opens an asset each time it runs (ReadFile of
+  a `tf.saved_model.Asset` in a TF2 function) needs the file at serving time. Followed: the
+  path through the ops that carry it unchanged (TF2 keeps it in a variable), then into the
+  library functions a call passes it to.
+
+  Returns:
+    list of AssetRead, at most one per signature and asset.
+  """
+  graph_def = meta_graph.graph_def
+  library = {f.signature.name: f for f in graph_def.library.function}
+  nodes = {n.name: n for n in graph_def.node}
+  found = []
+  for asset in saved_model.asset_defs(meta_graph):
+    carried = {graphs.node_name(t) for t in _asset_derived(graph_def, [asset.tensor_info.name])}
+    for key in sorted(signatures):
+      needed = {name for name, _ in graphs.computed_tensors(graph_def, signatures[key])}
+      needed.update(graphs.node_name(o.name) for o in signatures[key].outputs.values())
+      for name in sorted(needed - carried):
+        node = nodes.get(name)
+        if node is None:
+          continue
+        positions = [i for i, t in enumerate(graphs.data_inputs(node))
+                     if graphs.node_name(t) in carried]
+        if not positions:
+          continue
+        location, op = _reader_in(node, positions[0], library, depth=0)
+        found.append(AssetRead(key, asset.filename, location, op))
+        break
+  return found
+
+
+def _reader_in(node, position, library, depth):
+  """(location, op) of the op that takes input `position` of `node`: the node itself, or,
+  for a call of a library function, the op inside that takes the matching argument."""
+  function = library.get(node.attr['f'].func.name if 'f' in node.attr else node.op)
+  if function is None or depth > 10 or position >= len(function.signature.input_arg):
+    return node.name, node.op
+  arg = function.signature.input_arg[position].name
+  carried = {arg}
+  changed = True
+  while changed:  # through Identity inside the function
+    changed = False
+    for inner in function.node_def:
+      if (inner.name not in carried and inner.op in _PATH_CARRIERS and inner.input and
+          inner.input[0].split(':')[0] in carried):
+        carried.add(inner.name)
+        changed = True
+  for inner in function.node_def:
+    if inner.op in _PATH_CARRIERS:
+      continue
+    data = [i for i in inner.input if not i.startswith('^')]
+    for i, source in enumerate(data):
+      if source.split(':')[0] in carried:
+        location, op = _reader_in(inner, i, library, depth + 1)
+        if location == inner.name:
+          return '%s/%s' % (function.signature.name, inner.name), op
+        return location, op
+  return node.name, node.op
+
+
 def needed_nodes(graph_def, signatures, init_ops=()):
   """Nodes the signatures run when fed at their inputs, plus everything `init_ops` run."""
   names = {n.name for n in graph_def.node}
@@ -221,13 +300,21 @@ def log_findings(findings, what):
       logging.vlog(1, '%s: %s', what, f)
 
 
-def unsafe_in(graph_def, allowed, where, exempt=()):
+def unsafe_in(graph_def, allowed, where, exempt=(), asset_tensors=()):
   """For a graph about to be written: unsafe ops still in it that are not allowed.
+
+  Args:
+    graph_def: the graph to be written.
+    allowed: op types the user allowed with --allow_ops.
+    where: the model's path, for messages.
+    exempt: node names not to report (the serving saver's own ops).
+    asset_tensors: the asset tensors the written SavedModel declares (its loaders feed them):
+      text-file table initialisers reading them are trusted, as `check_meta_graph` trusts them.
 
   Raises:
     errors.UserError: listing them.
   """
-  remaining = [f for f in find_unsafe(graph_def, exempt) if f.op not in allowed]
+  remaining = [f for f in find_unsafe(graph_def, exempt, asset_tensors) if f.op not in allowed]
   if remaining:
     raise errors.UserError(
         'the serving graph of %s would keep ops that touch files, run Python or reach the '

@@ -9,7 +9,11 @@ debris.
 """
 
 import contextlib
+import ctypes
+import dataclasses
+import errno
 import os
+import signal
 import socket
 import uuid
 
@@ -19,12 +23,24 @@ from freezerlib.core import errors
 from freezerlib.core import files
 
 
-def check_output_free(path, overwrite):
+def check_output_free(path, overwrite, version=None):
   """Refuses an existing output unless `overwrite`; checks the parent can hold it.
 
+  Args:
+    path: the output; with `version`, the base directory of TF Serving's layout.
+    overwrite: an existing output may be replaced.
+    version: None, an int (the output is PATH/<version>) or 'auto' (a new version in PATH).
+
   Raises:
-    errors.UserError: `path` exists and `overwrite` is False, or its parent is not a directory.
+    errors.UserError: the output exists and `overwrite` is False, or its parent is not a
+      directory.
   """
+  if version == 'auto':
+    if files.exists(path) and not files.isdir(path):
+      raise errors.UserError('cannot write %s: it is a file, not a model base directory' % path)
+    return
+  if version is not None:
+    path = files.join(path, str(version))
   if files.exists(path) and not overwrite:
     raise errors.exists_error(path)
   parent = files.parent_dir(path)
@@ -33,6 +49,27 @@ def check_output_free(path, overwrite):
 
 
 _HOST = socket.gethostname().replace('-', '_')
+_COMPLETED = []  # outputs moved into place by this process, in order
+
+
+def completed_outputs():
+  """The outputs this process has moved into place so far (for an interrupted run's report)."""
+  return list(_COMPLETED)
+
+
+@contextlib.contextmanager
+def _signals_held():
+  """Holds SIGINT and SIGTERM back while an output moves into place; they arrive after."""
+  held = (signal.SIGINT, signal.SIGTERM)
+  try:
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+  except (AttributeError, ValueError, OSError):  # not the main thread, or no sigmask
+    yield
+    return
+  try:
+    yield
+  finally:
+    signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def _temp_sibling(path):
@@ -165,11 +202,138 @@ def atomic_output(path, overwrite=False):
   tmp = _temp_sibling(path)
   try:
     yield tmp
-    _commit(tmp, path, overwrite)
+    with _signals_held():
+      _commit(tmp, path, overwrite)
+      _COMPLETED.append(path)
   except Exception as e:  # pylint: disable=broad-except
     if not files.is_error(e):
       raise
     raise errors.UserError('cannot write %s: %s' % (path, errors.tf_error_message(e))) from e
+  finally:
+    if files.exists(tmp):
+      _remove(tmp)
+
+
+# ---------------------------------------------------------------------------------------------
+# TF Serving's version layout: BASE/<version>/saved_model.pb
+
+
+def _rename_noreplace(src, dst):
+  """Renames `src` to `dst`, failing with FileExistsError if `dst` exists, atomically where the
+  kernel offers it (Linux renameat2 RENAME_NOREPLACE); elsewhere a rename that fails on a
+  non-empty directory (a finished version always holds saved_model.pb)."""
+  if not files.is_remote(src):
+    libc = ctypes.CDLL(None, use_errno=True)
+    renameat2 = getattr(libc, 'renameat2', None)
+    if renameat2 is not None:
+      at_fdcwd, rename_noreplace = -100, 1
+      if renameat2(at_fdcwd, os.fsencode(src), at_fdcwd, os.fsencode(dst),
+                   rename_noreplace) == 0:
+        return
+      err = ctypes.get_errno()
+      if err == errno.EEXIST:
+        raise FileExistsError(errno.EEXIST, 'exists', dst)
+      if err not in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
+        raise OSError(err, os.strerror(err), dst)
+    try:
+      os.rename(src, dst)
+    except OSError as e:
+      if e.errno in (errno.EEXIST, errno.ENOTEMPTY):
+        raise FileExistsError(errno.EEXIST, 'exists', dst) from e
+      raise
+    return
+  if files.exists(dst):  # object stores: no atomic test-and-rename (racing runs not protected)
+    raise FileExistsError(errno.EEXIST, 'exists', dst)
+  _move(src, dst)
+
+
+def numeric_versions(base):
+  """The numeric version directories under `base` (TF Serving's layout), as ints."""
+  try:
+    names = files.listdir(base)
+  except (FileNotFoundError, NotADirectoryError):
+    return []
+  return sorted(int(n.rstrip('/')) for n in names if n.rstrip('/').isdigit())
+
+
+def parse_version(text):
+  """'auto' or a positive integer (as TF Serving numbers versions) -> 'auto' or int; None for
+  None or ''.
+
+  Raises:
+    errors.UserError: anything else.
+  """
+  if text is None or text == '':
+    return None
+  if text == 'auto':
+    return 'auto'
+  if text.isdigit() and int(text) > 0:
+    return int(text)
+  raise errors.UserError('--version=%s is neither a positive integer nor auto' % text)
+
+
+@dataclasses.dataclass
+class VersionedOutput:
+  """Where a versioned output is written (`tmp`), and where it ended up (`path`, set once it
+  is in place)."""
+  tmp: str
+  path: str = None
+
+
+@contextlib.contextmanager
+def versioned_output(base, version, overwrite=False):
+  """Like atomic_output, for a SavedModel in TF Serving's layout: BASE/<version>.
+
+  The output is written under a dot-name inside BASE, which TF Serving's file-system poller
+  ignores (it loads numeric directory names only), then moved to BASE/<version>. With
+  version 'auto' the number is one more than the highest numeric version in BASE (1 for a
+  new BASE), chosen when the output moves into place; if another run took that number first,
+  the next one is taken, so two runs racing for the same number cannot both win.
+
+  Args:
+    base: the model's base path (TF Serving's --model_base_path).
+    version: an int, or 'auto'.
+    overwrite: replace an existing BASE/<version> (an int version only).
+
+  Yields:
+    VersionedOutput: write `.tmp`; `.path` is set after the block.
+
+  Raises:
+    errors.UserError: BASE/<version> exists (without `overwrite`), or a write fails.
+  """
+  if version != 'auto':
+    target = files.join(base, str(version))
+    with atomic_output(target, overwrite) as tmp:
+      out = VersionedOutput(tmp)
+      yield out
+    out.path = target
+    return
+  if files.exists(base) and not files.isdir(base):
+    raise errors.UserError('cannot write %s: it is a file, not a model base directory' % base)
+  try:
+    files.makedirs(base)
+  except OSError as e:
+    raise errors.UserError('cannot create %s: %s' % (base, errors.tf_error_message(e))) from e
+  remove_stale_temps(files.join(base, 'auto'))
+  tmp = _temp_sibling(files.join(base, 'auto'))
+  out = VersionedOutput(tmp)
+  try:
+    yield out
+    with _signals_held():
+      number = max(numeric_versions(base) + [0]) + 1
+      while True:
+        target = files.join(base, str(number))
+        try:
+          _rename_noreplace(tmp, target)
+          break
+        except FileExistsError:
+          number += 1
+      out.path = target
+      _COMPLETED.append(target)
+  except Exception as e:  # pylint: disable=broad-except
+    if not files.is_error(e):
+      raise
+    raise errors.UserError('cannot write %s: %s' % (base, errors.tf_error_message(e))) from e
   finally:
     if files.exists(tmp):
       _remove(tmp)

@@ -79,6 +79,8 @@ class _QuietLoader(importlib.abc.Loader):
   def exec_module(self, module):
     with _quiet_stderr():
       self._loader.exec_module(module)
+    # However TensorFlow got imported (`import tensorflow` anywhere), quiet it now.
+    _run_hooks(module)
 
 
 class _QuietTensorFlowFinder(importlib.abc.MetaPathFinder):
@@ -182,6 +184,28 @@ def _import_tensorflow():
 
 
 tensorflow = _Lazy('tensorflow', _import_tensorflow)
+
+
+class _RegisteredOpDefs:
+  """TensorFlow's op registry as a read-only mapping (op name -> OpDef); imports TensorFlow
+  on first use."""
+
+  def __init__(self):
+    self._cache = {}
+
+  def get(self, name, default=None):
+    if name not in self._cache:
+      _import_tensorflow()
+      from tensorflow.python.framework import op_def_registry  # pylint: disable=g-import-not-at-top
+      self._cache[name] = op_def_registry.get(name)
+    op_def = self._cache[name]
+    return default if op_def is None else op_def
+
+
+def registered_op_defs():
+  """The OpDefs of the ops this TensorFlow knows, for checking a GraphDef without an op list of
+  its own (a frozen graph); TensorFlow is imported on first lookup."""
+  return _RegisteredOpDefs()
 tf1 = _Lazy('tensorflow.compat.v1', lambda: _import_tensorflow().compat.v1)
 numpy = _Lazy('numpy', lambda: importlib.import_module('numpy'))
 

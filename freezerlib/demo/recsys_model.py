@@ -56,6 +56,20 @@ def category_names(config):
   return np.array([b'cat_%03d' % i for i in range(config.num_categories)], dtype=object)
 
 
+@contextlib.contextmanager
+def deterministic_ops():
+  """TensorFlow's deterministic kernels while the block runs (the same seed, the same model),
+  then the process's previous setting back."""
+  from tensorflow.python.framework import config as tf_config  # pylint: disable=g-import-not-at-top
+  before = tf_config.is_op_determinism_enabled()
+  tf_config.enable_op_determinism()
+  try:
+    yield
+  finally:
+    if not before:
+      tf_config.disable_op_determinism()
+
+
 def generate_examples(config):
   """The training data as numpy arrays: a seeded, learnable click model.
 
@@ -344,7 +358,6 @@ def train_and_export(output_dir, config, overwrite=False):
   Raises:
     errors.UserError: `output_dir` exists (without `overwrite`) or cannot be written.
   """
-  tf.config.experimental.enable_op_determinism()
   with atomic.atomic_output(output_dir, overwrite) as tmp:
     data_paths = write_tfrecords(generate_examples(config), files.join(tmp, 'data'),
                                  config.num_data_files)

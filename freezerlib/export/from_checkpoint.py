@@ -25,6 +25,7 @@ from freezerlib.core import units
 from freezerlib.core.lean_tf import meta_graph_pb2
 from freezerlib.export import from_tf2_checkpoint
 from freezerlib.formats import checkpoint_index
+from freezerlib.formats import graph_check
 from freezerlib.formats import saved_model
 from freezerlib.transforms import example_front
 from freezerlib.transforms import placeholders
@@ -35,6 +36,8 @@ from freezerlib.transforms import tables
 
 @dataclasses.dataclass
 class ExportReport:
+  """What the checkpoint path wrote: where, how many tensors and bytes of how many."""
+  path: str
   tensors_exported: int
   tensors_in_checkpoint: int
   bytes_exported: int
@@ -47,11 +50,10 @@ def load_structure(saved_model_dir=None, meta_graph_path=None, tags=('serve',),
   """(MetaGraphDef, signatures, assets dir or None, name) of the structure; no values read.
 
   Raises:
-    errors.UserError: unreadable structure, unknown tags or signatures or tensors.
+    errors.UserError: unreadable or corrupt structure, unknown tags or signatures or tensors.
   """
   if saved_model_dir:
-    proto = saved_model.read_saved_model_proto(saved_model_dir)
-    meta_graph = saved_model.select_meta_graph(proto, tags, saved_model_dir)
+    meta_graph = saved_model.read_meta_graph(saved_model_dir, tags)
     where, assets = saved_model_dir, files.join(saved_model_dir, 'assets')
   else:
     where, assets = meta_graph_path, None
@@ -65,13 +67,9 @@ def load_structure(saved_model_dir=None, meta_graph_path=None, tags=('serve',),
                             % (meta_graph_path, e)) from e
     if not meta_graph.graph_def.node:
       raise errors.UserError('%s is not a MetaGraphDef: it holds no graph' % meta_graph_path)
-  if inputs or outputs:
-    if not inputs or not outputs:
-      raise errors.UserError('give both --inputs and --outputs')
-    signatures = {'serving_default': saved_model.signature_from_tensors(
-        meta_graph.graph_def, inputs, outputs, where)}
-  else:
-    signatures = saved_model.select_signatures(meta_graph, signature_names, where)
+    graph_check.check_meta_graph(meta_graph, meta_graph_path)
+  signatures = saved_model.signatures_to_serve(meta_graph, signature_names, inputs, outputs,
+                                              where)
   saved_model.check_tensors_exist(meta_graph.graph_def, signatures, where)
   return meta_graph, signatures, assets, where
 
@@ -104,7 +102,8 @@ def serving_graph(graph_def, signatures, saver_def, where, op_defs=None):
     errors.UserError: a variable the outputs need that the saver does not restore.
   """
   restores = saver.restores_of_saver(graph_def, saver_def, where)
-  cut, signatures, _ = placeholders.inputs_to_placeholders(graph_def, signatures, op_defs)
+  cut, signatures, _ = placeholders.inputs_to_placeholders(graph_def, signatures, op_defs,
+                                                           where)
   keep = saved_model.signature_output_nodes(signatures)
   keep += saved_model.signature_input_nodes(signatures)
   kept = graphs.reachable(cut, list(dict.fromkeys(keep)))
@@ -140,7 +139,7 @@ def saved_model_from_checkpoint(checkpoint, output_dir, saved_model_dir=None,
                                 meta_graph_path=None, tags=('serve',), signature_names=None,
                                 inputs=(), outputs=(), prune_tensors=True, chunk_bytes=8 << 20,
                                 overwrite=False, allow_ops=(), checkpoint_object=None,
-                                serving_input='placeholders'):
+                                version=None, finalize=None, serving_input='placeholders'):
   """Writes a serving SavedModel at `output_dir` whose variables come from `checkpoint`.
 
   Args:
@@ -158,6 +157,9 @@ def saved_model_from_checkpoint(checkpoint, output_dir, saved_model_dir=None,
     allow_ops: op types that touch files, run Python or reach the network to accept.
     checkpoint_object: for a TF2 structure, the object path of the model in the checkpoint
       (found by matching when None).
+    version: None, or an int or 'auto': write OUTPUT_DIR/<version>, TF Serving's layout.
+    finalize: callable(saved_model_dir) run on the complete SavedModel before it moves into
+      place (warmup requests).
     serving_input: 'placeholders', or 'examples' for a structure that holds its training
       reader: one input of serialized tf.Example replaces it (transforms.example_front).
 
@@ -182,12 +184,12 @@ def saved_model_from_checkpoint(checkpoint, output_dir, saved_model_dir=None,
     return from_tf2_checkpoint.export(checkpoint, output_dir, saved_model_dir, tags=tags,
                                       checkpoint_object=checkpoint_object,
                                       chunk_bytes=chunk_bytes, overwrite=overwrite,
-                                      allow_ops=allow_ops)
+                                      allow_ops=allow_ops, version=version, finalize=finalize)
   if checkpoint_object is not None:
     raise errors.UserError('--checkpoint_object applies to TF2 structures (tf.saved_model.save); '
                            'the structure %s is a TF1 graph' % (saved_model_dir or meta_graph_path))
   start = time.perf_counter()
-  atomic.check_output_free(output_dir, overwrite)
+  atomic.check_output_free(output_dir, overwrite, version)
   structure, signatures, assets_dir, where = load_structure(
       saved_model_dir, meta_graph_path, tags, signature_names, inputs, outputs)
   if serving_input != 'placeholders':
@@ -198,18 +200,21 @@ def saved_model_from_checkpoint(checkpoint, output_dir, saved_model_dir=None,
   unsafe_ops.log_findings(removed, 'removed (not run by the signatures)')
   serving = serving_graph(structure.graph_def, signatures, structure.saver_def, where,
                           structure.meta_info_def.stripped_op_list)
-  ours = saved_model.saver_nodes(serving.graph_def, serving.saver_def)
-  unsafe_ops.unsafe_in(serving.graph_def, set(allow_ops), where, exempt=ours)
-  prefix = checkpoint_index.resolve_prefix(checkpoint)
-  index = checkpoint_index.read_index(prefix)
-  wants = saver.wants(serving.restores, serving.graph_def)
-  checkpoint_index.check_restorable(index, wants, where)
   kept = {n.name for n in serving.graph_def.node}
   assets = [a for a in saved_model.asset_defs(structure)
             if graphs.node_name(a.tensor_info.name) in kept]
   if assets and not assets_dir:
     raise errors.UserError('%s reads asset files, which a .meta file does not carry: use the '
                            'SavedModel as --saved_model_dir' % where)
+  # The same trust as check_meta_graph's: the main op's vocabulary tables read the assets the
+  # written SavedModel carries.
+  ours = saved_model.saver_nodes(serving.graph_def, serving.saver_def)
+  unsafe_ops.unsafe_in(serving.graph_def, set(allow_ops), where, exempt=ours,
+                       asset_tensors={a.tensor_info.name for a in assets})
+  prefix = checkpoint_index.resolve_prefix(checkpoint)
+  index = checkpoint_index.read_index(prefix)
+  wants = saver.wants(serving.restores, serving.graph_def)
+  checkpoint_index.check_restorable(index, wants, where)
   meta_graph = saved_model.serving_meta_graph(
       serving.graph_def, serving.signatures, tags, saver_def=serving.saver_def,
       main_op=serving.main_op, assets=assets, meta_info_def=structure.meta_info_def)
@@ -228,8 +233,10 @@ def saved_model_from_checkpoint(checkpoint, output_dir, saved_model_dir=None,
     else:
       copied['tensors'], copied['bytes'] = checkpoint_index.link_files(index, dst)
 
-  saved_model.write_saved_model(output_dir, meta_graph, write_variables, assets_dir, overwrite)
+  path, _ = saved_model.write_saved_model(output_dir, meta_graph, write_variables, assets_dir,
+                                         overwrite, version=version, finalize=finalize)
   return ExportReport(
+      path=path,
       tensors_exported=copied['tensors'], tensors_in_checkpoint=len(index.entries),
       bytes_exported=copied['bytes'],
       bytes_in_checkpoint=sum(index.nbytes(n) for n in index.entries),

@@ -26,13 +26,22 @@ from freezerlib.transforms import grappler as grappler_lib
 from freezerlib.transforms import prune
 
 
-def frozen_from_file(path, inputs=(), outputs=(), init_op=None, tags=('serve',)):
+def frozen_from_file(path, inputs=(), outputs=(), init_op=None, tags=('serve',),
+                     signature_names=()):
   """The FrozenModel in `path`: its own metadata, or the one --inputs/--outputs describe.
 
+  Args:
+    path: the GraphDef file.
+    inputs, outputs: tensor names, for a graph without freezer's metadata (or to replace its
+      signatures by one `serving_default`).
+    init_op: with `inputs`/`outputs`, the op that fills the graph's tables.
+    tags: the tags recorded with `inputs`/`outputs`.
+    signature_names: keep only these of the graph's signatures (all when empty).
+
   Raises:
-    errors.UserError: unreadable graph, unknown tensors.
+    errors.UserError: unreadable graph, unknown tensors or signatures.
   """
-  graph_def = frozen_graph.read_graph_def(path)
+  graph_def = frozen_graph.read_graph_def(path, lean_tf.registered_op_defs())
   frozen = frozen_graph.frozen_from_graph_def(graph_def, path, in_place=True)
   if inputs or outputs or frozen is None:
     plain = frozen.graph_def if frozen is not None else graph_def
@@ -47,6 +56,13 @@ def frozen_from_file(path, inputs=(), outputs=(), init_op=None, tags=('serve',))
         frozen or frozen_graph.FrozenModel(graph_def=plain, signatures={}, tags=[]),
         graph_def=plain, signatures={'serving_default': signature}, tags=list(tags),
         table_init_op=init_op)
+  if signature_names:
+    available = sorted(frozen.signatures)
+    unknown = [n for n in signature_names if n not in frozen.signatures]
+    if unknown:
+      raise errors.UserError('%s has no signature %s; choose --signature_def from: %s' % (
+          path, ', '.join(repr(n) for n in unknown), ', '.join(available)))
+    frozen.signatures = {n: frozen.signatures[n] for n in signature_names}
   saved_model.check_tensors_exist(frozen.graph_def, frozen.signatures, path)
   return frozen
 
@@ -87,7 +103,8 @@ def serving_graph(frozen, grappler=True):
 def saved_model_from_frozen_graph(input_graph, output_saved_model_dir=None, output_graph=None,
                                   inputs=(), outputs=(), init_op=None, tags=('serve',),
                                   grappler=True, log_dir=None, overwrite=False, allow_ops=(),
-                                  constants_as_variables=1 << 20, serving_input='placeholders'):
+                                  constants_as_variables=1 << 20, signature_names=(),
+                                  version=None, finalize=None, serving_input='placeholders'):
   """Cuts, strips and re-dumps `input_graph` as a serving SavedModel and/or GraphDef.
 
   Args:
@@ -104,6 +121,11 @@ def saved_model_from_frozen_graph(input_graph, output_saved_model_dir=None, outp
     allow_ops: op types that touch files, run Python or reach the network to accept.
     constants_as_variables: in the SavedModel, Consts of at least this many bytes become
       variables restored from its variables/ (None: none do).
+    signature_names: serve only these signatures (all when empty).
+    version: None, or an int or 'auto': write the SavedModel as OUTPUT_SAVED_MODEL_DIR/<version>,
+      TF Serving's layout (see core.atomic.versioned_output).
+    finalize: callable(saved_model_dir) run on the complete SavedModel before it moves into
+      place (warmup requests).
     serving_input: 'placeholders', or 'examples' for a graph that still holds its training
       reader: one input of serialized tf.Example replaces it (transforms.example_front).
 
@@ -117,10 +139,11 @@ def saved_model_from_frozen_graph(input_graph, output_saved_model_dir=None, outp
   if not output_saved_model_dir and not output_graph:
     raise errors.UserError('nothing to write: give --output_saved_model_dir and/or '
                            '--output_graph')
-  for path in (output_saved_model_dir, output_graph):
-    if path:
-      atomic.check_output_free(path, overwrite)
-  frozen = frozen_from_file(input_graph, inputs, outputs, init_op, tags)
+  if output_saved_model_dir:
+    atomic.check_output_free(output_saved_model_dir, overwrite, version)
+  if output_graph:
+    atomic.check_output_free(output_graph, overwrite)
+  frozen = frozen_from_file(input_graph, inputs, outputs, init_op, tags, signature_names)
   if serving_input != 'placeholders':
     graph_def, signatures = example_front.serving_front(frozen.graph_def, frozen.signatures,
                                                         serving_input, input_graph)
@@ -158,7 +181,8 @@ def saved_model_from_frozen_graph(input_graph, output_saved_model_dir=None, outp
   if log_dir:
     write_tensorboard_graph(frozen.graph_def, files.join(log_dir, 'before'))
     write_tensorboard_graph(result.graph_def, files.join(log_dir, 'after'))
-    logging.info('TensorBoard graphs: tensorboard --logdir=%s', log_dir)
+    logging.info('wrote the graphs before and after as TensorBoard event files under %s',
+                 log_dir)
   if output_graph and prefix:
     frozen_graph.write_graph(result, prefix, output_graph, overwrite)
     logging.info('wrote %s and its checkpoint %s', output_graph,
@@ -179,9 +203,10 @@ def saved_model_from_frozen_graph(input_graph, output_saved_model_dir=None, outp
     meta_graph = saved_model.serving_meta_graph(
         result.graph_def, result.signatures, tags, saver_def=result.saver_def,
         main_op=result.table_init_op, strip_default_attrs=write_variables is None)
-    size = saved_model.write_saved_model(output_saved_model_dir, meta_graph, write_variables,
-                                         overwrite=overwrite)
-    logging.info('wrote SavedModel %s (%s%s; signatures: %s)', output_saved_model_dir,
+    path, size = saved_model.write_saved_model(
+        output_saved_model_dir, meta_graph, write_variables, overwrite=overwrite,
+        version=version, finalize=finalize)
+    logging.info('wrote SavedModel %s (%s%s; signatures: %s)', path,
                  units.human_bytes(size), ', variables/ from %s' % prefix if prefix else '',
                  ', '.join(sorted(result.signatures)))
   return result, before, after

@@ -77,10 +77,9 @@ def is_object_based_saved_model(saved_model_dir, tags=('serve',)):
   """Whether the SavedModel's MetaGraph tagged `tags` is TF2's (see is_object_based).
 
   Raises:
-    errors.UserError: not a readable SavedModel, or no such tags.
+    errors.UserError: not a readable SavedModel, no such tags, or a corrupt graph.
   """
-  proto = saved_model.read_saved_model_proto(saved_model_dir)
-  return saved_model.is_object_based(saved_model.select_meta_graph(proto, tags, saved_model_dir))
+  return saved_model.is_object_based(saved_model.read_meta_graph(saved_model_dir, tags))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -416,7 +415,8 @@ def match(structure, structure_index, checkpoint_graph, checkpoint_index, checkp
 
 @dataclasses.dataclass
 class ExportReport:
-  """What export() wrote (the fields of checkpoint_export.ExportReport, and how it matched)."""
+  """What export() wrote (the fields of from_checkpoint.ExportReport, and how it matched)."""
+  path: str
   tensors_exported: int
   tensors_in_checkpoint: int
   bytes_exported: int
@@ -458,29 +458,8 @@ def _log_layout_changes(plan, structure_index, checkpoint_index):
                    '%d shards' % len(want) if want else 'one variable')
 
 
-def _copy_assets(meta_graph, structure_dir, out_dir):
-  """Copies each asset file the MetaGraph names once (two tables can share one file)."""
-  names = sorted({a.filename for a in saved_model.asset_defs(meta_graph)})
-  for name in names:
-    src = files.join(structure_dir, 'assets', name)
-    if not files.exists(src):
-      raise errors.UserError('asset %s of %s is missing' % (src, structure_dir))
-    dst = files.join(out_dir, 'assets', name)
-    files.makedirs(files.parent_dir(dst))
-    files.copy(src, dst)
-  extra = files.join(structure_dir, 'assets.extra')  # TF Serving's warmup requests
-  if files.isdir(extra):
-    for root, _, extra_names in files.walk(extra):
-      for name in extra_names:
-        src = files.join(root, name)
-        dst = files.join(out_dir, 'assets.extra', src[len(extra):])
-        files.makedirs(files.parent_dir(dst))
-        files.copy(src, dst)
-  return names
-
-
 def export(checkpoint, output_dir, saved_model_dir, tags=('serve',), checkpoint_object=None,
-           chunk_bytes=8 << 20, overwrite=False, allow_ops=()):
+           chunk_bytes=8 << 20, overwrite=False, allow_ops=(), version=None, finalize=None):
   """Writes a serving SavedModel: the TF2 structure at `saved_model_dir` with the values of
   the model in TF2 training checkpoint `checkpoint`.
 
@@ -494,6 +473,9 @@ def export(checkpoint, output_dir, saved_model_dir, tags=('serve',), checkpoint_
     chunk_bytes: bytes read and written at a time when the kernel cannot copy.
     overwrite: replace an existing `output_dir`.
     allow_ops: op types to accept that read files, run Python or reach the network.
+    version: None, or an int or 'auto': write OUTPUT_DIR/<version>, TF Serving's layout.
+    finalize: callable(saved_model_dir) run on the complete SavedModel before it moves into
+      place (warmup requests).
 
   Returns:
     ExportReport.
@@ -503,9 +485,8 @@ def export(checkpoint, output_dir, saved_model_dir, tags=('serve',), checkpoint_
       an existing output without `overwrite`. Nothing is written then.
   """
   start = time.perf_counter()
-  atomic.check_output_free(output_dir, overwrite)
-  proto = saved_model.read_saved_model_proto(saved_model_dir)
-  meta_graph = saved_model.select_meta_graph(proto, tags, saved_model_dir)
+  atomic.check_output_free(output_dir, overwrite, version)
+  meta_graph = saved_model.read_meta_graph(saved_model_dir, tags)
   if not saved_model.is_object_based(meta_graph):
     raise errors.UserError('%s is not a TF2 SavedModel (it has no object graph)'
                           % saved_model_dir)
@@ -534,24 +515,31 @@ def export(checkpoint, output_dir, saved_model_dir, tags=('serve',), checkpoint_
     logging.info('%s: the structure\'s own value (a Keras seed generator state, which the '
                  'checkpoint does not hold and inference does not read)', rename.path)
   records = _records(plan, structure_index, checkpoint_index)
-  with atomic.atomic_output(output_dir, overwrite) as tmp:
-    files.makedirs(files.join(tmp, 'variables'))
-    written = checkpoints.copy_records(records, files.join(tmp, 'variables', 'variables'),
-                                       chunk_bytes, progress=units.Progress('copying tensors'))
-    _copy_assets(meta_graph, saved_model_dir, tmp)
-    # The structure's own file, byte for byte: signatures, functions and init op untouched.
-    name = 'saved_model.pb'
-    if not files.exists(files.join(saved_model_dir, name)):
-      name = 'saved_model.pbtxt'
-    files.copy(files.join(saved_model_dir, name), files.join(tmp, name))
+  written = []
+
+  def write_variables(variables_dir):
+    written.append(checkpoints.copy_records(
+        records, files.join(variables_dir, 'variables'), chunk_bytes,
+        progress=units.Progress('copying tensors')))
+
+  # The structure's own saved_model.pb, byte for byte: signatures, functions and init op
+  # untouched; its assets each once (two tables can share one file), and its assets.extra.
+  name = 'saved_model.pb'
+  if not files.exists(files.join(saved_model_dir, name)):
+    name = 'saved_model.pbtxt'
+  path, _ = saved_model.write_saved_model(
+      output_dir, meta_graph, write_variables, files.join(saved_model_dir, 'assets'),
+      overwrite, version=version, finalize=finalize,
+      saved_model_file=files.join(saved_model_dir, name),
+      assets_extra_dir=files.join(saved_model_dir, 'assets.extra'))
   stored = {}  # one stored tensor under two keys is needed once
   for record in records:
     stored[(id(record.checkpoint), record.entry.shard_id, record.entry.offset)] = (
         record.entry.size)
   return ExportReport(
-      tensors_exported=len(plan.renames) + len(plan.kept),
+      path=path, tensors_exported=len(plan.renames) + len(plan.kept),
       tensors_in_checkpoint=len(checkpoint_index.entries),
-      bytes_exported=written,
+      bytes_exported=written[0],
       bytes_in_checkpoint=sum(checkpoint_index.nbytes(n) for n in checkpoint_index.entries),
       seconds=time.perf_counter() - start, checkpoint_object=plan.object_path,
       matched_by=plan.matched_by,

@@ -34,6 +34,7 @@ from freezerlib.core.lean_tf import graph_pb2
 from freezerlib.core.lean_tf import meta_graph_pb2
 from freezerlib.core.lean_tf import types_pb2
 from freezerlib.formats import checkpoint_index
+from freezerlib.formats import graph_check
 
 METADATA_NODE = 'freezer_metadata'
 TABLE_INIT_COLLECTION = 'freezer_table_init_op'
@@ -149,11 +150,17 @@ def write_graph_def(graph_def, path, overwrite=False):
   return size
 
 
-def read_graph_def(path):
-  """Parses a binary (or, for .pbtxt, text) GraphDef.
+def read_graph_def(path, op_defs=None):
+  """Parses a binary (or, for .pbtxt, text) GraphDef and checks it (graph_check).
+
+  Args:
+    path: the file.
+    op_defs: {op name: OpDef} to check attribute types with (lean_tf.registered_op_defs()
+      where TensorFlow is loaded anyway), or None.
 
   Raises:
-    errors.UserError: missing, empty, or not a GraphDef.
+    errors.UserError: missing, empty, or not a GraphDef;
+      graph_check.CorruptGraphError: a graph TensorFlow would refuse, naming the node.
   """
   if not files.exists(path):
     raise errors.UserError('graph file %s does not exist' % path)
@@ -172,6 +179,7 @@ def read_graph_def(path):
     raise errors.UserError('%s is not a GraphDef (truncated or corrupt: %s)' % (path, e)) from e
   if not graph_def.node:
     raise errors.UserError('%s is not a GraphDef: it parses but holds no nodes' % path)
+  graph_check.check_graph_def(graph_def, path, op_defs)
   return graph_def
 
 
@@ -204,12 +212,14 @@ def frozen_from_graph_def(graph_def, where, in_place=False):
     plain.versions.CopyFrom(graph_def.versions)
     plain.library.CopyFrom(graph_def.library)
     plain.node.extend(n for n in graph_def.node if n.name != METADATA_NODE)
-  init = meta.collection_def[TABLE_INIT_COLLECTION].node_list.value
+  init = (meta.collection_def[TABLE_INIT_COLLECTION].node_list.value
+          if TABLE_INIT_COLLECTION in meta.collection_def else [])
   frozen = FrozenModel(graph_def=plain, signatures=dict(meta.signature_def),
                        tags=list(meta.meta_info_def.tags), table_init_op=init[0] if init else None)
   if meta.HasField('saver_def'):
-    variables = [v.decode('utf-8') for v in
-                 meta.collection_def[VARIABLES_COLLECTION].bytes_list.value] + ['', '']
+    stored = (meta.collection_def[VARIABLES_COLLECTION].bytes_list.value
+              if VARIABLES_COLLECTION in meta.collection_def else [])
+    variables = [v.decode('utf-8') for v in stored] + ['', '']
     if not variables[0]:
       raise errors.UserError('%s: its %s node has a saver but no checkpoint location'
                              % (where, METADATA_NODE))

@@ -6,6 +6,8 @@ the MetaGraph (`serving_meta_graph`), then whatever fills `variables/` and `asse
 `saved_model.pb` last, all under a temporary name moved into place when complete.
 """
 
+from absl import logging
+
 from google.protobuf import message as pb_message
 from google.protobuf import text_format
 
@@ -16,6 +18,7 @@ from freezerlib.core import graphs
 from freezerlib.core import lean_tf
 from freezerlib.core.lean_tf import meta_graph_pb2
 from freezerlib.core.lean_tf import saved_model_pb2
+from freezerlib.formats import graph_check
 
 INIT_OP_SIGNATURE_KEY = '__saved_model_init_op'
 # The collection of the one op TF Serving, the C++ loader and both Python loaders run after
@@ -35,6 +38,28 @@ def read_saved_model_proto(export_dir):
     errors.UserError: the directory is missing, empty, a session-bundle export, or its
       saved_model.pb is truncated or not a SavedModel.
   """
+  return _read_saved_model_proto(export_dir)[0]
+
+
+def read_meta_graph(export_dir, tags):
+  """The MetaGraph tagged `tags` of the SavedModel `export_dir`, its graph checked.
+
+  The one way every script reads a SavedModel's graph: parsed, selected, and refused with one
+  line naming saved_model.pb and the node when TensorFlow would not load it
+  (formats.graph_check).
+
+  Raises:
+    errors.UserError: as read_saved_model_proto and select_meta_graph;
+      graph_check.CorruptGraphError: a corrupt graph.
+  """
+  proto, path = _read_saved_model_proto(export_dir)
+  meta_graph = select_meta_graph(proto, tags, export_dir)
+  graph_check.check_meta_graph(meta_graph, path)
+  return meta_graph
+
+
+def _read_saved_model_proto(export_dir):
+  """(SavedModel proto, the file it was parsed from); see read_saved_model_proto."""
   if not files.exists(export_dir):
     raise errors.UserError('SavedModel directory %s does not exist' % export_dir)
   if not files.isdir(export_dir):
@@ -66,7 +91,7 @@ def read_saved_model_proto(export_dir):
     raise errors.UserError('%s holds no saved_model.pb: not a SavedModel directory' % export_dir)
   if not saved_model.meta_graphs:
     raise errors.UserError('%s holds no MetaGraph (empty or truncated file)' % path)
-  return saved_model
+  return saved_model, path
 
 
 def select_meta_graph(saved_model, tags, export_dir):
@@ -93,13 +118,51 @@ def select_signatures(meta_graph, names, where):
   # TF2's tf.saved_model.save stores its init op among the signatures; it is not one to serve.
   available = sorted(k for k in meta_graph.signature_def if k != INIT_OP_SIGNATURE_KEY)
   if not available:
-    raise errors.UserError('%s has no signatures: nothing says what to keep' % where)
+    raise errors.UserError('%s has no signatures: nothing says what to keep; name the tensors to '
+                           'serve with --inputs and --outputs' % where)
   names = list(names) if names else available
   unknown = [n for n in names if n not in available]
   if unknown:
     raise errors.UserError('%s has no signature %s; choose from: %s'
                           % (where, ', '.join(repr(n) for n in unknown), ', '.join(available)))
   return {n: meta_graph.signature_def[n] for n in names}
+
+
+def signatures_to_serve(meta_graph, signature_names, inputs, outputs, where):
+  """The signatures a script serves: those the MetaGraph has, or one made of named tensors.
+
+  `--inputs`/`--outputs` mean the same in every script: one predict signature,
+  `serving_default`, over those tensors (keys are their node names, see
+  `signature_from_tensors`), in place of the MetaGraph's own signatures, which is how a model
+  without signatures is served. They do not mix with `--signature_def`, which chooses among
+  the MetaGraph's signatures, and they need TensorFlow (shape inference).
+
+  Args:
+    meta_graph: the MetaGraphDef.
+    signature_names: signature keys to keep (all when empty).
+    inputs, outputs: tensor names, or empty.
+    where: the model's path, for messages.
+
+  Returns:
+    signature key -> SignatureDef.
+
+  Raises:
+    errors.UserError: only one of inputs and outputs, both with signature_names, an unknown
+      tensor or signature, or no signature at all.
+  """
+  if not inputs and not outputs:
+    return select_signatures(meta_graph, signature_names, where)
+  if not inputs or not outputs:
+    raise errors.UserError('give both --inputs and --outputs')
+  if signature_names:
+    raise errors.UserError('--signature_def chooses among the signatures of %s, --inputs and '
+                           '--outputs replace them with one: give one or the other' % where)
+  own = sorted(k for k in meta_graph.signature_def if k != INIT_OP_SIGNATURE_KEY)
+  if own:
+    logging.warning('--inputs and --outputs replace the signatures of %s (%s) with one, '
+                    'serving_default', where, ', '.join(own))
+  return {'serving_default': signature_from_tensors(meta_graph.graph_def, inputs, outputs,
+                                                    where)}
 
 
 def signature_output_nodes(signatures):
@@ -233,7 +296,8 @@ def init_ops_of(meta_graph):
   """The ops a SavedModel loader runs after restoring: main op, legacy init op, TF2 init op."""
   ops = []
   for key in (MAIN_OP_COLLECTION, 'legacy_init_op', 'table_initializer'):
-    ops.extend(meta_graph.collection_def[key].node_list.value)
+    if key in meta_graph.collection_def:  # (reading a missing map key would add it)
+      ops.extend(meta_graph.collection_def[key].node_list.value)
   init = meta_graph.signature_def.get(INIT_OP_SIGNATURE_KEY)
   if init is not None:
     ops.extend(o.name for o in init.outputs.values())
@@ -253,6 +317,8 @@ def asset_defs(meta_graph):
   """The MetaGraph's AssetFileDefs: its own field (TF2) and the TF1 `saved_model_assets`
   collection."""
   defs = list(meta_graph.asset_file_def)
+  if 'saved_model_assets' not in meta_graph.collection_def:  # (reading it would add it)
+    return defs
   for value in meta_graph.collection_def['saved_model_assets'].any_list.value:
     asset = meta_graph_pb2.AssetFileDef()
     value.Unpack(asset)
@@ -314,40 +380,64 @@ def serving_meta_graph(graph_def, signatures, tags, saver_def=None, main_op=None
 
 
 def write_saved_model(export_dir, meta_graph, write_variables=None, assets_dir=None,
-                      overwrite=False):
+                      overwrite=False, version=None, finalize=None, saved_model_file=None,
+                      assets_extra_dir=None):
   """The one SavedModel writer: variables/, assets/, then saved_model.pb, atomically.
 
   Args:
-    export_dir: the SavedModel directory to write.
+    export_dir: the SavedModel directory to write; with `version`, TF Serving's model base
+      path, under which the SavedModel becomes EXPORT_DIR/<version>.
     meta_graph: its MetaGraphDef (from `serving_meta_graph`).
     write_variables: None for a model without state, else callable(variables_dir) that
       writes variables/variables.{index,data-*} there (the directory exists).
-    assets_dir: where the files of `meta_graph.asset_file_def` are read from; each file is
-      copied once, however many entries name it.
-    overwrite: replace an existing `export_dir`.
+    assets_dir: where the asset files `meta_graph` names (its asset_file_def and its TF1
+      assets collection) are read from; each file is copied once, however many entries name
+      it.
+    overwrite: replace an existing output.
+    version: None, an int, or 'auto' (one more than the highest version there).
+    finalize: callable(saved_model_dir) run once the SavedModel is complete but before it
+      moves into place (e.g. writing assets.extra/ warmup requests, which needs it loaded).
+    saved_model_file: a saved_model.pb (or .pbtxt) to copy byte for byte instead of writing
+      `meta_graph` (the TF2 checkpoint path serves its structure's file as it is).
+    assets_extra_dir: a directory copied as assets.extra/ (TF Serving's warmup requests).
 
   Returns:
-    Total bytes written.
+    (the SavedModel's final path, total bytes written).
 
   Raises:
-    errors.UserError: `export_dir` exists (without `overwrite`), an asset is missing, or a
-      write fails. Nothing is left at `export_dir` then.
+    errors.UserError: the output exists (without `overwrite`), an asset is missing, or a
+      write fails. Nothing is left in place of the output then.
   """
-  with atomic.atomic_output(export_dir, overwrite) as tmp:
+  if version is None:
+    output = atomic.atomic_output(export_dir, overwrite)
+  else:
+    output = atomic.versioned_output(export_dir, version, overwrite)
+  with output as out:
+    tmp = out if isinstance(out, str) else out.tmp
+    files.makedirs(tmp)
     # variables/ exists even for a model without state, as the TF1 Builder leaves it.
     files.makedirs(files.join(tmp, 'variables'))
     if write_variables is not None:
       write_variables(files.join(tmp, 'variables'))
-    copied = set()
-    for asset in meta_graph.asset_file_def:
-      if asset.filename in copied:
-        continue
-      copied.add(asset.filename)
-      src = files.join(assets_dir, asset.filename) if assets_dir else None
+    for name in sorted({a.filename for a in asset_defs(meta_graph)}):
+      src = files.join(assets_dir, name) if assets_dir else None
       if src is None or not files.exists(src):
-        raise errors.UserError('asset %s is missing' % (src or asset.filename))
-      files.makedirs(files.join(tmp, 'assets'))
-      files.copy(src, files.join(tmp, 'assets', asset.filename))
-    write_saved_model_proto(meta_graph, tmp)
+        raise errors.UserError('asset %s is missing' % (src or name))
+      dst = files.join(tmp, 'assets', name)
+      files.makedirs(files.parent_dir(dst))
+      files.copy(src, dst)
+    if assets_extra_dir and files.isdir(assets_extra_dir):
+      for root, _, names in files.walk(assets_extra_dir):
+        for name in names:
+          src = files.join(root, name)
+          dst = files.join(tmp, 'assets.extra', src[len(assets_extra_dir.rstrip('/')):])
+          files.makedirs(files.parent_dir(dst))
+          files.copy(src, dst)
+    if saved_model_file:
+      files.copy(saved_model_file, files.join(tmp, files.basename(saved_model_file)))
+    else:
+      write_saved_model_proto(meta_graph, tmp)
+    if finalize is not None:
+      finalize(tmp)
     size = directory_size(tmp)
-  return size
+  return (export_dir if isinstance(out, str) else out.path), size

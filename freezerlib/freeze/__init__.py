@@ -52,12 +52,14 @@ class FreezeResult:
   freezer: str
 
 
-def read_checked(saved_model_dir, tags, signature_names, allow_ops):
+def read_checked(saved_model_dir, tags, signature_names, allow_ops, inputs=(), outputs=()):
   """Reads a SavedModel's MetaGraph and refuses what must not be converted, once.
 
-  Checks: the MetaGraph and signatures exist, every signature tensor is in the graph, loading
-  and the signatures run no file, Python or network op the user did not allow, no asset
-  escapes assets/, and no signature writes a variable or table.
+  Checks: the graph is not corrupt, the MetaGraph and signatures exist (or the tensors
+  `inputs` and `outputs` name, which replace them), every signature tensor is in the graph,
+  no signature opens an asset file when it runs (a frozen graph carries none), loading and
+  the signatures run no file, Python or network op the user did not allow, no asset escapes
+  assets/, and no signature writes a variable or table.
 
   Returns:
     (MetaGraphDef, signatures chosen).
@@ -65,10 +67,24 @@ def read_checked(saved_model_dir, tags, signature_names, allow_ops):
   Raises:
     errors.UserError: naming what is wrong and how to choose otherwise.
   """
-  proto = saved_model.read_saved_model_proto(saved_model_dir)
-  meta_graph = saved_model.select_meta_graph(proto, tags, saved_model_dir)
-  signatures = saved_model.select_signatures(meta_graph, signature_names, saved_model_dir)
+  meta_graph = saved_model.read_meta_graph(saved_model_dir, tags)
+  if (inputs or outputs) and saved_model.is_object_based(meta_graph):
+    raise errors.UserError(
+        '--inputs and --outputs apply to TF1 SavedModels; %s was written by '
+        'tf.saved_model.save, whose signatures are its functions: choose among them with '
+        '--signature_def' % saved_model_dir)
+  signatures = saved_model.signatures_to_serve(meta_graph, signature_names, inputs, outputs,
+                                               saved_model_dir)
   saved_model.check_tensors_exist(meta_graph.graph_def, signatures, saved_model_dir)
+  unsafe_ops.check_asset_names(meta_graph, saved_model_dir)
+  reads = unsafe_ops.asset_reads(meta_graph, signatures)
+  if reads:
+    r = reads[0]
+    raise errors.UserError(
+        'signature %r of %s opens the asset file %r each time it runs (op %s at %s); a frozen '
+        'graph carries no asset files, so freezing it is not supported: serve the SavedModel '
+        'as it is, or with optimize_from_ckpt.py, which keeps its assets'
+        % (r.signature, saved_model_dir, r.filename, r.op, r.location))
   outside = unsafe_ops.check_meta_graph(meta_graph, signatures, set(allow_ops), saved_model_dir)
   # Never run here; the reader among them is left out of the frozen graph.
   unsafe_ops.log_findings(outside, 'not run by the signatures')
@@ -99,7 +115,8 @@ def _without_values(model, variables):
 
 def graph_from_saved_model(saved_model_dir, output_graph, tags=('serve',), signature_names=None,
                            overwrite=False, allow_ops=(), streaming_allowed=True,
-                           keep_as_variables=None, serving_input='placeholders'):
+                           keep_as_variables=None, inputs=(), outputs=(),
+                           serving_input='placeholders'):
   """Freezes `saved_model_dir` into the GraphDef file `output_graph`.
 
   Args:
@@ -111,6 +128,8 @@ def graph_from_saved_model(saved_model_dir, output_graph, tags=('serve',), signa
     allow_ops: op types that touch files, run Python or reach the network to accept.
     streaming_allowed: use the streaming freezer where it applies (tests turn it off).
     keep_as_variables: the --keep_as_variables spec (a size or names), or None.
+    inputs, outputs: tensor names (--inputs, --outputs): one signature, serving_default, over
+      them replaces the SavedModel's (for a TF1 SavedModel without signatures).
     serving_input: 'placeholders' (the signature inputs become placeholders) or 'examples'
       (the reader becomes one input of serialized tf.Example: transforms.example_front).
 
@@ -123,7 +142,8 @@ def graph_from_saved_model(saved_model_dir, output_graph, tags=('serve',), signa
   """
   keep = keep_lib.parse_spec(keep_as_variables)
   atomic.check_output_free(output_graph, overwrite)
-  meta_graph, signatures = read_checked(saved_model_dir, tags, signature_names, allow_ops)
+  meta_graph, signatures = read_checked(saved_model_dir, tags, signature_names, allow_ops,
+                                        inputs, outputs)
   object_based = saved_model.is_object_based(meta_graph)
   transform = None
   if serving_input != 'placeholders':

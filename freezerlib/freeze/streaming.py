@@ -93,7 +93,8 @@ def plan(meta_graph, signatures, export_dir, kept=()):
   if not meta_graph.saver_def.restore_op_name or not files.exists(prefix + '.index'):
     return _skip('no saver or no variables/ to stream from')
   # Reader outputs become placeholders; the reader and all else serving does not run go.
-  sub, signatures, _ = prune.cut_to_signatures(meta_graph.graph_def, signatures)
+  sub, signatures, _ = prune.cut_to_signatures(meta_graph.graph_def, signatures,
+                                               where=export_dir)
   nodes = {n.name: n for n in sub.node}
   if any(n.op in tables.HASH_TABLE_OPS for n in sub.node):
     return _skip('static tables are filled by an init op, which needs a session')

@@ -2,6 +2,7 @@
 
 from absl import logging
 
+from freezerlib.core import errors
 from freezerlib.core import graphs
 from freezerlib.core import lean_tf
 from freezerlib.core.lean_tf import graph_pb2
@@ -9,7 +10,7 @@ from freezerlib.core.lean_tf import meta_graph_pb2
 from freezerlib.core.lean_tf import tensorflow as tf  # imported on first use
 
 
-def inputs_to_placeholders(graph_def, signatures, op_defs=None):
+def inputs_to_placeholders(graph_def, signatures, op_defs=None, where='the graph'):
   """Makes every signature input that is not a Placeholder into one, where that is sound.
 
   A reader output (`IteratorGetNext:3`) or an intermediate tensor (`x2:0`) becomes a Placeholder
@@ -41,15 +42,19 @@ def inputs_to_placeholders(graph_def, signatures, op_defs=None):
     graph_def: GraphDef (not modified).
     signatures: key -> SignatureDef (not modified).
     op_defs: optional OpList of the ops in `graph_def`; None: always use shape inference.
+    where: the graph's file, for messages.
 
   Returns:
     (new GraphDef, new signatures with the placeholders' names,
      dict old tensor name -> placeholder tensor name).
+
+  Raises:
+    errors.UserError: TensorFlow does not import the graph (shape inference needs it).
   """
   nodes = {n.name: n for n in graph_def.node}
   taken = set(nodes)
   computed = {key: graphs.computed_tensors(graph_def, sig) for key, sig in signatures.items()}
-  types = _TensorTypes(graph_def, op_defs)
+  types = _TensorTypes(graph_def, op_defs, where)
   replaced = {}   # (node, index) -> placeholder node name
   kept = set()
   new_nodes = []
@@ -231,8 +236,9 @@ class _TensorTypes:
   """dtype and shape of graph tensors, read from the graph where it states them, else from
   TensorFlow's shape inference (imported, with the graph, on first need)."""
 
-  def __init__(self, graph_def, op_defs):
+  def __init__(self, graph_def, op_defs, where):
     self._graph_def = graph_def
+    self._where = where
     self._nodes = {n.name: n for n in graph_def.node}
     self._op_defs = None
     if op_defs is not None:
@@ -242,7 +248,7 @@ class _TensorTypes:
 
   def _imported(self):
     if self._graph is None:
-      self._graph = _imported(self._graph_def)
+      self._graph = _imported(self._graph_def, self._where)
     return self._graph
 
   def fix(self, info, exact):
@@ -310,10 +316,15 @@ def output_dtype(node, index, op_defs):
   return None
 
 
-def _imported(graph_def):
+def _imported(graph_def, where):
   graph = tf.Graph()
   with graph.as_default():
-    tf.graph_util.import_graph_def(graph_def, name='')
+    try:
+      tf.graph_util.import_graph_def(graph_def, name='')
+    except (ValueError, tf.errors.OpError) as e:
+      # What formats.graph_check does not know to look for (an op this TensorFlow lacks, ...).
+      raise errors.UserError('TensorFlow cannot import the graph of %s: %s'
+                             % (where, errors.tf_error_message(e))) from e
   return graph
 
 

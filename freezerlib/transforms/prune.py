@@ -67,13 +67,16 @@ def log_cut(before, after):
                  after.ops.get(op, 0))
 
 
-def cut_to_signatures(graph_def, signatures, extra_keep=()):
+def cut_to_signatures(graph_def, signatures, extra_keep=(), where='the graph'):
   """Signature inputs to placeholders, then only what the signatures (and `extra_keep`) need.
+
+  `where` names the graph's file in messages.
 
   Returns:
     (GraphDef with devices cleared, signatures with the placeholders' names, nodes kept alive).
   """
-  graph_def, signatures, _ = placeholders.inputs_to_placeholders(graph_def, signatures)
+  graph_def, signatures, _ = placeholders.inputs_to_placeholders(graph_def, signatures,
+                                                                 where=where)
   keep = saved_model.signature_output_nodes(signatures)
   # Inputs no output depends on must stay too: the signature promises them.
   keep += saved_model.signature_input_nodes(signatures)

@@ -14,6 +14,7 @@ from freezerlib.analysis import stateful
 from freezerlib.core import errors
 from freezerlib.core import files
 from freezerlib.core import graphs
+from freezerlib.core import lean_tf
 from freezerlib.formats import frozen_graph
 from freezerlib.formats import saved_model
 from freezerlib.transforms import tables
@@ -172,8 +173,7 @@ def load_saved_model(export_dir, tags=('serve',)):
   Raises:
     errors.UserError: the directory is not a loadable SavedModel.
   """
-  proto = saved_model.read_saved_model_proto(export_dir)
-  meta_graph = saved_model.select_meta_graph(proto, tags, export_dir)
+  meta_graph = saved_model.read_meta_graph(export_dir, tags)
   if saved_model.is_object_based(meta_graph):  # tf.saved_model.save: run it as TF2 loads it
     return LoadedModel(export_dir, meta_graph, tags)
   signatures = {k: v for k, v in meta_graph.signature_def.items()
@@ -203,7 +203,8 @@ def load_frozen_graph(path, frozen=None):
   """
   start = time.perf_counter()
   if frozen is None:
-    frozen = frozen_graph.frozen_from_graph_def(frozen_graph.read_graph_def(path), path)
+    frozen = frozen_graph.frozen_from_graph_def(
+        frozen_graph.read_graph_def(path, lean_tf.registered_op_defs()), path)
   if frozen is None:
     raise errors.UserError('%s has no freezer_metadata node: it was not written by freezer.py '
                           'or optimize_from_pb.py, so its signatures are unknown' % path)
@@ -262,7 +263,11 @@ class LoadedModel:
     self.graph_def = meta_graph.graph_def
     self.graph = tf.Graph()
     with self.graph.as_default():
-      tf.graph_util.import_graph_def(self.graph_def, name='')
+      try:
+        tf.graph_util.import_graph_def(self.graph_def, name='')
+      except (ValueError, tf.errors.OpError) as e:
+        raise errors.UserError('cannot import the graph of %s: %s'
+                               % (export_dir, errors.tf_error_message(e))) from e
     self.size_bytes = saved_model.directory_size(export_dir)
 
   @property

@@ -35,7 +35,6 @@ import optimize_from_pb
 
 tf1 = tf.compat.v1
 ATOL = 1e-6
-TEXT_FILE_INIT = ['InitializeTableFromTextFileV2']  # see test_real_models.py
 
 
 def _write_records(path, examples):
@@ -160,7 +159,7 @@ def test_census_label_is_not_required_at_serving(census, census_records, tmp_pat
   out = str(tmp_path / 'serving')
   from_checkpoint.saved_model_from_checkpoint(census['checkpoint'], out,
                                               saved_model_dir=census['reader_fed'],
-                                              allow_ops=TEXT_FILE_INIT, serving_input='examples')
+                                              serving_input='examples')
   answers = census_records['answers']
   _assert_answers_as_the_reader(out, 'serving_default', answers, census_records['by_id'])
   unlabelled = []
