@@ -13,7 +13,9 @@ from freezerlib.export import from_checkpoint
 from freezerlib.export import from_frozen
 from freezerlib.formats import saved_model
 from freezerlib.verify import compare
+from freezerlib.core import errors
 from freezerlib.verify import loaders
+from freezerlib.verify import warmup
 import real_models
 
 
@@ -68,3 +70,6 @@ def test_sparse_output_and_placeholder_input(path, sparse_model, words, tmp_path
   passed, results = compare.check(reference, loaders.load_saved_model(out), batch_sizes=(),
                                   out=io.StringIO())
   assert passed and len(results) == 2, results
+  # TF Serving's Predict feeds an input by its TensorInfo's name, which a sparse one lacks.
+  with pytest.raises(errors.UserError, match="input 'words' is sparse"):
+    warmup.write(out, 2)
