@@ -33,6 +33,21 @@ placeholders as inputs, no optimizer and no devices, with the training graph's v
 partitions and table shards (give the same --num_ps and --num_partitions). Its values are never
 used: `optimize_from_ckpt.py` takes it as the structure and the training checkpoint as values.
 
+`--api=tf2` trains the same model in TF2 form (tf2_recsys_model.py: a tf.Module reading the same
+data) on a real tf.distribute.ParameterServerStrategy cluster: PS and worker tasks that only
+serve, and a coordinator (job 'chief', a task of its own) that creates the variables and
+tables on the PS tasks (the item embedding in --num_partitions shards, each table in one
+MutableHashTable per PS task) and drives training with ClusterCoordinator, each worker reading
+every M-th record. It writes OUTPUT_DIR/ckpt/ckpt-STEPS with tf.train.Checkpoint(model=...,
+optimizer=...) (keys `model/item_embedding/.ATTRIBUTES/VARIABLE_VALUE`, one tensor in slices,
+`model/user_stats/shard_k/.ATTRIBUTES/table-keys`, ...; a data file per PS task and one for the
+coordinator) and OUTPUT_DIR/saved_model (tf.saved_model.save of the trained model). With
+--job_name each machine runs one task, as for TF1, plus `--chief_host` (the coordinator's
+host:port) on every machine; the coordinator writes OUTPUT_DIR, which the workers must read
+(data/) and the PS tasks write (their checkpoint files), and tells every task when training
+has ended. `--api=tf2 --fake_infer_graph --num_ps=N` writes the TF2 structure: the model's
+SavedModel with the same object paths, shapes and shards, initial values, no optimizer.
+
 Examples:
   python model_gen.py --output_dir=/tmp/freezer_demo/model --steps=200 --seed=7
 
@@ -48,6 +63,19 @@ Examples:
 
   # its fake inference graph
   python model_gen.py --output_dir=/tmp/freezer_demo/fake_infer --fake_infer_graph --num_ps=2
+
+  # TF2: a ParameterServerStrategy cluster of 2 PS, 1 worker and a coordinator on this machine,
+  # and its structure
+  python model_gen.py --api=tf2 --output_dir=/tmp/freezer_demo/tf2_model --num_ps=2 --num_workers=1
+  python model_gen.py --api=tf2 --output_dir=/tmp/freezer_demo/tf2_fake --fake_infer_graph --num_ps=2
+
+  # the same TF2 cluster on four machines
+  FLAGS="--api=tf2 --output_dir=/shared/tf2_model --chief_host=chief.example.com:2222
+      --ps_hosts=ps0.example.com:2222,ps1.example.com:2222 --worker_hosts=worker0.example.com:2222"
+  python model_gen.py $FLAGS --job_name=ps --task_index=0      # on ps0.example.com
+  python model_gen.py $FLAGS --job_name=ps --task_index=1      # on ps1.example.com
+  python model_gen.py $FLAGS --job_name=worker --task_index=0  # on worker0.example.com
+  python model_gen.py $FLAGS --job_name=chief                  # on chief.example.com
 """
 
 import utils  # pylint: disable=g-bad-import-order  # first: Ctrl-C during start-up is one line
@@ -90,19 +118,28 @@ _NUM_PS = flags.DEFINE_integer(
     'tasks (the tables get one shard per PS task). With --fake_infer_graph: the PS count of the '
     'training run to mirror.', lower_bound=0)
 _NUM_WORKERS = flags.DEFINE_integer(
-    'num_workers', None, 'Worker tasks of the cluster --num_ps starts (default 1); worker 0 is '
-    'the chief.', lower_bound=1)
+    'num_workers', None, 'Worker tasks of the cluster --num_ps starts (default 1); with '
+    '--api=tf1 worker 0 is the chief.', lower_bound=1)
+_API = flags.DEFINE_enum(
+    'api', 'tf1', ['tf1', 'tf2'], 'tf1: the tf.compat.v1 graph model (Saver checkpoint, '
+    'replica_device_setter when distributed). tf2: the tf.Module model trained by '
+    'ParameterServerStrategy with a coordinator (tf.train.Checkpoint); needs --num_ps (or '
+    '--job_name).')
 _JOB_NAME = flags.DEFINE_enum(
-    'job_name', None, ['ps', 'worker'], 'Run one task of an existing cluster (with '
-    '--task_index, --ps_hosts, --worker_hosts) instead of starting one.')
+    'job_name', None, ['ps', 'worker', 'chief'], 'Run one task of an existing cluster (with '
+    '--task_index, --ps_hosts, --worker_hosts) instead of starting one; chief: the '
+    'coordinator of an --api=tf2 cluster.')
 _TASK_INDEX = flags.DEFINE_integer(
-    'task_index', 0, 'Index of this task in its --job_name; worker 0 is the chief, which writes '
-    '--output_dir.', lower_bound=0)
+    'task_index', 0, 'Index of this task in its --job_name; with --api=tf1 worker 0 is the '
+    'chief, which writes --output_dir.', lower_bound=0)
 _PS_HOSTS = flags.DEFINE_list(
     'ps_hosts', [], 'host:port of each PS task, comma-separated; the same list for every task.')
 _WORKER_HOSTS = flags.DEFINE_list(
     'worker_hosts', [], 'host:port of each worker task, comma-separated; the same list for '
     'every task.')
+_CHIEF_HOST = flags.DEFINE_string(
+    'chief_host', None, '--api=tf2: host:port of the coordinator (job chief, task 0), which '
+    'drives training and writes --output_dir; the same for every task.')
 _CLUSTER_TIMEOUT_SECS = flags.DEFINE_integer(
     'cluster_timeout_secs', 600, 'Stop every task of a cluster that has not finished training '
     'within this many seconds.', lower_bound=1)
@@ -113,6 +150,7 @@ _FAKE_INFER_GRAPH = flags.DEFINE_bool(
 _TASK_WORK_DIR = flags.DEFINE_string(
     'task_work_dir', None, 'Internal, set by the --num_ps launcher for its tasks: the directory '
     'whose data/ workers read and where the chief writes ckpt/ and saved_model/.')
+
 
 def _config_from_flags(num_ps):
   from freezerlib.core import errors  # pylint: disable=g-import-not-at-top  # --help fast
@@ -147,8 +185,10 @@ def _register_flag_validators():
       '--job_name needs --ps_hosts and --worker_hosts (host:port,... of every task)')
   flags.register_multi_flags_validator(
       ['job_name', 'task_index', 'ps_hosts', 'worker_hosts'],
-      lambda f: not f['job_name'] or f['task_index'] < len(f['%s_hosts' % f['job_name']]),
-      '--task_index must index the hosts of --job_name (--ps_hosts or --worker_hosts)')
+      lambda f: not f['job_name'] or f['task_index'] < (
+          1 if f['job_name'] == 'chief' else len(f['%s_hosts' % f['job_name']])),
+      '--task_index must index the hosts of --job_name (--ps_hosts or --worker_hosts; 0 for '
+      'the chief)')
   flags.register_multi_flags_validator(
       ['job_name', 'num_ps', 'num_workers', 'fake_infer_graph'],
       lambda f: not f['job_name'] or not (f['num_ps'] or f['num_workers'] or
@@ -160,9 +200,10 @@ def _register_flag_validators():
       lambda f: f['num_workers'] is None or (f['num_ps'] > 0 and not f['fake_infer_graph']),
       '--num_workers needs --num_ps>=1 (the cluster to start) and no --fake_infer_graph')
   flags.register_multi_flags_validator(
-      ['job_name', 'task_index', 'task_work_dir', 'output_dir'],
+      ['job_name', 'task_index', 'task_work_dir', 'output_dir', 'api'],
       lambda f: bool(f['output_dir']) or (f['job_name'] is not None and (
-          f['job_name'] == 'ps' or f['task_index'] > 0 or bool(f['task_work_dir']))),
+          f['job_name'] == 'ps' or bool(f['task_work_dir']) or
+          (f['job_name'] == 'worker' and (f['task_index'] > 0 or f['api'] == 'tf2')))),
       '--output_dir is required (except for PS tasks and non-chief workers)')
   flags.register_multi_flags_validator(
       ['task_work_dir', 'job_name'], lambda f: f['task_work_dir'] is None or f['job_name'],
@@ -174,10 +215,66 @@ def _cluster_from_flags():
   return tf.train.ClusterSpec({'ps': _PS_HOSTS.value, 'worker': _WORKER_HOSTS.value})
 
 
+def _check_api_flags():
+  """The rules of --api between flags (one-line errors)."""
+  from freezerlib.core import errors  # pylint: disable=g-import-not-at-top
+  if _API.value == 'tf1':
+    if _JOB_NAME.value == 'chief':
+      raise errors.UserError('--job_name=chief is the coordinator of an --api=tf2 cluster; a '
+                            'TF1 cluster\'s chief is --job_name=worker --task_index=0')
+    if _CHIEF_HOST.value:
+      raise errors.UserError('--chief_host is for --api=tf2 (a TF1 cluster\'s chief is worker 0)')
+    return
+  if _JOB_NAME.value:
+    if not _CHIEF_HOST.value:
+      raise errors.UserError('--api=tf2 --job_name needs --chief_host (host:port of the '
+                            'coordinator, --job_name=chief), the same for every task')
+  elif _NUM_PS.value < 1:
+    raise errors.UserError(
+        '--api=tf2 trains on a parameter-server cluster only: give --num_ps (and '
+        '--num_workers) to start one here, or --job_name to join one'
+        if not _FAKE_INFER_GRAPH.value else
+        '--api=tf2 --fake_infer_graph mirrors a cluster\'s model: give its --num_ps')
+  elif _CHIEF_HOST.value:
+    raise errors.UserError('--chief_host joins a cluster: give it with --job_name, not --num_ps')
+
+
+def _work_tf2():
+  """--api=tf2: join a cluster, write the fake inference graph, or start a cluster here."""
+  from freezerlib.demo import cluster  # pylint: disable=g-import-not-at-top
+  from freezerlib.demo import tf2_cluster  # pylint: disable=g-import-not-at-top  # TF2 only
+  from freezerlib.demo import tf2_recsys_model  # pylint: disable=g-import-not-at-top
+  if _JOB_NAME.value:
+    cluster.die_with_launcher()
+    config = _config_from_flags(len(_PS_HOSTS.value))
+    spec = tf2_cluster.cluster_spec(_PS_HOSTS.value, _WORKER_HOSTS.value, _CHIEF_HOST.value)
+    tf2_cluster.join_cluster(_JOB_NAME.value, _TASK_INDEX.value, spec, config,
+                             output_dir=_OUTPUT_DIR.value, overwrite=_OVERWRITE.value,
+                             timeout_secs=_CLUSTER_TIMEOUT_SECS.value,
+                             work_dir=_TASK_WORK_DIR.value)
+    return None
+  config = _config_from_flags(_NUM_PS.value)
+  if _FAKE_INFER_GRAPH.value:
+    return tf2_recsys_model.write_fake_infer_graph(_OUTPUT_DIR.value, config,
+                                                   _OVERWRITE.value)
+  result = tf2_cluster.train_distributed(
+      _OUTPUT_DIR.value, config, _NUM_PS.value, cli_flags.value_or_default(_NUM_WORKERS, 1),
+      _OVERWRITE.value, _CLUSTER_TIMEOUT_SECS.value)
+  logging.info('checkpoint: %s', result['checkpoint'])
+  return result
+
+
 def main(argv):
   del argv  # flags only: utils.parse_flags refuses stray arguments
 
   def work():
+    _check_api_flags()
+    if _API.value == 'tf2':
+      result = _work_tf2()
+      if result:
+        logging.info('SavedModel: %s', result['saved_model'])
+        print(result['saved_model'])
+      return
     from freezerlib.demo import cluster  # pylint: disable=g-import-not-at-top  # --help fast
     from freezerlib.demo import recsys_model  # pylint: disable=g-import-not-at-top
     if _JOB_NAME.value:
@@ -203,6 +300,8 @@ def main(argv):
     print(result['saved_model'])
 
   def deterministic_work():
+    if _API.value == 'tf2':  # its cluster's tasks run their own (non-deterministic) kernels
+      return work()
     from freezerlib.demo import recsys_model  # pylint: disable=g-import-not-at-top
     with recsys_model.deterministic_ops():  # the same --seed, the same model
       return work()

@@ -22,9 +22,13 @@ def _exit_at_start_up(signum, frame):  # pylint: disable=unused-argument
 
 
 # First, before the imports (TensorFlow's take seconds): an interrupt during them has nothing to
-# clean up, so it ends the process at once with one line.
-signal.signal(signal.SIGINT, _exit_at_start_up)
-signal.signal(signal.SIGTERM, _exit_at_start_up)
+# clean up, so it ends the process at once with one line. Only in a script's own process: a
+# test that imports a script keeps its own handlers.
+_SCRIPTS = ('model_gen.py', 'freezer.py', 'optimize_from_pb.py', 'optimize_from_pb_test.py',
+            'optimize_from_ckpt.py')
+if (getattr(sys.modules.get('__main__'), '__file__', None) or '').rsplit('/', 1)[-1] in _SCRIPTS:
+  signal.signal(signal.SIGINT, _exit_at_start_up)
+  signal.signal(signal.SIGTERM, _exit_at_start_up)
 
 import re  # pylint: disable=g-import-not-at-top,g-bad-import-order
 
@@ -115,28 +119,37 @@ def run_cli(program, fn):
   from freezerlib.core import lean_tf  # pylint: disable=g-import-not-at-top
   lean_tf.run_pending_hooks()  # scripts that imported TensorFlow themselves
   # From here an interrupt unwinds the work, so every temporary output is removed.
-  signal.signal(signal.SIGINT, _interrupt)
-  signal.signal(signal.SIGTERM, _interrupt)
+  previous = (signal.signal(signal.SIGINT, _interrupt), signal.signal(signal.SIGTERM, _interrupt))
+  as_script = previous[0] is _exit_at_start_up
   already = len(atomic.completed_outputs())
   try:
     code = fn()
   except errors.UserError as e:
+    _after_work(as_script, previous)
     sys.stderr.write('%s: error: %s\n' % (program, str(e).replace('\n', ' ')))
     sys.stderr.flush()
     return EXIT_REFERENCE_FAILED if isinstance(e, errors.ReferenceFailed) else EXIT_FAILURE
   except KeyboardInterrupt:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _after_work(as_script, previous)
     done = atomic.completed_outputs()[already:]
     sys.stderr.write('%s: interrupted: %s\n' % (
         program, ('%s complete, nothing else written' % ', '.join(done)) if done
         else 'nothing written'))
     sys.stderr.flush()
     return EXIT_INTERRUPTED
-  # The work is done and its outputs are in place: an interrupt from here on changes nothing.
-  signal.signal(signal.SIGINT, signal.SIG_IGN)
-  signal.signal(signal.SIGTERM, signal.SIG_IGN)
+  _after_work(as_script, previous)
   return EXIT_OK if code is None else code
+
+
+def _after_work(as_script, previous):
+  """A script's work is done (or was interrupted) and its outputs are what they will be: a
+  signal from here on changes nothing. Called in-process (tests), the handlers are restored."""
+  if as_script:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+  else:
+    signal.signal(signal.SIGINT, previous[0])
+    signal.signal(signal.SIGTERM, previous[1])
 
 
 def warmup_writer(count, input_files, seed=0):

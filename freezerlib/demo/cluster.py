@@ -3,7 +3,8 @@
 `run_local_cluster` / `train_distributed` start a whole TensorFlow cluster on this machine, one
 process per task (each runs model_gen.py with --job_name and --task_index), and stop every task
 when training ends, when one fails, or at the deadline; `join_cluster` runs one task of a
-cluster on real machines. The model itself, and the flags, are model_gen.py's.
+cluster on real machines. The model itself, and the flags, are model_gen.py's. The launcher
+also starts tf2_cluster.py's TF2 clusters, whose coordinator is a task of its own.
 """
 
 import contextlib
@@ -44,7 +45,7 @@ def _task_session_config(device_filters, timeout_ms=_OP_TIMEOUT_MS):
                          intra_op_parallelism_threads=1, inter_op_parallelism_threads=2)
 
 
-def _start_server(cluster, job_name, task_index):
+def start_server(cluster, job_name, task_index):
   try:
     return tf.distribute.Server(
         cluster, job_name=job_name, task_index=task_index, start=True,
@@ -93,7 +94,7 @@ def run_ps_task(cluster, task_index, timeout_secs=600):
   Raises:
     errors.UserError: a worker did not report within `timeout_secs`.
   """
-  server = _start_server(cluster, 'ps', task_index)
+  server = start_server(cluster, 'ps', task_index)
   logging.info('ps %d serving at %s', task_index, server.target)
   num_workers = cluster.num_tasks('worker')
   with tf.Graph().as_default():
@@ -177,7 +178,7 @@ def run_worker_task(cluster, task_index, config, work_dir, timeout_secs=600):
                           % files.join(work_dir, 'data', '*.tfrecord'))
   num_ps, num_workers = cluster.num_tasks('ps'), cluster.num_tasks('worker')
   is_chief = task_index == 0
-  server = _start_server(cluster, 'worker', task_index)
+  server = start_server(cluster, 'worker', task_index)
   session_config = _task_session_config(['/job:ps', '/job:worker/task:%d' % task_index])
   graph = tf.Graph()
   with graph.as_default():
@@ -231,7 +232,7 @@ def die_with_launcher():
     os._exit(1)  # pylint: disable=protected-access
 
 
-def _start_watchdog(timeout_secs, what):
+def start_watchdog(timeout_secs, what):
   """Ends this process with one error line if it is still running after `timeout_secs`."""
   def expire():
     sys.stderr.write('model_gen.py: error: %s did not finish within %d s '
@@ -244,7 +245,7 @@ def _start_watchdog(timeout_secs, what):
   return timer
 
 
-def _write_training_data(config, work_dir):
+def write_training_data(config, work_dir):
   recsys_model.write_tfrecords(recsys_model.generate_examples(config), files.join(work_dir, 'data'), config.num_data_files)
 
 
@@ -269,9 +270,9 @@ def join_cluster(job_name, task_index, cluster, config, output_dir=None, overwri
   Raises:
     errors.UserError: on the user's mistakes and unreachable clusters.
   """
-  watchdog = _start_watchdog(timeout_secs, '%s task %d' % (job_name, task_index))
+  watchdog = start_watchdog(timeout_secs, '%s task %d' % (job_name, task_index))
   try:
-    with _tf_errors_as_user_errors('%s task %d' % (job_name, task_index)):
+    with tf_errors_as_user_errors('%s task %d' % (job_name, task_index)):
       return _run_task(job_name, task_index, cluster, config, output_dir, overwrite,
                        timeout_secs, work_dir)
   finally:
@@ -279,7 +280,7 @@ def join_cluster(job_name, task_index, cluster, config, output_dir=None, overwri
 
 
 @contextlib.contextmanager
-def _tf_errors_as_user_errors(task):
+def tf_errors_as_user_errors(task):
   """A TensorFlow error in a task becomes one line naming the task."""
   try:
     yield
@@ -300,14 +301,14 @@ def _run_task(job_name, task_index, cluster, config, output_dir, overwrite, time
     return run_worker_task(cluster, task_index, config, work_dir, timeout_secs)
   if task_index == 0:
     with atomic.atomic_output(output_dir, overwrite) as tmp:
-      _write_training_data(config, tmp)
-      with _tf_errors_as_user_errors('worker 0'):  # before atomic_output words it otherwise
+      write_training_data(config, tmp)
+      with tf_errors_as_user_errors('worker 0'):  # before atomic_output words it otherwise
         prefix = run_worker_task(cluster, task_index, config, tmp, timeout_secs)
     return files.join(output_dir, 'ckpt', prefix.rstrip('/').rsplit('/', 1)[-1])
   # The data is generated from the seed: each worker writes its own copy, locally.
   local = tempfile.mkdtemp(prefix='model_gen_worker_')
   try:
-    _write_training_data(config, local)
+    write_training_data(config, local)
     return run_worker_task(cluster, task_index, config, local, timeout_secs)
   finally:
     tf.io.gfile.rmtree(local)
@@ -423,16 +424,16 @@ def _exit_text(code):
   return 'exited with code %d' % code
 
 
-def _wait_for_workers(tasks, deadline, timeout_secs, log_dir):
-  """Returns when every worker has exited 0; raises UserError when any task fails first."""
-  workers = [t for t in tasks if t.job == 'worker']
+def _wait_for_tasks(tasks, jobs, deadline, timeout_secs, log_dir):
+  """Returns when every task of `jobs` has exited 0; raises UserError when any task fails first."""
+  waited = [t for t in tasks if t.job in jobs]
   while True:
     for task in tasks:
       code = task.proc.poll()
       if code:
         raise errors.UserError('%s %s: %s (all tasks stopped; logs in %s)' % (
             task.name, _exit_text(code), _error_line(task), log_dir))
-    if all(w.proc.returncode == 0 for w in workers):
+    if all(w.proc.returncode == 0 for w in waited):
       return
     if time.monotonic() > deadline:
       raise errors.UserError(
@@ -458,8 +459,8 @@ def _sigterm_as_exit():
 
 
 def run_local_cluster(config, num_ps, num_workers, work_dir, timeout_secs, log_dir,
-                      extra_flags=()):
-  """Runs a cluster of local processes, one per task, until the workers have finished.
+                      extra_flags=(), coordinator=False):
+  """Runs a cluster of local processes, one per task, until training has finished.
 
   Args:
     config: ModelConfig.
@@ -469,27 +470,36 @@ def run_local_cluster(config, num_ps, num_workers, work_dir, timeout_secs, log_d
     timeout_secs: stop everything after this.
     log_dir: directory for each task's output, `ps-0.log`, `worker-0.log`, ...
     extra_flags: more flags for every task (they come last, so they win).
+    coordinator: also start task 0 of job 'chief' (TF2's coordinator, given to every task as
+      --chief_host): training has finished when it exits 0, and the PS and worker tasks end
+      by themselves then. Without it, when every worker has exited 0 (worker 0 is the chief).
 
   Raises:
     errors.UserError: a task failed or the deadline passed; every task is stopped first.
   """
   deadline = time.monotonic() + timeout_secs
-  socks = reserve_ports(num_ps + num_workers)
+  jobs = [('ps', num_ps), ('worker', num_workers)] + ([('chief', 1)] if coordinator else [])
+  socks = reserve_ports(sum(count for _, count in jobs))
   hosts = ['127.0.0.1:%d' % s.getsockname()[1] for s in socks]
   args = ['--ps_hosts=' + ','.join(hosts[:num_ps]),
-          '--worker_hosts=' + ','.join(hosts[num_ps:]),
+          '--worker_hosts=' + ','.join(hosts[num_ps:num_ps + num_workers]),
           '--task_work_dir=' + work_dir, '--cluster_timeout_secs=%d' % timeout_secs]
+  if coordinator:
+    args.append('--chief_host=' + hosts[-1])
   args += task_flags(config) + list(extra_flags)
   tasks = []
   try:
     with _sigterm_as_exit():
-      for job, count in (('ps', num_ps), ('worker', num_workers)):
+      for job, count in jobs:
         for index in range(count):
           tasks.append(_start_task(job, index, args, log_dir))
-      logging.info('started %d PS and %d worker tasks at %s; logs in %s',
-                   num_ps, num_workers, ', '.join(hosts), log_dir)
-      _wait_for_workers(tasks, deadline, timeout_secs, log_dir)
-      # Each PS task ends once every worker has reported; give them a moment, then stop them.
+      logging.info('started %d PS and %d worker tasks%s at %s; logs in %s',
+                   num_ps, num_workers, ' and a coordinator' if coordinator else '',
+                   ', '.join(hosts), log_dir)
+      _wait_for_tasks(tasks, ['chief'] if coordinator else ['worker'], deadline,
+                      timeout_secs, log_dir)
+      # The other tasks end once the workers or the coordinator have told them; give them a
+      # moment, then stop them.
       grace = time.monotonic() + 10
       while time.monotonic() < grace and any(t.proc.poll() is None for t in tasks):
         time.sleep(0.1)
@@ -500,23 +510,26 @@ def run_local_cluster(config, num_ps, num_workers, work_dir, timeout_secs, log_d
 
 
 def train_distributed(output_dir, config, num_ps, num_workers=1, overwrite=False,
-                      timeout_secs=600, log_dir=None, extra_flags=()):
+                      timeout_secs=600, log_dir=None, extra_flags=(), coordinator=False):
   """Trains on a local PS cluster: one process per task, on free loopback ports.
 
   Writes the data once, starts `num_ps` PS and `num_workers` worker tasks (this script with
-  --job_name), and waits. Every task is stopped when the workers are done, when any task
-  fails, or at the deadline; `output_dir` then appears complete or not at all.
+  --job_name), and a coordinator task if asked, and waits. Every task is stopped when training
+  is done, when any task fails, or at the deadline; `output_dir` then appears complete or not
+  at all.
 
   Args:
     output_dir: directory to create, laid out as `train_and_export` lays it out.
     config: ModelConfig; its tables get one shard per PS task whatever `num_table_shards` says.
     num_ps: PS tasks (>= 1).
-    num_workers: worker tasks (>= 1); worker 0 is the chief.
+    num_workers: worker tasks (>= 1); worker 0 is the chief, unless `coordinator`.
     overwrite: replace an existing `output_dir`.
     timeout_secs: stop the cluster and fail if it has not finished by then.
     log_dir: directory for the tasks' logs; by default a local temporary one, removed on
       success and named in the error otherwise.
     extra_flags: more flags for every task.
+    coordinator: start a 'chief' task of its own that drives training (TF2; see
+      run_local_cluster); it writes ckpt/ and saved_model/.
 
   Returns:
     dict with 'saved_model', 'checkpoint' (prefix) and 'data' paths, and 'global_step'.
@@ -538,9 +551,10 @@ def train_distributed(output_dir, config, num_ps, num_workers=1, overwrite=False
     with atomic.atomic_output(output_dir, overwrite) as tmp:
       log_dir = log_dir or tempfile.mkdtemp(prefix='model_gen_cluster_')
       tf.io.gfile.makedirs(log_dir)
-      _write_training_data(config, tmp)
+      write_training_data(config, tmp)
       keep_logs = True
-      run_local_cluster(config, num_ps, num_workers, tmp, timeout_secs, log_dir, extra_flags)
+      run_local_cluster(config, num_ps, num_workers, tmp, timeout_secs, log_dir, extra_flags,
+                        coordinator)
       prefix = tf.train.latest_checkpoint(files.join(tmp, 'ckpt'))
       if not prefix or not tf.io.gfile.exists(files.join(tmp, 'saved_model', 'saved_model.pb')):
         raise errors.UserError('the chief ended without writing its checkpoint and SavedModel '

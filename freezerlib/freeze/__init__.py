@@ -24,7 +24,6 @@ from freezerlib.formats import saved_model
 from freezerlib.freeze import in_memory
 from freezerlib.freeze import keep as keep_lib
 from freezerlib.freeze import streaming
-from freezerlib.freeze import tf2
 from freezerlib.transforms import example_front
 from freezerlib.transforms import prune
 
@@ -174,6 +173,7 @@ def graph_from_saved_model(saved_model_dir, output_graph, tags=('serve',), signa
     freezer = 'streaming'
   else:
     if object_based:
+      from freezerlib.freeze import tf2  # pylint: disable=g-import-not-at-top  # loads TensorFlow
       model, variables, contents = tf2.freeze(saved_model_dir, meta_graph, signatures, tags)
       freezer = 'tf2'
     else:

@@ -9,10 +9,10 @@ import sys
 import time
 
 import numpy as np
-import tensorflow as tf
 
 from freezerlib.core import errors
 from freezerlib.core import units
+from freezerlib.core.lean_tf import tensorflow as tf  # imported on first use
 from freezerlib.verify import inputs as inputs_lib
 from freezerlib.verify import loaders
 

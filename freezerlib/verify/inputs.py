@@ -21,11 +21,12 @@ ragged one KEY.values, KEY.row_splits (KEY.row_splits_1, ...).
 import io
 
 import numpy as np
-import tensorflow as tf
 
 from freezerlib.core import errors
+from freezerlib.core.lean_tf import tensorflow as tf  # imported on first use
 from freezerlib.verify import loaders
 from freezerlib.verify import trace as trace_lib
+
 
 def _random_values(rng, dtype, shape, pool=None, bound=None):
   """Random values of `dtype`: ids drawn half from `pool` (known keys), half unseen; with

@@ -8,18 +8,18 @@ and its tables filled (restored first from the checkpoint beside it, if it keeps
 import time
 
 import numpy as np
-import tensorflow as tf
 
 from freezerlib.analysis import stateful
 from freezerlib.core import errors
 from freezerlib.core import files
 from freezerlib.core import graphs
 from freezerlib.core import lean_tf
+from freezerlib.core.lean_tf import tensorflow as tf  # imported on first use
 from freezerlib.formats import frozen_graph
 from freezerlib.formats import saved_model
 from freezerlib.transforms import tables
 
-tf1 = tf.compat.v1
+tf1 = lean_tf.tf1
 
 
 def sparse_value(indices, values, dense_shape):

@@ -20,9 +20,9 @@ import dataclasses
 from typing import Dict, List, Optional
 
 import numpy as np
-import tensorflow as tf
 
 from freezerlib.core import graphs
+from freezerlib.core.lean_tf import tensorflow as tf  # imported on first use
 from freezerlib.transforms import tables
 
 # op -> {input position: output indices} through which values pass unchanged. Ops not named
@@ -57,7 +57,7 @@ class Feature:
   without default; `trace` where its values go."""
   name: str
   kind: str
-  dtype: tf.DType
+  dtype: object  # tf.DType
   shape: Optional[tuple] = None
   required: bool = False
   trace: Optional['Trace'] = None
