@@ -19,6 +19,7 @@ from google.protobuf import message as pb_message
 from freezerlib.analysis import unsafe_ops
 from freezerlib.core import atomic
 from freezerlib.core import errors
+from freezerlib.export import ExportReport
 from freezerlib.core import files
 from freezerlib.core import graphs
 from freezerlib.core import units
@@ -32,17 +33,6 @@ from freezerlib.transforms import placeholders
 from freezerlib.transforms import prune
 from freezerlib.transforms import saver
 from freezerlib.transforms import tables
-
-
-@dataclasses.dataclass
-class ExportReport:
-  """What the checkpoint path wrote: where, how many tensors and bytes of how many."""
-  path: str
-  tensors_exported: int
-  tensors_in_checkpoint: int
-  bytes_exported: int
-  bytes_in_checkpoint: int
-  seconds: float
 
 
 def load_structure(saved_model_dir=None, meta_graph_path=None, tags=('serve',),
@@ -167,7 +157,7 @@ def saved_model_from_checkpoint(checkpoint, output_dir, saved_model_dir=None,
   to from_tf2_checkpoint.
 
   Returns:
-    ExportReport (from_tf2_checkpoint.ExportReport for a TF2 structure).
+    ExportReport.
 
   Raises:
     errors.UserError: bad structure or checkpoint, a mismatch between them (all listed), or an

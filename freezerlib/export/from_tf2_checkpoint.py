@@ -60,6 +60,7 @@ from google.protobuf import message as pb_message
 from freezerlib.analysis import unsafe_ops
 from freezerlib.core import atomic
 from freezerlib.core import errors
+from freezerlib.export import ExportReport
 from freezerlib.core import files
 from freezerlib.core import graphs
 from freezerlib.core import lean_tf
@@ -398,20 +399,6 @@ def match(structure, structure_index, checkpoint_graph, checkpoint_index, checkp
 
 # ---------------------------------------------------------------------------------------------
 # Export
-
-
-@dataclasses.dataclass
-class ExportReport:
-  """What export() wrote (the fields of from_checkpoint.ExportReport, and how it matched)."""
-  path: str
-  tensors_exported: int
-  tensors_in_checkpoint: int
-  bytes_exported: int
-  bytes_in_checkpoint: int
-  seconds: float
-  checkpoint_object: str = ''
-  matched_by: str = ''
-  bytes_needed: int = 0  # the model's tensors as stored, each once, and the object graph
 
 
 def _records(plan, structure_index, checkpoint_index):
