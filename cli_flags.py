@@ -102,3 +102,19 @@ def warmup(help_text='Write this many TF Serving warmup requests (at most 1000) 
 def warmup_inputs(help_text='Inputs of the warmup requests: an .npz file (arrays named INPUT '
                   'or SIGNATURE/INPUT) or TFRecord files of tf.Example (globs allowed).'):
   return _shared(flags.DEFINE_list, 'warmup_inputs', [], help_text, False)
+
+
+SERVING_INPUTS = ('placeholders', 'examples')
+
+
+def serving_input(help_text='What the serving signatures take. placeholders: each input as it '
+                  'is (a reader output becomes a placeholder; a sparse one three, KEY/indices, '
+                  'KEY/values, KEY/dense_shape; a ragged one KEY/values, KEY/row_splits). '
+                  'examples: the training reader becomes one string input `examples` of '
+                  'serialized tf.Example, parsed by the reader\'s own parse op (only the '
+                  'features the outputs use; a label is not required), plus Classify and '
+                  'Regress signatures where the outputs allow them, as Estimator\'s parsing '
+                  'serving input receiver exported.'):
+  def define(name, default, text):
+    return flags.DEFINE_enum(name, default, list(SERVING_INPUTS), text)
+  return _shared(define, 'serving_input', 'placeholders', help_text, False)

@@ -9,6 +9,12 @@ optimize_from_pb.py, needs no other flag. A TF1 SavedModel without signatures is
 the tensors --inputs and --outputs name (one signature, serving_default, which replaces the
 SavedModel's own when it has some).
 
+A sparse reader output (a coo_sparse input) becomes three placeholders, KEY/indices,
+KEY/values, KEY/dense_shape; a ragged one KEY/values, KEY/row_splits. With
+`--serving_input=examples` the reader becomes one input `examples` of serialized tf.Example,
+parsed by the reader's own parse op, with Classify and Regress signatures where the outputs
+allow them.
+
 A model whose frozen graph would pass protobuf's 2 GB is refused before anything is loaded;
 `--keep_as_variables` keeps the biggest variables and tables stateful, restored from a
 checkpoint written beside the graph (OUTPUT_GRAPH.variables/: move the two together).
@@ -38,6 +44,7 @@ _INPUTS = cli_flags.inputs('With --outputs, input tensors to serve (e.g. Iterato
 _OUTPUTS = cli_flags.outputs()
 _OVERWRITE = cli_flags.overwrite()
 _ALLOW_OPS = cli_flags.allow_ops()
+_SERVING_INPUT = cli_flags.serving_input()
 _KEEP_AS_VARIABLES = flags.DEFINE_string(
     'keep_as_variables', None,
     'Keep some variables and hash tables stateful instead of freezing them, restored from a '
@@ -59,7 +66,7 @@ def main(argv):
     result = freeze.graph_from_saved_model(
         _SAVED_MODEL_DIR.value, _OUTPUT_GRAPH.value, _TAGS.value, _SIGNATURE_DEF.value,
         _OVERWRITE.value, _ALLOW_OPS.value, keep_as_variables=_KEEP_AS_VARIABLES.value,
-        inputs=_INPUTS.value, outputs=_OUTPUTS.value)
+        inputs=_INPUTS.value, outputs=_OUTPUTS.value, serving_input=_SERVING_INPUT.value)
     logging.info('wrote %s (%s, %d nodes; signatures: %s)%s', result.path,
                  units.human_bytes(result.bytes), len(result.model.graph_def.node),
                  ', '.join(sorted(result.model.signatures)),

@@ -5,7 +5,10 @@ the training cluster. The structure is a SavedModel (possibly a small "fake" one
 same variable names, partitions and table shards as the distributed training graph, e.g.
 `model_gen.py --fake_infer_graph`) or a .meta file; its own variable values are never read. Its
 signature inputs become placeholders, everything the outputs do not need goes, devices are
-cleared, and a new saver restores exactly the variables and tables that remain.
+cleared, and a new saver restores exactly the variables and tables that remain. A sparse input
+becomes three placeholders (KEY/indices, KEY/values, KEY/dense_shape), a ragged one its
+components; `--serving_input=examples` replaces a structure's training reader by one input
+`examples` of serialized tf.Example (see freezer.py).
 
 Before anything is written, every tensor that saver reads is checked against the checkpoint's
 index (name, dtype, shape, partition slices). Then `variables/` is written from the checkpoint:
@@ -49,6 +52,7 @@ _INPUTS = cli_flags.inputs('Input tensors of a structure without signatures (e.g
 _OUTPUTS = cli_flags.outputs()
 _OVERWRITE = cli_flags.overwrite()
 _ALLOW_OPS = cli_flags.allow_ops()
+_SERVING_INPUT = cli_flags.serving_input()
 _VERSION = cli_flags.version()
 _WARMUP = cli_flags.warmup()
 _WARMUP_INPUTS = cli_flags.warmup_inputs()
@@ -88,7 +92,8 @@ def main(argv):
         outputs=_OUTPUTS.value, prune_tensors=_PRUNE.value, chunk_bytes=_CHUNK_MB.value << 20,
         overwrite=_OVERWRITE.value, allow_ops=_ALLOW_OPS.value,
         checkpoint_object=_CHECKPOINT_OBJECT.value, version=version,
-        finalize=utils.warmup_writer(_WARMUP.value, _WARMUP_INPUTS.value))
+        finalize=utils.warmup_writer(_WARMUP.value, _WARMUP_INPUTS.value),
+        serving_input=_SERVING_INPUT.value)
     logging.info('wrote SavedModel %s: %d of %d checkpoint tensors, %s of %s (%.1f%%), in %.1f s',
                  report.path, report.tensors_exported,
                  report.tensors_in_checkpoint, units.human_bytes(report.bytes_exported),

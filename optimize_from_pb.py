@@ -6,7 +6,11 @@ summaries go; devices are cleared; Grappler's passes run. The SavedModel keeps e
 (or those of --signature_def) and fills its tables in its main op, which TF Serving, the C++
 loader and both Python loaders run. Big constants become variables restored from variables/
 (--constants_as_variables). A graph frozen with `freezer.py --keep_as_variables` keeps its
-saver, and the checkpoint beside it becomes variables/.
+saver, and the checkpoint beside it becomes variables/. A sparse input becomes three
+placeholders (KEY/indices, KEY/values, KEY/dense_shape) and stays coo_sparse; a ragged one
+KEY/values and KEY/row_splits. --serving_input=examples on a graph that still holds its
+training reader replaces the reader by one input `examples` of serialized tf.Example (see
+freezer.py).
 
 Example (after freezer.py's example):
   python optimize_from_pb.py --input_graph=/tmp/freezer_demo/frozen.pb \
@@ -35,6 +39,9 @@ _TAGS = cli_flags.tags()
 _SIGNATURE_DEF = cli_flags.signature_def()
 _OVERWRITE = cli_flags.overwrite()
 _ALLOW_OPS = cli_flags.allow_ops()
+_SERVING_INPUT = cli_flags.serving_input(
+    cli_flags.serving_input.__defaults__[0] + ' Here for a graph that still holds its training '
+    'reader (frozen in a session, not by freezer.py, which cuts it: use its own flag).')
 _VERSION = cli_flags.version()
 _WARMUP = cli_flags.warmup()
 _WARMUP_INPUTS = cli_flags.warmup_inputs()
@@ -70,7 +77,8 @@ def main(argv):
         _OUTPUTS.value, _INIT_OP.value, _TAGS.value, _OPTIMIZE.value,
         flags.FLAGS.log_dir or None, _OVERWRITE.value, _ALLOW_OPS.value, threshold,
         signature_names=_SIGNATURE_DEF.value, version=version,
-        finalize=utils.warmup_writer(_WARMUP.value, _WARMUP_INPUTS.value))
+        finalize=utils.warmup_writer(_WARMUP.value, _WARMUP_INPUTS.value),
+        serving_input=_SERVING_INPUT.value)
 
   return utils.run_cli('optimize_from_pb.py', work)
 

@@ -6,7 +6,13 @@ the largest absolute and relative error, then latency (median, p99) at each batc
 time, node count and size. Inputs are built from the signatures' dtypes and shapes (ids drawn
 from the reference model's table keys and from unseen keys) or read with --inputs.
 
-Exit code 0 when every output matches within --atol/--rtol, 1 otherwise (or on bad input).
+Sparse and ragged inputs get SparseTensorValues and RaggedTensorValues; ids that index an
+embedding are drawn inside its rows; strings from the vocabularies and unseen ones. An .npz
+string array must be lossless: KEY.bytes + KEY.lengths (see freezerlib/verify/inputs.py), or
+fixed-width bytes that each fill the width (numpy drops trailing NUL bytes otherwise).
+
+Exit code 0 when every output matches within --atol/--rtol, 1 otherwise (or on bad input),
+3 when the reference model itself fails on the inputs (they are wrong for it).
 
 Example (after optimize_from_pb.py's example):
   python optimize_from_pb_test.py --saved_model_dir=/tmp/freezer_demo/serving \

@@ -2,7 +2,7 @@
 
 Exit codes (the README's table): 0 success; 1 bad input or models that differ; 2 usage errors
 (an unknown flag, a required flag missing, a stray argument), as one line naming the flag;
-130 interrupted (SIGINT or SIGTERM), as one line saying what was written. Never a traceback
+3 optimize_from_pb_test.py's reference fails on the inputs; 130 interrupted (SIGINT or SIGTERM), as one line saying what was written. Never a traceback
 for any of them.
 
 The library is the `freezerlib` package; this module is the scripts' side of it and is never
@@ -38,6 +38,7 @@ from absl import logging  # pylint: disable=g-import-not-at-top
 EXIT_OK = 0
 EXIT_FAILURE = 1      # bad input, or two models that do not answer the same
 EXIT_USAGE = 2        # unknown or missing flags, stray arguments
+EXIT_REFERENCE_FAILED = 3  # optimize_from_pb_test.py: the reference fails on the inputs
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 
 _HELP_ARGS = ('-h', '-?', '--help', '--helpshort')
@@ -103,7 +104,8 @@ def parse_flags(argv):
 
 
 def run_cli(program, fn):
-  """Runs `fn()`: a UserError becomes one line and exit code 1, an interrupt exit code 130.
+  """Runs `fn()`: a UserError becomes one line and exit code 1 (3 for errors.ReferenceFailed),
+  an interrupt exit code 130.
 
   Args:
     program: name shown before the message, e.g. 'freezer.py'.
@@ -126,7 +128,7 @@ def run_cli(program, fn):
     _after_work(as_script, previous)
     sys.stderr.write('%s: error: %s\n' % (program, str(e).replace('\n', ' ')))
     sys.stderr.flush()
-    return EXIT_FAILURE
+    return EXIT_REFERENCE_FAILED if isinstance(e, errors.ReferenceFailed) else EXIT_FAILURE
   except KeyboardInterrupt:
     _after_work(as_script, previous)
     done = atomic.completed_outputs()[already:]

@@ -192,11 +192,16 @@ def _unpack(fmt: str, buf: bytes, pos: int) -> tuple[tuple, int]:
 
 
 def run_signatures(runner_path, export_dir, feeds_by_signature, tag='serve'):
-    """Runs signatures by key through the C API: {sig: {input key: array}} -> {sig: {output: array}}.
+    """Runs signatures by key through the C API: {sig: {input key: value}} -> {sig: {output: value}}.
 
-    Tensor names come from the SavedModel's own SignatureDefs, as TF Serving resolves them.
+    Tensor names come from the SavedModel's own SignatureDefs, as TF Serving resolves them. A
+    sparse input (a SparseTensorValue) is fed as its indices, values and dense shape tensors,
+    a ragged one (RaggedTensorValue or tf.RaggedTensor) as its components, as a TF Serving
+    client sends them; sparse and ragged outputs come back as such values
+    (freezerlib.verify.loaders.feed_arrays and output_value).
     """
     from tensorflow.core.protobuf import saved_model_pb2  # pylint: disable=g-import-not-at-top
+    from freezerlib.verify import loaders  # pylint: disable=g-import-not-at-top
 
     proto = saved_model_pb2.SavedModel()
     with open(os.path.join(export_dir, "saved_model.pb"), "rb") as f:
@@ -205,9 +210,12 @@ def run_signatures(runner_path, export_dir, feeds_by_signature, tag='serve'):
     results = {}
     for key, feeds in feeds_by_signature.items():
         sig = signatures[key]
-        names = {k: sig.outputs[k].name for k in sorted(sig.outputs)}
-        out = run_saved_model(runner_path, export_dir,
-                              {sig.inputs[k].name: v for k, v in feeds.items()},
-                              list(names.values()), tag=tag)
-        results[key] = {k: out[name] for k, name in names.items()}
+        tensors = {}
+        for k, v in feeds.items():
+            tensors.update(loaders.feed_arrays(sig.inputs[k], v))
+        names = {k: loaders.output_tensors(sig.outputs[k]) for k in sorted(sig.outputs)}
+        out = run_saved_model(runner_path, export_dir, tensors,
+                              [n for group in names.values() for n in group], tag=tag)
+        results[key] = {k: loaders.output_value(sig.outputs[k], [out[n] for n in group])
+                        for k, group in names.items()}
     return results

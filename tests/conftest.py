@@ -36,6 +36,18 @@ TINY_FLAGS = ['--num_examples=512', '--num_users=300', '--num_categories=20',
               '--hidden_units=8', '--batch_size=32', '--steps=30', '--seed=3']
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items):
+  """Groups for pytest-xdist's --dist=loadgroup (test.sh): the tests of one file run in one
+  process, so its module fixtures are built once; the files that use the parameter-server
+  cluster's model run in one process, so the cluster trains once."""
+  for item in items:
+    fixtures = getattr(item, 'fixturenames', ())
+    group = ('cluster' if 'cluster_model' in fixtures or 'fake_graph' in fixtures
+             else item.nodeid.split('::')[0])
+    item.add_marker(pytest.mark.xdist_group(group))
+
+
 def tf_serving_model(name):
   """Path of a TF Serving test model's version directory; skips when shared/ is absent."""
   path = TF_SERVING / name / '00000123'
@@ -64,6 +76,22 @@ def capi(tmp_path_factory):
   """Path of the C API runner (tests/capi/serve_saved_model.c), compiled once per session."""
   import capi_runner  # pylint: disable=g-import-not-at-top
   return capi_runner.build_runner(tmp_path_factory.mktemp('capi_runner'))
+
+
+@pytest.fixture(scope='session')
+def census(tmp_path_factory):
+  """real_models.wide_and_deep: the census wide & deep, reader-fed (sparse inputs) and
+  Estimator-style, with its data and checkpoint (about 3 s)."""
+  import real_models  # pylint: disable=g-import-not-at-top
+  return real_models.wide_and_deep(str(tmp_path_factory.mktemp('census')))
+
+
+@pytest.fixture(scope='session')
+def history(tmp_path_factory):
+  """real_models.ragged_history: a reader-fed model with a RaggedTensor input, and the same
+  model as a TF2 module."""
+  import real_models  # pylint: disable=g-import-not-at-top
+  return real_models.ragged_history(str(tmp_path_factory.mktemp('history')))
 
 
 NUM_PS = 2
@@ -95,6 +123,20 @@ def run_script(script, *args):
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
   return subprocess.run([sys.executable, script] + [str(a) for a in args], cwd=REPO, env=env,
                         capture_output=True, text=True, timeout=300, check=False)
+
+
+def run_main(module, args, capsys):
+  """Runs a script's `main` in-process as `python SCRIPT.py ARGS` would, flags parsed from
+  ARGS (no TensorFlow start-up per run); returns (exit code, stderr)."""
+  capsys.readouterr()
+  try:
+    flags.FLAGS.unparse_flags()
+    argv = flags.FLAGS(['%s.py' % module.__name__] + [str(a) for a in args])
+    code = module.main(argv)
+  finally:
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS.mark_as_parsed()
+  return code, capsys.readouterr().err
 
 
 def assert_one_line_error(proc, script, *fragments):

@@ -499,3 +499,42 @@ def _save_history_module(export_dir, values):
 
   module = HistoryModel()
   tf.saved_model.save(module, export_dir, signatures={'serving_default': module.serve})
+
+
+# ---------------------------------------------------------------------------------------------
+# A sparse placeholder in, a SparseTensor out (a fake inference graph as users build them)
+
+
+def sparse_weights(out_dir, seed=5):
+  """A model on `tf.compat.v1.sparse_placeholder` (a SparseTensor signature input whose
+  components are placeholders): each word is hashed into 16 buckets of a weight variable.
+  Outputs: `weights`, a SparseTensor of each word's weight (a coo_sparse output), and
+  `total`, their sum per row.
+
+  Writes `saved_model/` and `ckpt/model.ckpt-0` (the same values).
+
+  Returns:
+    dict: saved_model, checkpoint.
+  """
+  os.makedirs(os.path.join(out_dir, 'ckpt'), exist_ok=True)
+  graph = tf.Graph()
+  with graph.as_default():
+    tf1.set_random_seed(seed)
+    words = tf1.sparse_placeholder(tf.string, [None, None], name='words')
+    weight = tf1.get_variable('word_weight', [16], initializer=tf1.random_normal_initializer())
+    buckets = tf.strings.to_hash_bucket_fast(words.values, 16)
+    weights = tf.SparseTensor(words.indices, tf.gather(weight, buckets), words.dense_shape)
+    total = tf.sparse.reduce_sum(weights, axis=1)
+    info = tf1.saved_model.build_tensor_info
+    with tf1.Session() as sess:
+      sess.run(tf1.global_variables_initializer())
+      checkpoint = tf1.train.Saver().save(sess, os.path.join(out_dir, 'ckpt', 'model.ckpt'),
+                                          global_step=0)
+      export_dir = os.path.join(out_dir, 'saved_model')
+      builder = tf1.saved_model.Builder(export_dir)
+      builder.add_meta_graph_and_variables(sess, ['serve'], signature_def_map={
+          'serving_default': tf1.saved_model.signature_def_utils.build_signature_def(
+              {'words': info(words)}, {'weights': info(weights), 'total': info(total)},
+              tf1.saved_model.PREDICT_METHOD_NAME)})
+      builder.save()
+  return {'saved_model': export_dir, 'checkpoint': checkpoint}

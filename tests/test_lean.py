@@ -11,6 +11,7 @@ import sys
 from conftest import REPO
 from conftest import tree_digest
 from freezerlib.export import from_checkpoint
+import real_models
 
 
 def _fresh_python(code, *args):
@@ -54,6 +55,18 @@ def test_reader_inputs_load_tensorflow_for_shape_inference(tiny_model, tmp_path)
   assert 'tensorflow.python.framework.ops' in loaded
   from_checkpoint.saved_model_from_checkpoint(checkpoint=ckpt, output_dir=str(tmp_path / 'heavy'),
                            saved_model_dir=tiny_model['saved_model'])
+  assert tree_digest(tmp_path / 'lean') == tree_digest(tmp_path / 'heavy')
+
+
+def test_sparse_placeholder_structure_exports_without_tensorflow(tmp_path):
+  """A structure whose sparse input is already placeholders (tf.compat.v1.sparse_placeholder,
+  its dense shape a PlaceholderWithDefault) and whose sparse output shares them: still no
+  TensorFlow, and the same bytes as the in-process export."""
+  model = real_models.sparse_weights(str(tmp_path / 'model'))
+  ckpt = model['checkpoint'].rsplit('/', 1)[0]
+  assert _export_in_fresh_process(model['saved_model'], ckpt, tmp_path / 'lean') == '[]'
+  from_checkpoint.saved_model_from_checkpoint(checkpoint=ckpt, output_dir=str(tmp_path / 'heavy'),
+                                              saved_model_dir=model['saved_model'])
   assert tree_digest(tmp_path / 'lean') == tree_digest(tmp_path / 'heavy')
 
 

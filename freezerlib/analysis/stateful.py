@@ -8,7 +8,6 @@ resource arguments), each followed back to the state it writes: its node name, o
 path where a TF2 object graph names it.
 """
 
-import collections
 import re
 
 from freezerlib.core import errors
@@ -37,20 +36,6 @@ def is_write_op(op_type):
   return op_type in _WRITE_OPS or bool(_WRITE_OP_PATTERN.match(op_type))
 
 
-def _object_paths(object_graph):
-  """Node id -> 'a/b/c', the attribute path from the root object (shortest, first found)."""
-  paths = {0: ''}
-  queue = collections.deque([0])
-  while queue:
-    node_id = queue.popleft()
-    for child in object_graph.nodes[node_id].children:
-      if child.node_id not in paths:
-        parent = paths[node_id]
-        paths[child.node_id] = parent + '/' + child.local_name if parent else child.local_name
-        queue.append(child.node_id)
-  return paths
-
-
 def captured_objects(meta_graph):
   """Top-level node name -> object path, for the resources and constants functions capture.
 
@@ -60,7 +45,7 @@ def captured_objects(meta_graph):
   object_graph = meta_graph.object_graph_def
   if not object_graph.nodes:  # a TF1 graph: no objects to name
     return {}
-  paths = _object_paths(object_graph)
+  paths = graphs.object_paths(object_graph)
   names = {}
   for node in meta_graph.graph_def.node:
     if node.op not in CALL_OPS:

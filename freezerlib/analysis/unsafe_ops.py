@@ -221,7 +221,7 @@ def needed_nodes(graph_def, signatures, init_ops=()):
   names = {n.name for n in graph_def.node}
   needed = set()
   for sig in signatures.values():
-    needed.update(graphs.node_name(o.name) for o in sig.outputs.values())
+    needed.update(graphs.node_name(t) for t in graphs.signature_tensors(sig, 'outputs'))
     needed.update(key[0] for key in graphs.computed_tensors(graph_def, sig))
   roots = [graphs.node_name(o) for o in init_ops if graphs.node_name(o) in names]
   if roots:

@@ -8,6 +8,11 @@ class UserError(Exception):
   """
 
 
+class ReferenceFailed(UserError):
+  """The reference model itself fails on the inputs: they are wrong for it, so nothing can be
+  said of the new model. optimize_from_pb_test.py exits 3 for it, not 1 ("models differ")."""
+
+
 def tf_error_message(e):
   """The first line of a TensorFlow error, without the graph-construction trace."""
   text = getattr(e, 'message', None) or str(e)

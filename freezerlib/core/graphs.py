@@ -4,6 +4,7 @@ Every module names a tensor's node with `node_name` and finds what a set of node
 `reachable`, so "what the signatures run" means the same thing everywhere.
 """
 
+import collections
 import copy
 
 from freezerlib.core import lean_tf
@@ -74,13 +75,34 @@ def name_for_key(key):
   return base if base[0].isascii() and base[0].isalnum() else 'input_' + base
 
 
+def info_tensors(info):
+  """Every tensor name a signature TensorInfo stands for: its `name`; a coo_sparse one's
+  indices, values and dense shape tensors; a composite one's components, in order."""
+  encoding = info.WhichOneof('encoding')
+  if encoding == 'name':
+    return [info.name] if info.name else []
+  if encoding == 'coo_sparse':
+    coo = info.coo_sparse
+    return [n for n in (coo.indices_tensor_name, coo.values_tensor_name,
+                        coo.dense_shape_tensor_name) if n]
+  if encoding == 'composite_tensor':
+    return [c for t in info.composite_tensor.components for c in info_tensors(t)]
+  return []
+
+
+def signature_tensors(signature, kind):
+  """Every tensor name of a SignatureDef's `kind` ('inputs' or 'outputs'), by sorted key."""
+  infos = getattr(signature, kind)
+  return [t for key in sorted(infos) for t in info_tensors(infos[key])]
+
+
 def computed_tensors(graph_def, signature):
   """Tensors a signature needs computed (not fed): {(node, index)}, with (node, None) for
   nodes needed only through a control edge."""
   nodes = {n.name: n for n in graph_def.node}
-  fed = {tensor_key(i.name) for i in signature.inputs.values()}
+  fed = {tensor_key(t) for t in signature_tensors(signature, 'inputs')}
   needed, seen = set(), set()
-  stack = [node_name(o.name) for o in signature.outputs.values()]
+  stack = [node_name(t) for t in signature_tensors(signature, 'outputs')]
   while stack:
     name = stack.pop()
     if name in seen or name not in nodes:
@@ -127,6 +149,22 @@ def functions_used(graph_def):
   return used
 
 
+def object_paths(object_graph):
+  """Node id -> 'a/b/c', each object's first path in a breadth-first walk from the root, for
+  a SavedModel's SavedObjectGraph or a checkpoint's TrackableObjectGraph (the same shape: nodes
+  with named children), as TensorFlow's own object-graph code names them."""
+  paths = {0: ''}
+  queue = collections.deque([0])
+  while queue:
+    node_id = queue.popleft()
+    for child in object_graph.nodes[node_id].children:
+      if child.node_id not in paths:
+        parent = paths[node_id]
+        paths[child.node_id] = parent + '/' + child.local_name if parent else child.local_name
+        queue.append(child.node_id)
+  return paths
+
+
 def reachable(graph_def, dest_nodes):
   """Names of the nodes `dest_nodes` reach through data, control and colocation edges (what
   tf.compat.v1.graph_util.extract_sub_graph keeps), without copying any node.
@@ -170,3 +208,37 @@ def extract_sub_graph(graph_def, dest_nodes):
   out.library.CopyFrom(graph_def.library)
   out.versions.CopyFrom(graph_def.versions)
   return out
+
+
+
+class FunctionGraphs:
+  """Library functions as graphs (TensorFlow's function_def_to_graph_def, imported on first
+  use): a function's arguments become Placeholders named after them, its nodes' inputs graph
+  tensor names. Functions it calls by name are looked up in `library` (a FunctionDefLibrary),
+  not among whatever this process has loaded."""
+
+  def __init__(self, library):
+    self._library = library
+    self._graph = None
+
+  def convert(self, function):
+    """(GraphDef, [graph tensor name of each output, in the signature's order]).
+
+    Raises:
+      ValueError: a function TensorFlow cannot convert.
+    """
+    tf = lean_tf.tensorflow
+    from tensorflow.python.framework import function_def_to_graph  # pylint: disable=g-import-not-at-top
+    if self._graph is None:
+      self._graph = tf.Graph()
+      with self._graph.as_default():
+        holder = lean_tf.graph_pb2.GraphDef()
+        holder.library.CopyFrom(self._library)
+        tf.graph_util.import_graph_def(holder, name='')
+    with self._graph.as_default():
+      graph_def, flat = function_def_to_graph.function_def_to_graph_def(function)
+    outputs = []
+    for arg in function.signature.output_arg:
+      ret = function.ret[arg.name]
+      outputs.append(flat.get(ret, ret))
+    return graph_def, outputs

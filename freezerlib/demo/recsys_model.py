@@ -70,6 +70,16 @@ def deterministic_ops():
       tf_config.disable_op_determinism()
 
 
+def shard_index(keys, key_dtype, num_shards):
+  """The hash-table shard (int32) of each key: id mod N for integers, to_hash_bucket_fast for
+  strings (the routing of both the TF1 and the TF2 model, so their checkpoints agree)."""
+  if key_dtype == tf.string:
+    shard = tf.strings.to_hash_bucket_fast(keys, num_shards)
+  else:
+    shard = tf.math.floormod(keys, num_shards)
+  return tf.cast(shard, tf.int32)
+
+
 def generate_examples(config):
   """The training data as numpy arrays: a seeded, learnable click model.
 
@@ -205,11 +215,7 @@ class ShardedStatsTable:
 
   def shard_of(self, keys):
     """The shard index (int32) of each key."""
-    if self._key_dtype == tf.string:
-      shard = tf.strings.to_hash_bucket_fast(keys, self._num_shards)
-    else:
-      shard = tf.math.floormod(keys, self._num_shards)
-    return tf.cast(shard, tf.int32)
+    return shard_index(keys, self._key_dtype, self._num_shards)
 
   def lookup(self, keys):
     """[len(keys), STATS_DIM] stats, zeros for keys not in the table."""

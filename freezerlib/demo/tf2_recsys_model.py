@@ -20,6 +20,7 @@ import contextlib
 from absl import logging
 import tensorflow as tf
 
+from freezerlib.demo import recsys_model
 from freezerlib.demo.recsys_model import LABEL  # the data is recsys_model's
 from freezerlib.demo.recsys_model import STATS_DIM
 from freezerlib.demo.recsys_model import feature_spec
@@ -125,11 +126,7 @@ class StatsTable(tf.Module):
     return [getattr(self, 'shard_%d' % k) for k in range(self._num_shards)]
 
   def _shard_of(self, keys):
-    if self._key_dtype == tf.string:
-      shard = tf.strings.to_hash_bucket_fast(keys, self._num_shards)
-    else:
-      shard = tf.math.floormod(keys, self._num_shards)
-    return tf.cast(shard, tf.int32)
+    return recsys_model.shard_index(keys, self._key_dtype, self._num_shards)
 
   def lookup(self, keys):
     """[len(keys), STATS_DIM] stats, zeros for keys not in the table."""

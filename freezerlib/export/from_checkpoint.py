@@ -19,6 +19,7 @@ from google.protobuf import message as pb_message
 from freezerlib.analysis import unsafe_ops
 from freezerlib.core import atomic
 from freezerlib.core import errors
+from freezerlib.export import ExportReport
 from freezerlib.core import files
 from freezerlib.core import graphs
 from freezerlib.core import units
@@ -27,21 +28,11 @@ from freezerlib.export import from_tf2_checkpoint
 from freezerlib.formats import checkpoint_index
 from freezerlib.formats import graph_check
 from freezerlib.formats import saved_model
+from freezerlib.transforms import example_front
 from freezerlib.transforms import placeholders
 from freezerlib.transforms import prune
 from freezerlib.transforms import saver
 from freezerlib.transforms import tables
-
-
-@dataclasses.dataclass
-class ExportReport:
-  """What the checkpoint path wrote: where, how many tensors and bytes of how many."""
-  path: str
-  tensors_exported: int
-  tensors_in_checkpoint: int
-  bytes_exported: int
-  bytes_in_checkpoint: int
-  seconds: float
 
 
 def load_structure(saved_model_dir=None, meta_graph_path=None, tags=('serve',),
@@ -104,7 +95,7 @@ def serving_graph(graph_def, signatures, saver_def, where, op_defs=None):
   cut, signatures, _ = placeholders.inputs_to_placeholders(graph_def, signatures, op_defs,
                                                            where)
   keep = saved_model.signature_output_nodes(signatures)
-  keep += [graphs.node_name(i.name) for s in signatures.values() for i in s.inputs.values()]
+  keep += saved_model.signature_input_nodes(signatures)
   kept = graphs.reachable(cut, list(dict.fromkeys(keep)))
   # Static tables are not in checkpoints: their own initialisers (constants, asset files) go
   # into the main op.
@@ -138,7 +129,7 @@ def saved_model_from_checkpoint(checkpoint, output_dir, saved_model_dir=None,
                                 meta_graph_path=None, tags=('serve',), signature_names=None,
                                 inputs=(), outputs=(), prune_tensors=True, chunk_bytes=8 << 20,
                                 overwrite=False, allow_ops=(), checkpoint_object=None,
-                                version=None, finalize=None):
+                                version=None, finalize=None, serving_input='placeholders'):
   """Writes a serving SavedModel at `output_dir` whose variables come from `checkpoint`.
 
   Args:
@@ -159,12 +150,14 @@ def saved_model_from_checkpoint(checkpoint, output_dir, saved_model_dir=None,
     version: None, or an int or 'auto': write OUTPUT_DIR/<version>, TF Serving's layout.
     finalize: callable(saved_model_dir) run on the complete SavedModel before it moves into
       place (warmup requests).
+    serving_input: 'placeholders', or 'examples' for a structure that holds its training
+      reader: one input of serialized tf.Example replaces it (transforms.example_front).
 
   A TF2 structure (tf.saved_model.save, Keras 3 model.export) with a tf.train.Checkpoint goes
   to from_tf2_checkpoint.
 
   Returns:
-    ExportReport (from_tf2_checkpoint.ExportReport for a TF2 structure).
+    ExportReport.
 
   Raises:
     errors.UserError: bad structure or checkpoint, a mismatch between them (all listed), or an
@@ -173,7 +166,8 @@ def saved_model_from_checkpoint(checkpoint, output_dir, saved_model_dir=None,
   if saved_model_dir and from_tf2_checkpoint.is_object_based_saved_model(saved_model_dir, tags):
     unused = [flag for flag, value in (
         ('--signature_def', signature_names), ('--inputs', inputs), ('--outputs', outputs),
-        ('--noprune', not prune_tensors)) if value]
+        ('--noprune', not prune_tensors),
+        ('--serving_input=%s' % serving_input, serving_input != 'placeholders')) if value]
     if unused:
       raise errors.UserError('%s does not apply to the TF2 SavedModel %s, whose saved_model.pb '
                              'is served whole' % (', '.join(unused), saved_model_dir))
@@ -188,6 +182,10 @@ def saved_model_from_checkpoint(checkpoint, output_dir, saved_model_dir=None,
   atomic.check_output_free(output_dir, overwrite, version)
   structure, signatures, assets_dir, where = load_structure(
       saved_model_dir, meta_graph_path, tags, signature_names, inputs, outputs)
+  if serving_input != 'placeholders':
+    graph_def, signatures = example_front.serving_front(structure.graph_def, signatures,
+                                                        serving_input, where)
+    structure.graph_def.CopyFrom(graph_def)
   removed = unsafe_ops.check_meta_graph(structure, signatures, set(allow_ops), where)
   unsafe_ops.log_findings(removed, 'removed (not run by the signatures)')
   serving = serving_graph(structure.graph_def, signatures, structure.saver_def, where,

@@ -21,6 +21,7 @@ from freezerlib.formats import checkpoint_index
 from freezerlib.formats import frozen_graph
 from freezerlib.formats import saved_model
 from freezerlib.transforms import constants_as_variables as constants_lib
+from freezerlib.transforms import example_front
 from freezerlib.transforms import grappler as grappler_lib
 from freezerlib.transforms import prune
 
@@ -103,7 +104,7 @@ def saved_model_from_frozen_graph(input_graph, output_saved_model_dir=None, outp
                                   inputs=(), outputs=(), init_op=None, tags=('serve',),
                                   grappler=True, log_dir=None, overwrite=False, allow_ops=(),
                                   constants_as_variables=1 << 20, signature_names=(),
-                                  version=None, finalize=None):
+                                  version=None, finalize=None, serving_input='placeholders'):
   """Cuts, strips and re-dumps `input_graph` as a serving SavedModel and/or GraphDef.
 
   Args:
@@ -125,6 +126,8 @@ def saved_model_from_frozen_graph(input_graph, output_saved_model_dir=None, outp
       TF Serving's layout (see core.atomic.versioned_output).
     finalize: callable(saved_model_dir) run on the complete SavedModel before it moves into
       place (warmup requests).
+    serving_input: 'placeholders', or 'examples' for a graph that still holds its training
+      reader: one input of serialized tf.Example replaces it (transforms.example_front).
 
   Returns:
     (optimized FrozenModel, prune.GraphStats before, prune.GraphStats after); the model's big
@@ -141,6 +144,10 @@ def saved_model_from_frozen_graph(input_graph, output_saved_model_dir=None, outp
   if output_graph:
     atomic.check_output_free(output_graph, overwrite)
   frozen = frozen_from_file(input_graph, inputs, outputs, init_op, tags, signature_names)
+  if serving_input != 'placeholders':
+    graph_def, signatures = example_front.serving_front(frozen.graph_def, frozen.signatures,
+                                                        serving_input, input_graph)
+    frozen = dataclasses.replace(frozen, graph_def=graph_def, signatures=signatures)
   prefix, saver_nodes = None, set()
   if frozen.saver_def is not None:  # freezer.py --keep_as_variables: a checkpoint beside it
     prefix = frozen_graph.checkpoint_of(frozen, input_graph)

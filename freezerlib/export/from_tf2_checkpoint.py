@@ -60,7 +60,9 @@ from google.protobuf import message as pb_message
 from freezerlib.analysis import unsafe_ops
 from freezerlib.core import atomic
 from freezerlib.core import errors
+from freezerlib.export import ExportReport
 from freezerlib.core import files
+from freezerlib.core import graphs
 from freezerlib.core import lean_tf
 from freezerlib.core import units
 from freezerlib.formats import checkpoint_index as checkpoints
@@ -109,20 +111,6 @@ def read_object_graph(checkpoint):
   if not graph.nodes:
     raise errors.UserError('checkpoint %s: its object graph is empty' % checkpoint.prefix)
   return graph
-
-
-def object_paths(graph):
-  """Node id -> 'a/b/c', each object's first path in a breadth-first walk from the root."""
-  paths = {0: ''}
-  queue = collections.deque([0])
-  while queue:
-    node_id = queue.popleft()
-    for child in graph.nodes[node_id].children:
-      if child.node_id not in paths:
-        parent = paths[node_id]
-        paths[child.node_id] = parent + '/' + child.local_name if parent else child.local_name
-        queue.append(child.node_id)
-  return paths
 
 
 def _reachable(graph, root):
@@ -279,7 +267,7 @@ class _Structure:
 
 def _structure(graph, index):
   owned, stray = _structure_keys(graph, index)
-  return _Structure(graph, index, object_paths(graph), owned, stray)
+  return _Structure(graph, index, graphs.object_paths(graph), owned, stray)
 
 
 def _plan(structure, checkpoint_graph, checkpoint_index, pairs, object_path, matched_by,
@@ -365,7 +353,7 @@ def match(structure, structure_index, checkpoint_graph, checkpoint_index, checkp
     errors.UserError: no object matches (the message lists what is missing or different for
       the closest one), or several do.
   """
-  paths = object_paths(checkpoint_graph)
+  paths = graphs.object_paths(checkpoint_graph)
   structure = _structure(structure, structure_index)
   if checkpoint_object is not None:
     roots = [_resolve_object(checkpoint_graph, checkpoint_object, checkpoint_index.prefix)]
@@ -411,20 +399,6 @@ def match(structure, structure_index, checkpoint_graph, checkpoint_index, checkp
 
 # ---------------------------------------------------------------------------------------------
 # Export
-
-
-@dataclasses.dataclass
-class ExportReport:
-  """What export() wrote (the fields of from_checkpoint.ExportReport, and how it matched)."""
-  path: str
-  tensors_exported: int
-  tensors_in_checkpoint: int
-  bytes_exported: int
-  bytes_in_checkpoint: int
-  seconds: float
-  checkpoint_object: str = ''
-  matched_by: str = ''
-  bytes_needed: int = 0  # the model's tensors as stored, each once, and the object graph
 
 
 def _records(plan, structure_index, checkpoint_index):

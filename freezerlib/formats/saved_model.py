@@ -169,15 +169,28 @@ def signature_output_nodes(signatures):
   """Names of the nodes that produce the signatures' outputs, in a stable order."""
   names = []
   for sig in signatures.values():
-    for key in sorted(sig.outputs):
-      name = graphs.node_name(sig.outputs[key].name)
+    for tensor in graphs.signature_tensors(sig, 'outputs'):
+      name = graphs.node_name(tensor)
+      if name not in names:
+        names.append(name)
+  return names
+
+
+def signature_input_nodes(signatures):
+  """Names of the nodes that feed the signatures' inputs (every component of a sparse or
+  composite input), in a stable order."""
+  names = []
+  for sig in signatures.values():
+    for tensor in graphs.signature_tensors(sig, 'inputs'):
+      name = graphs.node_name(tensor)
       if name not in names:
         names.append(name)
   return names
 
 
 def check_tensors_exist(graph_def, signatures, where):
-  """Every signature tensor names a node of `graph_def`.
+  """Every signature tensor (each component of a sparse or composite one) names a node of
+  `graph_def`.
 
   Raises:
     errors.UserError: naming the signature, key and missing tensor.
@@ -186,13 +199,16 @@ def check_tensors_exist(graph_def, signatures, where):
   for sig_key, sig in signatures.items():
     for kind, infos in (('input', sig.inputs), ('output', sig.outputs)):
       for key, info in infos.items():
-        if not info.name:
-          raise errors.UserError('signature %r %s %r of %s is not a dense tensor (sparse and '
-                                'composite signature tensors are not supported)'
-                                % (sig_key, kind, key, where))
-        if graphs.node_name(info.name) not in nodes:
-          raise errors.UserError('signature %r %s %r names %s, which is not in %s'
-                                % (sig_key, kind, key, info.name, where))
+        tensors = graphs.info_tensors(info)
+        encoding = info.WhichOneof('encoding')
+        expected = {'name': 1, 'coo_sparse': 3}.get(encoding)
+        if not tensors or (expected and len(tensors) != expected):
+          raise errors.UserError('signature %r %s %r of %s names no tensor (or not all of a '
+                                 'sparse tensor\'s three)' % (sig_key, kind, key, where))
+        for tensor in tensors:
+          if graphs.node_name(tensor) not in nodes:
+            raise errors.UserError('signature %r %s %r names %s, which is not in %s'
+                                   % (sig_key, kind, key, tensor, where))
 
 
 def directory_size(path):

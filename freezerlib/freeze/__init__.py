@@ -24,7 +24,7 @@ from freezerlib.formats import saved_model
 from freezerlib.freeze import in_memory
 from freezerlib.freeze import keep as keep_lib
 from freezerlib.freeze import streaming
-from freezerlib.freeze import tf2
+from freezerlib.transforms import example_front
 from freezerlib.transforms import prune
 
 
@@ -91,6 +91,18 @@ def read_checked(saved_model_dir, tags, signature_names, allow_ops, inputs=(), o
   return meta_graph, signatures
 
 
+def _with_front(meta_graph, signatures, serving_input, allow_ops, where):
+  """(MetaGraphDef, signatures) with example_front.serving_front applied, its ops checked."""
+  graph_def, signatures = example_front.serving_front(meta_graph.graph_def, signatures,
+                                                      serving_input, where)
+  copy = type(meta_graph)()
+  copy.CopyFrom(meta_graph)
+  copy.graph_def.CopyFrom(graph_def)
+  # The reader's parse function now runs at serving: what it holds is checked as the rest.
+  unsafe_ops.check_meta_graph(copy, signatures, set(allow_ops), where)
+  return copy, signatures
+
+
 def _without_values(model, variables):
   """`model` with the values of the frozen variables' Consts dropped (structure only)."""
   frozen = set(variables)
@@ -102,7 +114,8 @@ def _without_values(model, variables):
 
 def graph_from_saved_model(saved_model_dir, output_graph, tags=('serve',), signature_names=None,
                            overwrite=False, allow_ops=(), streaming_allowed=True,
-                           keep_as_variables=None, inputs=(), outputs=()):
+                           keep_as_variables=None, inputs=(), outputs=(),
+                           serving_input='placeholders'):
   """Freezes `saved_model_dir` into the GraphDef file `output_graph`.
 
   Args:
@@ -116,6 +129,8 @@ def graph_from_saved_model(saved_model_dir, output_graph, tags=('serve',), signa
     keep_as_variables: the --keep_as_variables spec (a size or names), or None.
     inputs, outputs: tensor names (--inputs, --outputs): one signature, serving_default, over
       them replaces the SavedModel's (for a TF1 SavedModel without signatures).
+    serving_input: 'placeholders' (the signature inputs become placeholders) or 'examples'
+      (the reader becomes one input of serialized tf.Example: transforms.example_front).
 
   Returns:
     FreezeResult.
@@ -129,6 +144,19 @@ def graph_from_saved_model(saved_model_dir, output_graph, tags=('serve',), signa
   meta_graph, signatures = read_checked(saved_model_dir, tags, signature_names, allow_ops,
                                         inputs, outputs)
   object_based = saved_model.is_object_based(meta_graph)
+  transform = None
+  if serving_input != 'placeholders':
+    if object_based:
+      raise errors.UserError('--serving_input=%s needs a TF1 training graph with its reader; %s '
+                             'was written by tf.saved_model.save' % (serving_input,
+                                                                     saved_model_dir))
+    original = signatures
+    meta_graph, signatures = _with_front(meta_graph, signatures, serving_input, allow_ops,
+                                         saved_model_dir)
+
+    def transform(graph_def):
+      """The same front on the graph the in-memory freezer loads."""
+      return example_front.serving_front(graph_def, original, serving_input, saved_model_dir)
   if keep and object_based:
     raise errors.UserError('--keep_as_variables works on TF1 SavedModels; %s was written by '
                            'tf.saved_model.save' % saved_model_dir)
@@ -145,10 +173,12 @@ def graph_from_saved_model(saved_model_dir, output_graph, tags=('serve',), signa
     freezer = 'streaming'
   else:
     if object_based:
+      from freezerlib.freeze import tf2  # pylint: disable=g-import-not-at-top  # loads TensorFlow
       model, variables, contents = tf2.freeze(saved_model_dir, meta_graph, signatures, tags)
       freezer = 'tf2'
     else:
-      model, variables, contents = in_memory.freeze(saved_model_dir, signatures, tags)
+      model, variables, contents = in_memory.freeze(saved_model_dir, signatures, tags,
+                                                    transform)
       freezer = 'in_memory'
     # The reader (dataset and iterator ops, its embedded data) and anything else the signatures
     # do not run is left out: its inputs become placeholders.

@@ -51,13 +51,16 @@ def freeze_session(session, graph_def, signatures, tags):
   return model, variables, contents
 
 
-def freeze(export_dir, signatures, tags):
+def freeze(export_dir, signatures, tags, transform=None):
   """Loads a TF1 SavedModel in a session and freezes `signatures`.
 
   Args:
     export_dir: SavedModel directory.
     signatures: signature key -> SignatureDef to keep (checked by the caller).
     tags: tag set of the MetaGraph to load.
+    transform: None, or callable(GraphDef) -> (GraphDef, signatures) applied to the loaded
+      graph before freezing (the --serving_input=examples front); its signatures replace
+      `signatures`.
 
   Returns:
     As `freeze_session`.
@@ -76,4 +79,7 @@ def freeze(export_dir, signatures, tags):
     except (tf.errors.OpError, ValueError, RuntimeError, KeyError) as e:
       raise errors.UserError('cannot load SavedModel %s: %s'
                              % (export_dir, errors.tf_error_message(e))) from e
-    return freeze_session(session, graph.as_graph_def(), signatures, tags)
+    graph_def = graph.as_graph_def()
+    if transform is not None:
+      graph_def, signatures = transform(graph_def)
+    return freeze_session(session, graph_def, signatures, tags)

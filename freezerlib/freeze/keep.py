@@ -23,6 +23,7 @@ from freezerlib.core import lean_tf
 from freezerlib.core import units
 from freezerlib.formats import checkpoint_index
 from freezerlib.formats import frozen_graph
+from freezerlib.formats import saved_model
 from freezerlib.transforms import saver
 
 _PART = re.compile(r'/part_\d+$')
@@ -151,7 +152,7 @@ def check_fits(saved_model_dir, meta_graph, signatures, keep=None):
                              'to keep them from' % (', '.join(keep.names), saved_model_dir))
     return set()
   index = checkpoint_index.read_index(prefix)
-  outputs = [graphs.node_name(i.name) for s in signatures.values() for i in s.outputs.values()]
+  outputs = saved_model.signature_output_nodes(signatures)
   needed = graphs.reachable(meta_graph.graph_def, list(dict.fromkeys(outputs)))
   restores = [r for r in saver.restores_of_saver(
       meta_graph.graph_def, meta_graph.saver_def, saved_model_dir) if r.target in needed]

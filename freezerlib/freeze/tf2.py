@@ -202,6 +202,8 @@ def _inputs_named_by_key(graph_def, signatures):
     sig = signatures[sig_key]
     for key in sorted(sig.inputs):
       info = sig.inputs[key]
+      if info.WhichOneof('encoding') != 'name':
+        continue  # tf.saved_model.save flattens composite arguments; another writer may not
       name, _, index = info.name.partition(':')
       node = nodes[name]
       if node.op not in ('Placeholder', 'PlaceholderWithDefault') or index not in ('', '0'):
@@ -242,9 +244,7 @@ def freeze_graph(meta_graph, signatures, loaded, tags, where):
   graph_def = meta_graph.graph_def
   signatures = frozen_graph.frozen_signatures(signatures)  # copies: input names change below
   outputs = saved_model.signature_output_nodes(signatures)
-  inputs = [graphs.node_name(i.name) for s in signatures.values()
-            for i in s.inputs.values()]
-  keep = list(dict.fromkeys(outputs + inputs))
+  keep = list(dict.fromkeys(outputs + saved_model.signature_input_nodes(signatures)))
   needed = prune.strip(graph_def, keep)  # drops save, restore and initialiser functions
   handles = captured_handles(meta_graph, needed, signatures, loaded, where)
   names = stateful.captured_objects(meta_graph)
@@ -295,8 +295,8 @@ def freeze_graph(meta_graph, signatures, loaded, tags, where):
     init_op = init.name
 
   _inputs_named_by_key(frozen, signatures)
-  keep = saved_model.signature_output_nodes(signatures) + [
-      graphs.node_name(i.name) for s in signatures.values() for i in s.inputs.values()]
+  keep = (saved_model.signature_output_nodes(signatures) +
+          saved_model.signature_input_nodes(signatures))
   frozen = prune.strip(frozen, list(dict.fromkeys(keep + ([init_op] if init_op else []))))
   frozen.versions.CopyFrom(graph_def.versions)
   model = frozen_graph.FrozenModel(graph_def=frozen, signatures=signatures, tags=list(tags),

@@ -79,7 +79,6 @@ def cut_to_signatures(graph_def, signatures, extra_keep=(), where='the graph'):
                                                                  where=where)
   keep = saved_model.signature_output_nodes(signatures)
   # Inputs no output depends on must stay too: the signature promises them.
-  keep += [graphs.node_name(i.name) for s in signatures.values()
-           for i in s.inputs.values()]
+  keep += saved_model.signature_input_nodes(signatures)
   keep = list(dict.fromkeys(keep + [k for k in extra_keep if k]))
   return strip(graph_def, keep), signatures, keep

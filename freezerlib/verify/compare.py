@@ -9,10 +9,10 @@ import sys
 import time
 
 import numpy as np
-import tensorflow as tf
 
 from freezerlib.core import errors
 from freezerlib.core import units
+from freezerlib.core.lean_tf import tensorflow as tf  # imported on first use
 from freezerlib.verify import inputs as inputs_lib
 from freezerlib.verify import loaders
 
@@ -27,8 +27,40 @@ class OutputResult:
   detail: str = ''
 
 
+def _parts(value):
+  """[(part name, array)] of an output value: the array itself; a sparse value's indices,
+  values and dense shape; a ragged value's flat values and row splits."""
+  if isinstance(value, tf.compat.v1.SparseTensorValue):
+    return [('indices', value.indices), ('values', value.values),
+            ('dense_shape', value.dense_shape)]
+  if isinstance(value, tf.compat.v1.ragged.RaggedTensorValue):
+    splits = []
+    while isinstance(value, tf.compat.v1.ragged.RaggedTensorValue):
+      splits.append(('row_splits', value.row_splits))
+      value = value.values
+    return [('values', value)] + splits
+  return [('', value)]
+
+
 def compare_arrays(reference, new, atol, rtol):
-  """(max abs error, max relative error, passed, detail) for two output arrays."""
+  """(max abs error, max relative error, passed, detail) for two output values.
+
+  Sparse and ragged values are compared part by part: their indices, dense shapes and row
+  splits must be equal, their values within the tolerances.
+  """
+  ref_parts, new_parts = _parts(reference), _parts(new)
+  if len(ref_parts) > 1 or len(new_parts) > 1:
+    if [n for n, _ in ref_parts] != [n for n, _ in new_parts]:
+      return float('inf'), float('inf'), False, 'kind %s vs %s' % (
+          type(reference).__name__, type(new).__name__)
+    worst = (0.0, 0.0, True, '')
+    for (name, a), (_, b) in zip(ref_parts, new_parts):
+      max_abs, max_rel, passed, detail = compare_arrays(a, b, atol if name == 'values' else 0,
+                                                        rtol if name == 'values' else 0)
+      if not passed:
+        return max_abs, max_rel, False, '%s: %s' % (name, detail or 'differ')
+      worst = (max(worst[0], max_abs), max(worst[1], max_rel), True, '')
+    return worst
   reference, new = np.asarray(reference), np.asarray(new)
   if reference.shape != new.shape:
     return float('inf'), float('inf'), False, 'shape %s vs %s' % (reference.shape, new.shape)
@@ -54,11 +86,21 @@ def compare_arrays(reference, new, atol, rtol):
 
 
 def compare(reference, new, feeds_by_signature, atol, rtol):
-  """Runs both models on the same inputs; returns a list of OutputResult."""
+  """Runs both models on the same inputs; returns a list of OutputResult.
+
+  Raises:
+    errors.ReferenceFailed: the reference fails on the inputs. (The new model failing where
+      the reference answers is a difference: FAILED for each output.)
+  """
   results = []
   for sig_key, feeds in feeds_by_signature.items():
-    ref_out = run_or_explain(reference, sig_key, feeds)
-    new_out = run_or_explain(new, sig_key, feeds)
+    ref_out = run_or_explain(reference, sig_key, feeds, errors.ReferenceFailed)
+    try:
+      new_out = run_or_explain(new, sig_key, feeds)
+    except errors.UserError as e:
+      results.extend(OutputResult(sig_key, k, float('inf'), float('inf'), False, str(e))
+                     for k in sorted(ref_out))
+      continue
     for out_key in sorted(ref_out):
       if out_key not in new_out:
         results.append(OutputResult(sig_key, out_key, float('inf'), float('inf'), False,
@@ -70,17 +112,28 @@ def compare(reference, new, feeds_by_signature, atol, rtol):
   return results
 
 
-def run_or_explain(model, sig_key, feeds):
-  """model.run, with a failure on the inputs turned into a one-line UserError."""
+def _describe(feeds):
+  """'key[shape]' per input: 'key sparse[dense shape]' and 'key ragged[rows]' for those."""
+  parts = []
+  for key, value in sorted(feeds.items()):
+    if isinstance(value, tf.compat.v1.SparseTensorValue):
+      parts.append('%s sparse%s' % (key, np.asarray(value.dense_shape).tolist()))
+    elif isinstance(value, tf.compat.v1.ragged.RaggedTensorValue):
+      parts.append('%s ragged[%d]' % (key, len(value.row_splits) - 1))
+    else:
+      parts.append('%s%s' % (key, list(np.shape(value))))
+  return ', '.join(parts)
+
+
+def run_or_explain(model, sig_key, feeds, error=errors.UserError):
+  """model.run, with a failure on the inputs turned into a one-line `error`."""
   try:
     return model.run(sig_key, feeds)
   except (tf.errors.OpError, ValueError) as e:
-    raise errors.UserError(
+    raise error(
         '%s failed to run signature %r on the inputs (%s): %s; pass inputs of the right shape '
         'with --inputs, or leave the signature out with --signature_def' % (
-            model.name, sig_key, ', '.join('%s%s' % (k, list(np.shape(v)))
-                                           for k, v in sorted(feeds.items())),
-            errors.tf_error_message(e))) from e
+            model.name, sig_key, _describe(feeds), errors.tf_error_message(e))) from e
 
 
 def latency(model, sig_key, feeds, runs):

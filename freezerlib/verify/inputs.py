@@ -1,120 +1,44 @@
 """Inputs for two models: generated from the signatures and the tables, or read from files.
 
-Inputs are built per signature from its dtypes and shapes. Ids that feed a hash table are drawn
-half from the table's own keys (read from the reference model) and half from keys it has never
-seen, so that a converted model which lost its table contents, or answers unseen keys
-differently, is caught. Strings that feed a tf.Example parser become serialized Examples with the
-features the parser asks for.
+Inputs are built per signature from its dtypes and shapes (trace.py says where each goes). Ids
+that feed a hash table are drawn half from the table's own keys (read from the reference
+model: trained keys, vocabulary lists and files, Keras lookup layers' vocabularies) and half
+from keys it has never seen, so that a converted model which lost its table contents, or
+answers unseen keys differently, is caught. Ids that index an embedding are drawn inside its
+row count. Strings that feed a tf.Example parser become serialized Examples with the features
+the parser asks for, each drawn the same way. A sparse input gets a SparseTensorValue of
+0 to 3 values per row, a ragged one a RaggedTensorValue.
+
+Read from an .npz, a string array must arrive byte for byte: numpy's fixed-width bytes
+(dtype S) drop trailing NUL bytes, and a serialized tf.Example can end in one. Such an array
+is taken only when none of its strings is shorter than its width (then none lost anything);
+else it is refused. The lossless form is KEY.bytes (uint8, the strings concatenated) with
+KEY.lengths (int64, each string's length, in the input's shape), which `save_npz` writes;
+nothing is ever unpickled. A sparse input is KEY.indices, KEY.values, KEY.dense_shape; a
+ragged one KEY.values, KEY.row_splits (KEY.row_splits_1, ...).
 """
 
-import collections
-import dataclasses
-from typing import Dict
+import io
 
 import numpy as np
-import tensorflow as tf
 
 from freezerlib.core import errors
-from freezerlib.core import graphs
-from freezerlib.transforms import tables
-
-# Ops through which an id keeps its value on the way to a table lookup.
-_KEY_PRESERVING = frozenset({
-    'Identity', 'IdentityN', 'Reshape', 'ExpandDims', 'Squeeze', 'Cast', 'Unique',
-    'StopGradient', 'Switch', 'Merge', 'Enter', 'Exit', 'Tile', 'GatherV2', 'Gather',
-    'StringStrip', 'StringLower', 'ConcatV2', 'Pack', 'DynamicPartition'})
-_LOOKUP_OPS = frozenset({'LookupTableFindV2', 'LookupTableFind'})
-_PARSE_OPS = frozenset({'ParseExample', 'ParseExampleV2'})
+from freezerlib.core.lean_tf import tensorflow as tf  # imported on first use
+from freezerlib.verify import loaders
+from freezerlib.verify import trace as trace_lib
 
 
-@dataclasses.dataclass
-class ExampleSpec:
-  """The features a tf.Example parser reads: name -> (dtype, shape or None for sparse)."""
-  features: Dict[str, tuple]
-
-
-def _consumers(graph_def):
-  out = collections.defaultdict(list)
-  for node in graph_def.node:
-    for pos, name in enumerate(node.input):
-      if not name.startswith('^'):
-        node_name, _, index = name.partition(':')
-        out[(node_name, int(index or 0))].append((node, pos))
-  return out
-
-
-def _const_value(nodes, name):
-  node = nodes.get(graphs.node_name(name))
-  if node is None or node.op != 'Const':
-    return None
-  return tf.make_ndarray(node.attr['value'].tensor)
-
-
-def _example_spec(nodes, node):
-  """Reads the features a ParseExample / ParseExampleV2 node asks for."""
-  dense_types = [tf.as_dtype(t) for t in node.attr['Tdense'].list.type]
-  shapes = [tuple(max(d.size, 1) for d in s.dim) for s in node.attr['dense_shapes'].list.shape]
-  sparse_types = [tf.as_dtype(t) for t in node.attr['sparse_types'].list.type]
-  if node.op == 'ParseExample':
-    ns, nd = node.attr['Nsparse'].i, node.attr['Ndense'].i
-    sparse_keys = [_const_value(nodes, node.input[2 + i]) for i in range(ns)]
-    dense_keys = [_const_value(nodes, node.input[2 + ns + i]) for i in range(nd)]
-  else:
-    sparse_keys = list(np.ravel(_const_value(nodes, node.input[2])))
-    dense_keys = list(np.ravel(_const_value(nodes, node.input[3])))
-  features = {}
-  for key, dtype, shape in zip(dense_keys, dense_types, shapes):
-    features[np.asarray(key).item().decode()] = (dtype, shape)
-  for key, dtype in zip(sparse_keys, sparse_types):
-    features[np.asarray(key).item().decode()] = (dtype, None)
-  return ExampleSpec(features)
-
-
-def trace_input(model, tensor_name):
-  """Follows a signature input to the tables it is looked up in, or the parser it feeds.
-
-  Returns:
-    (list of table NodeDefs, ExampleSpec or None).
-  """
-  nodes = {n.name: n for n in model.graph_def.node}
-  consumers = _consumers(model.graph_def)
-  node_name, _, index = tensor_name.partition(':')
-  frontier, seen = [(node_name, int(index or 0))], set()
-  found_tables, spec = [], None
-  while frontier:
-    tensor = frontier.pop()
-    if tensor in seen or len(seen) > 1000:
-      continue
-    seen.add(tensor)
-    for node, pos in consumers.get(tensor, []):
-      if node.op in _LOOKUP_OPS and pos == 1:
-        table = nodes.get(_handle_source(nodes, node.input[0]))
-        if table is not None and table.op in tables.TABLE_OPS and table not in found_tables:
-          found_tables.append(table)
-      elif node.op in _PARSE_OPS and pos == 0 and spec is None:
-        spec = _example_spec(nodes, node)
-      elif node.op in _KEY_PRESERVING:
-        # Every output: DynamicPartition routes ids to one output per table shard.
-        frontier.extend((node.name, i) for i in range(max(4, node.attr['num_partitions'].i)))
-  return found_tables, spec
-
-
-def _handle_source(nodes, name):
-  name = graphs.node_name(name)
-  while name in nodes and nodes[name].op in graphs.IDENTITY_OPS and nodes[name].input:
-    name = graphs.node_name(nodes[name].input[0])
-  return name
-
-
-def _random_values(rng, dtype, shape, pool=None):
-  """Random values of `dtype`: ids drawn half from `pool` (known keys), half unseen."""
+def _random_values(rng, dtype, shape, pool=None, bound=None):
+  """Random values of `dtype`: ids drawn half from `pool` (known keys), half unseen; with
+  `bound`, integers in [0, bound) (the rows of the embedding they index)."""
   size = int(np.prod(shape)) if shape else 1
   if dtype in (tf.string,):
     values = np.array([b'unseen_%d' % rng.randint(1 << 30) for _ in range(size)], dtype=object)
   elif dtype.is_integer:
-    high = min(dtype.max, 2**62)
+    high = min(dtype.max, 2**62) if bound is None else min(dtype.max, bound)
     low = max(dtype.min, 0)
-    values = rng.randint(low, high, size=size, dtype=np.int64).astype(dtype.as_numpy_dtype)
+    values = rng.randint(low, max(high, low + 1), size=size,
+                         dtype=np.int64).astype(dtype.as_numpy_dtype)
   elif dtype.is_bool:
     values = rng.rand(size) < 0.5
   elif dtype.is_floating:
@@ -128,33 +52,14 @@ def _random_values(rng, dtype, shape, pool=None):
   return values.reshape(shape)
 
 
-def _example_strings(rng, spec, batch):
-  examples = []
-  for _ in range(batch):
-    row = {}
-    for name, (dtype, shape) in spec.features.items():
-      shape = shape if shape is not None else (rng.randint(1, 4),)
-      row[name] = _random_values(rng, dtype, shape)
-    examples.append(_make_example(row).SerializeToString())
-  return np.array(examples, dtype=object)
-
-
-def _make_example(row):
-  feats = {}
-  for name, value in row.items():
-    value = np.ravel(value)
-    if value.dtype.kind in 'iub':
-      feats[name] = tf.train.Feature(
-          int64_list=tf.train.Int64List(value=value.astype(np.int64).tolist()))
-    elif value.dtype.kind == 'f':
-      feats[name] = tf.train.Feature(float_list=tf.train.FloatList(value=value.tolist()))
-    else:
-      feats[name] = tf.train.Feature(bytes_list=tf.train.BytesList(value=list(value)))
-  return tf.train.Example(features=tf.train.Features(feature=feats))
+def _row_lengths(rng, rows):
+  """0 to 3 values per row, some rows empty: what VarLen features look like."""
+  return rng.randint(0, 4, size=rows)
 
 
 def input_spec(model, info):
-  """(dtype, dims with -1 for unknown) of a signature input, from the graph where it knows.
+  """(dtype, dims with -1 for unknown) of a dense signature input, from the graph where it
+  knows.
 
   Signatures can be wrong (half_plus_three's declare x:0 a scalar, tf_example:0 a float); the
   graph's own tensor is the truth, the signature a fallback when the graph does not know.
@@ -182,34 +87,208 @@ class InputMaker:
     self._model = model
     self._seed = seed
     self._table_keys = {}
+    self._tracer = trace_lib.Tracer(model.graph_def)
+    self._traces = {}
 
   def _keys(self, table):
     if table.name not in self._table_keys:
-      self._table_keys[table.name] = tables.export_table(self._model.session, table).keys
+      self._table_keys[table.name] = self._model.table_keys(table)
     return self._table_keys[table.name]
 
+  def trace(self, tensor_name):
+    """The trace_lib.Trace of one of the model's tensors (cached)."""
+    if tensor_name not in self._traces:
+      self._traces[tensor_name] = self._tracer.trace(tensor_name)
+    return self._traces[tensor_name]
+
+  def _pool(self, found):
+    if not found.tables:
+      return None
+    return np.concatenate([np.ravel(self._keys(t)) for t in found.tables])
+
+  def values(self, rng, dtype, shape, found):
+    """Random values for a tensor whose Trace is `found`: known keys, vocabulary words and
+    unseen ones; ids within the rows of the embedding they index."""
+    return _random_values(rng, dtype, shape, self._pool(found), found.bound)
+
   def make(self, sig_key, batch):
-    """{input key: array} for `batch` examples of signature `sig_key`."""
+    """{input key: value} for `batch` examples of signature `sig_key` (see module doc)."""
     rng = np.random.RandomState(self._seed + batch)
     sig = self._model.signatures[sig_key]
     feeds = {}
     for key in sorted(sig.inputs):
       info = sig.inputs[key]
+      encoding = info.WhichOneof('encoding')
+      if encoding == 'coo_sparse':
+        feeds[key] = self._sparse(rng, info, batch)
+        continue
+      if encoding == 'composite_tensor':
+        feeds[key] = self._ragged(rng, info, batch)
+        continue
       dtype, dims = input_spec(self._model, info)
       shape = _shape_for(dims, batch)
-      found, spec = trace_input(self._model, info.name)
-      if spec is not None and dtype == tf.string:
-        feeds[key] = _example_strings(rng, spec, int(np.prod(shape))).reshape(shape)
+      found = self.trace(info.name)
+      if found.features is not None and dtype == tf.string:
+        feeds[key] = self.examples(rng, found.features, int(np.prod(shape))).reshape(shape)
         continue
-      pool = None
-      if found:
-        pool = np.concatenate([np.ravel(self._keys(t)) for t in found])
-      feeds[key] = _random_values(rng, dtype, shape, pool)
+      feeds[key] = self.values(rng, dtype, shape, found)
     return feeds
+
+  def _sparse(self, rng, info, batch):
+    shape = info.tensor_shape
+    rank = max(2, len(shape.dim)) if not shape.unknown_rank else 2
+    lengths = _row_lengths(rng, batch)
+    n = int(lengths.sum())
+    indices = np.zeros((n, rank), np.int64)
+    indices[:, 0] = np.repeat(np.arange(batch), lengths)
+    indices[:, 1] = np.concatenate([np.arange(k) for k in lengths]) if n else []
+    dense_shape = np.array([batch, int(lengths.max(initial=0))] + [1] * (rank - 2),
+                           np.int64)
+    dtype = tf.as_dtype(info.dtype).base_dtype
+    values = self.values(rng, dtype, (n,), self.trace(info.coo_sparse.values_tensor_name))
+    return loaders.sparse_value(indices, values, dense_shape)
+
+  def _ragged(self, rng, info, batch):
+    components = list(info.composite_tensor.components)
+    if len(components) < 2:
+      raise errors.UserError('cannot make random inputs for a composite input of %d '
+                             'components; pass --inputs' % len(components))
+    rows, splits = batch, []
+    for component in components[1:]:
+      lengths = _row_lengths(rng, rows)
+      dtype = tf.as_dtype(component.dtype).as_numpy_dtype
+      splits.append(np.concatenate([[0], np.cumsum(lengths)]).astype(dtype))
+      rows = int(lengths.sum())
+    dtype = tf.as_dtype(components[0].dtype).base_dtype
+    values = self.values(rng, dtype, (rows,), self.trace(components[0].name))
+    return loaders.ragged_value(values, *splits)
+
+  def examples(self, rng, features, batch):
+    """`batch` serialized tf.Examples with the features a parser reads (trace_lib.Feature):
+    required ones always, others mostly; values as `values` draws them."""
+    out = []
+    for _ in range(batch):
+      row = {}
+      for name in sorted(features):
+        feature = features[name]
+        present = rng.rand() < 0.9
+        if not (present or feature.required):
+          continue
+        if feature.kind == 'dense':
+          shape = tuple(max(d, 1) for d in feature.shape) or (1,)
+        else:
+          shape = (int(_row_lengths(rng, 1)[0]),)
+        found = feature.trace or trace_lib.Trace()
+        row[name] = self.values(rng, feature.dtype, shape, found)
+      out.append(_make_example(row).SerializeToString())
+    return np.array(out, dtype=object)
+
+
+def _make_example(row):
+  feats = {}
+  for name, value in row.items():
+    value = np.ravel(value)
+    if value.dtype.kind in 'iub':
+      feats[name] = tf.train.Feature(
+          int64_list=tf.train.Int64List(value=value.astype(np.int64).tolist()))
+    elif value.dtype.kind == 'f':
+      feats[name] = tf.train.Feature(float_list=tf.train.FloatList(value=value.tolist()))
+    else:
+      feats[name] = tf.train.Feature(bytes_list=tf.train.BytesList(value=list(value)))
+  return tf.train.Example(features=tf.train.Features(feature=feats))
+
+
+# ---------------------------------------------------------------------------------------------
+# .npz files
+
+
+def _string_array(path, data, name):
+  """The string array `name` of an .npz (fixed width, if lossless, or NAME.bytes and
+  NAME.lengths) as an object array of bytes; None when absent.
+
+  Raises:
+    errors.UserError: a fixed-width array that may have lost trailing NUL bytes.
+  """
+  if name in data:
+    value = data[name]
+    if value.dtype.kind in 'SU':
+      width = value.dtype.itemsize // (4 if value.dtype.kind == 'U' else 1)
+      lengths = np.char.str_len(value) if value.size else np.zeros(0, int)
+      if np.any(lengths < width):
+        raise errors.UserError(
+            'array %r of %s holds fixed-width strings (dtype %s), some shorter than the width: '
+            'numpy drops trailing NUL bytes on read, so they may not be the strings saved (a '
+            'serialized tf.Example can end in one); store it as %r (uint8, the strings '
+            'concatenated) and %r (int64, each one\'s length), as '
+            'freezerlib.verify.inputs.save_npz does' % (name, path, value.dtype.str.lstrip('<|'),
+                                                         name + '.bytes', name + '.lengths'))
+      if value.dtype.kind == 'U':
+        return np.vectorize(lambda s: s.encode('utf-8'), otypes=[object])(value)
+      return value.astype(object)
+    return value
+  if name + '.bytes' in data and name + '.lengths' in data:
+    raw, lengths = data[name + '.bytes'], data[name + '.lengths']
+    if raw.dtype != np.uint8 or raw.ndim != 1 or lengths.dtype.kind not in 'iu' or (
+        int(lengths.sum()) != raw.size or np.any(lengths < 0)):
+      raise errors.UserError('arrays %r and %r of %s do not match: give the strings\' bytes '
+                             'concatenated (uint8) and their lengths (int64)'
+                             % (name + '.bytes', name + '.lengths', path))
+    data_bytes = raw.tobytes()
+    ends = np.cumsum(np.ravel(lengths))
+    starts = ends - np.ravel(lengths)
+    items = np.empty(len(ends), dtype=object)
+    for i, (a, b) in enumerate(zip(starts, ends)):
+      items[i] = data_bytes[a:b]
+    return items.reshape(lengths.shape)
+  return None
+
+
+def save_npz(path, feeds):
+  """Writes {name: value} as an .npz inputs_from_npz reads back exactly.
+
+  String arrays are stored as NAME.bytes and NAME.lengths (no pickling, no width), sparse
+  values as NAME.indices, NAME.values, NAME.dense_shape, ragged ones as NAME.values,
+  NAME.row_splits (NAME.row_splits_1, ...). `name` is an input key or 'signature/key'.
+  """
+  arrays = {}
+
+  def put(name, value):
+    value = np.asarray(value)
+    if value.dtype.kind in 'OSU':
+      items = [v.encode('utf-8') if isinstance(v, str) else bytes(v) for v in value.ravel()]
+      arrays[name + '.bytes'] = np.frombuffer(b''.join(items), dtype=np.uint8)
+      arrays[name + '.lengths'] = np.array([len(v) for v in items],
+                                           np.int64).reshape(value.shape)
+    else:
+      arrays[name] = value
+
+  for name, value in feeds.items():
+    if isinstance(value, tf.compat.v1.SparseTensorValue):
+      put(name + '.indices', value.indices)
+      put(name + '.values', value.values)
+      put(name + '.dense_shape', value.dense_shape)
+    elif isinstance(value, tf.compat.v1.ragged.RaggedTensorValue):
+      splits = []
+      while isinstance(value, tf.compat.v1.ragged.RaggedTensorValue):
+        splits.append(value.row_splits)
+        value = value.values
+      put(name + '.values', value)
+      for i, s in enumerate(splits):
+        put(name + ('.row_splits' if i == 0 else '.row_splits_%d' % i), s)
+    else:
+      put(name, value)
+  buffer = io.BytesIO()  # zip needs a seekable file; remote ones are not
+  np.savez(buffer, **arrays)
+  with tf.io.gfile.GFile(path, 'wb') as f:
+    f.write(buffer.getvalue())
 
 
 def inputs_from_npz(path, signatures):
-  """{sig key: {input key: array}} from an .npz holding 'input' or 'signature/input' arrays."""
+  """{sig key: {input key: value}} from an .npz (see the module doc for its arrays).
+
+  Raises:
+    errors.UserError: unreadable file, a missing array, or a lossy string array.
+  """
   try:
     with tf.io.gfile.GFile(path, 'rb') as f:
       data = dict(np.load(f, allow_pickle=False))
@@ -219,20 +298,62 @@ def inputs_from_npz(path, signatures):
   for sig_key, sig in signatures.items():
     feeds = {}
     for key in sig.inputs:
-      value = data.get('%s/%s' % (sig_key, key), data.get(key))
-      if value is None:
+      info = sig.inputs[key]
+      base = None
+      for name in ('%s/%s' % (sig_key, key), key):
+        if any(n == name or n.startswith(name + '.') for n in data):
+          base = name
+          break
+      if base is None:
         raise errors.UserError('%s has no array %r (or %r) for signature %r'
-                              % (path, key, '%s/%s' % (sig_key, key), sig_key))
-      feeds[key] = value.astype(object) if value.dtype.kind in 'SU' else value
+                               % (path, key, '%s/%s' % (sig_key, key), sig_key))
+      feeds[key] = _npz_value(path, data, base, info)
     out[sig_key] = feeds
   return out
 
 
+def _npz_value(path, data, base, info):
+  def need(name):
+    value = _string_array(path, data, name)
+    if value is None:
+      raise errors.UserError('%s has no array %r (the input %r is %s)' % (
+          path, name, base, 'sparse' if info.WhichOneof('encoding') == 'coo_sparse' else
+          'ragged' if info.WhichOneof('encoding') == 'composite_tensor' else 'dense'))
+    return value
+
+  encoding = info.WhichOneof('encoding')
+  if encoding == 'coo_sparse':
+    return loaders.sparse_value(need(base + '.indices'), need(base + '.values'),
+                                need(base + '.dense_shape'))
+  if encoding == 'composite_tensor':
+    splits = [need(base + ('.row_splits' if i == 0 else '.row_splits_%d' % i))
+              for i in range(len(info.composite_tensor.components) - 1)]
+    return loaders.ragged_value(need(base + '.values'), *splits)
+  return need(base)
+
+
+# ---------------------------------------------------------------------------------------------
+# TFRecord files
+
+
+def _feature_values(example, key):
+  if key not in example.features.feature:
+    return None
+  feature = example.features.feature[key]
+  kind = feature.WhichOneof('kind')
+  return list(getattr(feature, kind).value) if kind else []
+
+
 def inputs_from_tfrecords(patterns, model, num_examples):
-  """{sig key: {input key: array}} from TFRecord files (globs allowed) of tf.Example.
+  """{sig key: {input key: value}} from TFRecord files (globs allowed) of tf.Example.
 
   An input that feeds a tf.Example parser gets the serialized records; any other input gets
-  the feature of the same name, stacked over the examples.
+  the feature of the same name: stacked over the examples for a dense input (every example
+  must have it), as a SparseTensorValue or RaggedTensorValue of each example's values for a
+  sparse or ragged one (what parse_example makes of a VarLen or Ragged feature).
+
+  Raises:
+    errors.UserError: no files, unreadable records, or records without a dense input's feature.
   """
   files = []
   for pattern in patterns:
@@ -249,26 +370,61 @@ def inputs_from_tfrecords(patterns, model, num_examples):
                           % (pattern, errors.tf_error_message(e))) from e
   if not records:
     raise errors.UserError('%s holds no records' % pattern)
+  tracer = trace_lib.Tracer(model.graph_def)
   out = {}
   for sig_key, sig in model.signatures.items():
     feeds = {}
     for key in sorted(sig.inputs):
       info = sig.inputs[key]
+      encoding = info.WhichOneof('encoding')
+      if encoding != 'name':
+        rows = [_feature_values(ex, key) for ex in examples]
+        if all(r is None for r in rows):
+          raise errors.UserError('the records in %s have no feature %r (signature %r)'
+                                 % (pattern, key, sig_key))
+        rows = [r or [] for r in rows]
+        if encoding == 'coo_sparse':
+          dtype = tf.as_dtype(info.dtype).base_dtype
+          feeds[key] = _sparse_rows(rows, dtype, max(2, len(info.tensor_shape.dim)))
+        else:
+          components = info.composite_tensor.components
+          lengths = [len(r) for r in rows]
+          splits = np.concatenate([[0], np.cumsum(lengths)]).astype(
+              tf.as_dtype(components[1].dtype).as_numpy_dtype)
+          feeds[key] = loaders.ragged_value(
+              _flat(rows, tf.as_dtype(components[0].dtype)), splits)
+        continue
       dtype, dims = input_spec(model, info)
-      _, spec = trace_input(model, info.name)
-      if spec is not None and dtype == tf.string:
+      found = tracer.trace(info.name)
+      if found.features is not None and dtype == tf.string:
         feeds[key] = np.array(records, dtype=object)
         continue
       rows = []
       for ex in examples:
-        if key not in ex.features.feature:
+        values = _feature_values(ex, key)
+        if values is None:
           raise errors.UserError('the records in %s have no feature %r (signature %r)'
                                 % (pattern, key, sig_key))
-        feature = ex.features.feature[key]
-        kind = feature.WhichOneof('kind')
-        rows.append(list(getattr(feature, kind).value))
+        rows.append(values)
       value = np.array(rows, dtype=object if dtype == tf.string else dtype.as_numpy_dtype)
       shape = _shape_for(dims, len(rows))
       feeds[key] = value.reshape(shape)
     out[sig_key] = feeds
   return out
+
+
+def _flat(rows, dtype):
+  values = [v for r in rows for v in r]
+  return np.array(values, dtype=object if dtype == tf.string else dtype.as_numpy_dtype)
+
+
+def _sparse_rows(rows, dtype, rank):
+  n = sum(len(r) for r in rows)
+  indices = np.zeros((n, rank), np.int64)
+  pos = 0
+  for i, r in enumerate(rows):
+    indices[pos:pos + len(r), 0] = i
+    indices[pos:pos + len(r), 1] = np.arange(len(r))
+    pos += len(r)
+  dense_shape = [len(rows), max([len(r) for r in rows] + [0])] + [1] * (rank - 2)
+  return loaders.sparse_value(indices, _flat(rows, dtype), dense_shape)

@@ -36,8 +36,22 @@ def requests(model, num_requests, feeds_by_signature=None, seed=0):
 
   Returns:
     list of predict_pb2.PredictRequest.
+
+  Raises:
+    errors.UserError: a sparse or ragged signature input, which a PredictRequest cannot carry.
   """
   keys = sorted(model.signatures)
+  for key in keys:
+    for name, info in sorted(model.signatures[key].inputs.items()):
+      if info.WhichOneof('encoding') != 'name':
+        # TF Serving's Predict feeds each input by its tensor name; a sparse or ragged one has
+        # none (its components do).
+        raise errors.UserError(
+            'signature %r input %r is %s: a PredictRequest cannot carry it, so TF Serving '
+            'cannot be warmed up (nor called through Predict) with it; serve serialized '
+            'tf.Example instead (--serving_input=examples)'
+            % (key, name, 'sparse' if info.WhichOneof('encoding') == 'coo_sparse'
+               else 'composite'))
   maker = inputs_lib.InputMaker(model, seed)
   out = []
   for i in range(num_requests):
