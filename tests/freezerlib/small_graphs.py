@@ -136,3 +136,34 @@ def stateful_expected(ids):
   """What stateful_model's serving_default answers for `ids` (a list of ints)."""
   table = {4: 40.0, 5: 50.0}
   return [3.0 * (i % 10) + 0.5 * 2.0 + table.get(i, -1.0) for i in ids]
+
+
+LOOKUP_KEYS = ([10, 20], [31])  # the keys of `lookups`' two table shards
+
+
+def lookups():
+  """A `build` for save_tf1 of inputs that go somewhere: ids -> Cast -> DynamicPartition -> two
+  table shards, and ids index an embedding of 40 rows; words -> a static table; serialized ->
+  a tf.Example parser; dense [None, 3] -> arithmetic."""
+  tf = lean_tf.tensorflow
+  tf1 = tf.compat.v1
+  ids = tf1.placeholder(tf.int64, [None], name='ids')
+  words = tf1.placeholder(tf.string, [None], name='words')
+  serialized = tf1.placeholder(tf.string, [None], name='serialized')
+  dense = tf1.placeholder(tf.float32, [None, 3], name='dense')
+  shard_a = tf.lookup.experimental.MutableHashTable(tf.int64, tf.float32, 0.0, name='shard_a')
+  shard_b = tf.lookup.experimental.MutableHashTable(tf.int64, tf.float32, 0.0, name='shard_b')
+  vocab = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
+      tf.constant(['x', 'y']), tf.constant([1.0, 2.0])), 0.0, name='vocab')
+  same = tf.cast(tf.identity(ids), tf.int64)
+  parts = tf.dynamic_partition(same, tf.cast(same % 2, tf.int32), 2)
+  found = tf.reduce_sum(shard_a.lookup(parts[0])) + tf.reduce_sum(shard_b.lookup(parts[1]))
+  found += tf.reduce_sum(tf.gather(tf.ones([40, 2], name='embedding'), same))
+  parsed = tf.io.parse_example(serialized, {'age': tf.io.FixedLenFeature([2], tf.float32),
+                                            'tags': tf.io.VarLenFeature(tf.string)})
+  y = (found + tf.reduce_sum(vocab.lookup(words)) + tf.reduce_sum(parsed['age']) +
+       tf.reduce_sum(dense) + tf.cast(tf.size(parsed['tags'].values), tf.float32))
+  fill = [shard_a.insert(tf.constant(LOOKUP_KEYS[0], tf.int64), tf.constant([1.0, 2.0])),
+          shard_b.insert(tf.constant(LOOKUP_KEYS[1], tf.int64), tf.constant([3.0]))]
+  return ({'ids': ids, 'words': words, 'serialized': serialized, 'dense': dense},
+          {'y': tf.identity(y, name='y')}, fill)

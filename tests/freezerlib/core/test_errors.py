@@ -42,3 +42,9 @@ def test_exists_error_names_the_path_and_the_flag():
   error = errors.exists_error('/tmp/out.pb')
   assert isinstance(error, errors.UserError) and isinstance(error, Exception)
   assert str(error) == '/tmp/out.pb already exists; pass --overwrite to replace it'
+
+
+def test_a_failing_reference_is_a_user_error_of_its_own():
+  # optimize_from_pb_test.py exits 3 for it; every script's one-line path still catches it.
+  assert issubclass(errors.ReferenceFailed, errors.UserError)
+  assert not issubclass(errors.UserError, errors.ReferenceFailed)

@@ -8,6 +8,7 @@ import tensorflow as tf
 
 from conftest import meta_graph_of
 from freezerlib.core import graphs
+from freezerlib.core import lean_tf
 import small_graphs
 
 tf1 = tf.compat.v1
@@ -142,3 +143,54 @@ def test_name_for_key_gives_names_tensorflow_imports(key):
   graph.node.add(name=name, op='NoOp')
   with tf.Graph().as_default():
     tf.graph_util.import_graph_def(graph, name='')  # refuses an invalid node name
+
+
+def test_info_tensors_of_every_encoding():
+  info = lean_tf.meta_graph_pb2.TensorInfo
+  assert graphs.info_tensors(info(name='x:0')) == ['x:0'] and graphs.info_tensors(info()) == []
+  sparse = info()
+  sparse.coo_sparse.indices_tensor_name = 'i:0'
+  sparse.coo_sparse.values_tensor_name = 'v:0'
+  sparse.coo_sparse.dense_shape_tensor_name = 's:0'
+  assert graphs.info_tensors(sparse) == ['i:0', 'v:0', 's:0']
+  ragged = info()
+  ragged.composite_tensor.components.add(name='values:0')
+  ragged.composite_tensor.components.add(name='splits:0')
+  assert graphs.info_tensors(ragged) == ['values:0', 'splits:0']
+  sig = small_graphs.signature({'b': 'b:0'}, {})
+  sig.inputs['a'].CopyFrom(sparse)
+  assert graphs.signature_tensors(sig, 'inputs') == ['i:0', 'v:0', 's:0', 'b:0']
+  # Fed at every part of a sparse input: nothing before them is computed.
+  graph = small_graphs.graph_def('''
+      node { name: "i" op: "Placeholder" } node { name: "v" op: "Placeholder" }
+      node { name: "s" op: "Placeholder" } node { name: "b" op: "Placeholder" }
+      node { name: "y" op: "SparseToDense" input: "i" input: "s" input: "v" input: "b" }''')
+  sig.outputs['y'].name = 'y:0'
+  assert graphs.computed_tensors(graph, sig) == set()
+
+
+def test_object_paths_are_first_paths_breadth_first():
+  pb2 = lean_tf.load('tensorflow.core.protobuf.trackable_object_graph_pb2')
+  graph = pb2.TrackableObjectGraph()
+  for children in ({'a': 1, 'b': 2}, {'c': 3}, {'also_c': 3, 'e': 5}, {'d': 4}, {}, {}):
+    node = graph.nodes.add()
+    for name, node_id in children.items():
+      node.children.add(local_name=name, node_id=node_id)
+  assert graphs.object_paths(graph) == {0: '', 1: 'a', 2: 'b', 3: 'a/c', 5: 'b/e', 4: 'a/c/d'}
+
+
+def test_function_graphs_turn_a_library_function_into_a_graph():
+  graph = tf.Graph()
+  with graph.as_default():
+    fn = tf.function(lambda a, b: {'sum': a + 2.0 * b})
+    fn(tf1.placeholder(tf.float32, [], name='p'), tf.constant(3.0))
+  library = graph.as_graph_def().library
+  function = [f for f in library.function if f.node_def][0]
+  graph_def, outputs = graphs.FunctionGraphs(library).convert(function)
+  args = [a.name for a in function.signature.input_arg]
+  assert [n.op for n in graph_def.node if n.name in args] == ['Placeholder'] * 2
+  with tf.Graph().as_default() as converted:
+    tf.graph_util.import_graph_def(graph_def, name='')
+    with tf1.Session(graph=converted) as session:
+      got = session.run(outputs[0], {args[0] + ':0': 1.0, args[1] + ':0': 3.0})
+  assert len(outputs) == 1 and got == 7.0

@@ -11,6 +11,7 @@ import pytest
 import tensorflow as tf
 
 from freezerlib.core import errors
+from freezerlib.core import graphs
 from freezerlib.core import lean_tf
 from freezerlib.export import from_checkpoint
 from freezerlib.export import from_tf2_checkpoint as tf2ckpt
@@ -101,7 +102,7 @@ def test_mismatches_are_listed_and_nothing_is_written(case, tmp_path):
 
 def test_object_graphs(case, tmp_path):
   graph = tf2ckpt.read_object_graph(checkpoint_index.read_index(case['one']))
-  paths = tf2ckpt.object_paths(graph)
+  paths = graphs.object_paths(graph)
   assert sorted(p for p in paths.values() if p.count('/') == 0) == ['', 'model', 'optimizer']
   assert {'model/kernel', 'model/table', 'optimizer/step'} <= set(paths.values())
   with tf1.Session(graph=tf.Graph()) as session:

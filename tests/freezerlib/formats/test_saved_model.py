@@ -151,9 +151,17 @@ def test_signature_output_nodes_and_tensor_checks():
                                              'in m'):
     saved_model.check_tensors_exist(graph, sigs, 'm')
   sparse = small_graphs.signature({}, {'a': 'x:0'})
-  sparse.inputs['ids'].coo_sparse.values_tensor_name = 'x:0'
-  with pytest.raises(errors.UserError, match="signature 's' input 'ids' of m is not a dense"):
+  coo = sparse.inputs['ids'].coo_sparse
+  coo.values_tensor_name = 'x:0'
+  with pytest.raises(errors.UserError, match="signature 's' input 'ids' of m names no tensor "
+                                             r"\(or not all of a sparse tensor's three\)"):
     saved_model.check_tensors_exist(graph, {'s': sparse}, 'm')
+  coo.indices_tensor_name, coo.dense_shape_tensor_name = 'y:0', 'shape:0'
+  with pytest.raises(errors.UserError, match="signature 's' input 'ids' names shape:0, which is "
+                                             'not in m'):
+    saved_model.check_tensors_exist(graph, {'s': sparse}, 'm')
+  coo.dense_shape_tensor_name = 'y:1'
+  saved_model.check_tensors_exist(graph, {'s': sparse}, 'm')
 
 
 def test_saver_nodes_are_what_save_and_restore_need(linear):
