@@ -198,3 +198,38 @@ def test_copy_signature():
   copy = placeholders.copy_signature(sig)
   copy.inputs['x'].name = 'other:0'
   assert copy != sig and sig.inputs['x'].name == 'x:0'
+
+
+def test_a_sparse_reader_output_becomes_three_placeholders():
+  graph = tf.Graph()
+  with graph.as_default():
+    def example(ids):
+      return tf.train.Example(features=tf.train.Features(feature={'ids': tf.train.Feature(
+          int64_list=tf.train.Int64List(value=ids))})).SerializeToString()
+    data = tf.data.Dataset.from_tensor_slices([example([1, 2]), example([3])]).batch(2).map(
+        lambda s: tf.io.parse_example(s, {'ids': tf.io.VarLenFeature(tf.int64)}))
+    ids = tf1.data.make_one_shot_iterator(data).get_next()['ids']
+    total = tf.sparse.reduce_sum(ids, axis=1, output_is_sparse=False, name='total')
+    doubled = tf.sparse.map_values(tf.multiply, ids, 2)  # shares ids' indices and shape
+    build = tf1.saved_model.utils.build_tensor_info
+    sig = tf1.saved_model.signature_def_utils.build_signature_def(
+        {'ids': build(ids)}, {'total': build(total), 'doubled': build(doubled)})
+  graph_def = graph.as_graph_def()
+  out, new_sigs, mapping = placeholders.inputs_to_placeholders(graph_def, {'s': sig})
+  coo = new_sigs['s'].inputs['ids'].coo_sparse
+  assert (coo.indices_tensor_name, coo.values_tensor_name, coo.dense_shape_tensor_name) == (
+      'ids/indices:0', 'ids/values:0', 'ids/dense_shape:0')
+  assert sorted(mapping.values()) == ['ids/dense_shape:0', 'ids/indices:0', 'ids/values:0']
+  nodes = _nodes(out)
+  assert {n: nodes['ids/' + n].attr['dtype'].type for n in ('indices', 'values', 'dense_shape')
+          } == {'indices': INT64, 'values': INT64, 'dense_shape': INT64}
+  # A fed tensor fetched as an output goes through an Identity (a session refuses both).
+  doubled_out = new_sigs['s'].outputs['doubled'].coo_sparse
+  assert doubled_out.indices_tensor_name == 'doubled/indices:0'
+  assert nodes['doubled/indices'].op == 'Identity'
+  assert list(nodes['doubled/indices'].input) == ['ids/indices:0']
+  got = _run(out, ['total:0', doubled_out.values_tensor_name, doubled_out.indices_tensor_name],
+             {'ids/indices:0': [[0, 0], [0, 1], [1, 0]], 'ids/values:0': [1, 2, 5],
+              'ids/dense_shape:0': [2, 2]})
+  assert got[0].tolist() == [3, 5] and got[1].tolist() == [2, 4, 10]
+  assert got[2].tolist() == [[0, 0], [0, 1], [1, 0]]

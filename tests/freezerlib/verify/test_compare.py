@@ -13,6 +13,7 @@ import tensorflow as tf
 import small_graphs
 from freezerlib.core import errors
 from freezerlib.verify import compare
+from freezerlib.verify import loaders
 
 INF, NAN = float('inf'), float('nan')
 
@@ -156,3 +157,20 @@ def test_nan_and_infinities(reference, new, passed, max_abs, max_rel):
   """As numpy.isclose: NaN equals NaN here, an infinity only the same infinity."""
   got = compare.compare_arrays(np.array(reference), np.array(new), 1e-6, 1e-6)
   assert got == (max_abs, max_rel, passed, '')
+
+
+def test_sparse_and_ragged_outputs_compare_part_by_part():
+  sparse = lambda indices, values: loaders.sparse_value(indices, values, [2, 4])
+  reference = sparse([[0, 1], [1, 3]], [1.0, 2.0])
+  assert compare.compare_arrays(reference, sparse([[0, 1], [1, 3]], [1.0, 2.0 + 1e-7]),
+                                1e-6, 1e-6)[2:] == (True, '')
+  # The indices must be equal (no tolerance), the values within it.
+  assert compare.compare_arrays(reference, sparse([[0, 1], [1, 2]], [1.0, 2.0]), 1e-6,
+                                1e-6)[2:] == (False, 'indices: differ')
+  assert compare.compare_arrays(reference, sparse([[0, 1], [1, 3]], [1.0, 2.5]), 1e-6,
+                                1e-6)[2:] == (False, 'values: differ')
+  assert compare.compare_arrays(reference, np.zeros((2, 4)), 1e-6, 1e-6)[2:] == (
+      False, 'kind SparseTensorValue vs ndarray')
+  ragged = loaders.ragged_value([1.0, 2.0, 3.0], [0, 1, 3])
+  assert compare.compare_arrays(ragged, loaders.ragged_value([1.0, 2.0, 3.0], [0, 2, 3]), 1e-6,
+                                1e-6)[2:] == (False, 'row_splits: differ')

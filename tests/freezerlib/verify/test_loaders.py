@@ -10,6 +10,7 @@ import tensorflow as tf
 import small_graphs
 from freezerlib import freeze
 from freezerlib.core import errors
+from freezerlib.core import lean_tf
 from freezerlib.formats import frozen_graph
 from freezerlib.formats import saved_model
 from freezerlib.verify import loaders
@@ -83,3 +84,35 @@ def test_frozen_graphs_that_cannot_be_served(tmp_path):
       tags=['serve'])
   with pytest.raises(errors.UserError, match='cannot import u.pb: .*NoSuchOp'):
     loaders.load_frozen_graph('u.pb', unknown)
+
+
+def test_sparse_and_ragged_values_fed_and_read_part_by_part():
+  info = small_graphs.signature({'x': 'x:0'}, {}).inputs['x']
+  assert loaders.feed_arrays(info, [1, 2]) == [('x:0', [1, 2])]
+  sparse_value = loaders.sparse_value([[0, 1]], [7.0], [2, 3])
+  with pytest.raises(ValueError, match='a dense input is fed a SparseTensorValue'):
+    loaders.feed_arrays(info, sparse_value)
+  sparse = lean_tf.meta_graph_pb2.TensorInfo()
+  sparse.coo_sparse.indices_tensor_name = 'i:0'
+  sparse.coo_sparse.values_tensor_name = 'v:0'
+  sparse.coo_sparse.dense_shape_tensor_name = 's:0'
+  fed = loaders.feed_arrays(sparse, sparse_value)
+  assert [(n, a.tolist()) for n, a in fed] == [('i:0', [[0, 1]]), ('v:0', [7.0]), ('s:0', [2, 3])]
+  assert fed[0][1].dtype == np.int64
+  back = loaders.output_value(sparse, [a for _, a in fed])
+  assert back.indices.tolist() == [[0, 1]] and back.dense_shape.tolist() == [2, 3]
+  assert loaders.output_tensors(sparse) == ['i:0', 'v:0', 's:0']
+  with pytest.raises(ValueError, match='a sparse input is fed a ndarray'):
+    loaders.feed_arrays(sparse, np.zeros(2))
+  ragged = lean_tf.meta_graph_pb2.TensorInfo()
+  for name, dtype in (('values:0', tf.float32), ('outer:0', tf.int32), ('inner:0', tf.int32)):
+    ragged.composite_tensor.components.add(name=name, dtype=dtype.as_datatype_enum)
+  value = loaders.ragged_value([1.0, 2.0, 3.0], [0, 2], [0, 1, 3])  # [[[1], [2, 3]]]
+  assert tf.RaggedTensor.from_nested_row_splits(
+      value.flat_values, value.nested_row_splits).to_list() == [[[1.0], [2.0, 3.0]]]
+  fed = loaders.feed_arrays(ragged, value)
+  assert [n for n, _ in fed] == ['values:0', 'outer:0', 'inner:0']
+  assert fed[1][1].dtype == fed[2][1].dtype == np.int32  # as the signature states, not int64
+  assert loaders.output_value(ragged, [a for _, a in fed]).to_list() == [[[1.0], [2.0, 3.0]]]
+  with pytest.raises(ValueError, match='a composite input of 3 components is fed 2'):
+    loaders.feed_arrays(ragged, loaders.ragged_value([1.0], [0, 1]))
