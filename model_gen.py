@@ -280,9 +280,11 @@ def main(argv):
     if _JOB_NAME.value:
       cluster.die_with_launcher()
       config = _config_from_flags(len(_PS_HOSTS.value))
-      cluster.join_cluster(_JOB_NAME.value, _TASK_INDEX.value, _cluster_from_flags(), config,
-                   output_dir=_OUTPUT_DIR.value, overwrite=_OVERWRITE.value,
-                   timeout_secs=_CLUSTER_TIMEOUT_SECS.value, work_dir=_TASK_WORK_DIR.value)
+      with recsys_model.deterministic_ops():  # the same --seed, the same model
+        cluster.join_cluster(_JOB_NAME.value, _TASK_INDEX.value, _cluster_from_flags(), config,
+                             output_dir=_OUTPUT_DIR.value, overwrite=_OVERWRITE.value,
+                             timeout_secs=_CLUSTER_TIMEOUT_SECS.value,
+                             work_dir=_TASK_WORK_DIR.value)
       return
     config = _config_from_flags(_NUM_PS.value)
     if _FAKE_INFER_GRAPH.value:
@@ -293,20 +295,16 @@ def main(argv):
                                  _OVERWRITE.value, _CLUSTER_TIMEOUT_SECS.value)
       logging.info('checkpoint: %s', result['checkpoint'])
     else:
-      result = recsys_model.train_and_export(_OUTPUT_DIR.value, config, _OVERWRITE.value)
+      from freezerlib.core import atomic  # pylint: disable=g-import-not-at-top
+      atomic.check_output_free(_OUTPUT_DIR.value, _OVERWRITE.value)  # before TensorFlow loads
+      with recsys_model.deterministic_ops():  # the same --seed, the same model
+        result = recsys_model.train_and_export(_OUTPUT_DIR.value, config, _OVERWRITE.value)
       logging.info('final loss %.4f', result['loss'])
       logging.info('checkpoint: %s', result['checkpoint'])
     logging.info('SavedModel: %s', result['saved_model'])
     print(result['saved_model'])
 
-  def deterministic_work():
-    if _API.value == 'tf2':  # its cluster's tasks run their own (non-deterministic) kernels
-      return work()
-    from freezerlib.demo import recsys_model  # pylint: disable=g-import-not-at-top
-    with recsys_model.deterministic_ops():  # the same --seed, the same model
-      return work()
-
-  return utils.run_cli('model_gen.py', deterministic_work)
+  return utils.run_cli('model_gen.py', work)
 
 
 if __name__ == '__main__':

@@ -22,14 +22,15 @@ import time
 import types
 
 from absl import logging
-import tensorflow as tf
 
-from freezerlib.demo import recsys_model
 from freezerlib.core import atomic
 from freezerlib.core import errors
 from freezerlib.core import files
+from freezerlib.core import lean_tf
+from freezerlib.core.lean_tf import tensorflow as tf  # imported on first use
+from freezerlib.demo import recsys_model
 
-tf1 = tf.compat.v1
+tf1 = lean_tf.tf1
 
 _OP_TIMEOUT_MS = 60 * 1000
 _LAUNCHER_PID_ENV = 'MODEL_GEN_LAUNCHER_PID'

@@ -12,13 +12,14 @@ import dataclasses
 
 from absl import logging
 import numpy as np
-import tensorflow as tf
 
 from freezerlib.core import atomic
 from freezerlib.core import errors
 from freezerlib.core import files
+from freezerlib.core import lean_tf
+from freezerlib.core.lean_tf import tensorflow as tf  # imported on first use
 
-tf1 = tf.compat.v1
+tf1 = lean_tf.tf1
 
 LABEL = 'label'
 STATS_DIM = 2  # [impressions, clicks] per id
