@@ -57,13 +57,11 @@ def main(argv):
 
   def work():
     from freezerlib.verify import compare  # pylint: disable=g-import-not-at-top  # --help fast
-    reference, new = compare.load_models(_SAVED_MODEL_DIR.value, _GRAPH.value, _REFERENCE.value,
-                                         _TAGS.value)
-    batch_sizes = [b for b in _BATCH_SIZES.value if b > 0]
-    passed, _ = compare.check(
-        reference, new, _SIGNATURE_DEF.value, _INPUTS.value,
-        cli_flags.value_or_default(_NUM_EXAMPLES, 64), cli_flags.value_or_default(_SEED, 0),
-        _ATOL.value, _RTOL.value, batch_sizes, _LATENCY_RUNS.value)
+    passed = compare.compare_models(
+        _SAVED_MODEL_DIR.value, _GRAPH.value, _REFERENCE.value, _TAGS.value,
+        _SIGNATURE_DEF.value, _INPUTS.value, cli_flags.value_or_default(_NUM_EXAMPLES, 64),
+        cli_flags.value_or_default(_SEED, 0), _ATOL.value, _RTOL.value,
+        [b for b in _BATCH_SIZES.value if b > 0], _LATENCY_RUNS.value)
     sys.stdout.flush()
     return utils.EXIT_OK if passed else utils.EXIT_FAILURE
 

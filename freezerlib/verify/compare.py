@@ -255,3 +255,31 @@ def check(reference, new, signature_names=(), inputs=None, num_examples=64, seed
     print('PASSED | %d outputs of %d signatures match (atol=%g, rtol=%g) | Runtime: %.1fs'
           % (len(results), len(keys), atol, rtol, runtime), file=out)
   return not failed, results
+
+
+def compare_models(new_saved_model_dir, new_graph, reference_dir, tags=('serve',),
+                   signature_names=(), inputs=None, num_examples=64, seed=0, atol=1e-6,
+                   rtol=1e-6, batch_sizes=(1, 256), latency_runs=50, out=sys.stdout):
+  """Step 4 in one call: loads both models as their servers do and prints the comparison.
+
+  Args:
+    new_saved_model_dir, new_graph: the model to check, a SavedModel or a GraphDef file.
+    reference_dir: the original SavedModel.
+    tags: the MetaGraph tags of both.
+    Other arguments: as `check`.
+
+  Returns:
+    Whether every output matches within `atol`/`rtol`.
+
+  Raises:
+    errors.UserError: bad paths or inputs; errors.ReferenceFailed: the reference fails on the
+      inputs.
+  """
+  reference, new = load_models(new_saved_model_dir, new_graph, reference_dir, tags)
+  try:
+    passed, _ = check(reference, new, signature_names, inputs, num_examples, seed, atol, rtol,
+                      batch_sizes, latency_runs, out)
+  finally:
+    reference.close()
+    new.close()
+  return passed

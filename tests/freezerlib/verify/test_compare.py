@@ -174,3 +174,13 @@ def test_sparse_and_ragged_outputs_compare_part_by_part():
   ragged = loaders.ragged_value([1.0, 2.0, 3.0], [0, 1, 3])
   assert compare.compare_arrays(ragged, loaders.ragged_value([1.0, 2.0, 3.0], [0, 2, 3]), 1e-6,
                                 1e-6)[2:] == (False, 'row_splits: differ')
+
+
+def test_compare_models_loads_both_and_reports_one_result():
+  from conftest import tf_serving_model  # pylint: disable=g-import-not-at-top
+  model = tf_serving_model('saved_model_half_plus_three')
+  out = io.StringIO()
+  assert compare.compare_models(model, None, model, batch_sizes=(), out=out)
+  assert out.getvalue().splitlines()[-1].startswith('PASSED | 2 outputs of 2 signatures')
+  with pytest.raises(errors.UserError, match='give exactly one of --saved_model_dir and --graph'):
+    compare.compare_models(model, '/x.pb', model)
