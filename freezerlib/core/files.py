@@ -182,26 +182,110 @@ def copy(src, dst, overwrite=False):
     copy_range(s, 0, d, os.fstat(s.fileno()).st_size)
 
 
-def copy_range(src, offset, dst, length, chunk_bytes=8 << 20, progress=None):
-  """Appends `length` bytes of open file `src` from `offset` to open file `dst`.
+def _fileno(f):
+  """The file descriptor of a local file object, None for a remote file (or a BytesIO)."""
+  if isinstance(f, _RemoteFile):
+    return None
+  try:
+    return f.fileno()
+  except (OSError, ValueError, AttributeError):
+    return None
 
-  Between two local files the kernel copies (copy_file_range: no bytes pass through this
-  process); otherwise in pieces of `chunk_bytes`. `progress(n)` is called after each piece.
+
+def read_range(src, offset, length, consume, chunk_bytes=8 << 20, buffer=None):
+  """Reads `length` bytes of open file `src` from `offset`, piece by piece, into `consume`.
+
+  A local file is read with pread into `buffer` (a bytearray; one of `chunk_bytes` is made when
+  None: pass one to reuse across calls, a new one faults in fresh pages), a remote one in pieces
+  of `chunk_bytes`.
+
+  Args:
+    src: an open file (open_file).
+    offset, length: the range.
+    consume: callable(memoryview of a piece), valid only during the call.
+    chunk_bytes: the size of a piece.
+    buffer: optional bytearray to read local pieces into (its length caps a piece).
 
   Raises:
     EOFError: `src` ends before `length` bytes.
   """
   left = length
-  if isinstance(src, _RemoteFile) or isinstance(dst, _RemoteFile):
-    kernel = False
-  else:
-    kernel = hasattr(os, 'copy_file_range')
-    dst.flush()
+  fd = _fileno(src)
+  if fd is None:  # remote
+    while left:
+      src.seek(offset)
+      piece = src.read(min(chunk_bytes, left))
+      if not piece:
+        raise EOFError('%d bytes short' % left)
+      consume(memoryview(piece))
+      offset += len(piece)
+      left -= len(piece)
+    return
+  if buffer is None:
+    buffer = bytearray(max(1, min(chunk_bytes, length)))
+  with memoryview(buffer) as view:
+    while left:
+      n = os.preadv(fd, [view[:min(len(view), left)]], offset)
+      if not n:
+        raise EOFError('%d bytes short' % left)
+      with view[:n] as piece:
+        consume(piece)
+      offset += n
+      left -= n
+
+
+def copy_range(src, offset, dst, length, chunk_bytes=8 << 20, progress=None, inspect=None,
+               buffer=None):
+  """Appends `length` bytes of open file `src` from `offset` to open file `dst`.
+
+  Between two local files the kernel copies (copy_file_range: no bytes pass through this
+  process), unless `inspect` is given. Then each piece is read into memory (read_range), handed
+  to `inspect` and written from that same memory: each byte is read and written once, as the
+  kernel's copy does, and `inspect` reads it while it is in the CPU's cache.
+
+  Args:
+    src, dst: open files (open_file), `dst` open for writing.
+    offset: where in `src` to start.
+    length: bytes to copy.
+    chunk_bytes: the size of a piece copied through memory.
+    progress: optional callable(bytes), called after each piece.
+    inspect: optional callable(memoryview), called with each piece before it is written.
+    buffer: optional bytearray to read local pieces into (read_range).
+
+  Raises:
+    EOFError: `src` ends before `length` bytes.
+  """
+  src_fd, dst_fd = _fileno(src), _fileno(dst)
+  local = src_fd is not None and dst_fd is not None
+  dst.flush()
+  if inspect is not None or not local or not hasattr(os, 'copy_file_range'):
+    write = lambda piece: dst.write(bytes(piece))  # TensorFlow's files take bytes
+    if dst_fd is not None:
+
+      def write(piece):
+        written = 0
+        while written < len(piece):
+          written += os.write(dst_fd, piece[written:])
+
+    def consume(piece):
+      if inspect:
+        inspect(piece)
+      write(piece)
+      if progress:
+        progress(len(piece))
+
+    try:
+      read_range(src, offset, length, consume, chunk_bytes, buffer)
+    finally:
+      if dst_fd is not None:
+        dst.seek(0, os.SEEK_END)
+    return
+  left = length
+  kernel = True
   while left:
-    n = 0
     if kernel:
       try:
-        n = os.copy_file_range(src.fileno(), dst.fileno(), min(left, 1 << 30), offset)
+        n = os.copy_file_range(src_fd, dst_fd, min(left, 1 << 30), offset)
       except OSError:
         kernel = False  # another filesystem, or a kernel without it: copy through memory
         dst.seek(0, os.SEEK_END)

@@ -137,8 +137,9 @@ def serving_graph(graph_def, signatures, saver_def, where, op_defs=None):
 
 def saved_model_from_checkpoint(checkpoint, output_dir, saved_model_dir=None,
                                 meta_graph_path=None, tags=('serve',), signature_names=None,
-                                inputs=(), outputs=(), prune_tensors=True, chunk_bytes=8 << 20,
-                                overwrite=False, allow_ops=(), checkpoint_object=None):
+                                inputs=(), outputs=(), prune_tensors=True, chunk_bytes=4 << 20,
+                                overwrite=False, allow_ops=(), checkpoint_object=None,
+                                verify_checksums=True):
   """Writes a serving SavedModel at `output_dir` whose variables come from `checkpoint`.
 
   Args:
@@ -156,6 +157,8 @@ def saved_model_from_checkpoint(checkpoint, output_dir, saved_model_dir=None,
     allow_ops: op types that touch files, run Python or reach the network to accept.
     checkpoint_object: for a TF2 structure, the object path of the model in the checkpoint
       (found by matching when None).
+    verify_checksums: check each tensor written (with `prune_tensors` False: each tensor of the
+      checkpoint) against the CRC32C its index entry records.
 
   A TF2 structure (tf.saved_model.save, Keras 3 model.export) with a tf.train.Checkpoint goes
   to from_tf2_checkpoint.
@@ -164,8 +167,9 @@ def saved_model_from_checkpoint(checkpoint, output_dir, saved_model_dir=None,
     ExportReport (from_tf2_checkpoint.ExportReport for a TF2 structure).
 
   Raises:
-    errors.UserError: bad structure or checkpoint, a mismatch between them (all listed), or an
-      output that exists (without `overwrite`). Nothing is written then.
+    errors.UserError: bad structure or checkpoint, a mismatch between them (all listed), a
+      tensor that fails its checksum, or an output that exists (without `overwrite`). Nothing
+      is written then.
   """
   if saved_model_dir and from_tf2_checkpoint.is_object_based_saved_model(saved_model_dir, tags):
     unused = [flag for flag, value in (
@@ -177,7 +181,7 @@ def saved_model_from_checkpoint(checkpoint, output_dir, saved_model_dir=None,
     return from_tf2_checkpoint.export(checkpoint, output_dir, saved_model_dir, tags=tags,
                                       checkpoint_object=checkpoint_object,
                                       chunk_bytes=chunk_bytes, overwrite=overwrite,
-                                      allow_ops=allow_ops)
+                                      allow_ops=allow_ops, verify_checksums=verify_checksums)
   if checkpoint_object is not None:
     raise errors.UserError('--checkpoint_object applies to TF2 structures (tf.saved_model.save); '
                            'the structure %s is a TF1 graph' % (saved_model_dir or meta_graph_path))
@@ -214,10 +218,11 @@ def saved_model_from_checkpoint(checkpoint, output_dir, saved_model_dir=None,
     if prune_tensors:
       copied['bytes'] = checkpoint_index.copy_tensors(
           index, [w.name for w in wants], dst, chunk_bytes,
-          progress=units.Progress('copying tensors'))
+          progress=units.Progress('copying tensors'), verify=verify_checksums)
       copied['tensors'] = len(wants)
     else:
-      copied['tensors'], copied['bytes'] = checkpoint_index.link_files(index, dst)
+      copied['tensors'], copied['bytes'] = checkpoint_index.link_files(index, dst,
+                                                                       verify_checksums)
 
   saved_model.write_saved_model(output_dir, meta_graph, write_variables, assets_dir, overwrite)
   return ExportReport(

@@ -480,7 +480,7 @@ def _copy_assets(meta_graph, structure_dir, out_dir):
 
 
 def export(checkpoint, output_dir, saved_model_dir, tags=('serve',), checkpoint_object=None,
-           chunk_bytes=8 << 20, overwrite=False, allow_ops=()):
+           chunk_bytes=4 << 20, overwrite=False, allow_ops=(), verify_checksums=True):
   """Writes a serving SavedModel: the TF2 structure at `saved_model_dir` with the values of
   the model in TF2 training checkpoint `checkpoint`.
 
@@ -494,13 +494,15 @@ def export(checkpoint, output_dir, saved_model_dir, tags=('serve',), checkpoint_
     chunk_bytes: bytes read and written at a time when the kernel cannot copy.
     overwrite: replace an existing `output_dir`.
     allow_ops: op types to accept that read files, run Python or reach the network.
+    verify_checksums: check each tensor copied against the CRC32C its index entry records.
 
   Returns:
     ExportReport.
 
   Raises:
-    errors.UserError: a bad structure or checkpoint, any mismatch between them (all listed), or
-      an existing output without `overwrite`. Nothing is written then.
+    errors.UserError: a bad structure or checkpoint, any mismatch between them (all listed), a
+      tensor that fails its checksum, or an existing output without `overwrite`. Nothing is
+      written then.
   """
   start = time.perf_counter()
   atomic.check_output_free(output_dir, overwrite)
@@ -537,7 +539,8 @@ def export(checkpoint, output_dir, saved_model_dir, tags=('serve',), checkpoint_
   with atomic.atomic_output(output_dir, overwrite) as tmp:
     files.makedirs(files.join(tmp, 'variables'))
     written = checkpoints.copy_records(records, files.join(tmp, 'variables', 'variables'),
-                                       chunk_bytes, progress=units.Progress('copying tensors'))
+                                       chunk_bytes, progress=units.Progress('copying tensors'),
+                                       verify=verify_checksums)
     _copy_assets(meta_graph, saved_model_dir, tmp)
     # The structure's own file, byte for byte: signatures, functions and init op untouched.
     name = 'saved_model.pb'

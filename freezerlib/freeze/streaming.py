@@ -37,6 +37,7 @@ from freezerlib.core.lean_tf import tensor_pb2
 from freezerlib.core.lean_tf import tensorflow as tf  # imported on first use
 from freezerlib.formats import checkpoint_index
 from freezerlib.formats import frozen_graph
+from freezerlib.formats import stored_tensor
 from freezerlib.transforms import prune
 from freezerlib.transforms import saver
 from freezerlib.transforms import tables
@@ -203,21 +204,20 @@ def _rewrite_readers(sub, variables):
   return out
 
 
-def _stored_piece(checkpoint, source):
-  """(shard, offset, size, shape) of stored bytes holding exactly `source`, or None (strings,
-  and slices the checkpoint stores differently, are restored instead)."""
+def _stored_record(checkpoint, source):
+  """(index key, entry) of the stored bytes holding exactly `source`, or None (strings, and
+  slices the checkpoint stores differently, are restored instead)."""
   entry = checkpoint.entries[source.name]
   if source.dtype == tf.string:
     return None
   if not source.spec:
     if entry.slices:
       return None
-    return entry.shard_id, entry.offset, entry.size, [d.size for d in entry.shape.dim]
+    return source.name.encode('utf-8'), entry
   full, extents = checkpoint_index.parse_slice_spec(source.spec)
   for key, slice_entry in checkpoint.slices.get(source.name, []):
     if checkpoint_index.slice_key_extents(key, full) == extents:
-      return (slice_entry.shard_id, slice_entry.offset, slice_entry.size,
-              [length for _, length in extents])
+      return key, slice_entry
   return None
 
 
@@ -230,33 +230,44 @@ def _const_prefix(name, dtype, shape):
       tensor_shape=tf.TensorShape(shape).as_proto()).SerializeToString()
 
 
-def _write_streamed_const(out, name, dtype, shape, data_file, offset, size, chunk):
+def _write_streamed_const(out, name, dtype, checkpoint, key, entry, data_file, chunk, buffer):
+  """Writes a Const NodeDef record whose tensor_content is the stored bytes of `entry`, copied
+  from `data_file` and checked against the checksum the index records; returns its size."""
+  shape = [d.size for d in entry.shape.dim]
+  size = entry.size
   node_prefix, tensor_prefix = _const_prefix(name, dtype, shape)
   tensor_len = len(tensor_prefix) + len(_field(4, size)) + size
   attr_value_len = len(_field(8, tensor_len)) + tensor_len
-  key = _field(1, 5) + b'value'
-  entry_len = len(key) + len(_field(2, attr_value_len)) + attr_value_len
+  attr_key = _field(1, 5) + b'value'
+  entry_len = len(attr_key) + len(_field(2, attr_value_len)) + attr_value_len
   node_len = len(node_prefix) + len(_field(5, entry_len)) + entry_len
-  out.write(_field(1, node_len) + node_prefix + _field(5, entry_len) + key +
+  out.write(_field(1, node_len) + node_prefix + _field(5, entry_len) + attr_key +
             _field(2, attr_value_len) + _field(8, tensor_len) + tensor_prefix +
             _field(4, size))
-  data_file.seek(offset)
-  left = size
-  while left:
-    piece = data_file.read(min(chunk, left))
-    if not piece:
-      raise errors.UserError('checkpoint data file %s ends early' % data_file.name)
-    out.write(piece)
-    left -= len(piece)
+  checksum = stored_tensor.Checksum(entry)
+  try:
+    files.copy_range(data_file, entry.offset, out, size, chunk, inspect=checksum.update,
+                     buffer=buffer)
+  except EOFError as e:
+    raise errors.UserError('checkpoint data shard %s ends early'
+                           % checkpoint.data_files()[entry.shard_id]) from e
+  problem = checksum.problem()
+  if problem:
+    raise checkpoint_index.corrupt_tensor(checkpoint, key, entry, problem)
   return len(_field(1, node_len)) + node_len
 
 
 def _restore(checkpoint, source):
+  """The value of `source` read by TensorFlow, after checking every record it is read from
+  (TensorFlow checks them too, but its error names neither the tensor nor the shard)."""
+  checkpoint_index.verify_records([
+      checkpoint_index.Record(checkpoint, key, entry)
+      for key, entry in checkpoint.records(source.name)])
   return tf.raw_ops.RestoreV2(prefix=checkpoint.prefix, tensor_names=[source.name],
                               shape_and_slices=[source.spec], dtypes=[source.dtype])[0].numpy()
 
 
-def write(the_plan, tags, path, overwrite=False, chunk=8 << 20):
+def write(the_plan, tags, path, overwrite=False, chunk=4 << 20):
   """Writes the frozen GraphDef of `the_plan` to `path`, streaming each variable's bytes.
 
   Returns:
@@ -305,6 +316,7 @@ def write(the_plan, tags, path, overwrite=False, chunk=8 << 20):
   progress = units.Progress('streaming constants')
   done = written = 0
   files_open = {}
+  buffer = bytearray(chunk)  # one piece of a streamed constant, reused
   with contextlib.ExitStack() as outputs:
     if the_plan.kept:
       tmp, ckpt_prefix = outputs.enter_context(
@@ -330,8 +342,8 @@ def write(the_plan, tags, path, overwrite=False, chunk=8 << 20):
             out.write(_field(1, len(data)) + data)
             written += len(_field(1, len(data))) + len(data)
             continue
-          piece = _stored_piece(checkpoint, source)
-          if piece is None:  # strings, or a slice stored differently: one tensor in memory
+          stored = _stored_record(checkpoint, source)
+          if stored is None:  # strings, or a slice stored differently: one tensor in memory
             const = lean_tf.NodeDef(name=node.name, op='Const')
             value = _restore(checkpoint, source)
             const.attr['dtype'].type = source.dtype.as_datatype_enum
@@ -341,12 +353,13 @@ def write(the_plan, tags, path, overwrite=False, chunk=8 << 20):
             written += len(_field(1, len(data))) + len(data)
             done += value.nbytes
           else:
-            shard, offset, size, shape = piece
-            if shard not in files_open:
-              files_open[shard] = files.open_file(checkpoint.data_files()[shard], 'rb')
-            written += _write_streamed_const(out, node.name, source.dtype, shape, files_open[shard],
-                                             offset, size, chunk)
-            done += size
+            key, entry = stored
+            if entry.shard_id not in files_open:
+              files_open[entry.shard_id] = files.open_file(
+                  checkpoint.data_files()[entry.shard_id], 'rb')
+            written += _write_streamed_const(out, node.name, source.dtype, checkpoint, key, entry,
+                                             files_open[entry.shard_id], chunk, buffer)
+            done += entry.size
           progress(done, total)
         for node in fills + [metadata]:
           data = node.SerializeToString()
