@@ -156,8 +156,8 @@ def test_checkpoint_path_names_the_tensor_and_the_shard(tiny_model, tmp_path):
   digest = tree_digest(ckpt_dir)
   for extra in ([], ['--noprune']):
     proc = run_script('optimize_from_ckpt.py', '--saved_model_dir=%s' % tiny_model['saved_model'],
-                      '--checkpoint=%s' % ckpt_dir, '--output_saved_model_dir=%s' % (tmp_path / 'o'),
-                      *extra)
+                      '--checkpoint=%s' % ckpt_dir,
+                      '--output_saved_model_dir=%s' % (tmp_path / 'o'), *extra)
     line = assert_one_line_error(proc, 'optimize_from_ckpt.py', 'is corrupt: tensor '
                                  'item_embedding (slice 0,', ':0,4) in data shard %s fails its '
                                  'checksum' % shard)

@@ -15,6 +15,7 @@ message) for any other failure of a remote one.
 import os
 import shutil
 import sys
+import threading
 
 from freezerlib.core import lean_tf
 
@@ -303,3 +304,102 @@ def copy_range(src, offset, dst, length, chunk_bytes=8 << 20, progress=None, ins
     left -= n
     if progress:
       progress(n)
+
+
+def copy_ranges(jobs, dst, piece_bytes=1 << 20, workers=2, progress=None):
+  """Copies ranges of local files into an open local file at given offsets, `workers` at a time.
+
+  Each job is (source path, offset, length, offset in `dst`, inspect or None). A worker takes
+  whole jobs, in order, and copies each piece by piece: pread into its own buffer, `inspect`
+  (as copy_range's), pwrite at the job's place in `dst`. Each piece is read, inspected and
+  written by one core while it is in that core's cache; with two workers one reads and checks
+  while the other writes (a file's writes are serialized by the kernel, its reads are not).
+  A job without `inspect` is copied by the kernel (copy_file_range) where it can. Jobs are
+  dealt to workers by bytes, the largest first, each worker then taking its own in order.
+
+  Args:
+    jobs: list of (path, offset, length, dst_offset, inspect).
+    dst: an open local file (its position is left at its end).
+    piece_bytes: bytes read and written at a time.
+    workers: threads copying (1: this thread only).
+    progress: optional callable(bytes), called after each piece (from any worker).
+
+  Raises:
+    EOFError: a source ends before a job's range (the earliest such job's).
+    OSError: a source cannot be read or `dst` written.
+  """
+  dst.flush()
+  dst_fd = dst.fileno()
+  shares = [[] for _ in range(max(1, min(workers, len(jobs))))]
+  loads = [0] * len(shares)
+  for index in sorted(range(len(jobs)), key=lambda i: -jobs[i][2]):
+    lightest = loads.index(min(loads))
+    shares[lightest].append(index)
+    loads[lightest] += jobs[index][2]
+  failures = {}  # job index -> exception
+  lock = threading.Lock()
+  kernel = [hasattr(os, 'copy_file_range')]
+
+  def work(share):
+    buffer = bytearray(max(1, min(piece_bytes, max((jobs[i][2] for i in share), default=1))))
+    opened = {}
+    try:
+      with memoryview(buffer) as view:
+        for index in sorted(share):
+          path, offset, length, dst_offset, inspect = jobs[index]
+          if failures:
+            return
+          try:
+            if path not in opened:
+              opened[path] = os.open(path, os.O_RDONLY)
+            fd = opened[path]
+            left = length
+            while left and inspect is None and kernel[0]:
+              try:
+                n = os.copy_file_range(fd, dst_fd, left, offset, dst_offset)
+              except OSError:
+                kernel[0] = False  # not between these files: through memory
+                break
+              if not n:
+                raise EOFError('%s: %d bytes short' % (path, left))
+              offset += n
+              dst_offset += n
+              left -= n
+              if progress:
+                with lock:
+                  progress(n)
+            while left:
+              n = os.preadv(fd, [view[:min(len(view), left)]], offset)
+              if not n:
+                raise EOFError('%s: %d bytes short' % (path, left))
+              with view[:n] as piece:
+                if inspect:
+                  inspect(piece)
+                written = 0
+                while written < n:
+                  written += os.pwrite(dst_fd, piece[written:], dst_offset + written)
+              offset += n
+              dst_offset += n
+              left -= n
+              if progress:
+                with lock:
+                  progress(n)
+          except (OSError, EOFError) as e:
+            failures[index] = e
+            return
+    finally:
+      for fd in opened.values():
+        os.close(fd)
+
+  threads = [threading.Thread(target=work, args=(share,), name='copy_ranges', daemon=True)
+             for share in shares[1:]]
+  for thread in threads:
+    thread.start()
+  try:
+    work(shares[0])
+  finally:
+    for thread in threads:
+      thread.join()
+    dst.seek(0, os.SEEK_END)
+  if failures:
+    raise failures[min(failures)]

@@ -137,7 +137,7 @@ def serving_graph(graph_def, signatures, saver_def, where, op_defs=None):
 
 def saved_model_from_checkpoint(checkpoint, output_dir, saved_model_dir=None,
                                 meta_graph_path=None, tags=('serve',), signature_names=None,
-                                inputs=(), outputs=(), prune_tensors=True, chunk_bytes=4 << 20,
+                                inputs=(), outputs=(), prune_tensors=True, chunk_bytes=1 << 20,
                                 overwrite=False, allow_ops=(), checkpoint_object=None,
                                 verify_checksums=True):
   """Writes a serving SavedModel at `output_dir` whose variables come from `checkpoint`.

@@ -480,7 +480,7 @@ def _copy_assets(meta_graph, structure_dir, out_dir):
 
 
 def export(checkpoint, output_dir, saved_model_dir, tags=('serve',), checkpoint_object=None,
-           chunk_bytes=4 << 20, overwrite=False, allow_ops=(), verify_checksums=True):
+           chunk_bytes=1 << 20, overwrite=False, allow_ops=(), verify_checksums=True):
   """Writes a serving SavedModel: the TF2 structure at `saved_model_dir` with the values of
   the model in TF2 training checkpoint `checkpoint`.
 

@@ -536,7 +536,7 @@ def corrupt_tensor(checkpoint, key, entry, problem):
       problem))
 
 
-def copy_tensors(checkpoint, names, dst_prefix, chunk_bytes=4 << 20, progress=None, verify=True):
+def copy_tensors(checkpoint, names, dst_prefix, chunk_bytes=1 << 20, progress=None, verify=True):
   """Writes the tensors `names` of `checkpoint` as a new one-shard checkpoint at `dst_prefix`.
 
   The stored bytes of each tensor (and of each slice of a partitioned one) are copied as they
@@ -634,7 +634,10 @@ def _transfer(records, write, chunk_bytes, progress, verify):
     shards.close()
 
 
-def copy_records(records, dst_prefix, chunk_bytes=4 << 20, progress=None, verify=True):
+_WORKERS = 2  # copy_ranges' workers: one reads and checks while the other writes
+
+
+def copy_records(records, dst_prefix, chunk_bytes=1 << 20, progress=None, verify=True):
   """Writes a one-shard checkpoint at `dst_prefix` holding `records`, bytes copied as stored.
 
   Records may come from several checkpoints. Records that point at the same stored bytes (the
@@ -642,8 +645,9 @@ def copy_records(records, dst_prefix, chunk_bytes=4 << 20, progress=None, verify
 
   With `verify`, each record's bytes are checked while copied against the checksum its index
   entry records (what TensorFlow's reader checks when it restores them): each piece is read
-  into one reused buffer, checked there and written from it (files.copy_range with `inspect`).
-  Without, between local files the kernel copies them (copy_file_range).
+  into a buffer, checked there and written from it. Without, between local files the kernel
+  copies them (copy_file_range). Between local files two workers copy (files.copy_ranges):
+  one reads and checks while the other writes.
 
   Args:
     records: list of Record.
@@ -680,14 +684,19 @@ def copy_records(records, dst_prefix, chunk_bytes=4 << 20, progress=None, verify
       progress(done, total)
 
   data_path = '%s.data-00000-of-00001' % dst_prefix
+  local = not files.is_remote(data_path) and not any(
+      files.is_remote(r.checkpoint.prefix) for r in ordered)
   with files.open_file(data_path, 'wb') as out:
+    if local:
+      _copy_local(ordered, out, written, chunk_bytes, advance, verify)
+    else:
 
-    def write(src, record, inspect, buffer):
-      written[source(record)] = done
-      files.copy_range(src, record.entry.offset, out, record.entry.size, chunk_bytes, advance,
-                       inspect, buffer)
+      def write(src, record, inspect, buffer):
+        written[source(record)] = done
+        files.copy_range(src, record.entry.offset, out, record.entry.size, chunk_bytes,
+                         advance, inspect, buffer)
 
-    _transfer(ordered, write, chunk_bytes, advance, verify)
+      _transfer(ordered, write, chunk_bytes, advance, verify)
   out_records = []
   for record in records:
     copy = tensor_bundle_pb2.BundleEntryProto()
@@ -701,7 +710,30 @@ def copy_records(records, dst_prefix, chunk_bytes=4 << 20, progress=None, verify
   return done
 
 
-def verify_records(records, chunk_bytes=4 << 20, progress=None):
+def _copy_local(ordered, out, written, chunk_bytes, progress, verify):
+  """Copies `ordered` records one after the other into `out` (files.copy_ranges: two workers),
+  checking each when `verify`; fills `written` (record source -> offset in `out`)."""
+  offset, jobs, checksums = 0, [], []
+  for record in ordered:
+    entry = record.entry
+    written[(id(record.checkpoint), entry.shard_id, entry.offset, entry.size)] = offset
+    checksums.append(stored_tensor.Checksum(entry) if verify else None)
+    jobs.append((record.checkpoint.data_files()[entry.shard_id], entry.offset, entry.size,
+                 offset, checksums[-1].update if verify else None))
+    offset += entry.size
+  try:
+    files.copy_ranges(jobs, out, chunk_bytes, _WORKERS, progress)
+  except EOFError as e:
+    raise errors.UserError('checkpoint data shard %s (it ends early)' % e) from e
+  except OSError as e:
+    raise errors.UserError('cannot copy checkpoint tensors: %s' % errors.tf_error_message(e)) from e
+  for record, checksum in zip(ordered, checksums):
+    problem = checksum and checksum.problem()
+    if problem:
+      raise corrupt_tensor(record.checkpoint, record.key, record.entry, problem)
+
+
+def verify_records(records, chunk_bytes=1 << 20, progress=None):
   """Reads the stored bytes of `records` and checks each against its entry's checksum.
 
   Raises:

@@ -104,7 +104,7 @@ def _length_bytes(length):
 
 
 class _StringFields:
-  """DT_STRING: the lengths, their checksum, then the strings (tensor_bundle's WriteStringTensor)."""
+  """DT_STRING: lengths, their checksum, then the strings (tensor_bundle's WriteStringTensor)."""
 
   def __init__(self, count):
     self._left = count   # lengths still to read

@@ -267,7 +267,7 @@ def _restore(checkpoint, source):
                               shape_and_slices=[source.spec], dtypes=[source.dtype])[0].numpy()
 
 
-def write(the_plan, tags, path, overwrite=False, chunk=4 << 20):
+def write(the_plan, tags, path, overwrite=False, chunk=1 << 20):
   """Writes the frozen GraphDef of `the_plan` to `path`, streaming each variable's bytes.
 
   Returns:
