@@ -14,10 +14,11 @@ whatever the checkpoint's size. The index is written in the same table format (e
 restart point, blocks checksummed with masked CRC32C as TensorFlow's reader verifies).
 """
 
+import collections.abc
 import dataclasses
 import os
 import struct
-from typing import Dict, List, Optional
+from typing import List, Mapping, Optional
 
 from absl import logging
 
@@ -128,6 +129,47 @@ def _table_items(data):
     yield from _block_entries(data, offset, size)
 
 
+class _Entries(collections.abc.Mapping):
+  """Index key -> BundleEntryProto, each parsed when looked up: the index holds its entries
+  serialized (a few dozen bytes each), not as messages (several hundred bytes each in Python:
+  an index of 100,000 tensors took 70 MiB)."""
+
+  def __init__(self, raw):
+    self._raw = raw  # key -> serialized BundleEntryProto
+
+  def __getitem__(self, key):
+    return tensor_bundle_pb2.BundleEntryProto.FromString(self._raw[key])
+
+  def __contains__(self, key):
+    return key in self._raw
+
+  def __iter__(self):
+    return iter(self._raw)
+
+  def __len__(self):
+    return len(self._raw)
+
+
+class _Slices(collections.abc.Mapping):
+  """Tensor name -> [(index key, BundleEntryProto)] of its slices, parsed when looked up."""
+
+  def __init__(self, raw):
+    self._raw = raw  # name -> [(key, serialized BundleEntryProto)]
+
+  def __getitem__(self, name):
+    return [(key, tensor_bundle_pb2.BundleEntryProto.FromString(value))
+            for key, value in self._raw[name]]
+
+  def __contains__(self, name):
+    return name in self._raw
+
+  def __iter__(self):
+    return iter(self._raw)
+
+  def __len__(self):
+    return len(self._raw)
+
+
 @dataclasses.dataclass
 class Checkpoint:
   """A checkpoint's index.
@@ -136,14 +178,14 @@ class Checkpoint:
     prefix: the checkpoint prefix.
     num_shards: number of data files.
     entries: tensor name -> BundleEntryProto (a partitioned tensor's entry lists its slices and
-      holds no bytes itself).
+      holds no bytes itself); a mapping that parses an entry each time it is looked up.
     slices: tensor name -> [(index key, BundleEntryProto)] of its stored slices, each an entry
-      of its own keyed by NUL + name + NUL + encoded extents.
+      of its own keyed by NUL + name + NUL + encoded extents (parsed when looked up).
   """
   prefix: str
   num_shards: int
-  entries: Dict[str, tensor_bundle_pb2.BundleEntryProto]
-  slices: Dict[str, list]
+  entries: Mapping[str, tensor_bundle_pb2.BundleEntryProto]
+  slices: Mapping[str, list]
 
   def data_files(self):
     return ['%s.data-%05d-of-%05d' % (self.prefix, k, self.num_shards)
@@ -211,33 +253,33 @@ def read_index(prefix):
   except OSError as e:
     raise errors.UserError('cannot read %s: %s' % (index_path, errors.tf_error_message(e))) from e
   entries, slices, num_shards = {}, {}, None
+  needed = {}  # shard -> bytes its entries reach
   try:
     for key, value in _table_items(data):
       if not key:
         num_shards = tensor_bundle_pb2.BundleHeaderProto.FromString(value).num_shards
         continue
-      entry = tensor_bundle_pb2.BundleEntryProto.FromString(value)
+      entry = tensor_bundle_pb2.BundleEntryProto.FromString(value)  # parsed once, to check it
+      if entry.size:
+        needed[entry.shard_id] = max(needed.get(entry.shard_id, 0), entry.offset + entry.size)
       if key.startswith(b'\x00'):
         # One slice of a partitioned tensor: key = NUL + name + NUL + encoded extents.
         name = key[1:key.index(b'\x00', 1)].decode('utf-8')
-        slices.setdefault(name, []).append((key, entry))
+        slices.setdefault(name, []).append((key, value))
       else:
-        entries[key.decode('utf-8')] = entry
+        entries[key.decode('utf-8')] = value
   except (ValueError, struct.error, UnicodeDecodeError, pb_message.DecodeError) as e:
     raise errors.UserError('%s is truncated or corrupt (%s)' % (index_path, e)) from e
+  del data
   if num_shards is None:
     raise errors.UserError('%s has no header: truncated or not a checkpoint index' % index_path)
-  checkpoint = Checkpoint(prefix=prefix, num_shards=num_shards, entries=entries, slices=slices)
-  _check_data_files(checkpoint)
+  checkpoint = Checkpoint(prefix=prefix, num_shards=num_shards, entries=_Entries(entries),
+                          slices=_Slices(slices))
+  _check_data_files(checkpoint, needed)
   return checkpoint
 
 
-def _check_data_files(checkpoint):
-  needed = {}
-  for name in checkpoint.entries:
-    for _, entry in checkpoint.records(name):
-      if entry.size:
-        needed[entry.shard_id] = max(needed.get(entry.shard_id, 0), entry.offset + entry.size)
+def _check_data_files(checkpoint, needed):
   for shard, path in enumerate(checkpoint.data_files()):
     if not files.exists(path):
       raise errors.UserError('checkpoint data shard %s is missing' % path)
