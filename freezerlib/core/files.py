@@ -352,6 +352,8 @@ def copy_ranges(jobs, dst, piece_bytes=1 << 20, workers=2, progress=None):
           try:
             if path not in opened:
               opened[path] = os.open(path, os.O_RDONLY)
+              if hasattr(os, 'posix_fadvise'):  # as cp: a larger read-ahead
+                os.posix_fadvise(opened[path], 0, 0, os.POSIX_FADV_SEQUENTIAL)
             fd = opened[path]
             left = length
             while left and inspect is None and kernel[0]:
