@@ -260,18 +260,15 @@ def copy_range(src, offset, dst, length, chunk_bytes=8 << 20, progress=None, ins
   local = src_fd is not None and dst_fd is not None
   dst.flush()
   if inspect is not None or not local or not hasattr(os, 'copy_file_range'):
-    write = lambda piece: dst.write(bytes(piece))  # TensorFlow's files take bytes
-    if dst_fd is not None:
-
-      def write(piece):
-        written = 0
-        while written < len(piece):
-          written += os.write(dst_fd, piece[written:])
-
     def consume(piece):
       if inspect:
         inspect(piece)
-      write(piece)
+      if dst_fd is None:
+        dst.write(bytes(piece))  # TensorFlow's files take bytes
+      else:
+        written = 0
+        while written < len(piece):
+          written += os.write(dst_fd, piece[written:])
       if progress:
         progress(len(piece))
 
@@ -325,8 +322,9 @@ def copy_ranges(jobs, dst, piece_bytes=1 << 20, workers=2, progress=None):
     progress: optional callable(bytes), called after each piece (from any worker).
 
   Raises:
-    EOFError: a source ends before a job's range (the earliest such job's).
+    EOFError: a source ends before a job's range.
     OSError: a source cannot be read or `dst` written.
+    Whatever `inspect` raises. Of several failures, the earliest job's is raised.
   """
   dst.flush()
   dst_fd = dst.fileno()
@@ -386,7 +384,7 @@ def copy_ranges(jobs, dst, piece_bytes=1 << 20, workers=2, progress=None):
               if progress:
                 with lock:
                   progress(n)
-          except (OSError, EOFError) as e:
+          except Exception as e:  # pylint: disable=broad-except  # raised by the caller
             failures[index] = e
             return
     finally:
