@@ -9,9 +9,12 @@ layout is what decides whether a serving graph reads the same rows the training 
 
 Copying takes each needed tensor's stored bytes (and each slice's) as they are, in bounded
 pieces, into one new data file, and writes a new index for them: nothing is decoded, checksums
-and partition layout stay the training checkpoint's own, and memory holds one piece at a time,
-whatever the checkpoint's size. The index is written in the same table format (every entry a
-restart point, blocks checksummed with masked CRC32C as TensorFlow's reader verifies).
+and partition layout stay the training checkpoint's own, and memory holds a piece per worker,
+whatever the checkpoint's size. Each piece is checked on its way against the CRC32C the index
+records for its tensor (stored_tensor), so a corrupt checkpoint is refused, naming the tensor
+and the shard, before anything is served from it. The index is held with its entries
+serialized, and written in the same table format (every entry a restart point, blocks
+checksummed with masked CRC32C as TensorFlow's reader verifies).
 """
 
 import collections.abc
