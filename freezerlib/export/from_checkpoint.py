@@ -23,7 +23,6 @@ from freezerlib.core import files
 from freezerlib.core import graphs
 from freezerlib.core import units
 from freezerlib.core.lean_tf import meta_graph_pb2
-from freezerlib.export import from_tf2_checkpoint
 from freezerlib.formats import checkpoint_index
 from freezerlib.formats import saved_model
 from freezerlib.transforms import placeholders
@@ -42,15 +41,18 @@ class ExportReport:
 
 
 def load_structure(saved_model_dir=None, meta_graph_path=None, tags=('serve',),
-                   signature_names=None, inputs=(), outputs=()):
+                   signature_names=None, inputs=(), outputs=(), meta_graph=None):
   """(MetaGraphDef, signatures, assets dir or None, name) of the structure; no values read.
+
+  `meta_graph`, when given, is the SavedModel's MetaGraphDef tagged `tags`, read already.
 
   Raises:
     errors.UserError: unreadable structure, unknown tags or signatures or tensors.
   """
   if saved_model_dir:
-    proto = saved_model.read_saved_model_proto(saved_model_dir)
-    meta_graph = saved_model.select_meta_graph(proto, tags, saved_model_dir)
+    if meta_graph is None:
+      proto = saved_model.read_saved_model_proto(saved_model_dir)
+      meta_graph = saved_model.select_meta_graph(proto, tags, saved_model_dir)
     where, assets = saved_model_dir, files.join(saved_model_dir, 'assets')
   else:
     where, assets = meta_graph_path, None
@@ -171,7 +173,13 @@ def saved_model_from_checkpoint(checkpoint, output_dir, saved_model_dir=None,
       tensor that fails its checksum, or an output that exists (without `overwrite`). Nothing
       is written then.
   """
-  if saved_model_dir and from_tf2_checkpoint.is_object_based_saved_model(saved_model_dir, tags):
+  meta_graph = None
+  if saved_model_dir:
+    meta_graph = saved_model.select_meta_graph(
+        saved_model.read_saved_model_proto(saved_model_dir), tags, saved_model_dir)
+  if meta_graph is not None and saved_model.is_object_based(meta_graph):
+    # Imported here: a TF1 export, which should start fast, does not need it.
+    from freezerlib.export import from_tf2_checkpoint  # pylint: disable=g-import-not-at-top
     unused = [flag for flag, value in (
         ('--signature_def', signature_names), ('--inputs', inputs), ('--outputs', outputs),
         ('--noprune', not prune_tensors)) if value]
@@ -188,7 +196,7 @@ def saved_model_from_checkpoint(checkpoint, output_dir, saved_model_dir=None,
   start = time.perf_counter()
   atomic.check_output_free(output_dir, overwrite)
   structure, signatures, assets_dir, where = load_structure(
-      saved_model_dir, meta_graph_path, tags, signature_names, inputs, outputs)
+      saved_model_dir, meta_graph_path, tags, signature_names, inputs, outputs, meta_graph)
   removed = unsafe_ops.check_meta_graph(structure, signatures, set(allow_ops), where)
   unsafe_ops.log_findings(removed, 'removed (not run by the signatures)')
   serving = serving_graph(structure.graph_def, signatures, structure.saver_def, where,
