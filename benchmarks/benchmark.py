@@ -387,12 +387,11 @@ def bench_freeze(work_dir, repeats):
                                            statistics.median(m for _, m in runs) / 2**20))
   rss = {name: statistics.median(m for _, m in runs) for name, runs in figures.items()}
   startup = rss['TensorFlow start-up']
-  print('freezer.py peak RSS: TensorFlow start-up %+.0f MiB (min-max of runs: %s MiB); '
-        'largest tensor %.0f MiB, largest table %.0f MiB: the bound, start-up + twice the '
-        'larger, is %.0f MiB' % (
-            (rss['freezer.py'] - startup) / 2**20,
-            _spread([m for _, m in figures['freezer.py']], 2**-20, '%.0f'), largest / 2**20,
-            largest_table / 2**20, (startup + 2 * max(largest, largest_table)) / 2**20))
+  print('freezer.py peak RSS %s MiB (median, min-max): TensorFlow start-up %.0f MiB %+.0f MiB; '
+        'largest tensor %.0f MiB, largest table %.0f MiB; start-up + twice the larger: %.0f MiB'
+        % (_spread([m for _, m in figures['freezer.py']], 2**-20, '%.0f'), startup / 2**20,
+           (rss['freezer.py'] - startup) / 2**20, largest / 2**20, largest_table / 2**20,
+           (startup + 2 * max(largest, largest_table)) / 2**20))
 
 
 def _in_child(fn, *args):
