@@ -679,7 +679,7 @@ def _transfer(records, write, chunk_bytes, progress, verify):
     shards.close()
 
 
-_WORKERS = 2  # copy_ranges' workers: one reads and checks while the other writes
+_WORKERS = 2  # copy_ranges' workers checking: one reads and checks while the other writes
 
 
 def copy_records(records, dst_prefix, chunk_bytes=1 << 20, progress=None, verify=True):
@@ -767,7 +767,8 @@ def _copy_local(ordered, out, written, chunk_bytes, progress, verify):
                  offset, checksums[-1].update if verify else None))
     offset += entry.size
   try:
-    files.copy_ranges(jobs, out, chunk_bytes, _WORKERS, progress)
+    # Two kernel copies into one file only contend for its lock: one worker copies then.
+    files.copy_ranges(jobs, out, chunk_bytes, _WORKERS if verify else 1, progress)
   except EOFError as e:
     raise errors.UserError('checkpoint data shard %s (it ends early)' % e) from e
   except OSError as e:
