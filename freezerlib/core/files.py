@@ -152,6 +152,12 @@ class _RemoteFile:
       return attr
     return lambda *args, **kwargs: _remote(attr, *args, **kwargs)
 
+  def write(self, data):
+    # As a local file: any bytes-like object (FileIO takes only bytes and str).
+    if not isinstance(data, (bytes, str)):
+      data = bytes(data)
+    return _remote(self._file.write, data)
+
   def __enter__(self):
     return self
 
@@ -264,7 +270,7 @@ def copy_range(src, offset, dst, length, chunk_bytes=8 << 20, progress=None, ins
       if inspect:
         inspect(piece)
       if dst_fd is None:
-        dst.write(bytes(piece))  # TensorFlow's files take bytes
+        dst.write(piece)
       else:
         written = 0
         while written < len(piece):
