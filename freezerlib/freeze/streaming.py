@@ -424,7 +424,7 @@ def write(the_plan, tags, path, overwrite=False, chunk=1 << 20):
                                        chunk, buffer)
           written += size + _write_node(out, fill)
           contents.append(content)
-          logging.info('table %s (%s): %d keys (%s) from the checkpoint', node.name, node.op,
+          logging.info('table %s (%s): %d keys from the checkpoint (%s)', node.name, node.op,
                        content.num_keys, units.human_bytes(content.nbytes))
         for node in ([fills[-1]] if init_op else []) + [metadata]:
           written += _write_node(out, node)
