@@ -5,18 +5,24 @@ item embedding, a MutableHashTable with --table_keys keys, Adam slots, a sharded
 parameter-server cluster writes it, one shard per device), then prints, side by side and from
 the same run:
 
-  ckpt:   optimize_from_ckpt.py (pruned, and --noprune) against `cp -r` of the same checkpoint:
-          wall time and peak RSS (medians of --repeats runs, order alternated), with the
+  ckpt:   optimize_from_ckpt.py (pruned, with and without checking checksums: what checking
+          costs; and --noprune) against `cp -r` of the same checkpoint: wall time (median and
+          min-max of --checkpoint_repeats runs, order alternated) and peak RSS, with the
           checkpoint in the page cache (warm) and evicted from it before each run (cold), and
           the bytes exported against the bytes the serving graph restores.
   freeze: freezer.py against loading the SavedModel and TensorFlow's
-          convert_variables_to_constants: wall, peak RSS, output size, table keys kept.
+          convert_variables_to_constants: wall, peak RSS, output size, table keys kept; and
+          freezer.py's peak RSS against TensorFlow's own start-up and the largest tensor and
+          table it writes.
   serve:  the SavedModels optimize_from_pb.py re-dumps (fully frozen, and frozen with
           --keep_as_variables) against the training SavedModel: outputs, then load time and
           latency (median, p99) at batch 1 and 512, each model in a fresh process, alternated.
 
 Every figure comes from child processes measured with wait4 (ru_maxrss), in this process tree,
-on this machine (its cores are printed). Not a test: nothing here asserts a target.
+on this machine (its cores and load are printed: other processes move the figures). The
+scripts' bytecode is compiled first, as an installed copy has it, so that no measured command
+compiles freezerlib (where PYTHONDONTWRITEBYTECODE is set, every run would). Not a test:
+nothing here asserts a target.
 
 Example (a 1 GiB checkpoint with a 1M-key table, about 3 minutes on 2 cores):
   .venv/bin/python benchmarks/benchmark.py --work_dir=/tmp/freezer_bench \
@@ -63,6 +69,9 @@ _TABLE_KEYS = flags.DEFINE_integer(
     'table_keys', 1000000, 'Keys in the user_stats hash table.', lower_bound=1)
 _REPEATS = flags.DEFINE_integer('repeats', 3, 'Runs of each command (medians reported).',
                                 lower_bound=1)
+_CHECKPOINT_REPEATS = flags.DEFINE_integer(
+    'checkpoint_repeats', 9, 'Runs of each checkpoint-path command and of `cp -r` (they take '
+    'under a second each; other processes on the machine move them most).', lower_bound=1)
 _REBUILD = flags.DEFINE_bool('rebuild', False, 'Rebuild the model even if work_dir has one.')
 _ADAM_SLOTS = flags.DEFINE_bool(
     'adam_slots', True, 'Train one step with Adam, so the checkpoint holds its slots (twice the '
@@ -76,6 +85,16 @@ _LATENCY_RUNS = flags.DEFINE_integer('serving_latency_runs', 50, 'Timed calls pe
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def compile_bytecode():
+  """Writes the __pycache__ of the scripts and freezerlib (py_compile writes it whatever
+  PYTHONDONTWRITEBYTECODE says)."""
+  import compileall  # pylint: disable=g-import-not-at-top
+  compileall.compile_dir(os.path.join(REPO, 'freezerlib'), quiet=1)
+  for name in os.listdir(REPO):
+    if name.endswith('.py'):
+      compileall.compile_file(os.path.join(REPO, name), quiet=1)
+
+
 def machine():
   model = ''
   try:
@@ -84,8 +103,8 @@ def machine():
   except OSError:
     pass
   memory = os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
-  return '%d cores (%s), %s RAM' % (os.cpu_count(), model or 'unknown CPU',
-                                   units.human_bytes(memory))
+  return '%d cores (%s), %s RAM; load average %.1f (other processes share the machine)' % (
+      os.cpu_count(), model or 'unknown CPU', units.human_bytes(memory), os.getloadavg()[0])
 
 
 def _place_round_robin(shards):
@@ -225,7 +244,16 @@ def dir_bytes(path):
              for root, _, files in os.walk(path) for f in files)
 
 
+def _spread(values, scale=1.0, fmt='%.2f'):
+  """'median (min-max)' of `values` times `scale`."""
+  values = [v * scale for v in values]
+  return (fmt + ' (' + fmt + '-' + fmt + ')') % (statistics.median(values), min(values),
+                                                max(values))
+
+
 def bench_checkpoint(work_dir, repeats):
+  """optimize_from_ckpt.py (checksums checked, and not: what checking costs; --noprune) against
+  `cp -r` of the same checkpoint, warm and cold, alternated in one loop."""
   ckpt = os.path.join(work_dir, 'ckpt')
   prefix = checkpoint_index.resolve_prefix(ckpt)
   index = checkpoint_index.read_index(prefix)
@@ -237,18 +265,21 @@ def bench_checkpoint(work_dir, repeats):
           '--saved_model_dir=' + os.path.join(work_dir, 'structure'), '--checkpoint=' + ckpt,
           '--output_saved_model_dir=' + out]
   commands = {
-      'optimize_from_ckpt.py': ours,
-      'optimize_from_ckpt.py --noprune': ours + ['--noprune'],
       'cp -r': ['cp', '-r', ckpt, out],
+      'optimize_from_ckpt.py': ours,
+      'optimize_from_ckpt.py --noverify_checksums': ours + ['--noverify_checksums'],
+      'optimize_from_ckpt.py --noprune': ours + ['--noprune'],
   }
   figures = {(name, cache): [] for cache in ('warm', 'cold') for name in commands}
-  for r in range(repeats):
+  for r in range(repeats + 1):  # the first round warms the page cache and is not counted
     order = list(figures) if r % 2 == 0 else list(reversed(list(figures)))
     for name, cache in order:
       shutil.rmtree(out, ignore_errors=True)
       if cache == 'cold':
         evict(ckpt)
-      figures[(name, cache)].append(measure(commands[name]))
+      result = measure(commands[name])
+      if r:
+        figures[(name, cache)].append(result)
       if name == 'optimize_from_ckpt.py':
         exported = dir_bytes(os.path.join(out, 'variables'))
         restored = checkpoint_index.read_index(os.path.join(out, 'variables', 'variables'))
@@ -258,11 +289,21 @@ def bench_checkpoint(work_dir, repeats):
   print('checkpoint: %s in %d shards (Adam slots %s), hash table of %d keys' % (
       units.human_bytes(total), index.num_shards, units.human_bytes(slots), table))
   print()
-  print('%-32s %6s %14s %14s' % ('checkpoint -> serving SavedModel', 'cache', 'wall (median)',
-                                 'peak RSS'))
-  for (name, cache), runs in sorted(figures.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-    print('%-32s %6s %12.2f s %10.0f MiB' % (name, cache, statistics.median(w for w, _ in runs),
-                                            statistics.median(m for _, m in runs) / 2**20))
+  print('checkpoint -> serving SavedModel, %d runs alternated: median (min-max)' % repeats)
+  print('%-44s %5s %22s %8s %9s' % ('', 'cache', 'wall s', 'x cp -r', 'peak RSS'))
+  for cache in ('warm', 'cold'):
+    cp = statistics.median(w for w, _ in figures[('cp -r', cache)])
+    for name in commands:
+      runs = figures[(name, cache)]
+      walls = [w for w, _ in runs]
+      print('%-44s %5s %22s %8.2f %5.0f MiB' % (
+          name, cache, _spread(walls), statistics.median(walls) / cp,
+          statistics.median(m for _, m in runs) / 2**20))
+  for cache in ('warm', 'cold'):
+    on = statistics.median(w for w, _ in figures[('optimize_from_ckpt.py', cache)])
+    off = statistics.median(w for w, _ in figures[('optimize_from_ckpt.py --noverify_checksums',
+                                                   cache)])
+    print('checking checksums, %s: %+.3f s (%+.0f%%)' % (cache, on - off, 100.0 * (on - off) / off))
   print()
   print('exported variables/: %s; tensors the serving graph restores: %s (%+.2f%%); '
         'checkpoint: %s' % (units.human_bytes(exported), units.human_bytes(needed),
@@ -288,17 +329,37 @@ with open(out, 'wb') as f:
 """
 
 
+_TF_STARTUP = r"""
+import os
+os.environ['TF_CPP_MIN_LOG_LEVEL'] = '2'
+import tensorflow as tf
+tf.constant(1.0) + 1
+"""
+
+
 def bench_freeze(work_dir, repeats):
   saved_model = os.path.join(work_dir, 'saved_model')
   index = checkpoint_index.read_index(os.path.join(saved_model, 'variables', 'variables'))
   inference = sum(index.nbytes(n) for n in index.entries
                   if 'Adam' not in n and n not in ('global_step', 'beta1_power', 'beta2_power'))
+  # The largest tensor the freezer streams (a partition counts alone: it is its own constant)
+  # and the largest table (keys and values).
+  largest = max(entry.size for name in index.entries for _, entry in index.records(name))
+  tables = {}
+  for name in index.entries:
+    for suffix in ('-keys', '-values'):
+      if name.endswith(suffix):
+        tables[name[:-len(suffix)]] = tables.get(name[:-len(suffix)], 0) + index.nbytes(name)
+  largest_table = max(tables.values(), default=0)
   out = os.path.join(work_dir, 'frozen.pb')
   commands = {
       'freezer.py': [sys.executable, 'freezer.py', '--saved_model_dir=' + saved_model,
                      '--output_graph=' + out, '--overwrite'],
       'convert_variables_to_constants': [sys.executable, '-c', _BASELINE_FREEZE, saved_model,
                                          out],
+      # What freezer.py cannot do without: TensorFlow imported, and its eager runtime (the
+      # streaming freezer reads string tensors with RestoreV2).
+      'TensorFlow start-up': [sys.executable, '-c', _TF_STARTUP],
   }
   figures = {name: [] for name in commands}
   kept = {}
@@ -307,17 +368,30 @@ def bench_freeze(work_dir, repeats):
       if os.path.exists(out):
         os.remove(out)
       figures[name].append(measure(commands[name]))
-      kept[name] = _in_child(table_keys_in, out)
-      kept[name + ' size'] = os.path.getsize(out)
+      if name != 'TensorFlow start-up':
+        kept[name] = _in_child(table_keys_in, out)
+        kept[name + ' size'] = os.path.getsize(out)
   print()
   print('SavedModel -> frozen GraphDef (variables the signatures need: %s)'
         % units.human_bytes(inference))
   print('%-32s %14s %14s %12s %14s' % ('', 'wall (median)', 'peak RSS', 'output',
                                        'table keys kept'))
   for name, runs in figures.items():
-    print('%-32s %12.2f s %10.0f MiB %8.0f MiB %14d' % (
-        name, statistics.median(w for w, _ in runs),
-        statistics.median(m for _, m in runs) / 2**20, kept[name + ' size'] / 2**20, kept[name]))
+    if name in kept:
+      print('%-32s %12.2f s %10.0f MiB %8.0f MiB %14d' % (
+          name, statistics.median(w for w, _ in runs),
+          statistics.median(m for _, m in runs) / 2**20, kept[name + ' size'] / 2**20,
+          kept[name]))
+    else:
+      print('%-32s %12.2f s %10.0f MiB' % (name, statistics.median(w for w, _ in runs),
+                                           statistics.median(m for _, m in runs) / 2**20))
+  rss = {name: statistics.median(m for _, m in runs) for name, runs in figures.items()}
+  startup = rss['TensorFlow start-up']
+  print('freezer.py peak RSS %s MiB (median, min-max): TensorFlow start-up %.0f MiB %+.0f MiB; '
+        'largest tensor %.0f MiB, largest table %.0f MiB; start-up + twice the larger: %.0f MiB'
+        % (_spread([m for _, m in figures['freezer.py']], 2**-20, '%.0f'), startup / 2**20,
+           (rss['freezer.py'] - startup) / 2**20, largest / 2**20, largest_table / 2**20,
+           (startup + 2 * max(largest, largest_table)) / 2**20))
 
 
 def _in_child(fn, *args):
@@ -471,7 +545,8 @@ def main(argv):
     print('built the model in %.0f s' % (time.perf_counter() - start))
   print('command: %s' % ' '.join([os.path.relpath(sys.argv[0], REPO)] + sys.argv[1:]))
   print('machine: %s' % machine())
-  bench_checkpoint(work_dir, _REPEATS.value)
+  compile_bytecode()
+  bench_checkpoint(work_dir, _CHECKPOINT_REPEATS.value)
   bench_freeze(work_dir, _REPEATS.value)
   bench_serving(work_dir, _REPEATS.value, _KEEP.value, _LATENCY_RUNS.value)
 

@@ -183,6 +183,16 @@ def bench(work_dir, runs):
   return figures, exported
 
 
+def compile_bytecode():
+  """Writes the __pycache__ of the scripts and freezerlib, as an installed copy has it (so that
+  no measured run compiles them where PYTHONDONTWRITEBYTECODE is set)."""
+  import compileall  # pylint: disable=g-import-not-at-top
+  compileall.compile_dir(os.path.join(REPO, 'freezerlib'), quiet=1)
+  for name in os.listdir(REPO):
+    if name.endswith('.py'):
+      compileall.compile_file(os.path.join(REPO, name), quiet=1)
+
+
 def main(argv):
   del argv
   work_dir = _WORK_DIR.value or tempfile.mkdtemp(prefix='tf2_checkpoint_bench_', dir='/tmp')
@@ -190,12 +200,14 @@ def main(argv):
     if not os.path.exists(os.path.join(work_dir, 'ckpt', 'checkpoint')):
       build(work_dir, _MODEL.value, _EMBEDDING_MB.value, _DIM.value, _TABLE_KEYS.value)
     needed, tensors, files = needed_bytes(work_dir)
+    compile_bytecode()
     figures, exported = bench(work_dir, _RUNS.value)
   finally:
     if not _WORK_DIR.value:
       shutil.rmtree(work_dir, ignore_errors=True)
-  print('machine: %d cores, %s RAM' % (os.cpu_count(), units.human_bytes(
-      os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES'))))
+  print('machine: %d cores, %s RAM; load average %.1f (other processes share the machine)' % (
+      os.cpu_count(), units.human_bytes(os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')),
+      os.getloadavg()[0]))
   print('model: %s, embedding %d MiB x %d wide; checkpoint: %s of tensors in %s of files '
         '(Adam slots included)' % (_MODEL.value, _EMBEDDING_MB.value, _DIM.value,
                                    units.human_bytes(tensors), units.human_bytes(files)))

@@ -162,7 +162,7 @@ def test_every_table_kind_survives_freezing(tmp_path):
   model = report.model
   assert sorted(t.name for t in report.tables) == ['dense', 'from_file', 'mutable',
                                                    'of_tensors', 'static']
-  assert {t.name: len(t.keys) for t in report.tables}['dense'] == 2  # empty/deleted dropped
+  assert {t.name: t.num_keys for t in report.tables}['dense'] == 2  # empty/deleted dropped
   assert not {n.op for n in model.graph_def.node} & VARIABLE_OPS
   # The frozen graph is self-contained: no asset file, no checkpoint needed.
   shutil.rmtree(export_dir)
@@ -382,7 +382,7 @@ def test_streaming_freezer_keeps_dense_and_scalar_tables(tmp_path):
       meta_graph, None, 'm'), str(tmp_path / 'm'))
   assert the_plan is not None and sorted(the_plan.table_sources) == ['dense', 'scalar']
   report = freeze.graph_from_saved_model(str(tmp_path / 'm'), str(tmp_path / 'f.pb'))
-  assert {t.name: len(t.keys) for t in report.tables} == {'dense': 2, 'scalar': 2}
+  assert {t.name: t.num_keys for t in report.tables} == {'dense': 2, 'scalar': 2}
   got = loaders.load_frozen_graph(str(tmp_path / 'f.pb')).run(
       'serving_default', {'ids': np.array([3, 4, 11, 13, 99], np.int64)})
   np.testing.assert_allclose(got['y'], [1.5 + 30, -1 + 40, 5.5 - 1, -1 - 1, -1 - 1])

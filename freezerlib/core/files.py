@@ -15,6 +15,7 @@ message) for any other failure of a remote one.
 import os
 import shutil
 import sys
+import threading
 
 from freezerlib.core import lean_tf
 
@@ -151,6 +152,12 @@ class _RemoteFile:
       return attr
     return lambda *args, **kwargs: _remote(attr, *args, **kwargs)
 
+  def write(self, data):
+    # As a local file: any bytes-like object (FileIO takes only bytes and str).
+    if not isinstance(data, (bytes, str)):
+      data = bytes(data)
+    return _remote(self._file.write, data)
+
   def __enter__(self):
     return self
 
@@ -182,26 +189,107 @@ def copy(src, dst, overwrite=False):
     copy_range(s, 0, d, os.fstat(s.fileno()).st_size)
 
 
-def copy_range(src, offset, dst, length, chunk_bytes=8 << 20, progress=None):
-  """Appends `length` bytes of open file `src` from `offset` to open file `dst`.
+def _fileno(f):
+  """The file descriptor of a local file object, None for a remote file (or a BytesIO)."""
+  if isinstance(f, _RemoteFile):
+    return None
+  try:
+    return f.fileno()
+  except (OSError, ValueError, AttributeError):
+    return None
 
-  Between two local files the kernel copies (copy_file_range: no bytes pass through this
-  process); otherwise in pieces of `chunk_bytes`. `progress(n)` is called after each piece.
+
+def read_range(src, offset, length, consume, chunk_bytes=8 << 20, buffer=None):
+  """Reads `length` bytes of open file `src` from `offset`, piece by piece, into `consume`.
+
+  A local file is read with pread into `buffer` (a bytearray; one of `chunk_bytes` is made when
+  None: pass one to reuse across calls, a new one faults in fresh pages), a remote one in pieces
+  of `chunk_bytes`.
+
+  Args:
+    src: an open file (open_file).
+    offset, length: the range.
+    consume: callable(memoryview of a piece), valid only during the call.
+    chunk_bytes: the size of a piece.
+    buffer: optional bytearray to read local pieces into (its length caps a piece).
 
   Raises:
     EOFError: `src` ends before `length` bytes.
   """
   left = length
-  if isinstance(src, _RemoteFile) or isinstance(dst, _RemoteFile):
-    kernel = False
-  else:
-    kernel = hasattr(os, 'copy_file_range')
-    dst.flush()
+  fd = _fileno(src)
+  if fd is None:  # remote
+    while left:
+      src.seek(offset)
+      piece = src.read(min(chunk_bytes, left))
+      if not piece:
+        raise EOFError('%d bytes short' % left)
+      consume(memoryview(piece))
+      offset += len(piece)
+      left -= len(piece)
+    return
+  if buffer is None:
+    buffer = bytearray(max(1, min(chunk_bytes, length)))
+  with memoryview(buffer) as view:
+    while left:
+      n = os.preadv(fd, [view[:min(len(view), left)]], offset)
+      if not n:
+        raise EOFError('%d bytes short' % left)
+      with view[:n] as piece:
+        consume(piece)
+      offset += n
+      left -= n
+
+
+def copy_range(src, offset, dst, length, chunk_bytes=8 << 20, progress=None, inspect=None,
+               buffer=None):
+  """Appends `length` bytes of open file `src` from `offset` to open file `dst`.
+
+  Between two local files the kernel copies (copy_file_range: no bytes pass through this
+  process), unless `inspect` is given. Then each piece is read into memory (read_range), handed
+  to `inspect` and written from that same memory: each byte is read and written once, as the
+  kernel's copy does, and `inspect` reads it while it is in the CPU's cache.
+
+  Args:
+    src, dst: open files (open_file), `dst` open for writing.
+    offset: where in `src` to start.
+    length: bytes to copy.
+    chunk_bytes: the size of a piece copied through memory.
+    progress: optional callable(bytes), called after each piece.
+    inspect: optional callable(memoryview), called with each piece before it is written.
+    buffer: optional bytearray to read local pieces into (read_range).
+
+  Raises:
+    EOFError: `src` ends before `length` bytes.
+  """
+  src_fd, dst_fd = _fileno(src), _fileno(dst)
+  local = src_fd is not None and dst_fd is not None
+  dst.flush()
+  if inspect is not None or not local or not hasattr(os, 'copy_file_range'):
+    def consume(piece):
+      if inspect:
+        inspect(piece)
+      if dst_fd is None:
+        dst.write(piece)
+      else:
+        written = 0
+        while written < len(piece):
+          written += os.write(dst_fd, piece[written:])
+      if progress:
+        progress(len(piece))
+
+    try:
+      read_range(src, offset, length, consume, chunk_bytes, buffer)
+    finally:
+      if dst_fd is not None:
+        dst.seek(0, os.SEEK_END)
+    return
+  left = length
+  kernel = True
   while left:
-    n = 0
     if kernel:
       try:
-        n = os.copy_file_range(src.fileno(), dst.fileno(), min(left, 1 << 30), offset)
+        n = os.copy_file_range(src_fd, dst_fd, min(left, 1 << 30), offset)
       except OSError:
         kernel = False  # another filesystem, or a kernel without it: copy through memory
         dst.seek(0, os.SEEK_END)
@@ -219,3 +307,105 @@ def copy_range(src, offset, dst, length, chunk_bytes=8 << 20, progress=None):
     left -= n
     if progress:
       progress(n)
+
+
+def copy_ranges(jobs, dst, piece_bytes=1 << 20, workers=2, progress=None):
+  """Copies ranges of local files into an open local file at given offsets, `workers` at a time.
+
+  Each job is (source path, offset, length, offset in `dst`, inspect or None). A worker takes
+  whole jobs, in order, and copies each piece by piece: pread into its own buffer, `inspect`
+  (as copy_range's), pwrite at the job's place in `dst`. Each piece is read, inspected and
+  written by one core while it is in that core's cache; with two workers one reads and checks
+  while the other writes (a file's writes are serialized by the kernel, its reads are not).
+  A job without `inspect` is copied by the kernel (copy_file_range) where it can. Jobs are
+  dealt to workers by bytes, the largest first, each worker then taking its own in order.
+
+  Args:
+    jobs: list of (path, offset, length, dst_offset, inspect).
+    dst: an open local file (its position is left at its end).
+    piece_bytes: bytes read and written at a time.
+    workers: threads copying (1: this thread only).
+    progress: optional callable(bytes), called after each piece (from any worker).
+
+  Raises:
+    EOFError: a source ends before a job's range.
+    OSError: a source cannot be read or `dst` written.
+    Whatever `inspect` raises. Of several failures, the earliest job's is raised.
+  """
+  dst.flush()
+  dst_fd = dst.fileno()
+  shares = [[] for _ in range(max(1, min(workers, len(jobs))))]
+  loads = [0] * len(shares)
+  for index in sorted(range(len(jobs)), key=lambda i: -jobs[i][2]):
+    lightest = loads.index(min(loads))
+    shares[lightest].append(index)
+    loads[lightest] += jobs[index][2]
+  failures = {}  # job index -> exception
+  lock = threading.Lock()
+  kernel = [hasattr(os, 'copy_file_range')]
+
+  def work(share):
+    buffer = bytearray(max(1, min(piece_bytes, max((jobs[i][2] for i in share), default=1))))
+    opened = {}
+    try:
+      with memoryview(buffer) as view:
+        for index in sorted(share):
+          path, offset, length, dst_offset, inspect = jobs[index]
+          if failures:
+            return
+          try:
+            if path not in opened:
+              opened[path] = os.open(path, os.O_RDONLY)
+              if hasattr(os, 'posix_fadvise'):  # as cp: a larger read-ahead
+                os.posix_fadvise(opened[path], 0, 0, os.POSIX_FADV_SEQUENTIAL)
+            fd = opened[path]
+            left = length
+            while left and inspect is None and kernel[0]:
+              try:
+                n = os.copy_file_range(fd, dst_fd, left, offset, dst_offset)
+              except OSError:
+                kernel[0] = False  # not between these files: through memory
+                break
+              if not n:
+                raise EOFError('%s: %d bytes short' % (path, left))
+              offset += n
+              dst_offset += n
+              left -= n
+              if progress:
+                with lock:
+                  progress(n)
+            while left:
+              n = os.preadv(fd, [view[:min(len(view), left)]], offset)
+              if not n:
+                raise EOFError('%s: %d bytes short' % (path, left))
+              with view[:n] as piece:
+                if inspect:
+                  inspect(piece)
+                written = 0
+                while written < n:
+                  written += os.pwrite(dst_fd, piece[written:], dst_offset + written)
+              offset += n
+              dst_offset += n
+              left -= n
+              if progress:
+                with lock:
+                  progress(n)
+          except Exception as e:  # pylint: disable=broad-except  # raised by the caller
+            failures[index] = e
+            return
+    finally:
+      for fd in opened.values():
+        os.close(fd)
+
+  threads = [threading.Thread(target=work, args=(share,), name='copy_ranges', daemon=True)
+             for share in shares[1:]]
+  for thread in threads:
+    thread.start()
+  try:
+    work(shares[0])
+  finally:
+    for thread in threads:
+      thread.join()
+    dst.seek(0, os.SEEK_END)
+  if failures:
+    raise failures[min(failures)]

@@ -174,23 +174,23 @@ def reachable(graph_def, dest_nodes):
   """
   if isinstance(dest_nodes, str):
     raise TypeError('dest_nodes must be a list')
-  inputs = {}
-  for node in graph_def.node:
-    edges = [node_name(i) for i in node.input]
-    if '_class' in node.attr:
-      edges += [s.decode('utf-8')[len('loc:@'):] for s in node.attr['_class'].list.s
-                if s.startswith(b'loc:@')]
-    inputs[node.name] = edges
-  missing = [d for d in dest_nodes if d not in inputs]
+  nodes = {node.name: node for node in graph_def.node}
+  missing = [d for d in dest_nodes if d not in nodes]
   if missing:
     raise KeyError('%s is not in graph' % missing[0])
+  # Edges are read only from the nodes reached (a serving subgraph is a small part of a
+  # training graph).
   keep, stack = set(), list(dest_nodes)
   while stack:
     name = stack.pop()
-    if name in keep or name not in inputs:
+    if name in keep or name not in nodes:
       continue
     keep.add(name)
-    stack.extend(inputs[name])
+    node = nodes[name]
+    stack.extend(node_name(i) for i in node.input)
+    if '_class' in node.attr:
+      stack.extend(s.decode('utf-8')[len('loc:@'):] for s in node.attr['_class'].list.s
+                   if s.startswith(b'loc:@'))
   return keep
 
 

@@ -24,7 +24,6 @@ from freezerlib.core import files
 from freezerlib.core import graphs
 from freezerlib.core import units
 from freezerlib.core.lean_tf import meta_graph_pb2
-from freezerlib.export import from_tf2_checkpoint
 from freezerlib.formats import checkpoint_index
 from freezerlib.formats import graph_check
 from freezerlib.formats import saved_model
@@ -36,14 +35,17 @@ from freezerlib.transforms import tables
 
 
 def load_structure(saved_model_dir=None, meta_graph_path=None, tags=('serve',),
-                   signature_names=None, inputs=(), outputs=()):
+                   signature_names=None, inputs=(), outputs=(), meta_graph=None):
   """(MetaGraphDef, signatures, assets dir or None, name) of the structure; no values read.
+
+  `meta_graph`, when given, is the SavedModel's MetaGraphDef tagged `tags`, read already.
 
   Raises:
     errors.UserError: unreadable or corrupt structure, unknown tags or signatures or tensors.
   """
   if saved_model_dir:
-    meta_graph = saved_model.read_meta_graph(saved_model_dir, tags)
+    if meta_graph is None:
+      meta_graph = saved_model.read_meta_graph(saved_model_dir, tags)
     where, assets = saved_model_dir, files.join(saved_model_dir, 'assets')
   else:
     where, assets = meta_graph_path, None
@@ -127,9 +129,10 @@ def serving_graph(graph_def, signatures, saver_def, where, op_defs=None):
 
 def saved_model_from_checkpoint(checkpoint, output_dir, saved_model_dir=None,
                                 meta_graph_path=None, tags=('serve',), signature_names=None,
-                                inputs=(), outputs=(), prune_tensors=True, chunk_bytes=8 << 20,
+                                inputs=(), outputs=(), prune_tensors=True, chunk_bytes=1 << 20,
                                 overwrite=False, allow_ops=(), checkpoint_object=None,
-                                version=None, finalize=None, serving_input='placeholders'):
+                                version=None, finalize=None, serving_input='placeholders',
+                                verify_checksums=True):
   """Writes a serving SavedModel at `output_dir` whose variables come from `checkpoint`.
 
   Args:
@@ -152,6 +155,8 @@ def saved_model_from_checkpoint(checkpoint, output_dir, saved_model_dir=None,
       place (warmup requests).
     serving_input: 'placeholders', or 'examples' for a structure that holds its training
       reader: one input of serialized tf.Example replaces it (transforms.example_front).
+    verify_checksums: check each tensor written (with `prune_tensors` False: each tensor of the
+      checkpoint) against the CRC32C its index entry records.
 
   A TF2 structure (tf.saved_model.save, Keras 3 model.export) with a tf.train.Checkpoint goes
   to from_tf2_checkpoint.
@@ -160,10 +165,14 @@ def saved_model_from_checkpoint(checkpoint, output_dir, saved_model_dir=None,
     ExportReport.
 
   Raises:
-    errors.UserError: bad structure or checkpoint, a mismatch between them (all listed), or an
-      output that exists (without `overwrite`). Nothing is written then.
+    errors.UserError: bad structure or checkpoint, a mismatch between them (all listed), a
+      tensor that fails its checksum, or an output that exists (without `overwrite`). Nothing
+      is written then.
   """
-  if saved_model_dir and from_tf2_checkpoint.is_object_based_saved_model(saved_model_dir, tags):
+  meta_graph = saved_model.read_meta_graph(saved_model_dir, tags) if saved_model_dir else None
+  if meta_graph is not None and saved_model.is_object_based(meta_graph):
+    # Imported here: a TF1 export, which should start fast, does not need it.
+    from freezerlib.export import from_tf2_checkpoint  # pylint: disable=g-import-not-at-top
     unused = [flag for flag, value in (
         ('--signature_def', signature_names), ('--inputs', inputs), ('--outputs', outputs),
         ('--noprune', not prune_tensors),
@@ -174,14 +183,15 @@ def saved_model_from_checkpoint(checkpoint, output_dir, saved_model_dir=None,
     return from_tf2_checkpoint.export(checkpoint, output_dir, saved_model_dir, tags=tags,
                                       checkpoint_object=checkpoint_object,
                                       chunk_bytes=chunk_bytes, overwrite=overwrite,
-                                      allow_ops=allow_ops, version=version, finalize=finalize)
+                                      allow_ops=allow_ops, version=version, finalize=finalize,
+                                      verify_checksums=verify_checksums)
   if checkpoint_object is not None:
     raise errors.UserError('--checkpoint_object applies to TF2 structures (tf.saved_model.save); '
                            'the structure %s is a TF1 graph' % (saved_model_dir or meta_graph_path))
   start = time.perf_counter()
   atomic.check_output_free(output_dir, overwrite, version)
   structure, signatures, assets_dir, where = load_structure(
-      saved_model_dir, meta_graph_path, tags, signature_names, inputs, outputs)
+      saved_model_dir, meta_graph_path, tags, signature_names, inputs, outputs, meta_graph)
   if serving_input != 'placeholders':
     graph_def, signatures = example_front.serving_front(structure.graph_def, signatures,
                                                         serving_input, where)
@@ -218,10 +228,11 @@ def saved_model_from_checkpoint(checkpoint, output_dir, saved_model_dir=None,
     if prune_tensors:
       copied['bytes'] = checkpoint_index.copy_tensors(
           index, [w.name for w in wants], dst, chunk_bytes,
-          progress=units.Progress('copying tensors'))
+          progress=units.Progress('copying tensors'), verify=verify_checksums)
       copied['tensors'] = len(wants)
     else:
-      copied['tensors'], copied['bytes'] = checkpoint_index.link_files(index, dst)
+      copied['tensors'], copied['bytes'] = checkpoint_index.link_files(index, dst,
+                                                                       verify_checksums)
 
   path, _ = saved_model.write_saved_model(output_dir, meta_graph, write_variables, assets_dir,
                                          overwrite, version=version, finalize=finalize)

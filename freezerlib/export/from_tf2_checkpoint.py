@@ -433,7 +433,8 @@ def _log_layout_changes(plan, structure_index, checkpoint_index):
 
 
 def export(checkpoint, output_dir, saved_model_dir, tags=('serve',), checkpoint_object=None,
-           chunk_bytes=8 << 20, overwrite=False, allow_ops=(), version=None, finalize=None):
+           chunk_bytes=1 << 20, overwrite=False, allow_ops=(), version=None, finalize=None,
+           verify_checksums=True):
   """Writes a serving SavedModel: the TF2 structure at `saved_model_dir` with the values of
   the model in TF2 training checkpoint `checkpoint`.
 
@@ -450,13 +451,15 @@ def export(checkpoint, output_dir, saved_model_dir, tags=('serve',), checkpoint_
     version: None, or an int or 'auto': write OUTPUT_DIR/<version>, TF Serving's layout.
     finalize: callable(saved_model_dir) run on the complete SavedModel before it moves into
       place (warmup requests).
+    verify_checksums: check each tensor copied against the CRC32C its index entry records.
 
   Returns:
     ExportReport.
 
   Raises:
-    errors.UserError: a bad structure or checkpoint, any mismatch between them (all listed), or
-      an existing output without `overwrite`. Nothing is written then.
+    errors.UserError: a bad structure or checkpoint, any mismatch between them (all listed), a
+      tensor that fails its checksum, or an existing output without `overwrite`. Nothing is
+      written then.
   """
   start = time.perf_counter()
   atomic.check_output_free(output_dir, overwrite, version)
@@ -494,7 +497,7 @@ def export(checkpoint, output_dir, saved_model_dir, tags=('serve',), checkpoint_
   def write_variables(variables_dir):
     written.append(checkpoints.copy_records(
         records, files.join(variables_dir, 'variables'), chunk_bytes,
-        progress=units.Progress('copying tensors')))
+        progress=units.Progress('copying tensors'), verify=verify_checksums))
 
   # The structure's own saved_model.pb, byte for byte: signatures, functions and init op
   # untouched; its assets each once (two tables can share one file), and its assets.extra.

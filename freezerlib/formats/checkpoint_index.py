@@ -9,25 +9,31 @@ layout is what decides whether a serving graph reads the same rows the training 
 
 Copying takes each needed tensor's stored bytes (and each slice's) as they are, in bounded
 pieces, into one new data file, and writes a new index for them: nothing is decoded, checksums
-and partition layout stay the training checkpoint's own, and memory holds one piece at a time,
-whatever the checkpoint's size. The index is written in the same table format (every entry a
-restart point, blocks checksummed with masked CRC32C as TensorFlow's reader verifies).
+and partition layout stay the training checkpoint's own, and memory holds a piece per worker,
+whatever the checkpoint's size. Each piece is checked on its way against the CRC32C the index
+records for its tensor (stored_tensor), so a corrupt checkpoint is refused, naming the tensor
+and the shard, before anything is served from it. The index is held with its entries
+serialized, and written in the same table format (every entry a restart point, blocks
+checksummed with masked CRC32C as TensorFlow's reader verifies).
 """
 
+import collections.abc
 import dataclasses
 import os
 import struct
-from typing import Dict, List, Optional
+from typing import List, Mapping, Optional
 
 from absl import logging
 
 from google.protobuf import message as pb_message
 from google.protobuf import text_format
 
+from freezerlib.core import crc32c
 from freezerlib.core import errors
 from freezerlib.core import files
 from freezerlib.core import lean_tf
 from freezerlib.core import units
+from freezerlib.formats import stored_tensor
 
 tensor_bundle_pb2 = lean_tf.tensor_bundle_pb2
 
@@ -126,6 +132,47 @@ def _table_items(data):
     yield from _block_entries(data, offset, size)
 
 
+class _Entries(collections.abc.Mapping):
+  """Index key -> BundleEntryProto, each parsed when looked up: the index holds its entries
+  serialized (a few dozen bytes each), not as messages (several hundred bytes each in Python:
+  an index of 100,000 tensors took 70 MiB)."""
+
+  def __init__(self, raw):
+    self._raw = raw  # key -> serialized BundleEntryProto
+
+  def __getitem__(self, key):
+    return tensor_bundle_pb2.BundleEntryProto.FromString(self._raw[key])
+
+  def __contains__(self, key):
+    return key in self._raw
+
+  def __iter__(self):
+    return iter(self._raw)
+
+  def __len__(self):
+    return len(self._raw)
+
+
+class _Slices(collections.abc.Mapping):
+  """Tensor name -> [(index key, BundleEntryProto)] of its slices, parsed when looked up."""
+
+  def __init__(self, raw):
+    self._raw = raw  # name -> [(key, serialized BundleEntryProto)]
+
+  def __getitem__(self, name):
+    return [(key, tensor_bundle_pb2.BundleEntryProto.FromString(value))
+            for key, value in self._raw[name]]
+
+  def __contains__(self, name):
+    return name in self._raw
+
+  def __iter__(self):
+    return iter(self._raw)
+
+  def __len__(self):
+    return len(self._raw)
+
+
 @dataclasses.dataclass
 class Checkpoint:
   """A checkpoint's index.
@@ -134,14 +181,14 @@ class Checkpoint:
     prefix: the checkpoint prefix.
     num_shards: number of data files.
     entries: tensor name -> BundleEntryProto (a partitioned tensor's entry lists its slices and
-      holds no bytes itself).
+      holds no bytes itself); a mapping that parses an entry each time it is looked up.
     slices: tensor name -> [(index key, BundleEntryProto)] of its stored slices, each an entry
-      of its own keyed by NUL + name + NUL + encoded extents.
+      of its own keyed by NUL + name + NUL + encoded extents (parsed when looked up).
   """
   prefix: str
   num_shards: int
-  entries: Dict[str, tensor_bundle_pb2.BundleEntryProto]
-  slices: Dict[str, list]
+  entries: Mapping[str, tensor_bundle_pb2.BundleEntryProto]
+  slices: Mapping[str, list]
 
   def data_files(self):
     return ['%s.data-%05d-of-%05d' % (self.prefix, k, self.num_shards)
@@ -209,33 +256,33 @@ def read_index(prefix):
   except OSError as e:
     raise errors.UserError('cannot read %s: %s' % (index_path, errors.tf_error_message(e))) from e
   entries, slices, num_shards = {}, {}, None
+  needed = {}  # shard -> bytes its entries reach
   try:
     for key, value in _table_items(data):
       if not key:
         num_shards = tensor_bundle_pb2.BundleHeaderProto.FromString(value).num_shards
         continue
-      entry = tensor_bundle_pb2.BundleEntryProto.FromString(value)
+      entry = tensor_bundle_pb2.BundleEntryProto.FromString(value)  # parsed once, to check it
+      if entry.size:
+        needed[entry.shard_id] = max(needed.get(entry.shard_id, 0), entry.offset + entry.size)
       if key.startswith(b'\x00'):
         # One slice of a partitioned tensor: key = NUL + name + NUL + encoded extents.
         name = key[1:key.index(b'\x00', 1)].decode('utf-8')
-        slices.setdefault(name, []).append((key, entry))
+        slices.setdefault(name, []).append((key, value))
       else:
-        entries[key.decode('utf-8')] = entry
+        entries[key.decode('utf-8')] = value
   except (ValueError, struct.error, UnicodeDecodeError, pb_message.DecodeError) as e:
     raise errors.UserError('%s is truncated or corrupt (%s)' % (index_path, e)) from e
+  del data
   if num_shards is None:
     raise errors.UserError('%s has no header: truncated or not a checkpoint index' % index_path)
-  checkpoint = Checkpoint(prefix=prefix, num_shards=num_shards, entries=entries, slices=slices)
-  _check_data_files(checkpoint)
+  checkpoint = Checkpoint(prefix=prefix, num_shards=num_shards, entries=_Entries(entries),
+                          slices=_Slices(slices))
+  _check_data_files(checkpoint, needed)
   return checkpoint
 
 
-def _check_data_files(checkpoint):
-  needed = {}
-  for name in checkpoint.entries:
-    for _, entry in checkpoint.records(name):
-      if entry.size:
-        needed[entry.shard_id] = max(needed.get(entry.shard_id, 0), entry.offset + entry.size)
+def _check_data_files(checkpoint, needed):
   for shard, path in enumerate(checkpoint.data_files()):
     if not files.exists(path):
       raise errors.UserError('checkpoint data shard %s is missing' % path)
@@ -326,7 +373,7 @@ def decode_string_tensor(data, num_elements, masked_crc=None):
   if pos + 4 > len(data):
     raise ValueError('string tensor truncated in its lengths')
   packed = b''.join(struct.pack('<I' if n <= 0xffffffff else '<Q', n) for n in lengths)
-  if struct.unpack_from('<I', data, pos)[0] != _masked_crc32c(packed):
+  if struct.unpack_from('<I', data, pos)[0] != crc32c.masked(packed):
     raise ValueError('string tensor lengths fail their checksum')
   pos += 4
   if pos + sum(lengths) != len(data):
@@ -334,7 +381,8 @@ def decode_string_tensor(data, num_elements, masked_crc=None):
                      % (len(data) - pos, sum(lengths)))
   # The entry's checksum covers the lengths as those uint32s (not as the stored varints), then
   # the length checksum and the strings.
-  if masked_crc is not None and _masked_crc32c(packed + data[pos - 4:]) != masked_crc:
+  if (masked_crc is not None and
+      crc32c.mask(crc32c.extend(crc32c.value(packed), data[pos - 4:])) != masked_crc):
     raise ValueError('string tensor fails its checksum')
   values = []
   for length in lengths:
@@ -365,10 +413,13 @@ def read_string_tensor(checkpoint, name):
       data = f.read(entry.size)
   except OSError as e:
     raise errors.UserError('cannot read %s: %s' % (path, errors.tf_error_message(e))) from e
+  if len(data) != entry.size:
+    raise corrupt_tensor(checkpoint, name.encode('utf-8'), entry, 'ends early')
+  problem = stored_tensor.check(entry, data)
+  if problem:
+    raise corrupt_tensor(checkpoint, name.encode('utf-8'), entry, problem)
   try:
-    if len(data) != entry.size:
-      raise ValueError('the data shard ends early')
-    return decode_string_tensor(data, count, entry.crc32c)
+    return decode_string_tensor(data, count)
   except (ValueError, struct.error) as e:
     raise errors.UserError('checkpoint %s: tensor %s is corrupt (%s)'
                           % (checkpoint.prefix, name, e)) from e
@@ -445,36 +496,6 @@ def check_restorable(checkpoint, wants, what):
         checkpoint.prefix, what, '; '.join(problems)))
 
 
-def _crc32c_table():
-  table = []
-  for i in range(256):
-    crc = i
-    for _ in range(8):
-      crc = (crc >> 1) ^ (0x82f63b78 if crc & 1 else 0)
-    table.append(crc)
-  return table
-
-
-_CRC32C = _crc32c_table()
-
-
-def _crc32c(data):
-  try:
-    import google_crc32c  # pylint: disable=g-import-not-at-top  # optional: C speed
-  except ImportError:
-    crc = 0xffffffff
-    for byte in data:
-      crc = _CRC32C[(crc ^ byte) & 0xff] ^ (crc >> 8)
-    return crc ^ 0xffffffff
-  return google_crc32c.value(bytes(data))
-
-
-def _masked_crc32c(data):
-  """LevelDB's and TensorFlow's masked CRC32C (crc32c::Mask)."""
-  crc = _crc32c(data)
-  return (((crc >> 15) | (crc << 17)) + 0xa282ead8) & 0xffffffff
-
-
 def encode_varint(value):
   """Protobuf's (and LevelDB's) base-128 varint encoding of a non-negative int."""
   out = bytearray()
@@ -519,7 +540,7 @@ def write_index(path, records, num_shards=1, block_bytes=256 << 10):
   def put_block(contents):
     offset = len(out)
     out.extend(contents)
-    out.extend(b'\x00' + struct.pack('<I', _masked_crc32c(contents + b'\x00')))
+    out.extend(b'\x00' + struct.pack('<I', crc32c.masked(contents + b'\x00')))
     return encode_varint(offset) + encode_varint(len(contents))
 
   index, current, size = [], [], 0
@@ -539,7 +560,28 @@ def write_index(path, records, num_shards=1, block_bytes=256 << 10):
     f.write(bytes(out))
 
 
-def copy_tensors(checkpoint, names, dst_prefix, chunk_bytes=8 << 20, progress=None):
+def record_name(checkpoint, key):
+  """A record of `checkpoint` as a person names it: the tensor, and for a slice its extents
+  in a saver's slice-spec syntax ('item_embedding (slice 0,250:0,64)')."""
+  if not key.startswith(b'\x00'):
+    return key.decode('utf-8', 'replace')
+  name = key[1:key.index(b'\x00', 1)].decode('utf-8', 'replace')
+  try:
+    shape = [d.size for d in checkpoint.entries[name].shape.dim]
+    extents = slice_key_extents(key, shape)
+  except (KeyError, ValueError, IndexError):
+    return name + ' (a slice)'
+  return '%s (slice %s)' % (name, ':'.join('%d,%d' % e for e in extents))
+
+
+def corrupt_tensor(checkpoint, key, entry, problem):
+  """The UserError for a stored tensor whose bytes are not what the index records."""
+  return errors.UserError('checkpoint %s is corrupt: tensor %s in data shard %s %s' % (
+      checkpoint.prefix, record_name(checkpoint, key), checkpoint.data_files()[entry.shard_id],
+      problem))
+
+
+def copy_tensors(checkpoint, names, dst_prefix, chunk_bytes=1 << 20, progress=None, verify=True):
   """Writes the tensors `names` of `checkpoint` as a new one-shard checkpoint at `dst_prefix`.
 
   The stored bytes of each tensor (and of each slice of a partitioned one) are copied as they
@@ -552,16 +594,17 @@ def copy_tensors(checkpoint, names, dst_prefix, chunk_bytes=8 << 20, progress=No
     dst_prefix: prefix of the checkpoint to write (its directory must exist).
     chunk_bytes: bytes read and written at a time.
     progress: optional callable(bytes_done, bytes_total).
+    verify: check each tensor's bytes against the checksum its index entry records.
 
   Returns:
     Bytes of tensor data copied.
 
   Raises:
-    errors.UserError: a data shard that cannot be read.
+    errors.UserError: a data shard that cannot be read, or a tensor that fails its checksum.
   """
   records = [Record(checkpoint, key, entry) for name in names
              for key, entry in checkpoint.records(name)]
-  return copy_records(records, dst_prefix, chunk_bytes, progress)
+  return copy_records(records, dst_prefix, chunk_bytes, progress, verify)
 
 
 @dataclasses.dataclass
@@ -574,23 +617,96 @@ class Record:
   new_key: Optional[bytes] = None
 
 
-def copy_records(records, dst_prefix, chunk_bytes=8 << 20, progress=None):
+class _Shards:
+  """The data shards records are read from, each opened once (read front to back)."""
+
+  def __init__(self):
+    self._open = {}  # (checkpoint id, shard) -> open file
+
+  def get(self, record):
+    handle = (id(record.checkpoint), record.entry.shard_id)
+    if handle not in self._open:
+      path = record.checkpoint.data_files()[record.entry.shard_id]
+      self._open[handle] = files.open_file(path, 'rb')
+    return self._open[handle]
+
+  def close(self):
+    for f in self._open.values():
+      f.close()
+
+
+def _transfer(records, write, chunk_bytes, progress, verify):
+  """Reads the stored bytes of each record, in order, checking each when `verify`.
+
+  Args:
+    records: Records with bytes (entry.size > 0), sorted as they are to be read.
+    write: callable(open source file, record, inspect or None, buffer) that moves one record's
+      bytes, or None to read them only (to check them).
+    chunk_bytes: the size of a piece read through memory.
+    progress: callable(bytes) after each piece.
+    verify: check each record against its entry's checksum.
+
+  Raises:
+    errors.UserError: an unreadable or short shard, or a record that fails its checksum.
+  """
+  shards = _Shards()
+  buffer = bytearray(max(1, min(chunk_bytes, max((r.entry.size for r in records), default=1))))
+  current = None
+  try:
+    for record in records:
+      entry, checkpoint = record.entry, record.checkpoint
+      current = checkpoint.data_files()[entry.shard_id]
+      source = shards.get(record)
+      checksum = stored_tensor.Checksum(entry) if verify else None
+      try:
+        if write is None:
+          def consume(piece):
+            checksum.update(piece)
+            progress(len(piece))
+          files.read_range(source, entry.offset, entry.size, consume, chunk_bytes, buffer)
+        else:
+          write(source, record, checksum.update if checksum else None, buffer)
+      except EOFError as e:
+        raise errors.UserError('checkpoint data shard %s ends early' % current) from e
+      if checksum:
+        problem = checksum.problem()
+        if problem:
+          raise corrupt_tensor(checkpoint, record.key, entry, problem)
+  except OSError as e:
+    raise errors.UserError('cannot copy from checkpoint data shard %s: %s'
+                          % (current, errors.tf_error_message(e))) from e
+  finally:
+    shards.close()
+
+
+_WORKERS = 2  # copy_ranges' workers checking: one reads and checks while the other writes
+
+
+def copy_records(records, dst_prefix, chunk_bytes=1 << 20, progress=None, verify=True):
   """Writes a one-shard checkpoint at `dst_prefix` holding `records`, bytes copied as stored.
 
   Records may come from several checkpoints. Records that point at the same stored bytes (the
   same checkpoint, shard, offset and size: one tensor written under two keys) share one copy.
 
+  With `verify`, each record's bytes are checked while copied against the checksum its index
+  entry records (what TensorFlow's reader checks when it restores them): each piece is read
+  into a buffer, checked there and written from it. Without, between local files the kernel
+  copies them (copy_file_range). Between local files two workers copy (files.copy_ranges):
+  one reads and checks while the other writes.
+
   Args:
     records: list of Record.
     dst_prefix: prefix of the checkpoint to write (its directory must exist).
-    chunk_bytes: bytes read and written at a time when the kernel cannot copy.
+    chunk_bytes: bytes read and written at a time through memory.
     progress: optional callable(bytes_done, bytes_total).
+    verify: check each record's bytes against its entry's checksum.
 
   Returns:
     Bytes of tensor data written.
 
   Raises:
-    errors.UserError: a data shard that cannot be read.
+    errors.UserError: a data shard that cannot be read, or a record that fails its checksum
+      (naming the tensor and the shard).
   """
   def source(record):
     entry = record.entry
@@ -600,11 +716,11 @@ def copy_records(records, dst_prefix, chunk_bytes=8 << 20, progress=None):
   for record in records:
     if record.entry.size:
       unique.setdefault(source(record), record)
-  total = sum(r.entry.size for r in unique.values())
-  opened = {}  # (checkpoint id, shard) -> open file
+  # Sorted by source file and offset, each source file is read front to back.
+  ordered = sorted(unique.values(), key=lambda r: (r.checkpoint.prefix,) + source(r)[1:])
+  total = sum(r.entry.size for r in ordered)
   written = {}  # source -> offset in the new data file
   done = 0
-  data_path = '%s.data-00000-of-00001' % dst_prefix
 
   def advance(n):
     nonlocal done
@@ -612,28 +728,20 @@ def copy_records(records, dst_prefix, chunk_bytes=8 << 20, progress=None):
     if progress:
       progress(done, total)
 
-  current = None
-  try:
-    with files.open_file(data_path, 'wb') as out:
-      # Sorted by source file and offset, each source file is read front to back.
-      for key in sorted(unique, key=lambda k: (unique[k].checkpoint.prefix,) + k[1:]):
-        record = unique[key]
-        entry, checkpoint = record.entry, record.checkpoint
-        current = checkpoint.data_files()[entry.shard_id]
-        handle = (key[0], entry.shard_id)
-        if handle not in opened:
-          opened[handle] = files.open_file(current, 'rb')
-        written[key] = done
-        try:
-          files.copy_range(opened[handle], entry.offset, out, entry.size, chunk_bytes, advance)
-        except EOFError as e:
-          raise errors.UserError('checkpoint data shard %s ends early' % current) from e
-  except OSError as e:
-    raise errors.UserError('cannot copy from checkpoint data shard %s: %s'
-                          % (current, errors.tf_error_message(e))) from e
-  finally:
-    for f in opened.values():
-      f.close()
+  data_path = '%s.data-00000-of-00001' % dst_prefix
+  local = not files.is_remote(data_path) and not any(
+      files.is_remote(r.checkpoint.prefix) for r in ordered)
+  with files.open_file(data_path, 'wb') as out:
+    if local:
+      _copy_local(ordered, out, written, chunk_bytes, advance, verify)
+    else:
+
+      def write(src, record, inspect, buffer):
+        written[source(record)] = done
+        files.copy_range(src, record.entry.offset, out, record.entry.size, chunk_bytes,
+                         advance, inspect, buffer)
+
+      _transfer(ordered, write, chunk_bytes, advance, verify)
   out_records = []
   for record in records:
     copy = tensor_bundle_pb2.BundleEntryProto()
@@ -645,6 +753,49 @@ def copy_records(records, dst_prefix, chunk_bytes=8 << 20, progress=None):
   if progress and not total:
     progress(0, 0)
   return done
+
+
+def _copy_local(ordered, out, written, chunk_bytes, progress, verify):
+  """Copies `ordered` records one after the other into `out` (files.copy_ranges: two workers),
+  checking each when `verify`; fills `written` (record source -> offset in `out`)."""
+  offset, jobs, checksums = 0, [], []
+  for record in ordered:
+    entry = record.entry
+    written[(id(record.checkpoint), entry.shard_id, entry.offset, entry.size)] = offset
+    checksums.append(stored_tensor.Checksum(entry) if verify else None)
+    jobs.append((record.checkpoint.data_files()[entry.shard_id], entry.offset, entry.size,
+                 offset, checksums[-1].update if verify else None))
+    offset += entry.size
+  try:
+    # Two kernel copies into one file only contend for its lock: one worker copies then.
+    files.copy_ranges(jobs, out, chunk_bytes, _WORKERS if verify else 1, progress)
+  except EOFError as e:
+    raise errors.UserError('checkpoint data shard %s (it ends early)' % e) from e
+  except OSError as e:
+    raise errors.UserError('cannot copy checkpoint tensors: %s' % errors.tf_error_message(e)) from e
+  for record, checksum in zip(ordered, checksums):
+    problem = checksum and checksum.problem()
+    if problem:
+      raise corrupt_tensor(record.checkpoint, record.key, record.entry, problem)
+
+
+def verify_records(records, chunk_bytes=1 << 20, progress=None):
+  """Reads the stored bytes of `records` and checks each against its entry's checksum.
+
+  Raises:
+    errors.UserError: an unreadable shard, or a record that fails its checksum.
+  """
+  ordered = sorted((r for r in records if r.entry.size),
+                   key=lambda r: (r.checkpoint.prefix, r.entry.shard_id, r.entry.offset))
+  total, done = sum(r.entry.size for r in ordered), 0
+
+  def advance(n):
+    nonlocal done
+    done += n
+    if progress:
+      progress(done, total)
+
+  _transfer(ordered, None, chunk_bytes, advance, True)
 
 
 def _link_or_copy(src, dst):
@@ -659,13 +810,25 @@ def _link_or_copy(src, dst):
   files.copy(src, dst, overwrite=True)
 
 
-def link_files(checkpoint, dst_prefix):
+def link_files(checkpoint, dst_prefix, verify=False):
   """Makes DST_PREFIX.{index,data-*} the files of `checkpoint`, hard-linked where the
   filesystem allows, else copied.
 
+  Args:
+    checkpoint: the Checkpoint.
+    dst_prefix: the prefix to link it as.
+    verify: first read every stored tensor and check it against its entry's checksum.
+
   Returns:
     (tensors, bytes of tensor data) the checkpoint holds.
+
+  Raises:
+    errors.UserError: with `verify`, a tensor that fails its checksum (nothing linked then).
   """
+  if verify:
+    verify_records([Record(checkpoint, key, entry) for name in checkpoint.entries
+                    for key, entry in checkpoint.records(name)],
+                   progress=units.Progress('checking checkpoint checksums'))
   pairs = [(checkpoint.prefix + '.index', dst_prefix + '.index')]
   pairs += [(src, '%s.data-%05d-of-%05d' % (dst_prefix, k, checkpoint.num_shards))
             for k, src in enumerate(checkpoint.data_files())]

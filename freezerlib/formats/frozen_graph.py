@@ -113,7 +113,7 @@ def _metadata_node(frozen):
   node.attr['dtype'].type = types_pb2.DT_STRING
   value = lean_tf.tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING)
   value.tensor_shape.SetInParent()
-  value.string_val.append(meta.SerializeToString())
+  value.string_val.append(meta.SerializeToString(deterministic=True))
   node.attr['value'].tensor.CopyFrom(value)
   return node
 
@@ -128,7 +128,7 @@ def frozen_to_graph_def(frozen):
 
 def metadata_record(frozen):
   """The serialized NodeDef of `frozen`'s metadata node (for writers that stream nodes)."""
-  return _metadata_node(frozen).SerializeToString()
+  return _metadata_node(frozen).SerializeToString(deterministic=True)
 
 
 def write_graph_def(graph_def, path, overwrite=False):
@@ -143,7 +143,7 @@ def write_graph_def(graph_def, path, overwrite=False):
   start = time.perf_counter()
   with atomic.atomic_output(path, overwrite) as tmp:
     with files.open_file(tmp, 'wb') as f:
-      f.write(graph_def.SerializeToString())
+      f.write(graph_def.SerializeToString(deterministic=True))
   seconds = time.perf_counter() - start
   logging.info('wrote %s: %s in %.1f s (%s/s)', path, units.human_bytes(size), seconds,
                units.human_bytes(size / max(seconds, 1e-9)))
@@ -339,5 +339,5 @@ def write_graph(frozen, prefix, graph_path, overwrite=False):
   with graph_and_checkpoint_output(graph_path, overwrite) as (graph_tmp, ckpt_tmp):
     checkpoint_index.link_checkpoint(prefix, ckpt_tmp)
     with files.open_file(graph_tmp, 'wb') as f:
-      f.write(graph_def.SerializeToString())
+      f.write(graph_def.SerializeToString(deterministic=True))
   return size

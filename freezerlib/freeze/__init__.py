@@ -38,7 +38,8 @@ class FreezeResult:
     model: the written graph's structure (signatures, tags, table init op, saver of kept
       variables); the Consts of frozen variables carry no values, whichever freezer ran.
     variables: names of the variables frozen into constants.
-    tables: contents of the tables kept (transforms.tables.TableContents).
+    tables: the tables kept (transforms.tables.TableContents: the streaming freezer's give
+      counts and sizes, not the arrays, which it never holds all at once).
     kept: names of the variables and tables kept stateful (--keep_as_variables).
     freezer: 'streaming', 'in_memory' or 'tf2'.
   """

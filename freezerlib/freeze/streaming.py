@@ -33,10 +33,12 @@ from freezerlib.core import graphs
 from freezerlib.core import lean_tf
 from freezerlib.core import units
 from freezerlib.core.lean_tf import graph_pb2
+from freezerlib.core.lean_tf import numpy as np  # imported on first use
 from freezerlib.core.lean_tf import tensor_pb2
 from freezerlib.core.lean_tf import tensorflow as tf  # imported on first use
 from freezerlib.formats import checkpoint_index
 from freezerlib.formats import frozen_graph
+from freezerlib.formats import stored_tensor
 from freezerlib.transforms import prune
 from freezerlib.transforms import saver
 from freezerlib.transforms import tables
@@ -204,21 +206,20 @@ def _rewrite_readers(sub, variables):
   return out
 
 
-def _stored_piece(checkpoint, source):
-  """(shard, offset, size, shape) of stored bytes holding exactly `source`, or None (strings,
-  and slices the checkpoint stores differently, are restored instead)."""
+def _stored_record(checkpoint, source):
+  """(index key, entry) of the stored bytes holding exactly `source`, or None (strings, and
+  slices the checkpoint stores differently, are restored instead)."""
   entry = checkpoint.entries[source.name]
   if source.dtype == tf.string:
     return None
   if not source.spec:
     if entry.slices:
       return None
-    return entry.shard_id, entry.offset, entry.size, [d.size for d in entry.shape.dim]
+    return source.name.encode('utf-8'), entry
   full, extents = checkpoint_index.parse_slice_spec(source.spec)
   for key, slice_entry in checkpoint.slices.get(source.name, []):
     if checkpoint_index.slice_key_extents(key, full) == extents:
-      return (slice_entry.shard_id, slice_entry.offset, slice_entry.size,
-              [length for _, length in extents])
+      return key, slice_entry
   return None
 
 
@@ -226,43 +227,115 @@ def _const_prefix(name, dtype, shape):
   """Serialized NodeDef of a Const without its value attribute."""
   node = lean_tf.NodeDef(name=name, op='Const')
   node.attr['dtype'].type = dtype.as_datatype_enum
-  return node.SerializeToString(), tensor_pb2.TensorProto(
+  return node.SerializeToString(deterministic=True), tensor_pb2.TensorProto(
       dtype=dtype.as_datatype_enum,
       tensor_shape=tf.TensorShape(shape).as_proto()).SerializeToString()
 
 
-def _write_streamed_const(out, name, dtype, shape, data_file, offset, size, chunk):
+def _const_header(name, dtype, shape, size):
+  """The bytes of a Const NodeDef record (GraphDef field 1) up to its `size` bytes of
+  tensor_content, which follow it."""
   node_prefix, tensor_prefix = _const_prefix(name, dtype, shape)
   tensor_len = len(tensor_prefix) + len(_field(4, size)) + size
   attr_value_len = len(_field(8, tensor_len)) + tensor_len
-  key = _field(1, 5) + b'value'
-  entry_len = len(key) + len(_field(2, attr_value_len)) + attr_value_len
+  attr_key = _field(1, 5) + b'value'
+  entry_len = len(attr_key) + len(_field(2, attr_value_len)) + attr_value_len
   node_len = len(node_prefix) + len(_field(5, entry_len)) + entry_len
-  out.write(_field(1, node_len) + node_prefix + _field(5, entry_len) + key +
-            _field(2, attr_value_len) + _field(8, tensor_len) + tensor_prefix +
-            _field(4, size))
-  data_file.seek(offset)
-  left = size
-  while left:
-    piece = data_file.read(min(chunk, left))
-    if not piece:
-      raise errors.UserError('checkpoint data file %s ends early' % data_file.name)
-    out.write(piece)
-    left -= len(piece)
-  return len(_field(1, node_len)) + node_len
+  return (_field(1, node_len) + node_prefix + _field(5, entry_len) + attr_key +
+          _field(2, attr_value_len) + _field(8, tensor_len) + tensor_prefix + _field(4, size))
+
+
+def _write_streamed_const(out, name, dtype, checkpoint, key, entry, data_file, chunk, buffer):
+  """Writes a Const NodeDef record whose tensor_content is the stored bytes of `entry`, copied
+  from `data_file` and checked against the checksum the index records; returns its size."""
+  header = _const_header(name, dtype, [d.size for d in entry.shape.dim], entry.size)
+  out.write(header)
+  checksum = stored_tensor.Checksum(entry)
+  try:
+    files.copy_range(data_file, entry.offset, out, entry.size, chunk, inspect=checksum.update,
+                     buffer=buffer)
+  except EOFError as e:
+    raise errors.UserError('checkpoint data shard %s ends early'
+                           % checkpoint.data_files()[entry.shard_id]) from e
+  problem = checksum.problem()
+  if problem:
+    raise checkpoint_index.corrupt_tensor(checkpoint, key, entry, problem)
+  return len(header) + entry.size
+
+
+def _write_node(out, node):
+  data = node.SerializeToString(deterministic=True)
+  out.write(_field(1, len(data)))
+  out.write(data)
+  return len(_field(1, len(data))) + len(data)
+
+
+def _write_value_const(out, name, dtype, value):
+  """Writes a Const NodeDef record holding numpy array `value`: a numeric one's bytes written
+  from the array itself (no tensor proto, no copy), strings through a tensor proto."""
+  if dtype == tf.string:
+    const = lean_tf.NodeDef(name=name, op='Const')
+    const.attr['dtype'].type = dtype.as_datatype_enum
+    const.attr['value'].tensor.CopyFrom(tf.make_tensor_proto(value, dtype))
+    return _write_node(out, const)
+  value = np.ascontiguousarray(value, dtype=dtype.as_numpy_dtype)
+  header = _const_header(name, dtype, list(value.shape), value.nbytes)
+  out.write(header)
+  out.write(memoryview(value.reshape(-1)).cast('B'))
+  return len(header) + value.nbytes
+
+
+def _write_table(out, checkpoint, node, sources, names, nodes, open_shard, chunk, buffer):
+  """Writes the keys and values Consts that fill table `node` (named `names`): straight from
+  the checkpoint's stored bytes where they are the table's export as it is (hash tables of
+  numbers), else restored, one table in memory at a time (strings; a dense table's buckets,
+  of which the empty ones are dropped).
+
+  Returns:
+    (tables.TableContents without the arrays, bytes written).
+  """
+  dense = node.op in tables.DENSE_TABLE_OPS
+  stored = [None if dense else _stored_record(checkpoint, source) for source in sources]
+  if all(stored):
+    written = sum(_write_streamed_const(out, name, source.dtype, checkpoint, key, entry,
+                                        open_shard(entry.shard_id), chunk, buffer)
+                  for name, source, (key, entry) in zip(names, sources, stored))
+    keys_entry = stored[0][1]
+    count = keys_entry.shape.dim[0].size if keys_entry.shape.dim else 1
+    return tables.TableContents(node.name, node.op, None, None, count=count,
+                                size=sum(entry.size for _, entry in stored)), written
+  keys, values = [_restore(checkpoint, source) for source in sources]
+  if dense:
+    empty, deleted = [tf.make_ndarray(nodes[graphs.node_name(i)].attr['value'].tensor)
+                      for i in node.input[:2]]
+    keys, values = tables.drop_empty_buckets(node, keys, values, empty, deleted)
+  held = tables.TableContents(node.name, node.op, keys, values)
+  written = sum(_write_value_const(out, name, source.dtype, value)
+                for name, source, value in zip(names, sources, (keys, values)))
+  return tables.TableContents(node.name, node.op, None, None, count=held.num_keys,
+                              size=held.nbytes), written
 
 
 def _restore(checkpoint, source):
+  """The value of `source` read by TensorFlow, after checking every record it is read from
+  (TensorFlow checks them too, but its error names neither the tensor nor the shard)."""
+  checkpoint_index.verify_records([
+      checkpoint_index.Record(checkpoint, key, entry)
+      for key, entry in checkpoint.records(source.name)])
   return tf.raw_ops.RestoreV2(prefix=checkpoint.prefix, tensor_names=[source.name],
                               shape_and_slices=[source.spec], dtypes=[source.dtype])[0].numpy()
 
 
-def write(the_plan, tags, path, overwrite=False, chunk=8 << 20):
+def write(the_plan, tags, path, overwrite=False, chunk=1 << 20):
   """Writes the frozen GraphDef of `the_plan` to `path`, streaming each variable's bytes.
 
+  Memory holds the graph's structure, one piece of a constant, and at most one table or
+  variable that cannot be streamed (strings, a dense table's buckets).
+
   Returns:
-    (frozen_graph.FrozenModel without the frozen variables' values (structure only), names of
-     the variables frozen, list of tables.TableContents, bytes written).
+    (frozen_graph.FrozenModel without the frozen variables' and tables' values (structure
+     only), names of the variables frozen, list of tables.TableContents (counts, no arrays),
+     bytes written).
 
   Raises:
     errors.UserError: unreadable checkpoint data or an unwritable output.
@@ -278,26 +351,25 @@ def write(the_plan, tags, path, overwrite=False, chunk=8 << 20):
     graph_def.CopyFrom(the_plan.graph_def)
     saver_def = saver.add_saver(graph_def, the_plan.kept)
   taken = {n.name for n in graph_def.node}
-  # Tables: keys and values read one table at a time.
-  fills, contents, fill_names = [], [], []
+  # Tables: each filled by two Consts and an import op, written (and held) one at a time below;
+  # `fills` keeps their structure only (the Consts without values).
+  fills, contents, table_writes = [], [], []
   nodes = {n.name: n for n in graph_def.node}
-  for table, (keys_src, values_src) in sorted(the_plan.table_sources.items()):
+  for table, sources in sorted(the_plan.table_sources.items()):
     node = nodes[table]
-    keys, values = _restore(checkpoint, keys_src), _restore(checkpoint, values_src)
-    if node.op in tables.DENSE_TABLE_OPS:
-      empty, deleted = [tf.make_ndarray(nodes[graphs.node_name(i)].attr['value'].tensor)
-                        for i in node.input[:2]]
-      keys, values = tables.drop_empty_buckets(node, keys, values, empty, deleted)
-    content = tables.TableContents(table, node.op, keys, values)
-    new_nodes, fill = tables.fill_nodes(node, content, taken)
-    fills.extend(new_nodes)
-    fill_names.append(fill)
-    contents.append(content)
-    logging.info('table %s (%s): %d keys from the checkpoint', table, node.op, len(keys))
+    keys_name, values_name, fill_name = tables.fill_names(node, taken)
+    fill = tables.fill_op(node, keys_name, values_name, fill_name)
+    table_writes.append((node, sources, (keys_name, values_name), fill))
+    for name, source in zip((keys_name, values_name), sources):
+      const = lean_tf.NodeDef(name=name, op='Const')
+      const.attr['dtype'].type = source.dtype.as_datatype_enum
+      fills.append(const)
+    fills.append(fill)
   init_op = None
-  if fill_names:
+  if table_writes:
     init_op = graphs.unique_name(tables.INIT_OP_NAME, taken)
-    fills.append(lean_tf.NodeDef(name=init_op, op='NoOp', input=['^' + f for f in fill_names]))
+    fills.append(lean_tf.NodeDef(name=init_op, op='NoOp',
+                                 input=['^' + fill.name for _, _, _, fill in table_writes]))
   model = frozen_graph.FrozenModel(
       graph_def=graph_pb2.GraphDef(),
       signatures=frozen_graph.frozen_signatures(the_plan.signatures),
@@ -306,6 +378,7 @@ def write(the_plan, tags, path, overwrite=False, chunk=8 << 20):
   progress = units.Progress('streaming constants')
   done = written = 0
   files_open = {}
+  buffer = bytearray(chunk)  # one piece of a streamed constant, reused
   with contextlib.ExitStack() as outputs:
     if the_plan.kept:
       tmp, ckpt_prefix = outputs.enter_context(
@@ -324,37 +397,40 @@ def write(the_plan, tags, path, overwrite=False, chunk=8 << 20):
     metadata = frozen_graph.frozen_to_graph_def(model).node[0]
     try:
       with files.open_file(tmp, 'wb') as out:
+
+        def open_shard(shard):
+          if shard not in files_open:
+            files_open[shard] = files.open_file(checkpoint.data_files()[shard], 'rb')
+          return files_open[shard]
+
         for node in graph_def.node:
           source = the_plan.variables.get(node.name) if node.op == 'Const' else None
           if source is None:
-            data = node.SerializeToString()
-            out.write(_field(1, len(data)) + data)
-            written += len(_field(1, len(data))) + len(data)
+            written += _write_node(out, node)
             continue
-          piece = _stored_piece(checkpoint, source)
-          if piece is None:  # strings, or a slice stored differently: one tensor in memory
-            const = lean_tf.NodeDef(name=node.name, op='Const')
+          stored = _stored_record(checkpoint, source)
+          if stored is None:  # strings, or a slice stored differently: one tensor in memory
             value = _restore(checkpoint, source)
-            const.attr['dtype'].type = source.dtype.as_datatype_enum
-            const.attr['value'].tensor.CopyFrom(tf.make_tensor_proto(value, source.dtype))
-            data = const.SerializeToString()
-            out.write(_field(1, len(data)) + data)
-            written += len(_field(1, len(data))) + len(data)
+            written += _write_value_const(out, node.name, source.dtype, value)
             done += value.nbytes
+            del value
           else:
-            shard, offset, size, shape = piece
-            if shard not in files_open:
-              files_open[shard] = files.open_file(checkpoint.data_files()[shard], 'rb')
-            written += _write_streamed_const(out, node.name, source.dtype, shape, files_open[shard],
-                                             offset, size, chunk)
-            done += size
+            key, entry = stored
+            written += _write_streamed_const(out, node.name, source.dtype, checkpoint, key, entry,
+                                             open_shard(entry.shard_id), chunk, buffer)
+            done += entry.size
           progress(done, total)
-        for node in fills + [metadata]:
-          data = node.SerializeToString()
-          out.write(_field(1, len(data)) + data)
-          written += len(_field(1, len(data))) + len(data)
+        for node, sources, names, fill in table_writes:
+          content, size = _write_table(out, checkpoint, node, sources, names, nodes, open_shard,
+                                       chunk, buffer)
+          written += size + _write_node(out, fill)
+          contents.append(content)
+          logging.info('table %s (%s): %d keys from the checkpoint (%s)', node.name, node.op,
+                       content.num_keys, units.human_bytes(content.nbytes))
+        for node in ([fills[-1]] if init_op else []) + [metadata]:
+          written += _write_node(out, node)
         for number, message in ((2, graph_def.library), (4, graph_def.versions)):
-          data = message.SerializeToString()
+          data = message.SerializeToString(deterministic=True)
           if data:
             out.write(_field(number, len(data)) + data)
             written += len(_field(number, len(data))) + len(data)

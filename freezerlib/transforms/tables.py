@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from typing import Optional
 
 from absl import logging
 
@@ -36,14 +37,26 @@ INIT_OP_NAME = 'freezer/init_tables'
 
 @dataclasses.dataclass
 class TableContents:
-  """What one table holds: `keys[i]` maps to `values[i]`."""
+  """What one table holds: `keys[i]` maps to `values[i]`.
+
+  A freezer that writes a table without holding it (the streaming one) leaves `keys` and
+  `values` None and gives their count and size instead.
+  """
   name: str
   op: str
-  keys: np.ndarray
-  values: np.ndarray
+  keys: Optional[np.ndarray]
+  values: Optional[np.ndarray]
+  count: Optional[int] = None  # keys, when `keys` is not held
+  size: Optional[int] = None   # bytes of keys and values, when they are not held
+
+  @property
+  def num_keys(self):
+    return len(self.keys) if self.keys is not None else self.count
 
   @property
   def nbytes(self):
+    if self.keys is None:
+      return self.size
     size = lambda a: (sum(len(x) for x in a.ravel()) if a.dtype == object else a.nbytes)
     return size(self.keys) + size(self.values)
 
@@ -114,6 +127,27 @@ def _const_node(name, array, dtype):
   return node
 
 
+def fill_names(table_node, taken):
+  """Names of the keys and values Consts and of the op that fill `table_node` (fill_nodes'),
+  made unique among `taken`, to which they are added."""
+  scope = 'freezer/tables/' + table_node.name
+  return tuple(graphs.unique_name(scope + part, taken) for part in ('/keys', '/values', '/fill'))
+
+
+def fill_op(table_node, keys_name, values_name, name):
+  """The NodeDef that fills `table_node` from the Consts `keys_name` and `values_name`."""
+  key_dtype = table_node.attr['key_dtype'].type
+  value_dtype = table_node.attr['value_dtype'].type
+  if table_node.op in DENSE_TABLE_OPS:
+    op = 'LookupTableInsertV2' if not _is_ref_table(table_node) else 'LookupTableInsert'
+  else:
+    op = 'LookupTableImportV2' if not _is_ref_table(table_node) else 'LookupTableImport'
+  fill = lean_tf.NodeDef(name=name, op=op, input=[table_node.name, keys_name, values_name])
+  fill.attr['Tin'].type = key_dtype
+  fill.attr['Tout'].type = value_dtype
+  return fill
+
+
 def fill_nodes(table_node, contents, taken):
   """NodeDefs that fill `table_node` with `contents` when run: two Consts and an import op.
 
@@ -127,17 +161,10 @@ def fill_nodes(table_node, contents, taken):
   """
   key_dtype = tf.as_dtype(table_node.attr['key_dtype'].type)
   value_dtype = tf.as_dtype(table_node.attr['value_dtype'].type)
-  scope = 'freezer/tables/' + table_node.name
-  keys = _const_node(graphs.unique_name(scope + '/keys', taken), contents.keys, key_dtype)
-  values = _const_node(graphs.unique_name(scope + '/values', taken), contents.values, value_dtype)
-  if table_node.op in DENSE_TABLE_OPS:
-    op = 'LookupTableInsertV2' if not _is_ref_table(table_node) else 'LookupTableInsert'
-  else:
-    op = 'LookupTableImportV2' if not _is_ref_table(table_node) else 'LookupTableImport'
-  fill = tf1.NodeDef(name=graphs.unique_name(scope + '/fill', taken), op=op,
-                     input=[table_node.name, keys.name, values.name])
-  fill.attr['Tin'].type = key_dtype.as_datatype_enum
-  fill.attr['Tout'].type = value_dtype.as_datatype_enum
+  keys_name, values_name, fill_name = fill_names(table_node, taken)
+  keys = _const_node(keys_name, contents.keys, key_dtype)
+  values = _const_node(values_name, contents.values, value_dtype)
+  fill = fill_op(table_node, keys_name, values_name, fill_name)
   return [keys, values, fill], fill.name
 
 

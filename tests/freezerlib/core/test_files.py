@@ -138,3 +138,30 @@ def test_copy_between_local_and_remote(tmp_path, ram):
   assert files.read(ram + '/remote') == b'abc' * 1000
   files.copy(ram + '/remote', str(tmp_path / 'back'))
   assert (tmp_path / 'back').read_bytes() == b'abc' * 1000
+
+
+@pytest.mark.parametrize('workers', [1, 2, 3])
+@pytest.mark.parametrize('inspected', [False, True])
+def test_copy_ranges_puts_each_range_in_its_place(tmp_path, workers, inspected):
+  sources = [tmp_path / 'a', tmp_path / 'b']
+  data = [os.urandom(3 << 20), os.urandom(100000)]
+  for path, content in zip(sources, data):
+    path.write_bytes(content)
+  ranges = [(0, 5, 2 << 20), (1, 7, 5000), (0, (2 << 20) + 5, 1000), (1, 0, 0), (1, 99000, 1000)]
+  jobs, seen, offset, expected = [], {}, 0, b''
+  for k, (source, start, length) in enumerate(ranges):
+    inspect = (lambda piece, k=k: seen.setdefault(k, bytearray()).extend(piece)) if inspected \
+        else None
+    jobs.append((str(sources[source]), start, length, offset, inspect))
+    expected += data[source][start:start + length]
+    offset += length
+  counted = []
+  with open(tmp_path / 'out', 'wb') as out:
+    files.copy_ranges(jobs, out, piece_bytes=65536, workers=workers, progress=counted.append)
+    assert out.tell() == len(expected)
+  assert (tmp_path / 'out').read_bytes() == expected and sum(counted) == len(expected)
+  if inspected:
+    assert {k: bytes(v) for k, v in seen.items()} == {
+        k: data[s][a:a + n] for k, (s, a, n) in enumerate(ranges) if n}
+  with open(tmp_path / 'out', 'wb') as out, pytest.raises(EOFError, match='bytes short'):
+    files.copy_ranges([(str(sources[1]), 99990, 20, 0, None)] + jobs, out, workers=workers)
