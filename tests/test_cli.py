@@ -123,10 +123,15 @@ def _interrupted(args, delay, sig):
   return proc.returncode, out, err
 
 
-@pytest.mark.parametrize('delay', [0.0, 0.5, 1.5, 3.0, 5.0])
-@pytest.mark.parametrize('sig', [signal.SIGINT, signal.SIGTERM], ids=['SIGINT', 'SIGTERM'])
+# Moments after the script's first line: during imports (TensorFlow's take seconds), while the
+# graph is read and checked, while the output is written, and once it is complete.
+@pytest.mark.parametrize('sig,delay', [(signal.SIGINT, 0.0), (signal.SIGTERM, 0.5),
+                                       (signal.SIGINT, 1.5), (signal.SIGTERM, 3.0),
+                                       (signal.SIGINT, 5.0)],
+                         ids=['SIGINT-0.0', 'SIGTERM-0.5', 'SIGINT-1.5', 'SIGTERM-3.0',
+                              'SIGINT-5.0'])
 def test_interrupt_at_any_moment_is_one_line_and_leaves_nothing_half_written(
-    tiny_model, tmp_path, delay, sig):
+    tiny_model, tmp_path, sig, delay):
   out = tmp_path / 'frozen.pb'
   before = tree_digest(tiny_model['saved_model'])
   code, _, err = _interrupted(['freezer.py', '--saved_model_dir=' + tiny_model['saved_model'],
