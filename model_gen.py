@@ -143,6 +143,10 @@ _CHIEF_HOST = flags.DEFINE_string(
 _CLUSTER_TIMEOUT_SECS = flags.DEFINE_integer(
     'cluster_timeout_secs', 600, 'Stop every task of a cluster that has not finished training '
     'within this many seconds.', lower_bound=1)
+_CLUSTER_LOG_DIR = flags.DEFINE_string(
+    'cluster_log_dir', None, 'With --num_ps: write each task\'s output to DIR/<job>-<index>.log '
+    'and keep it; by default the logs go to a temporary directory, removed when training '
+    'succeeds (and named in the error when it does not).')
 _FAKE_INFER_GRAPH = flags.DEFINE_bool(
     'fake_infer_graph', False, 'Write only OUTPUT_DIR/saved_model: the model on placeholders, '
     'without optimizer, data or checkpoint, with the variable names, partitions and table '
@@ -259,7 +263,7 @@ def _work_tf2():
                                                    _OVERWRITE.value)
   result = tf2_cluster.train_distributed(
       _OUTPUT_DIR.value, config, _NUM_PS.value, cli_flags.value_or_default(_NUM_WORKERS, 1),
-      _OVERWRITE.value, _CLUSTER_TIMEOUT_SECS.value)
+      _OVERWRITE.value, _CLUSTER_TIMEOUT_SECS.value, log_dir=_CLUSTER_LOG_DIR.value)
   logging.info('checkpoint: %s', result['checkpoint'])
   return result
 
@@ -292,7 +296,7 @@ def main(argv):
     elif _NUM_PS.value:
       num_workers = cli_flags.value_or_default(_NUM_WORKERS, 1)
       result = cluster.train_distributed(_OUTPUT_DIR.value, config, _NUM_PS.value, num_workers,
-                                 _OVERWRITE.value, _CLUSTER_TIMEOUT_SECS.value)
+                                 _OVERWRITE.value, _CLUSTER_TIMEOUT_SECS.value, log_dir=_CLUSTER_LOG_DIR.value)
       logging.info('checkpoint: %s', result['checkpoint'])
     else:
       from freezerlib.core import atomic  # pylint: disable=g-import-not-at-top

@@ -99,14 +99,25 @@ NUM_PS = 2
 
 @pytest.fixture(scope='session')
 def cluster_model(tmp_path_factory):
-  """TINY trained by a real cluster of 2 PS + 1 worker on loopback: train_distributed's result
-  (sharded checkpoint, SavedModel with /job:ps devices), plus 'seconds' and 'root'."""
+  """TINY trained by a real cluster of 2 PS + 1 worker on loopback, started as the README does
+  (`model_gen.py --num_ps=2 --num_workers=1`): 'saved_model' (its graph keeps /job:ps
+  devices), 'checkpoint' (sharded), 'data', plus 'seconds', 'root' (the tasks' logs are in
+  ROOT/logs), 'proc' (the finished command)."""
   import time  # pylint: disable=g-import-not-at-top
   root = tmp_path_factory.mktemp('cluster')
+  out = root / 'model'
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
   start = time.monotonic()
-  result = cluster.train_distributed(str(root / 'model'), TINY, num_ps=NUM_PS, num_workers=1,
-                                     timeout_secs=120, log_dir=str(root / 'logs'))
-  return dict(result, seconds=time.monotonic() - start, root=str(root))
+  proc = subprocess.run([sys.executable, 'model_gen.py', '--output_dir=%s' % out,
+                         '--num_ps=%d' % NUM_PS, '--num_workers=1', '--cluster_timeout_secs=120',
+                         '--cluster_log_dir=%s' % (root / 'logs')]
+                        + TINY_FLAGS, cwd=REPO, env=env, capture_output=True, text=True,
+                        timeout=300, check=False)
+  seconds = time.monotonic() - start
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return {'saved_model': str(out / 'saved_model'),
+          'checkpoint': str(out / 'ckpt' / ('model.ckpt-%d' % TINY.steps)),
+          'data': str(out / 'data'), 'seconds': seconds, 'root': str(root), 'proc': proc}
 
 
 @pytest.fixture(scope='session')
