@@ -36,18 +36,6 @@ TINY_FLAGS = ['--num_examples=512', '--num_users=300', '--num_categories=20',
               '--hidden_units=8', '--batch_size=32', '--steps=30', '--seed=3']
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(items):
-  """Groups for pytest-xdist's --dist=loadgroup (test.sh): the tests of one file run in one
-  process, so its module fixtures are built once; the files that use the parameter-server
-  cluster's model run in one process, so the cluster trains once."""
-  for item in items:
-    fixtures = getattr(item, 'fixturenames', ())
-    group = ('cluster' if 'cluster_model' in fixtures or 'fake_graph' in fixtures
-             else item.nodeid.split('::')[0])
-    item.add_marker(pytest.mark.xdist_group(group))
-
-
 def tf_serving_model(name):
   """Path of a TF Serving test model's version directory; skips when shared/ is absent."""
   path = TF_SERVING / name / '00000123'

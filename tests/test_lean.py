@@ -36,17 +36,6 @@ def _export_in_fresh_process(structure, ckpt, out):
   return proc.stdout.split('LOADED', 1)[1].strip()
 
 
-def test_fake_graph_export_runs_without_tensorflow(cluster_model, fake_graph, tmp_path):
-  """The issue's case (a fake inference graph, whose inputs are placeholders): the script
-  loads neither TensorFlow's Python API nor its runtime, nor numpy, and writes byte for byte
-  what the in-process export (TensorFlow loaded) writes."""
-  ckpt = cluster_model['checkpoint'].rsplit('/', 1)[0]
-  assert _export_in_fresh_process(fake_graph, ckpt, tmp_path / 'lean') == '[]'
-  from_checkpoint.saved_model_from_checkpoint(checkpoint=ckpt, output_dir=str(tmp_path / 'heavy'),
-                           saved_model_dir=fake_graph)
-  assert tree_digest(tmp_path / 'lean') == tree_digest(tmp_path / 'heavy')
-
-
 def test_reader_inputs_load_tensorflow_for_shape_inference(tiny_model, tmp_path):
   """A training SavedModel as structure (inputs at IteratorGetNext) needs shape inference for
   its placeholders: TensorFlow is loaded then, and the result is the same."""

@@ -11,16 +11,23 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import NUM_PS
 from conftest import REPO
 from conftest import TINY
 from conftest import TINY_FLAGS
 from conftest import run_script
-
-from conftest import NUM_PS  # pylint: disable=g-bad-import-order
+from conftest import tree_digest
 from freezerlib.core import errors
 from freezerlib.demo import cluster
 from freezerlib.demo import recsys_model
+from freezerlib.export import from_checkpoint
+from freezerlib.formats import checkpoint_index
 from freezerlib.formats import saved_model
+from freezerlib.verify import compare
+from freezerlib.verify import inputs
+from freezerlib.verify import loaders
+from test_lean import _export_in_fresh_process  # pylint: disable=g-bad-import-order
+
 OPTIMIZER_OPS = {'ResourceApplyAdam', 'ApplyAdam', 'ResourceSparseApplyAdam'}
 
 
@@ -262,3 +269,50 @@ def test_cli_joins_a_cluster(tmp_path):
       'model.ckpt-%d.data-00000-of-00001' % step]
   assert sorted(os.listdir(out)) == ['ckpt', 'data', 'saved_model']
   assert _cluster_processes(str(tmp_path)) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# The cluster's checkpoint through the checkpoint path (here, with the other tests that use the
+# cluster's model, so that pytest-xdist's --dist=loadfile trains the cluster once)
+
+
+def test_cluster_checkpoint_serves_through_the_fake_inference_graph(cluster_model, fake_graph,
+                                                                    tmp_path, capi):
+  """The issue's path: a real 2-PS cluster's sharded checkpoint, the fake graph's structure."""
+  import capi_runner  # pylint: disable=g-import-not-at-top
+  ckpt_dir = cluster_model['checkpoint'].rsplit('/', 1)[0]
+  index = checkpoint_index.read_index(cluster_model['checkpoint'])
+  assert index.num_shards == 2
+  out = str(tmp_path / 'serving')
+  report = from_checkpoint.saved_model_from_checkpoint(checkpoint=ckpt_dir, output_dir=out,
+                                    saved_model_dir=fake_graph)
+  assert report.bytes_exported < report.bytes_in_checkpoint
+  names = set(tf.train.load_checkpoint(out + '/variables/variables').get_variable_to_shape_map())
+  assert {'user_stats/shard_0-keys', 'user_stats/shard_1-keys', 'item_embedding'} <= names
+  assert not [n for n in names if 'Adam' in n or n == 'global_step']
+  # The training SavedModel, restored from the same checkpoint, is the reference; its graph
+  # keeps /job:ps devices (the loader clears them), the export has none.
+  reference = loaders.load_saved_model(cluster_model['saved_model'])
+  new = loaders.load_saved_model(out)
+  assert not any(n.device for n in new.graph_def.node)
+  maker = inputs.InputMaker(reference, seed=4)
+  feeds = {k: maker.make(k, 120) for k in reference.signatures}
+  results = compare.compare(reference, new, feeds, atol=1e-6, rtol=0)
+  assert len(results) == 4 and all(r.passed for r in results), results
+  stats = reference.run('embeddings', feeds['embeddings'])['user_stats']
+  assert 10 < np.count_nonzero(stats[:, 0]) < 110  # ids from both shards' keys, and unseen
+  served = capi_runner.run_signatures(capi, out, feeds)
+  for key, feed in feeds.items():
+    for name, value in reference.run(key, feed).items():
+      np.testing.assert_allclose(served[key][name], value, atol=1e-6, rtol=0, err_msg=name)
+
+
+def test_fake_graph_export_runs_without_tensorflow(cluster_model, fake_graph, tmp_path):
+  """The issue's case (a fake inference graph, whose inputs are placeholders): the script
+  loads neither TensorFlow's Python API nor its runtime, nor numpy, and writes byte for byte
+  what the in-process export (TensorFlow loaded) writes."""
+  ckpt = cluster_model['checkpoint'].rsplit('/', 1)[0]
+  assert _export_in_fresh_process(fake_graph, ckpt, tmp_path / 'lean') == '[]'
+  from_checkpoint.saved_model_from_checkpoint(checkpoint=ckpt, output_dir=str(tmp_path / 'heavy'),
+                           saved_model_dir=fake_graph)
+  assert tree_digest(tmp_path / 'lean') == tree_digest(tmp_path / 'heavy')

@@ -185,34 +185,3 @@ def test_readme_command(tiny_model, tmp_path):
                     '--output_saved_model_dir=%s' % (tmp_path / 'other'))
   assert_one_line_error(proc, 'optimize_from_ckpt.py', 'no `checkpoint` state file')
   assert not (tmp_path / 'other').exists()
-
-
-def test_cluster_checkpoint_serves_through_the_fake_inference_graph(cluster_model, fake_graph,
-                                                                    tmp_path, capi):
-  """The issue's path: a real 2-PS cluster's sharded checkpoint, the fake graph's structure."""
-  import capi_runner  # pylint: disable=g-import-not-at-top
-  ckpt_dir = cluster_model['checkpoint'].rsplit('/', 1)[0]
-  index = checkpoint_index.read_index(cluster_model['checkpoint'])
-  assert index.num_shards == 2
-  out = str(tmp_path / 'serving')
-  report = from_checkpoint.saved_model_from_checkpoint(checkpoint=ckpt_dir, output_dir=out,
-                                    saved_model_dir=fake_graph)
-  assert report.bytes_exported < report.bytes_in_checkpoint
-  names = set(tf.train.load_checkpoint(out + '/variables/variables').get_variable_to_shape_map())
-  assert {'user_stats/shard_0-keys', 'user_stats/shard_1-keys', 'item_embedding'} <= names
-  assert not [n for n in names if 'Adam' in n or n == 'global_step']
-  # The training SavedModel, restored from the same checkpoint, is the reference; its graph
-  # keeps /job:ps devices (the loader clears them), the export has none.
-  reference = loaders.load_saved_model(cluster_model['saved_model'])
-  new = loaders.load_saved_model(out)
-  assert not any(n.device for n in new.graph_def.node)
-  maker = inputs.InputMaker(reference, seed=4)
-  feeds = {k: maker.make(k, 120) for k in reference.signatures}
-  results = compare.compare(reference, new, feeds, atol=1e-6, rtol=0)
-  assert len(results) == 4 and all(r.passed for r in results), results
-  stats = reference.run('embeddings', feeds['embeddings'])['user_stats']
-  assert 10 < np.count_nonzero(stats[:, 0]) < 110  # ids from both shards' keys, and unseen
-  served = capi_runner.run_signatures(capi, out, feeds)
-  for key, feed in feeds.items():
-    for name, value in reference.run(key, feed).items():
-      np.testing.assert_allclose(served[key][name], value, atol=1e-6, rtol=0, err_msg=name)
