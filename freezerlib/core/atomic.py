@@ -174,6 +174,13 @@ def _commit(tmp, path, overwrite):
   _move(tmp, path)
 
 
+def _file_error_as_user_error(e, path):
+  """Raises a file error met while writing `path` as a one-line UserError (other exceptions,
+  the caller's own or the tool's bugs, are left to the caller to re-raise)."""
+  if files.is_error(e):
+    raise errors.UserError('cannot write %s: %s' % (path, errors.tf_error_message(e))) from e
+
+
 @contextlib.contextmanager
 def atomic_output(path, overwrite=False):
   """Yields a temporary path beside `path`; on success moves it onto `path`.
@@ -206,9 +213,8 @@ def atomic_output(path, overwrite=False):
       _commit(tmp, path, overwrite)
       _COMPLETED.append(path)
   except Exception as e:  # pylint: disable=broad-except
-    if not files.is_error(e):
-      raise
-    raise errors.UserError('cannot write %s: %s' % (path, errors.tf_error_message(e))) from e
+    _file_error_as_user_error(e, path)
+    raise
   finally:
     if files.exists(tmp):
       _remove(tmp)
@@ -331,9 +337,8 @@ def versioned_output(base, version, overwrite=False):
       out.path = target
       _COMPLETED.append(target)
   except Exception as e:  # pylint: disable=broad-except
-    if not files.is_error(e):
-      raise
-    raise errors.UserError('cannot write %s: %s' % (base, errors.tf_error_message(e))) from e
+    _file_error_as_user_error(e, base)
+    raise
   finally:
     if files.exists(tmp):
       _remove(tmp)

@@ -165,27 +165,25 @@ def signatures_to_serve(meta_graph, signature_names, inputs, outputs, where):
                                                     where)}
 
 
-def signature_output_nodes(signatures):
-  """Names of the nodes that produce the signatures' outputs, in a stable order."""
+def _signature_nodes(signatures, kind):
   names = []
   for sig in signatures.values():
-    for tensor in graphs.signature_tensors(sig, 'outputs'):
+    for tensor in graphs.signature_tensors(sig, kind):
       name = graphs.node_name(tensor)
       if name not in names:
         names.append(name)
   return names
+
+
+def signature_output_nodes(signatures):
+  """Names of the nodes that produce the signatures' outputs, in a stable order."""
+  return _signature_nodes(signatures, 'outputs')
 
 
 def signature_input_nodes(signatures):
   """Names of the nodes that feed the signatures' inputs (every component of a sparse or
   composite input), in a stable order."""
-  names = []
-  for sig in signatures.values():
-    for tensor in graphs.signature_tensors(sig, 'inputs'):
-      name = graphs.node_name(tensor)
-      if name not in names:
-        names.append(name)
-  return names
+  return _signature_nodes(signatures, 'inputs')
 
 
 def check_tensors_exist(graph_def, signatures, where):
