@@ -61,6 +61,11 @@ _SHARDS = flags.DEFINE_integer(
     lower_bound=1)
 _TABLE_KEYS = flags.DEFINE_integer(
     'table_keys', 1000000, 'Keys in the user_stats hash table.', lower_bound=1)
+_TABLE_DIM = flags.DEFINE_integer(
+    'table_dim', recsys_model.STATS_DIM, 'Floats per key in the hash tables.', lower_bound=2)
+_STRING_TABLE_KEYS = flags.DEFINE_integer(
+    'string_table_keys', 0, 'Keys in the category_stats hash table (string keys; the serving '
+    'inputs draw categories from them).', lower_bound=0)
 _REPEATS = flags.DEFINE_integer('repeats', 3, 'Runs of each command (medians reported).',
                                 lower_bound=1)
 _REBUILD = flags.DEFINE_bool('rebuild', False, 'Rebuild the model even if work_dir has one.')
@@ -103,7 +108,7 @@ def _place_round_robin(shards):
 
 
 def build(work_dir, embedding_mb, dim, partitions, shards, table_keys, train_step=True,
-          checkpoint_path=True):
+          checkpoint_path=True, table_dim=recsys_model.STATS_DIM, string_table_keys=0):
   """Writes work_dir/saved_model, and work_dir/ckpt (sharded, with Adam slots and the table)
   and work_dir/structure.
 
@@ -114,11 +119,13 @@ def build(work_dir, embedding_mb, dim, partitions, shards, table_keys, train_ste
     train_step: build the optimizer and run one step (Adam slots get values, twice the
       embedding's bytes); without it the model has no optimizer, so it builds faster.
     checkpoint_path: also write ckpt/ and structure/ (what optimize_from_ckpt.py reads).
+    table_dim: floats per key of the hash tables.
+    string_table_keys: keys inserted into category_stats (string keys).
   """
   rows = max(partitions, (embedding_mb << 20) // (4 * dim))
   config = recsys_model.ModelConfig(item_buckets=rows, embedding_dim=dim,
                                  num_partitions=partitions, num_dense=8,
-                                 hidden_units=(64, 32), batch_size=256)
+                                 hidden_units=(64, 32), batch_size=256, stats_dim=table_dim)
   graph = tf.Graph()
   with graph.as_default(), graph.device(_place_round_robin(shards)):
     features = {
@@ -131,8 +138,11 @@ def build(work_dir, embedding_mb, dim, partitions, shards, table_keys, train_ste
     outputs = recsys_model.build_model(features, config, training=train_step)
     table = graph.get_tensor_by_name('user_stats:0')
     keys = tf1.placeholder(tf.int64, [None])
-    values = tf1.placeholder(tf.float32, [None, recsys_model.STATS_DIM])
+    values = tf1.placeholder(tf.float32, [None, table_dim])
     insert = tf.raw_ops.LookupTableInsertV2(table_handle=table, keys=keys, values=values)
+    names = tf1.placeholder(tf.string, [None])
+    insert_names = tf.raw_ops.LookupTableInsertV2(
+        table_handle=graph.get_tensor_by_name('category_stats:0'), keys=names, values=values)
     saver = tf1.train.Saver(sharded=True, max_to_keep=1, save_relative_paths=True)
     session_config = tf1.ConfigProto(device_count={'CPU': shards}, allow_soft_placement=False)
     with tf1.Session(graph=graph, config=session_config) as session:
@@ -141,7 +151,12 @@ def build(work_dir, embedding_mb, dim, partitions, shards, table_keys, train_ste
       all_keys = rng.randint(1, 2**62, size=table_keys, dtype=np.int64)
       for start in range(0, table_keys, 200000):
         k = all_keys[start:start + 200000]
-        session.run(insert, {keys: k, values: rng.rand(len(k), 2).astype(np.float32) * 10})
+        session.run(insert, {keys: k, values: rng.rand(len(k), table_dim).astype(np.float32) * 10})
+      categories = np.array([b'category_%d' % i for i in range(string_table_keys)], object)
+      for start in range(0, string_table_keys, 200000):
+        k = categories[start:start + 200000]
+        session.run(insert_names,
+                    {names: k, values: rng.rand(len(k), table_dim).astype(np.float32) * 10})
       batch = 256
       feed = {features['user_id']: all_keys[:batch],
               features['item_id']: rng.randint(0, rows, batch).astype(np.int64),
@@ -467,7 +482,8 @@ def main(argv):
     os.makedirs(work_dir)
     start = time.perf_counter()
     _in_child(build, work_dir, _EMBEDDING_MB.value, _DIM.value, _PARTITIONS.value,
-              _SHARDS.value, _TABLE_KEYS.value, _ADAM_SLOTS.value)
+              _SHARDS.value, _TABLE_KEYS.value, _ADAM_SLOTS.value, True, _TABLE_DIM.value,
+              _STRING_TABLE_KEYS.value)
     print('built the model in %.0f s' % (time.perf_counter() - start))
   print('command: %s' % ' '.join([os.path.relpath(sys.argv[0], REPO)] + sys.argv[1:]))
   print('machine: %s' % machine())
