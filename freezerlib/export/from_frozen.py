@@ -3,8 +3,10 @@
 Each signature input that is a reader output (`IteratorGetNext:k`) or an intermediate tensor
 becomes a Placeholder named after its signature key; everything the signatures' outputs and the
 table fill do not need is removed; devices are cleared; Grappler's passes run. Big constants
-become variables restored from variables/ (transforms.constants_as_variables); a graph frozen
-with `--keep_as_variables` keeps its saver, and the checkpoint beside it becomes variables/.
+become variables, and tables with big contents are restored by the saver, from variables/
+(transforms.constants_as_variables); a graph frozen with `--keep_as_variables` keeps what its
+saver restores, and the checkpoint beside it becomes variables/ (merged with the new tensors,
+if any).
 """
 
 import dataclasses
@@ -119,7 +121,8 @@ def saved_model_from_frozen_graph(input_graph, output_saved_model_dir=None, outp
     overwrite: replace existing outputs.
     allow_ops: op types that touch files, run Python or reach the network to accept.
     constants_as_variables: in the SavedModel, Consts of at least this many bytes become
-      variables restored from its variables/ (None: none do).
+      variables, and tables whose keys and values take that much are restored by the saver,
+      from its variables/ (None: none are).
     signature_names: serve only these signatures (all when empty).
     version: None, or an int or 'auto': write the SavedModel as OUTPUT_SAVED_MODEL_DIR/<version>,
       TF Serving's layout (see core.atomic.versioned_output).
@@ -154,8 +157,8 @@ def saved_model_from_frozen_graph(input_graph, output_saved_model_dir=None, outp
   # without their bytes (on a graph with 355 MiB of constants Grappler alone took 9.5 s), and
   # the SavedModel restores them from variables/ instead of parsing them from its graph.
   split = None
-  if frozen.saver_def is None and constants_as_variables is not None:
-    split = constants_lib.split(frozen, constants_as_variables)
+  if constants_as_variables is not None:
+    split = constants_lib.split(frozen, constants_as_variables, input_graph)
   work = split.frozen if split else frozen
   tf = lean_tf.tensorflow
   try:
@@ -166,10 +169,10 @@ def saved_model_from_frozen_graph(input_graph, output_saved_model_dir=None, outp
   unsafe_ops.unsafe_in(result.graph_def, set(allow_ops), input_graph,
                        exempt=saved_model.saver_nodes(result.graph_def, result.saver_def))
   if split:
-    logging.info('%d constants of %s or more (%s) set aside as variables', len(split.values),
-                 units.human_bytes(constants_as_variables), units.human_bytes(
-                     sum(lean_tf.tensor_nbytes(t) for _, t in split.values.values())))
-    split = constants_lib.Split(result, split.values)
+    logging.info('%d constants and %d tables of %s or more (%s) set aside, restored from '
+                 'variables/', len(split.values), len(split.tables),
+                 units.human_bytes(constants_as_variables), units.human_bytes(split.nbytes))
+    split = dataclasses.replace(split, frozen=result)
   prune.log_cut(before, after)
   if log_dir:
     write_tensorboard_graph(frozen.graph_def, files.join(log_dir, 'before'))
@@ -177,7 +180,8 @@ def saved_model_from_frozen_graph(input_graph, output_saved_model_dir=None, outp
     logging.info('wrote the graphs before and after as TensorBoard event files under %s',
                  log_dir)
   if output_graph and prefix:
-    frozen_graph.write_graph(result, prefix, output_graph, overwrite)
+    frozen_graph.write_graph(constants_lib.inline(split) if split else result, prefix,
+                             output_graph, overwrite)
     logging.info('wrote %s and its checkpoint %s', output_graph,
                  frozen_graph.checkpoint_dir(output_graph))
   elif output_graph:
@@ -187,10 +191,10 @@ def saved_model_from_frozen_graph(input_graph, output_saved_model_dir=None, outp
     logging.info('wrote %s', output_graph)
   if output_saved_model_dir:
     tags = result.tags or ['serve']
-    if prefix:
+    if split:
+      write_variables = constants_lib.variables_writer(split, prefix)
+    elif prefix:
       write_variables = lambda d: checkpoint_index.link_checkpoint(prefix, d + '/variables')
-    elif split:
-      write_variables = constants_lib.variables_writer(split)
     else:
       write_variables = None
     meta_graph = saved_model.serving_meta_graph(
