@@ -40,9 +40,12 @@ def redumped(tiny_frozen, tmp_path_factory):
   root = tmp_path_factory.mktemp('consts')
   paths = {'saved_model': str(root / 'serving'), 'graph': str(root / 'optimized.pb'),
            'plain': str(root / 'plain')}
+  # Without the serving rewrites (tests/freezerlib/transforms/ and tests/test_serving_tables.py
+  # cover those), so the constants are the frozen graph's own.
   from_frozen.saved_model_from_frozen_graph(tiny_frozen, paths['saved_model'], paths['graph'],
-                            constants_as_variables=THRESHOLD)
-  from_frozen.saved_model_from_frozen_graph(tiny_frozen, paths['plain'], constants_as_variables=None)
+                            constants_as_variables=THRESHOLD, rewrites=())
+  from_frozen.saved_model_from_frozen_graph(tiny_frozen, paths['plain'], constants_as_variables=None,
+                            rewrites=())
   return paths
 
 

@@ -17,6 +17,7 @@ from freezerlib.analysis import unsafe_ops
 from freezerlib.core import atomic
 from freezerlib.core import errors
 from freezerlib.core import files
+from freezerlib.core import graphs
 from freezerlib.core import lean_tf
 from freezerlib.core import units
 from freezerlib.formats import checkpoint_index
@@ -24,7 +25,14 @@ from freezerlib.formats import frozen_graph
 from freezerlib.formats import saved_model
 from freezerlib.transforms import constants_as_variables as constants_lib
 from freezerlib.transforms import grappler as grappler_lib
+from freezerlib.transforms import one_gather
 from freezerlib.transforms import prune
+from freezerlib.transforms import read_only_tables
+
+# Serving graph rewrites (--rewrites), each exact (see its module) and on by default where
+# benchmarks/benchmark.py measured it helps.
+REWRITES = ('one_gather', 'read_only_tables')
+DEFAULT_REWRITES = ('one_gather', 'read_only_tables')
 
 
 def frozen_from_file(path, inputs=(), outputs=(), init_op=None, tags=('serve',),
@@ -101,11 +109,33 @@ def serving_graph(frozen, grappler=True):
   return result, before, prune.GraphStats.of(graph_def)
 
 
+def _rewrite(frozen, rewrites, table_bytes):
+  """Runs the serving graph rewrites `rewrites` on `frozen`'s graph (in place); tables are
+  rewritten from `table_bytes` bytes of contents (None: none are), as only those are restored
+  from variables/, where the rewrite saves memory."""
+  unknown = sorted(set(rewrites) - set(REWRITES))
+  if unknown:
+    raise errors.UserError('unknown rewrite %s; choose from: %s'
+                           % (', '.join(unknown), ', '.join(REWRITES)))
+  done = {}
+  keep = set(saved_model.signature_output_nodes(frozen.signatures))
+  keep |= {graphs.node_name(i.name) for s in frozen.signatures.values()
+           for i in s.inputs.values()}
+  keep |= {frozen.table_init_op} | set(saved_model.saver_op_names(frozen.saver_def)
+                                      if frozen.saver_def else [])
+  if 'one_gather' in rewrites:
+    done['one_gather'] = one_gather.merge_partitioned_lookups(frozen.graph_def, keep)
+  if 'read_only_tables' in rewrites and table_bytes is not None:
+    done['read_only_tables'] = read_only_tables.rewrite(frozen.graph_def, frozen.table_init_op,
+                                                        table_bytes, keep)
+  return done
+
+
 def saved_model_from_frozen_graph(input_graph, output_saved_model_dir=None, output_graph=None,
                                   inputs=(), outputs=(), init_op=None, tags=('serve',),
                                   grappler=True, log_dir=None, overwrite=False, allow_ops=(),
                                   constants_as_variables=1 << 20, signature_names=(),
-                                  version=None, finalize=None):
+                                  version=None, finalize=None, rewrites=DEFAULT_REWRITES):
   """Cuts, strips and re-dumps `input_graph` as a serving SavedModel and/or GraphDef.
 
   Args:
@@ -128,6 +158,9 @@ def saved_model_from_frozen_graph(input_graph, output_saved_model_dir=None, outp
       TF Serving's layout (see core.atomic.versioned_output).
     finalize: callable(saved_model_dir) run on the complete SavedModel before it moves into
       place (warmup requests).
+    rewrites: names of the serving graph rewrites to run (of REWRITES), before anything else:
+      'one_gather' (transforms.one_gather), 'read_only_tables'
+      (transforms.read_only_tables).
 
   Returns:
     (optimized FrozenModel, prune.GraphStats before, prune.GraphStats after); the model's big
@@ -153,12 +186,14 @@ def saved_model_from_frozen_graph(input_graph, output_saved_model_dir=None, outp
   removed = unsafe_ops.enforce(unsafe_ops.find_unsafe(frozen.graph_def, exempt=saver_nodes),
                                needed, set(allow_ops), input_graph)
   unsafe_ops.log_findings(removed, 'removed (not run by the signatures)')
+  rewritten = _rewrite(frozen, rewrites, constants_as_variables)
   # Big constants are set aside as variables first: Grappler and the cut then work on a graph
   # without their bytes (on a graph with 355 MiB of constants Grappler alone took 9.5 s), and
   # the SavedModel restores them from variables/ instead of parsing them from its graph.
   split = None
   if constants_as_variables is not None:
-    split = constants_lib.split(frozen, constants_as_variables, input_graph)
+    split = constants_lib.split(frozen, constants_as_variables, input_graph, [
+        t.table for t in rewritten.get('read_only_tables', [])])
   work = split.frozen if split else frozen
   tf = lean_tf.tensorflow
   try:

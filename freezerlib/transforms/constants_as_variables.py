@@ -192,6 +192,10 @@ def split(frozen, min_bytes, where='the graph', tables_always=()):
                   for part in ('keys', 'values')]
     restores.append(_restore_of_table(fill))
     dropped |= {n.name for n in fill.nodes}
+  # A dense table's empty and deleted keys are read when the table is made, which the
+  # restore does: they stay constants.
+  table_inputs = {graphs.node_name(i) for n in frozen.graph_def.node
+                  if n.op in tables.TABLE_OPS for i in n.input}
   graph_def = lean_tf.graph_pb2.GraphDef()
   graph_def.versions.CopyFrom(frozen.graph_def.versions)
   graph_def.library.CopyFrom(frozen.graph_def.library)
@@ -209,7 +213,7 @@ def split(frozen, min_bytes, where='the graph', tables_always=()):
       graph_def.node.add(name=node.name, op=node.op, input=left, device=node.device)
       continue
     dtype = node.attr['dtype'].type if node.op == 'Const' else None
-    if (dtype is None or dtype in _NOT_STORABLE or
+    if (dtype is None or dtype in _NOT_STORABLE or node.name in table_inputs or
         lean_tf.tensor_nbytes(node.attr['value'].tensor) < min_bytes):
       graph_def.node.add().CopyFrom(node)
       continue
