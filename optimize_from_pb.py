@@ -49,11 +49,12 @@ _CONSTANTS_AS_VARIABLES = flags.DEFINE_string(
     'which loads faster than parsing them from the graph; \'off\' keeps every constant in the '
     'graph. --output_graph keeps them as constants either way.')
 _REWRITES = flags.DEFINE_list(
-    'rewrites', ['one_gather', 'read_only_tables'], 'Serving graph rewrites, each exact '
-    '(none to run none): one_gather (a partitioned embedding\'s lookup becomes one gather over '
-    'one matrix), read_only_tables (mutable hash tables that serving only reads become dense '
-    'tables of rows of one matrix, restored from variables/; needs --constants_as_variables, '
-    'from whose size on it applies).')
+    'rewrites', ['one_gather', 'read_only_tables'], 'Serving graph rewrites, each exact (none '
+    'to run none): one_gather (a partitioned embedding\'s lookup becomes one gather over one '
+    'matrix); read_only_tables (mutable hash tables that serving only reads become tables of '
+    'rows of one matrix, restored from variables/: static for string keys, dense for integer '
+    'keys), or dense_tables or static_tables (one form for all); the table rewrites apply from '
+    'the --constants_as_variables size on, and not with it off.')
 # --log_dir is absl.logging's own flag (log files, which these scripts never write); here it
 # also names where the graphs go, as TensorBoard event files.
 flags.FLAGS['log_dir'].help = ('Write the graph before and after as TensorBoard event files '

@@ -109,12 +109,16 @@ def _assert_no_second_copy(loaded, export_dir):
   meta_graph = meta_graph_of(export_dir)
   saver = saved_model.saver_nodes(meta_graph.graph_def, meta_graph.saver_def)
   graph_def = loaded.session.graph.as_graph_def()
-  assert not [n.name for n in graph_def.node if n.op == 'VarHandleOp' and
-              ('keys' in n.name or 'values/' in n.name or n.name.endswith('values'))]
+  assert not [n.name for n in graph_def.node if n.op == 'VarHandleOp' and 'tables' in n.name]
+  # What the saver assigns to variables: no table's keys or values among them.
+  from freezerlib.transforms import saver as saver_lib  # pylint: disable=g-import-not-at-top
+  restores = saver_lib.restores_of_saver(meta_graph.graph_def, meta_graph.saver_def, export_dir)
+  assigned = [n for r in restores if r.op.op != 'LookupTableImportV2' for n in r.names]
+  assert assigned and not [n for n in assigned if n.endswith(('-keys', '-values'))], assigned
   big = [n.name for n in graph_def.node if n.op == 'Const' and n.name not in saver and
          n.attr['value'].tensor.ByteSize() > 64]
   assert not big, big
-  tables = {n.name for n in graph_def.node if n.op in read_only_tables.DENSE_OP or
+  tables = {n.name for n in graph_def.node if n.op == read_only_tables.DENSE_OP or
             'HashTable' in n.op}
   imported = {n.input[0] for n in meta_graph.graph_def.node
               if n.op == 'LookupTableImportV2' and n.name in saver}
@@ -125,17 +129,21 @@ def _assert_no_second_copy(loaded, export_dir):
   return meta_graph
 
 
-def test_freeze_path_restores_every_table_into_itself(model, capi, tmp_path):
+@pytest.mark.parametrize('form', read_only_tables.FORMS)
+def test_freeze_path_restores_every_table_into_itself(model, capi, tmp_path, form):
   frozen = str(tmp_path / 'frozen.pb')
   freeze.graph_from_saved_model(model['saved_model'], frozen)
   out = str(tmp_path / 'serving')
-  from_frozen.saved_model_from_frozen_graph(frozen, out, constants_as_variables=1)
+  from_frozen.saved_model_from_frozen_graph(frozen, out, constants_as_variables=1,
+                                            rewrites=('one_gather', form + '_tables'))
   loaded = _assert_serves(out, FEEDS, model['expected'], capi)
   meta_graph = _assert_no_second_copy(loaded, out)
   assert 'saved_model_main_op' not in meta_graph.collection_def  # nothing left to fill
   ops = {n.name: n.op for n in meta_graph.graph_def.node}
-  # The read-only mutable tables are dense tables of rows now; the others kept their kind.
-  assert [ops[t] for t in TABLES] == [read_only_tables.DENSE_OP] * 3 + ['HashTableV2']
+  # The read-only mutable tables are dense (or static) tables of rows now; the others kept
+  # their kind.
+  made = read_only_tables.DENSE_OP if form == 'dense' else read_only_tables.STATIC_OP
+  assert [ops[t] for t in TABLES] == [made, made, read_only_tables.DENSE_OP, 'HashTableV2']
   names = set(tf.train.load_checkpoint(out + '/variables/variables').get_variable_to_shape_map())
   assert {'%s-%s' % (t, part) for t in TABLES for part in ('keys', 'values')} <= names
   assert 'emb/by_id' in names and 'of_tensors/values_by_row' in names

@@ -31,8 +31,9 @@ from freezerlib.transforms import read_only_tables
 
 # Serving graph rewrites (--rewrites), each exact (see its module) and on by default where
 # benchmarks/benchmark.py measured it helps.
-REWRITES = ('one_gather', 'read_only_tables')
+REWRITES = ('one_gather', 'read_only_tables', 'dense_tables', 'static_tables')
 DEFAULT_REWRITES = ('one_gather', 'read_only_tables')
+_TABLE_FORMS = {'read_only_tables': 'auto', 'dense_tables': 'dense', 'static_tables': 'static'}
 
 
 def frozen_from_file(path, inputs=(), outputs=(), init_op=None, tags=('serve',),
@@ -125,9 +126,12 @@ def _rewrite(frozen, rewrites, table_bytes):
                                       if frozen.saver_def else [])
   if 'one_gather' in rewrites:
     done['one_gather'] = one_gather.merge_partitioned_lookups(frozen.graph_def, keep)
-  if 'read_only_tables' in rewrites and table_bytes is not None:
-    done['read_only_tables'] = read_only_tables.rewrite(frozen.graph_def, frozen.table_init_op,
-                                                        table_bytes, keep)
+  forms = [form for name, form in _TABLE_FORMS.items() if name in rewrites]
+  if len(forms) > 1:
+    raise errors.UserError('choose one of the rewrites %s' % ', '.join(_TABLE_FORMS))
+  if forms and table_bytes is not None:
+    done['tables'] = read_only_tables.rewrite(frozen.graph_def, frozen.table_init_op,
+                                              table_bytes, keep, forms[0])
   return done
 
 
@@ -159,7 +163,8 @@ def saved_model_from_frozen_graph(input_graph, output_saved_model_dir=None, outp
     finalize: callable(saved_model_dir) run on the complete SavedModel before it moves into
       place (warmup requests).
     rewrites: names of the serving graph rewrites to run (of REWRITES), before anything else:
-      'one_gather' (transforms.one_gather), 'read_only_tables'
+      'one_gather' (transforms.one_gather); one of 'read_only_tables' (static tables for
+      string keys, dense for integer keys), 'dense_tables', 'static_tables'
       (transforms.read_only_tables).
 
   Returns:
@@ -193,7 +198,7 @@ def saved_model_from_frozen_graph(input_graph, output_saved_model_dir=None, outp
   split = None
   if constants_as_variables is not None:
     split = constants_lib.split(frozen, constants_as_variables, input_graph, [
-        t.table for t in rewritten.get('read_only_tables', [])])
+        t.table for t in rewritten.get('tables', [])])
   work = split.frozen if split else frozen
   tf = lean_tf.tensorflow
   try:

@@ -1,37 +1,46 @@
-"""Read-only hash tables of a frozen graph become dense tables of rows: the same answers, less
-than half the memory.
+"""Read-only hash tables of a frozen graph become tables of rows: the same answers, less than
+half the memory.
 
 Serving never writes the MutableHashTables training kept statistics or embeddings in; it only
-looks keys up. Held as one, a table of vectors (MutableHashTableOfTensors, a node and a
+looks keys up. Held as one, a table of vectors (MutableHashTableOfTensors: a node and a
 separately allocated value array per key) of 1M keys and 16 floats (69 MiB of keys and values)
-takes 149 MiB in TensorFlow 2.21, plus the 69 MiB it was restored from, which TensorFlow's CPU
-allocator keeps for reuse. Here a table that only its fill (the init op's import from Consts)
-writes and only LookupTableFindV2 reads becomes a MutableDenseHashTable (open addressing: one
-array of keys, one of values), filled by inserting its entries from Consts (in a GraphDef) or,
-in a SavedModel, restored by its saver importing those two arrays from variables/
-(constants_as_variables), which then are the table's own: nothing is held twice.
+takes 149 MiB in TensorFlow 2.21, plus the 69 MiB of keys and values it was filled from, which
+TensorFlow's CPU allocator keeps for reuse. Here a table that only its fill (the init op's
+import from Consts) writes and only LookupTableFindV2 reads becomes one of two forms:
 
-- vector values (K -> [D]): the dense table maps each key to a row (int32) of one matrix of
-  the values, with one more row per default value the lookups use;
-  each lookup finds the row (the default's row for a key the table does not hold) and gathers
-  it from the matrix (GatherV2). The matrix is a Const here: the SavedModel restores it
-  straight into a variable (constants_as_variables). 24 MiB of buckets (2^21: at most 0.8 of
-  them used) and the 61 MiB matrix for the table above.
-- scalar values (K -> V): the dense table maps keys to the values themselves.
+- dense: a MutableDenseHashTable (open addressing: one array of keys, one of values), filled
+  by inserting its entries from Consts (a GraphDef) or, in a SavedModel, restored by its saver
+  importing those two arrays from variables/ (constants_as_variables), which then are the
+  table's own: nothing is allocated twice. 24 MiB of buckets (2^21, at most 0.8 used) for the
+  table above;
+- static: a HashTableV2 (an absl flat_hash_map; no lock, no markers), imported from keys and
+  rows: 34 MiB for the table above, plus its 11 MiB of keys and rows the allocator keeps.
+
+Vector values (K -> [D]) become rows (int32) of one matrix of the values, with one more row
+per default value the lookups use; each lookup finds the row (the default's row for a key the
+table does not hold) and gathers it (GatherV2). The matrix is a Const here: the SavedModel
+restores it straight into a variable. Scalar values (K -> V) stay the table's values.
 
 A dense table refuses two keys, its empty and deleted markers, where the original answers the
-default. Both are chosen outside the table's keys, and each lookup first replaces a key equal
-to either by a third key outside the table (Equal, Equal, LogicalOr, SelectV2 over the keys),
-so every key, those included, gets what the original gives: its value if the table holds it,
-else the default. Measured on 1M keys against TensorFlow's static HashTableV2 (an absl
-flat_hash_map, the other candidate): lookups as fast within the noise of this machine, at
-batch 1 and 64 and with 8 threads; 17 MiB less after load, because a static table is filled
-from a keys tensor and a rows tensor that the allocator then keeps.
+default. Both are chosen outside the table's keys (for integer keys, the type's two least
+values unless the table holds them), and each lookup first replaces a key equal to either by a
+third key outside the table (Less and SelectV2 over the keys; Equal, Equal, LogicalOr and
+SelectV2 for strings), so every key, those included, gets what the original gives: its value
+if the table holds it, else the default.
+
+Which form (tables_micro in the README's benchmarks, 1M keys of 16 floats, CPU per call of one
+caller, medians of 7 alternated rounds, load 3-4 on 2 cores): the static table is the faster
+(int64 keys 154 / 160 us at batch 1 / 64, against the dense table's 164 / 172 with its guard
+and the mutable table's 149 / 165; string keys 159 / 177 against 171 / 198 and 147 / 199), the
+dense table the smaller (the 1M-key int64 model of the README: 352 MiB above a bare session
+against 373). `auto`, the default, takes the dense form for integer keys, whose guard is one
+comparison, and the static form for string keys, whose guard costs two string comparisons per
+key.
 
 Tables that anything else reads or writes (an insert, a remove, a size, an export), whose fill
 is not an import from Consts, whose vector lookups take a default that is not a Const, whose
-key and value types the dense table does not implement, or that hold no key, are left as they
-are. Dense hash tables of the model itself are left too: they already are this.
+key and value types the table does not implement, or that hold no key, are left as they are.
+Dense hash tables of the model itself are left too: they already are one array each.
 """
 
 import dataclasses
@@ -48,27 +57,32 @@ _MUTABLE = {'MutableHashTableV2': False, 'MutableHashTableOfTensorsV2': True}  #
 _FIND = 'LookupTableFindV2'
 _FILL = 'LookupTableImportV2'
 DENSE_OP = 'MutableDenseHashTableV2'
+STATIC_OP = 'HashTableV2'
+FORMS = ('dense', 'static')
 # The dense table's buckets at creation: the least it takes. Inserting the entries grows them
 # once; importing its bucket arrays replaces them.
 _INITIAL_BUCKETS = 4
 _MAX_LOAD_FACTOR = 0.8
 _T = lean_tf.types_pb2
+# The form each key type gets by default (else dense): see the module doc.
+AUTO = {_T.DT_STRING: 'static'}
 
 
 @dataclasses.dataclass
 class Rewritten:
-  """One table rewritten: its name, keys, whether its values became a matrix, and bytes."""
+  """One table rewritten: its name, keys, whether its values became a matrix, bytes, form."""
   table: str
   keys: int
   matrix: bool
   nbytes: int
+  form: str = 'dense'
 
 
-def _dense_kernels():
-  """(key dtype enum, value dtype enum) pairs MutableDenseHashTableV2 has a CPU kernel for."""
+def _kernels(op):
+  """(key dtype enum, value dtype enum) pairs the table op `op` has a CPU kernel for."""
   from tensorflow.python.framework import kernels  # pylint: disable=g-import-not-at-top
   pairs = set()
-  for kernel in kernels.get_registered_kernels_for_op(DENSE_OP).kernel:
+  for kernel in kernels.get_registered_kernels_for_op(op).kernel:
     types = {c.name: c.allowed_values.list.type for c in kernel.constraint}
     for k in types.get('key_dtype', []):
       for v in types.get('value_dtype', []):
@@ -139,20 +153,33 @@ def _dense_table(node, value_type, value_shape, markers, taken):
 def _guarded_keys(find, markers_nodes, stand_in, key_type, flat, taken):
   """Nodes computing the keys `find` looks up with the markers replaced by `stand_in`, as a
   vector when `flat` (a dense table takes a vector of scalar keys; the lookup may pass any
-  shape)."""
+  shape). Integer markers are the type's two least values when the table holds neither: then
+  one comparison (key < least + 2) finds them."""
   keys = find.input[1]
   base = find.name + '/keys'
-  empty_eq = _node(graphs.unique_name(base + '/is_empty_key', taken), 'Equal',
-                   [keys, markers_nodes[0].name], find.device, T=key_type)
-  empty_eq.attr['incompatible_shape_error'].b = True
-  deleted_eq = _node(graphs.unique_name(base + '/is_deleted_key', taken), 'Equal',
-                     [keys, markers_nodes[1].name], find.device, T=key_type)
-  deleted_eq.attr['incompatible_shape_error'].b = True
-  either = _node(graphs.unique_name(base + '/is_marker', taken), 'LogicalOr',
-                 [empty_eq.name, deleted_eq.name], find.device)
-  guarded = _node(graphs.unique_name(base + '/guarded', taken), 'SelectV2',
-                  [either.name, stand_in.name, keys], find.device, T=key_type)
-  nodes = [empty_eq, deleted_eq, either, guarded]
+  empty = _array(markers_nodes[0].attr['value'].tensor)
+  deleted = _array(markers_nodes[1].attr['value'].tensor)
+  if key_type != _T.DT_STRING and int(empty) == np.iinfo(empty.dtype).min and (
+      int(deleted) == int(empty) + 1):
+    bound = _const(graphs.unique_name(base + '/marker_bound', taken), int(empty) + 2,
+                   tf.as_dtype(key_type))
+    either = _node(graphs.unique_name(base + '/is_marker', taken), 'Less', [keys, bound.name],
+                   find.device, T=key_type)
+    guarded = _node(graphs.unique_name(base + '/guarded', taken), 'SelectV2',
+                    [either.name, stand_in.name, keys], find.device, T=key_type)
+    nodes = [bound, either, guarded]
+  else:
+    empty_eq = _node(graphs.unique_name(base + '/is_empty_key', taken), 'Equal',
+                     [keys, markers_nodes[0].name], find.device, T=key_type)
+    empty_eq.attr['incompatible_shape_error'].b = True
+    deleted_eq = _node(graphs.unique_name(base + '/is_deleted_key', taken), 'Equal',
+                       [keys, markers_nodes[1].name], find.device, T=key_type)
+    deleted_eq.attr['incompatible_shape_error'].b = True
+    either = _node(graphs.unique_name(base + '/is_marker', taken), 'LogicalOr',
+                   [empty_eq.name, deleted_eq.name], find.device)
+    guarded = _node(graphs.unique_name(base + '/guarded', taken), 'SelectV2',
+                    [either.name, stand_in.name, keys], find.device, T=key_type)
+    nodes = [empty_eq, deleted_eq, either, guarded]
   if flat:
     minus_one = _const(graphs.unique_name(base + '/flat/shape', taken), [-1], tf.int32)
     vector = _node(graphs.unique_name(base + '/flat', taken), 'Reshape',
@@ -190,8 +217,19 @@ def _key_ranks(graph_def, tensors):
   return ranks
 
 
-def rewrite(graph_def, init_op, min_bytes=0, keep=()):
-  """Rewrites every read-only mutable hash table of the frozen `graph_def` as a dense one.
+def _static_table(node, value_type):
+  """A HashTableV2 NodeDef under `node`'s name, keys as `node`'s, values `value_type`."""
+  static = _node(node.name, STATIC_OP, [], node.device, key_dtype=node.attr['key_dtype'].type,
+                 value_dtype=value_type)
+  for key in ('container', 'shared_name', 'use_node_name_sharing'):
+    if key in node.attr:
+      static.attr[key].CopyFrom(node.attr[key])
+  return static
+
+
+def rewrite(graph_def, init_op, min_bytes=0, keep=(), form='auto'):
+  """Rewrites every read-only mutable hash table of the frozen `graph_def` as a dense or a
+  static one.
 
   Args:
     graph_def: a frozen GraphDef whose tables `init_op` fills from Consts (modified in place).
@@ -199,6 +237,9 @@ def rewrite(graph_def, init_op, min_bytes=0, keep=()):
     min_bytes: only tables whose keys and values take at least this many bytes.
     keep: names of nodes to keep even if nothing reads them any more (the lookups' old
       default values are removed otherwise).
+    form: 'dense' (MutableDenseHashTableV2, keys guarded against its markers), 'static'
+      (HashTableV2: no markers, more memory), or 'auto': static for string keys, dense for
+      integer keys (see the module doc).
 
   Returns:
     list of Rewritten.
@@ -211,7 +252,7 @@ def rewrite(graph_def, init_op, min_bytes=0, keep=()):
     for i in node.input:
       consumers.setdefault(graphs.node_name(i), []).append(node)
   fills = {graphs.node_name(i) for i in nodes[init_op].input if i.startswith('^')}
-  kernels = None
+  kernels = {}
   taken = set(nodes)
   done, dropped, added, dead = [], set(), [], set()
   for table in [n for n in graph_def.node if n.op in _MUTABLE]:
@@ -233,38 +274,45 @@ def rewrite(graph_def, init_op, min_bytes=0, keep=()):
     count = count[0]
     of_vectors = _MUTABLE[table.op]
     key_type, value_type = table.attr['key_dtype'].type, table.attr['value_dtype'].type
-    if kernels is None:
-      kernels = _dense_kernels()
+    table_form = AUTO.get(key_type, 'dense') if form == 'auto' else form
+    op = DENSE_OP if table_form == 'dense' else STATIC_OP
+    if op not in kernels:
+      kernels[op] = _kernels(op)
     # Rows as int32 where they fit: 4 bytes less per bucket.
-    row_type = (_T.DT_INT32 if (key_type, _T.DT_INT32) in kernels and count < 2**31 - len(finds)
-                else _T.DT_INT64)
+    row_type = (_T.DT_INT32 if (key_type, _T.DT_INT32) in kernels[op] and
+                count < 2**31 - len(finds) else _T.DT_INT64)
     if of_vectors:
       defaults = [nodes.get(graphs.node_name(f.input[2])) for f in finds]
-      if (key_type, row_type) not in kernels or any(d is None or d.op != 'Const'
-                                                    for d in defaults):
+      if (key_type, row_type) not in kernels[op] or any(d is None or d.op != 'Const'
+                                                        for d in defaults):
         continue
-    elif (key_type, value_type) not in kernels:
+    elif (key_type, value_type) not in kernels[op]:
       continue
     nbytes = lean_tf.tensor_nbytes(keys.attr['value'].tensor) + lean_tf.tensor_nbytes(
         values.attr['value'].tensor)
     if nbytes < min_bytes:
       continue
-    markers = _markers(_array(keys.attr['value'].tensor), key_type)
-    dense, marker_nodes = _dense_table(table, row_type if of_vectors else value_type, [],
-                                       markers, taken)
-    stand_in = _const(graphs.unique_name(table.name + '/stand_in_key', taken), markers[2],
-                      tf.as_dtype(key_type))
-    added.extend(marker_nodes + [stand_in])
-    table.CopyFrom(dense)
-    ranks = _key_ranks(graph_def, [f.input[1] for f in finds])
-    flat = [ranks[f.input[1]] != 1 for f in finds]
-    guarded = []
-    for find, to_flatten in zip(finds, flat):
-      guard, keys_name = _guarded_keys(find, marker_nodes, stand_in, key_type, to_flatten,
-                                       taken)
-      added.extend(guard)
-      guarded.append(keys_name)
-    fill.op = 'LookupTableInsertV2'
+    if table_form == 'dense':
+      ranks = _key_ranks(graph_def, [f.input[1] for f in finds])
+      markers = _markers(_array(keys.attr['value'].tensor), key_type)
+      dense, marker_nodes = _dense_table(table, row_type if of_vectors else value_type, [],
+                                         markers, taken)
+      stand_in = _const(graphs.unique_name(table.name + '/stand_in_key', taken), markers[2],
+                        tf.as_dtype(key_type))
+      added.extend(marker_nodes + [stand_in])
+      table.CopyFrom(dense)
+      flat = [ranks[f.input[1]] != 1 for f in finds]
+      guarded = []
+      for find, to_flatten in zip(finds, flat):
+        guard, keys_name = _guarded_keys(find, marker_nodes, stand_in, key_type, to_flatten,
+                                         taken)
+        added.extend(guard)
+        guarded.append(keys_name)
+      fill.op = 'LookupTableInsertV2'
+    else:  # a static table takes keys of any shape and any key
+      table.CopyFrom(_static_table(table, row_type if of_vectors else value_type))
+      flat = [False] * len(finds)
+      guarded = [f.input[1] for f in finds]
     fill.attr['Tout'].type = table.attr['value_dtype'].type
     if of_vectors:
       dead.update(d.name for d in defaults)
@@ -279,10 +327,10 @@ def rewrite(graph_def, init_op, min_bytes=0, keep=()):
           find.name = back.input[0]
           added.extend([shape, back])
         find.input[1] = keys_name
-    done.append(Rewritten(table.name, count, of_vectors, nbytes))
-    logging.info('table %s: read-only %s of %d keys (%s) made a dense table%s', table.name,
+    done.append(Rewritten(table.name, count, of_vectors, nbytes, table_form))
+    logging.info('table %s: read-only %s of %d keys (%s) made a %s table%s', table.name,
                  'MutableHashTableOfTensorsV2' if of_vectors else 'MutableHashTableV2', count,
-                 units.human_bytes(nbytes),
+                 units.human_bytes(nbytes), table_form,
                  ' of rows of one matrix' if of_vectors else '')
   if dropped:
     kept = [n for n in graph_def.node if n.name not in dropped]
