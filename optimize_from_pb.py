@@ -3,14 +3,15 @@ r"""optimize_from_pb.py: a frozen GraphDef becomes a lean serving SavedModel (an
 Signature inputs that are reader outputs (`IteratorGetNext:k`) or intermediate tensors become
 placeholders named after their signature keys; the dataset, iterator, optimizer, saver and
 summaries go; devices are cleared; Grappler's passes run. The SavedModel keeps every signature
-(or those of --signature_def) and fills its tables in its main op, which TF Serving, the C++
-loader and both Python loaders run. Big constants become variables restored from variables/
-(--constants_as_variables). A graph frozen with `freezer.py --keep_as_variables` keeps its
-saver, and the checkpoint beside it becomes variables/. A sparse input becomes three
-placeholders (KEY/indices, KEY/values, KEY/dense_shape) and stays coo_sparse; a ragged one
-KEY/values and KEY/row_splits. --serving_input=examples on a graph that still holds its
-training reader replaces the reader by one input `examples` of serialized tf.Example (see
-freezer.py).
+(or those of --signature_def). Big constants become variables and tables with big contents are
+restored into the tables, from variables/ (--constants_as_variables); small tables are filled
+by its main op, which TF Serving, the C++ loader and both Python loaders run. Serving graph
+rewrites (--rewrites) read a partitioned embedding as one matrix and hold read-only hash tables
+as dense or static tables. A graph frozen with `freezer.py --keep_as_variables` keeps its saver,
+and the checkpoint beside it becomes variables/. A sparse input becomes three placeholders
+(KEY/indices, KEY/values, KEY/dense_shape) and stays coo_sparse; a ragged one KEY/values and
+KEY/row_splits. --serving_input=examples on a graph that still holds its training reader
+replaces the reader by one input `examples` of serialized tf.Example (see freezer.py).
 
 Example (after freezer.py's example):
   python optimize_from_pb.py --input_graph=/tmp/freezer_demo/frozen.pb \
@@ -53,6 +54,13 @@ _CONSTANTS_AS_VARIABLES = flags.DEFINE_string(
     '(64MiB, 1.5GB, 500000 bytes) become variables stored in variables/ and restored on load, '
     'which loads faster than parsing them from the graph; \'off\' keeps every constant in the '
     'graph. --output_graph keeps them as constants either way.')
+_REWRITES = flags.DEFINE_list(
+    'rewrites', ['one_gather', 'read_only_tables'], 'Serving graph rewrites, each exact (none '
+    'to run none): one_gather (a partitioned embedding\'s lookup becomes one gather over one '
+    'matrix); read_only_tables (mutable hash tables that serving only reads become tables of '
+    'rows of one matrix, restored from variables/: static for string keys, dense for integer '
+    'keys), or dense_tables or static_tables (one form for all); the table rewrites apply from '
+    'the --constants_as_variables size on, and not with it off.')
 # --log_dir is absl.logging's own flag (log files, which these scripts never write); here it
 # also names where the graphs go, as TensorBoard event files.
 flags.FLAGS['log_dir'].help = ('Write the graph before and after as TensorBoard event files '
@@ -78,7 +86,8 @@ def main(argv):
         flags.FLAGS.log_dir or None, _OVERWRITE.value, _ALLOW_OPS.value, threshold,
         signature_names=_SIGNATURE_DEF.value, version=version,
         finalize=utils.warmup_writer(_WARMUP.value, _WARMUP_INPUTS.value),
-        serving_input=_SERVING_INPUT.value)
+        serving_input=_SERVING_INPUT.value,
+        rewrites=[r for r in _REWRITES.value if r != 'none'])
 
   return utils.run_cli('optimize_from_pb.py', work)
 

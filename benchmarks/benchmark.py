@@ -14,9 +14,13 @@ the same run:
           convert_variables_to_constants: wall, peak RSS, output size, table keys kept; and
           freezer.py's peak RSS against TensorFlow's own start-up and the largest tensor and
           table it writes.
-  serve:  the SavedModels optimize_from_pb.py re-dumps (fully frozen, and frozen with
-          --keep_as_variables) against the training SavedModel: outputs, then load time and
-          latency (median, p99) at batch 1 and 512, each model in a fresh process, alternated.
+  serve:  the SavedModels optimize_from_pb.py re-dumps (defaults, and one choice changed each:
+          no rewrites, constants in the graph, no Grappler, frozen with --keep_as_variables)
+          against the training SavedModel: outputs; then, each model in a fresh process
+          (serving_probe.py), alternated: resident memory after load and one call above a bare
+          session's, against the bytes its saver restores; load time; latency (median, p99)
+          of one caller; queries per second and p99 with --threads threads sharing the session,
+          at each --serving_batch_sizes.
 
 Every figure comes from child processes measured with wait4 (ru_maxrss), in this process tree,
 on this machine (its cores and load are printed: other processes move the figures). The
@@ -67,6 +71,11 @@ _SHARDS = flags.DEFINE_integer(
     lower_bound=1)
 _TABLE_KEYS = flags.DEFINE_integer(
     'table_keys', 1000000, 'Keys in the user_stats hash table.', lower_bound=1)
+_TABLE_DIM = flags.DEFINE_integer(
+    'table_dim', recsys_model.STATS_DIM, 'Floats per key in the hash tables.', lower_bound=2)
+_STRING_TABLE_KEYS = flags.DEFINE_integer(
+    'string_table_keys', 0, 'Keys in the category_stats hash table (string keys; the serving '
+    'inputs draw categories from them).', lower_bound=0)
 _REPEATS = flags.DEFINE_integer('repeats', 3, 'Runs of each command (medians reported).',
                                 lower_bound=1)
 _CHECKPOINT_REPEATS = flags.DEFINE_integer(
@@ -81,6 +90,26 @@ _KEEP = flags.DEFINE_string(
     '(variables and tables of this size or more restored from a checkpoint, not constants).')
 _LATENCY_RUNS = flags.DEFINE_integer('serving_latency_runs', 50, 'Timed calls per batch size and run.',
                                      lower_bound=1)
+_BATCH_SIZES = flags.DEFINE_list('serving_batch_sizes', ['1', '64'],
+                                 'Batch sizes of the serving figures.')
+_THREADS = flags.DEFINE_integer('threads', 8, 'Threads sharing one session for the throughput '
+                                'figures.', lower_bound=1)
+_SECONDS = flags.DEFINE_float('throughput_seconds', 3.0, 'Seconds of calls per throughput '
+                              'figure (after half a second of warm-up).', lower_bound=0.1)
+_SECTIONS = flags.DEFINE_list('sections', ['ckpt', 'freeze', 'serve'],
+                              'Parts to run: ckpt (optimize_from_ckpt.py against cp -r), freeze '
+                              '(freezer.py against convert_variables_to_constants), serve (the '
+                              'serving SavedModels: memory, load, latency, throughput).')
+_CAPI = flags.DEFINE_bool(
+    'capi', True, 'Also serve each model through TensorFlow\'s C API (capi_throughput.c, built '
+    'with gcc against the wheel), no Python in the calls: latency and throughput as TF Serving '
+    'would see them.')
+_VARIANTS = flags.DEFINE_list(
+    'serving_variants', ['defaults', 'norewrites', 'constants_off', 'nooptimize', 'keep'],
+    'Re-dumped SavedModels served beside the training one: defaults, norewrites '
+    '(--rewrites=none), dense_tables and static_tables (--rewrites=one_gather,<that>), '
+    'constants_off (--constants_as_variables=off), nooptimize, keep (freezer.py '
+    '--keep_as_variables=--keep_size).')
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -122,7 +151,7 @@ def _place_round_robin(shards):
 
 
 def build(work_dir, embedding_mb, dim, partitions, shards, table_keys, train_step=True,
-          checkpoint_path=True):
+          checkpoint_path=True, table_dim=recsys_model.STATS_DIM, string_table_keys=0):
   """Writes work_dir/saved_model, and work_dir/ckpt (sharded, with Adam slots and the table)
   and work_dir/structure.
 
@@ -133,11 +162,13 @@ def build(work_dir, embedding_mb, dim, partitions, shards, table_keys, train_ste
     train_step: build the optimizer and run one step (Adam slots get values, twice the
       embedding's bytes); without it the model has no optimizer, so it builds faster.
     checkpoint_path: also write ckpt/ and structure/ (what optimize_from_ckpt.py reads).
+    table_dim: floats per key of the hash tables.
+    string_table_keys: keys inserted into category_stats (string keys).
   """
   rows = max(partitions, (embedding_mb << 20) // (4 * dim))
   config = recsys_model.ModelConfig(item_buckets=rows, embedding_dim=dim,
                                  num_partitions=partitions, num_dense=8,
-                                 hidden_units=(64, 32), batch_size=256)
+                                 hidden_units=(64, 32), batch_size=256, stats_dim=table_dim)
   graph = tf.Graph()
   with graph.as_default(), graph.device(_place_round_robin(shards)):
     features = {
@@ -150,8 +181,11 @@ def build(work_dir, embedding_mb, dim, partitions, shards, table_keys, train_ste
     outputs = recsys_model.build_model(features, config, training=train_step)
     table = graph.get_tensor_by_name('user_stats:0')
     keys = tf1.placeholder(tf.int64, [None])
-    values = tf1.placeholder(tf.float32, [None, recsys_model.STATS_DIM])
+    values = tf1.placeholder(tf.float32, [None, table_dim])
     insert = tf.raw_ops.LookupTableInsertV2(table_handle=table, keys=keys, values=values)
+    names = tf1.placeholder(tf.string, [None])
+    insert_names = tf.raw_ops.LookupTableInsertV2(
+        table_handle=graph.get_tensor_by_name('category_stats:0'), keys=names, values=values)
     saver = tf1.train.Saver(sharded=True, max_to_keep=1, save_relative_paths=True)
     session_config = tf1.ConfigProto(device_count={'CPU': shards}, allow_soft_placement=False)
     with tf1.Session(graph=graph, config=session_config) as session:
@@ -160,7 +194,12 @@ def build(work_dir, embedding_mb, dim, partitions, shards, table_keys, train_ste
       all_keys = rng.randint(1, 2**62, size=table_keys, dtype=np.int64)
       for start in range(0, table_keys, 200000):
         k = all_keys[start:start + 200000]
-        session.run(insert, {keys: k, values: rng.rand(len(k), 2).astype(np.float32) * 10})
+        session.run(insert, {keys: k, values: rng.rand(len(k), table_dim).astype(np.float32) * 10})
+      categories = np.array([b'category_%d' % i for i in range(string_table_keys)], object)
+      for start in range(0, string_table_keys, 200000):
+        k = categories[start:start + 200000]
+        session.run(insert_names,
+                    {names: k, values: rng.rand(len(k), table_dim).astype(np.float32) * 10})
       batch = 256
       feed = {features['user_id']: all_keys[:batch],
               features['item_id']: rng.randint(0, rows, batch).astype(np.int64),
@@ -419,26 +458,6 @@ def write_feeds(training, batch_sizes, feeds_path):
   np.savez(feeds_path, **feeds)
 
 
-# Loads one SavedModel as TF Serving would (restore, then the main op) and times it, then
-# serving_default's latency at each batch size on the feeds saved by bench_serving.
-_SERVE = r"""
-import json, os, sys
-os.environ['TF_CPP_MIN_LOG_LEVEL'] = '2'
-sys.path.insert(0, os.getcwd())
-import numpy as np
-from freezerlib.verify import compare
-from freezerlib.verify import loaders
-export_dir, feeds_path, runs = sys.argv[1], sys.argv[2], int(sys.argv[3])
-model = loaders.load_saved_model(export_dir)
-data = np.load(feeds_path, allow_pickle=True)
-out = {'load': model.load_seconds}
-for batch in sorted({int(k.split('/')[0]) for k in data.files}):
-  feeds = {k.split('/', 1)[1]: data[k] for k in data.files if k.startswith('%d/' % batch)}
-  out[batch] = compare.latency(model, 'serving_default', feeds, runs)
-print(json.dumps(out))
-"""
-
-
 def _run(cmd):
   proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=False)
   if proc.returncode:
@@ -448,36 +467,171 @@ def _run(cmd):
   return proc
 
 
-def bench_serving(work_dir, repeats, keep, latency_runs, batch_sizes=(1, 512)):
-  """Load time and latency of the re-dumped SavedModels (with optimize_from_pb.py's defaults,
-  with every constant in the graph, without Grappler, and with freezer.py's kept variables)
-  against the training one, each run in a fresh process, the order alternated between runs."""
+def restored_bytes(export_dir):
+  """Bytes of the tensors a SavedModel's saver restores (its variables/ index entries)."""
+  prefix = os.path.join(export_dir, 'variables', 'variables')
+  if not os.path.exists(prefix + '.index'):
+    return 0
+  index = checkpoint_index.read_index(prefix)
+  return sum(index.nbytes(n) for n in index.entries)
+
+
+def content_bytes(training):
+  """Bytes of the trained tensors serving reads: the training SavedModel's variables/ without
+  the optimizer's slots and counters."""
+  index = checkpoint_index.read_index(os.path.join(training, 'variables', 'variables'))
+  return sum(index.nbytes(n) for n in index.entries
+             if 'Adam' not in n and n not in ('global_step', 'beta1_power', 'beta2_power'))
+
+
+# (label, frozen graph, freezer.py flags, optimize_from_pb.py flags) of each serving variant:
+# the defaults, then one change each, so each line shows what one choice is worth.
+def _variants(keep):
+  return {
+      'defaults': ('re-dumped (defaults)', 'frozen', [], []),
+      'norewrites': ('re-dumped, --rewrites=none', 'frozen', [], ['--rewrites=none']),
+      'dense_tables': ('re-dumped, --rewrites=one_gather,dense_tables', 'frozen', [],
+                       ['--rewrites=one_gather,dense_tables']),
+      'static_tables': ('re-dumped, --rewrites=one_gather,static_tables', 'frozen', [],
+                        ['--rewrites=one_gather,static_tables']),
+      'constants_off': ('re-dumped, --constants_as_variables=off', 'frozen', [],
+                        ['--constants_as_variables=off']),
+      'nooptimize': ('re-dumped, --nooptimize (no Grappler)', 'frozen', [], ['--nooptimize']),
+      'keep': ('re-dumped, freezer --keep_as_variables=%s' % keep, 'kept',
+               ['--keep_as_variables=' + keep], []),
+  }
+
+
+def _median_range(values, scale=1.0, fmt='%.3f'):
+  values = [v * scale for v in values]
+  return (fmt + ' (' + fmt + '-' + fmt + ')') % (statistics.median(values), min(values),
+                                                  max(values))
+
+
+def build_capi_throughput(build_dir):
+  """Compiles benchmarks/capi_throughput.c against the installed tensorflow package (as
+  tests/capi_runner.py compiles the tests' C API runner); returns the executable."""
+  tf_dir = os.path.dirname(tf.__file__)
+  exe = os.path.join(build_dir, 'capi_throughput')
+  cmd = ['gcc', '-O2', '-Wall', os.path.join(REPO, 'benchmarks', 'capi_throughput.c'), '-o', exe,
+         '-I%s/include' % tf_dir, '-L%s' % tf_dir, '-l:libtensorflow_cc.so.2',
+         '-l:libtensorflow_framework.so.2', '-Wl,-rpath,%s' % tf_dir, '-lpthread']
+  if shutil.which('ld.gold'):
+    cmd.insert(1, '-fuse-ld=gold')
+  _run(cmd)
+  return exe
+
+
+def write_capi_requests(export_dir, feeds_path, out_dir):
+  """serving_default's request (tests/capi/serve_saved_model.c's format) at each batch size of
+  the feeds: {batch: path}."""
+  sys.path.insert(0, os.path.join(REPO, 'tests'))
+  import capi_runner  # pylint: disable=g-import-not-at-top
+  import struct  # pylint: disable=g-import-not-at-top
+  proto = saved_model_pb2.SavedModel()
+  with open(os.path.join(export_dir, 'saved_model.pb'), 'rb') as f:
+    proto.ParseFromString(f.read())
+  sig = proto.meta_graphs[0].signature_def['serving_default']
+  data = np.load(feeds_path, allow_pickle=True)
+  paths = {}
+  for batch in sorted({int(k.split('/')[0]) for k in data.files}):
+    feeds = {k.split('/', 1)[1]: data[k] for k in data.files if k.startswith('%d/' % batch)}
+    request = bytearray(struct.pack('<I', len(feeds)))
+    for key in sorted(feeds):
+      name = sig.inputs[key].name
+      request += capi_runner._encode_name(name) + capi_runner._encode_tensor(  # pylint: disable=protected-access
+          name, np.asarray(feeds[key]))
+    outputs = [sig.outputs[k].name for k in sorted(sig.outputs)]
+    request += struct.pack('<I', len(outputs))
+    for name in outputs:
+      request += capi_runner._encode_name(name)  # pylint: disable=protected-access
+    paths[batch] = os.path.join(out_dir, 'request_%d.bin' % batch)
+    with open(paths[batch], 'wb') as f:
+      f.write(request)
+  return paths
+
+
+def _print_speed(figures, batch_sizes, latency_runs, threads, seconds, where):
+  """The latency and throughput tables of `figures` ({model: [run results]})."""
+  print()
+  print('%s: load time and latency of one caller (median / p99 of %d calls)'
+        % (where, latency_runs))
+  header = '%-48s %10s' % ('', 'load time')
+  for b in batch_sizes:
+    header += '  %21s' % ('batch %d median/p99' % b)
+  print(header)
+  for name, runs in figures.items():
+    if not runs:
+      continue
+    line = '%-48s %8.3f s' % (name, statistics.median(f['load'] for f in runs))
+    for b in batch_sizes:
+      line += '  %7.3f / %7.3f ms' % (
+          statistics.median(f['latency'][str(b)][0] for f in runs) * 1e3,
+          statistics.median(f['latency'][str(b)][1] for f in runs) * 1e3)
+    print(line)
+  print()
+  print('%s: throughput, %d threads sharing one session for %.1f s: queries (calls) per '
+        'second, and p99 latency of a call' % (where, threads, seconds))
+  header = '%-48s' % ''
+  for b in batch_sizes:
+    header += '  %34s' % ('batch %d: q/s (min-max), p99' % b)
+  print(header)
+  for name, runs in figures.items():
+    if not runs:
+      continue
+    line = '%-48s' % name
+    for b in batch_sizes:
+      qps = [f['concurrent'][str(b)][0] for f in runs]
+      line += '  %24s %6.2f ms' % (_median_range(qps, 1, '%.0f'), statistics.median(
+          f['concurrent'][str(b)][2] for f in runs) * 1e3)
+    print(line)
+  reference = figures.get('training SavedModel') or []
+  if not reference:
+    return
+  print()
+  print('%s, against the training SavedModel (ratio of medians): throughput, batch-%d median '
+        'latency' % (where, batch_sizes[0]))
+  for name, runs in figures.items():
+    if not runs or name == 'training SavedModel':
+      continue
+    parts = []
+    for b in batch_sizes:
+      ours = statistics.median(f['concurrent'][str(b)][0] for f in runs)
+      theirs = statistics.median(f['concurrent'][str(b)][0] for f in reference)
+      parts.append('batch %d %.2fx' % (b, ours / theirs))
+    b = batch_sizes[0]
+    ours = statistics.median(f['latency'][str(b)][0] for f in runs)
+    theirs = statistics.median(f['latency'][str(b)][0] for f in reference)
+    print('%-48s throughput %s; batch-%d latency %.2fx' % (name, ', '.join(parts), b,
+                                                           ours / theirs))
+
+
+def bench_serving(work_dir, repeats, keep, latency_runs, batch_sizes=(1, 64), threads=8,
+                  seconds=3.0, variants=('defaults', 'norewrites', 'constants_off',
+                                         'nooptimize', 'keep'), capi=True):
+  """The re-dumped SavedModels against the training one, each run of each model in a fresh
+  process (benchmarks/serving_probe.py), the order alternated between runs: resident memory
+  after load and one call above a bare session's, load time, latency, and throughput with
+  `threads` threads sharing the session."""
   import json  # pylint: disable=g-import-not-at-top  (here: a merge-friendly import block)
   training = os.path.join(work_dir, 'saved_model')
   models = {'training SavedModel': training}
-  # (label, frozen graph, freezer.py flags, optimize_from_pb.py flags): the defaults, then one
-  # change each, so each line shows what one choice is worth.
-  variants = [
-      ('re-dumped (defaults)', 'frozen', [], []),
-      ('re-dumped, --constants_as_variables=off', 'frozen', [], ['--constants_as_variables=off']),
-      ('re-dumped, --nooptimize (no Grappler)', 'frozen', [], ['--nooptimize']),
-      ('re-dumped, freezer --keep_as_variables=%s' % keep, 'kept',
-       ['--keep_as_variables=' + keep], []),
-  ]
   print()
   print('training SavedModel: saved_model.pb %s, variables/ %s' % (
       units.human_bytes(os.path.getsize(os.path.join(training, 'saved_model.pb'))),
       units.human_bytes(dir_bytes(os.path.join(training, 'variables')))))
   frozen_done = set()
-  for i, (label, name, freeze_flags, optimize_flags) in enumerate(variants):
-    frozen = os.path.join(work_dir, '%s.pb' % name)
-    serving = os.path.join(work_dir, 'serving_%d' % i)
+  every = _variants(keep)
+  for name in variants:
+    label, frozen_name, freeze_flags, optimize_flags = every[name]
+    frozen = os.path.join(work_dir, '%s.pb' % frozen_name)
+    serving = os.path.join(work_dir, 'serving_%s' % name)
     shutil.rmtree(serving, ignore_errors=True)
-    if name not in frozen_done:
+    if frozen_name not in frozen_done:
       shutil.rmtree(frozen + '.variables', ignore_errors=True)
       _run([sys.executable, 'freezer.py', '--saved_model_dir=' + training,
             '--output_graph=' + frozen, '--overwrite'] + freeze_flags)
-      frozen_done.add(name)
+      frozen_done.add(frozen_name)
     start = time.perf_counter()
     try:
       _run([sys.executable, 'optimize_from_pb.py', '--input_graph=' + frozen,
@@ -487,7 +641,7 @@ def bench_serving(work_dir, repeats, keep, latency_runs, batch_sizes=(1, 512)):
       print('%s: optimize_from_pb.py failed after %.1f s: %s' % (
           label, time.perf_counter() - start, str(e).strip().splitlines()[-1][-300:]))
       continue
-    seconds = time.perf_counter() - start
+    elapsed = time.perf_counter() - start
     try:
       report = _run([sys.executable, 'optimize_from_pb_test.py', '--saved_model_dir=' + serving,
                      '--reference_saved_model_dir=' + training, '--batch_sizes=0'])
@@ -502,35 +656,59 @@ def bench_serving(work_dir, repeats, keep, latency_runs, batch_sizes=(1, 512)):
     print()
     print('%s: optimize_from_pb.py %.1f s; saved_model.pb %s, variables/ %s; outputs against '
           'the training SavedModel: %s' % (
-              label, seconds, units.human_bytes(graph), units.human_bytes(variables), verdict))
+              label, elapsed, units.human_bytes(graph), units.human_bytes(variables), verdict))
   feeds_path = os.path.join(work_dir, 'serving_feeds.npz')
   _in_child(write_feeds, training, batch_sizes, feeds_path)
+  probe = [sys.executable, os.path.join('benchmarks', 'serving_probe.py')]
   figures = {name: [] for name in models}
-  failed = {}
+  capi_figures = {name: [] for name in models}
+  bare, failed = [], {}
+  runner = build_capi_throughput(work_dir) if capi else None
+  requests = write_capi_requests(training, feeds_path, work_dir) if capi else {}
   for r in range(repeats):
+    bare.append(json.loads(_run(probe + ['bare']).stdout.strip().splitlines()[-1])['rss'])
     for name in (list(models) if r % 2 == 0 else list(reversed(list(models)))):
       try:
-        proc = _run([sys.executable, '-c', _SERVE, models[name], feeds_path, str(latency_runs)])
+        proc = _run(probe + [models[name], feeds_path, str(latency_runs), str(seconds),
+                             str(threads)])
       except RuntimeError as e:
         failed[name] = str(e).split(' failed (', 1)[-1].split(')', 1)[0]
         continue
       figures[name].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+      if runner:  # one fresh process per batch size
+        run = {'latency': {}, 'concurrent': {}}
+        for b in batch_sizes:
+          out = json.loads(_run([runner, models[name], 'serve', requests[b], str(threads),
+                                 str(seconds), str(latency_runs)]).stdout.strip())
+          run['load'] = out['load']
+          run['latency'][str(b)] = out['latency']
+          run['concurrent'][str(b)] = out['concurrent']
+        capi_figures[name].append(run)
+  floor = statistics.median(bare)
+  content = content_bytes(training)
   print()
-  print('serving_default, each model in a fresh process, %d runs alternated (medians of the '
-        'runs\' median and p99 of %d calls)' % (repeats, latency_runs))
-  header = '%-44s %10s' % ('', 'load time')
-  for b in batch_sizes:
-    header += '  %21s' % ('batch %d median/p99' % b)
-  print(header)
+  print('serving_default, each model in a fresh process, %d runs alternated: medians (min-max) '
+        'over the runs' % repeats)
+  print()
+  print('memory after load and one call, above a bare session (%s: TensorFlow imported, one '
+        'empty run); tensors restored from variables/; trained tensors serving reads: %s'
+        % (units.human_bytes(floor), units.human_bytes(content)))
+  print('%-48s %24s %12s %9s %11s' % ('', 'above bare session', 'restored', 'ratio',
+                                      'to trained'))
   for name, runs in figures.items():
     if not runs:
-      print('%-44s failed to load: %s' % (name, failed.get(name, '?')))
+      print('%-48s failed to load: %s' % (name, failed.get(name, '?')))
       continue
-    line = '%-44s %8.3f s' % (name, statistics.median(f['load'] for f in runs))
-    for b in batch_sizes:
-      line += '  %7.3f / %7.3f ms' % (statistics.median(f[str(b)][0] for f in runs) * 1e3,
-                                      statistics.median(f[str(b)][1] for f in runs) * 1e3)
-    print(line)
+    above = [f['rss'] - floor for f in runs]
+    restored = restored_bytes(models[name])
+    print('%-48s %24s %12s %8.2fx %10.2fx' % (
+        name, _median_range(above, 1 / 2**20, '%.0f') + ' MiB', units.human_bytes(restored),
+        statistics.median(above) / restored if restored else float('nan'),
+        statistics.median(above) / content))
+  _print_speed(figures, batch_sizes, latency_runs, threads, seconds, 'Python (TF1 loader)')
+  if runner:
+    _print_speed(capi_figures, batch_sizes, latency_runs, threads, seconds,
+                 'C API (TF_LoadSessionFromSavedModel, no Python)')
 
 
 def main(argv):
@@ -541,14 +719,23 @@ def main(argv):
     os.makedirs(work_dir)
     start = time.perf_counter()
     _in_child(build, work_dir, _EMBEDDING_MB.value, _DIM.value, _PARTITIONS.value,
-              _SHARDS.value, _TABLE_KEYS.value, _ADAM_SLOTS.value)
+              _SHARDS.value, _TABLE_KEYS.value, _ADAM_SLOTS.value, True, _TABLE_DIM.value,
+              _STRING_TABLE_KEYS.value)
     print('built the model in %.0f s' % (time.perf_counter() - start))
   print('command: %s' % ' '.join([os.path.relpath(sys.argv[0], REPO)] + sys.argv[1:]))
   print('machine: %s' % machine())
+  print('load average (1, 5, 15 min) at the start: %.1f %.1f %.1f' % os.getloadavg())
   compile_bytecode()
-  bench_checkpoint(work_dir, _CHECKPOINT_REPEATS.value)
-  bench_freeze(work_dir, _REPEATS.value)
-  bench_serving(work_dir, _REPEATS.value, _KEEP.value, _LATENCY_RUNS.value)
+  if 'ckpt' in _SECTIONS.value:
+    bench_checkpoint(work_dir, _CHECKPOINT_REPEATS.value)
+  if 'freeze' in _SECTIONS.value:
+    bench_freeze(work_dir, _REPEATS.value)
+  if 'serve' in _SECTIONS.value:
+    bench_serving(work_dir, _REPEATS.value, _KEEP.value, _LATENCY_RUNS.value,
+                  [int(b) for b in _BATCH_SIZES.value], _THREADS.value, _SECONDS.value,
+                  _VARIANTS.value, _CAPI.value)
+  print()
+  print('load average (1, 5, 15 min) at the end: %.1f %.1f %.1f' % os.getloadavg())
 
 
 if __name__ == '__main__':

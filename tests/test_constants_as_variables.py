@@ -40,9 +40,12 @@ def redumped(tiny_frozen, tmp_path_factory):
   root = tmp_path_factory.mktemp('consts')
   paths = {'saved_model': str(root / 'serving'), 'graph': str(root / 'optimized.pb'),
            'plain': str(root / 'plain')}
+  # Without the serving rewrites (tests/freezerlib/transforms/ and tests/test_serving_tables.py
+  # cover those), so the constants are the frozen graph's own.
   from_frozen.saved_model_from_frozen_graph(tiny_frozen, paths['saved_model'], paths['graph'],
-                            constants_as_variables=THRESHOLD)
-  from_frozen.saved_model_from_frozen_graph(tiny_frozen, paths['plain'], constants_as_variables=None)
+                            constants_as_variables=THRESHOLD, rewrites=())
+  from_frozen.saved_model_from_frozen_graph(tiny_frozen, paths['plain'], constants_as_variables=None,
+                            rewrites=())
   return paths
 
 
@@ -51,16 +54,27 @@ def test_big_constants_are_variables_of_the_saved_model(tiny_model, tiny_frozen,
   moved = _big_consts(plain)
   assert len(moved) >= 8, moved
   assert any(n.attr['dtype'].type == 7 for n in plain.node if n.name in moved)  # DT_STRING
+  table_consts = {n for n in moved if n.startswith('freezer/tables/')}
+  assert len(table_consts) == 4, moved
   meta_graph = meta_graph_of(redumped['saved_model'])
   nodes = {n.name: n for n in meta_graph.graph_def.node}
   saver = saved_model.saver_nodes(meta_graph.graph_def, meta_graph.saver_def)
   assert not _big_consts(meta_graph.graph_def) - saver  # only the saver's lists of names
-  for name in moved:  # same names, now reads of variables: consumers and signatures unchanged
+  for name in moved - table_consts:  # same names, now reads of variables
     assert nodes[name].op == 'ReadVariableOp', name
+  # The tables' contents are neither constants nor variables: the saver imports them straight
+  # into the tables, and the init op that filled them is gone with its fills.
+  assert not table_consts & set(nodes)
+  assert not [n for n in nodes if 'freezer/tables' in n or 'init_tables' in n]
+  assert 'saved_model_main_op' not in meta_graph.collection_def
+  imports = [n for n in meta_graph.graph_def.node if n.op == 'LookupTableImportV2']
+  assert sorted(n.input[0] for n in imports) == ['category_stats', 'user_stats']
+  assert all(n.name in saver for n in imports)
   assert meta_graph.saver_def.restore_op_name
   reader = __import__('tensorflow').train.load_checkpoint(
       redumped['saved_model'] + '/variables/variables')
-  assert set(reader.get_variable_to_shape_map()) == moved
+  assert set(reader.get_variable_to_shape_map()) == (moved - table_consts) | {
+      'user_stats-keys', 'user_stats-values', 'category_stats-keys', 'category_stats-values'}
   reference = loaders.load_saved_model(tiny_model['saved_model'])
   _check(reference, loaders.load_saved_model(redumped['saved_model']))
   _check(reference, loaders.load_saved_model(redumped['plain']))

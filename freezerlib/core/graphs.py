@@ -242,3 +242,34 @@ class FunctionGraphs:
       ret = function.ret[arg.name]
       outputs.append(flat.get(ret, ret))
     return graph_def, outputs
+
+
+def remove_unused(graph_def, candidates, keep=()):
+  """Removes from `graph_def` (in place) the nodes among `candidates` that nothing reads, and
+  then those that only they read, never a node of `keep`. For a rewrite that leaves the nodes
+  it replaced dead, so the graph it returns holds no more than it needs.
+
+  Returns:
+    Names of the nodes removed.
+  """
+  candidates, keep = set(candidates), set(keep)
+  readers = {}
+  for node in graph_def.node:
+    for i in node.input:
+      readers.setdefault(node_name(i), set()).add(node.name)
+  inputs = {n.name: {node_name(i) for i in n.input} for n in graph_def.node}
+  removed = set()
+  stack = [c for c in candidates if c in inputs]
+  while stack:
+    name = stack.pop()
+    if name in removed or name in keep or name not in candidates or readers.get(name):
+      continue
+    removed.add(name)
+    for source in inputs[name]:
+      readers.get(source, set()).discard(name)
+      stack.append(source)
+  if removed:
+    kept = [n for n in graph_def.node if n.name not in removed]
+    del graph_def.node[:]
+    graph_def.node.extend(kept)
+  return removed

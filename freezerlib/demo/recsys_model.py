@@ -45,6 +45,9 @@ class ModelConfig:
   # Shards of each hash table: one per PS task when distributed; shard k holds the keys that
   # route to k (int64: id mod N; string: to_hash_bucket_fast(key, N)).
   num_table_shards: int = 1
+  # Floats per key in the stats tables: [impressions, clicks], then zeros (benchmarks widen
+  # the tables to the size real per-id features have).
+  stats_dim: int = STATS_DIM
 
 
 def _user_ids(config):
@@ -194,7 +197,7 @@ class ShardedStatsTable:
   `name/shard_k-values`.
   """
 
-  def __init__(self, key_dtype, name, num_shards, devices=None):
+  def __init__(self, key_dtype, name, num_shards, devices=None, dim=STATS_DIM):
     """Creates the tables.
 
     Args:
@@ -202,8 +205,10 @@ class ShardedStatsTable:
       name: the table's name.
       num_shards: tables to split the keys over.
       devices: optional device of each shard (e.g. '/job:ps/task:k').
+      dim: floats per key ([impressions, clicks] first).
     """
     self._name = name
+    self.dim = dim
     self._key_dtype = key_dtype
     self._num_shards = num_shards
     self.tables = []
@@ -211,7 +216,7 @@ class ShardedStatsTable:
       device = tf.device(devices[k]) if devices else contextlib.nullcontext()
       with device:
         self.tables.append(tf.lookup.experimental.MutableHashTable(
-            key_dtype, tf.float32, default_value=[0.0] * STATS_DIM,
+            key_dtype, tf.float32, default_value=[0.0] * dim,
             name=name if num_shards == 1 else '%s/shard_%d' % (name, k)))
 
   def shard_of(self, keys):
@@ -219,7 +224,7 @@ class ShardedStatsTable:
     return shard_index(keys, self._key_dtype, self._num_shards)
 
   def lookup(self, keys):
-    """[len(keys), STATS_DIM] stats, zeros for keys not in the table."""
+    """[len(keys), dim] stats, zeros for keys not in the table."""
     if self._num_shards == 1:
       return self.tables[0].lookup(keys)
     with tf.name_scope('%s_lookup' % self._name):
@@ -245,8 +250,10 @@ def _stats_update(table, ids, labels, after):
   """Adds this batch's impressions and clicks to `table`; inserts ids seen for the first time."""
   unique, idx = tf.unique(ids)
   n = tf.shape(unique)[0]
-  delta = tf.math.unsorted_segment_sum(
-      tf.stack([tf.ones_like(labels), labels], axis=1), idx, n)
+  counts = tf.stack([tf.ones_like(labels), labels], axis=1)
+  if table.dim > STATS_DIM:
+    counts = tf.pad(counts, [[0, 0], [0, table.dim - STATS_DIM]])
+  delta = tf.math.unsorted_segment_sum(counts, idx, n)
   with tf.control_dependencies(after):
     return table.insert(unique, table.lookup(unique) + delta)
 
@@ -282,9 +289,9 @@ def build_model(features, config, training, shard_devices=None):
       initializer=tf1.random_normal_initializer(stddev=0.1, seed=config.seed),
       partitioner=tf1.fixed_size_partitioner(config.num_partitions))
   user_stats = ShardedStatsTable(tf.int64, 'user_stats', config.num_table_shards,
-                                 shard_devices)
+                                 shard_devices, config.stats_dim)
   category_stats = ShardedStatsTable(tf.string, 'category_stats', config.num_table_shards,
-                                     shard_devices)
+                                     shard_devices, config.stats_dim)
   user_raw = user_stats.lookup(features['user_id'])
   cat_raw = category_stats.lookup(features['category'])
   item_emb = tf1.nn.embedding_lookup(

@@ -3,8 +3,10 @@
 Each signature input that is a reader output (`IteratorGetNext:k`) or an intermediate tensor
 becomes a Placeholder named after its signature key; everything the signatures' outputs and the
 table fill do not need is removed; devices are cleared; Grappler's passes run. Big constants
-become variables restored from variables/ (transforms.constants_as_variables); a graph frozen
-with `--keep_as_variables` keeps its saver, and the checkpoint beside it becomes variables/.
+become variables, and tables with big contents are restored by the saver, from variables/
+(transforms.constants_as_variables); a graph frozen with `--keep_as_variables` keeps what its
+saver restores, and the checkpoint beside it becomes variables/ (merged with the new tensors,
+if any).
 """
 
 import dataclasses
@@ -15,6 +17,7 @@ from freezerlib.analysis import unsafe_ops
 from freezerlib.core import atomic
 from freezerlib.core import errors
 from freezerlib.core import files
+from freezerlib.core import graphs
 from freezerlib.core import lean_tf
 from freezerlib.core import units
 from freezerlib.formats import checkpoint_index
@@ -23,7 +26,15 @@ from freezerlib.formats import saved_model
 from freezerlib.transforms import constants_as_variables as constants_lib
 from freezerlib.transforms import example_front
 from freezerlib.transforms import grappler as grappler_lib
+from freezerlib.transforms import one_gather
 from freezerlib.transforms import prune
+from freezerlib.transforms import read_only_tables
+
+# Serving graph rewrites (--rewrites), each exact (see its module) and on by default where
+# benchmarks/benchmark.py measured it helps.
+REWRITES = ('one_gather', 'read_only_tables', 'dense_tables', 'static_tables')
+DEFAULT_REWRITES = ('one_gather', 'read_only_tables')
+_TABLE_FORMS = {'read_only_tables': 'auto', 'dense_tables': 'dense', 'static_tables': 'static'}
 
 
 def frozen_from_file(path, inputs=(), outputs=(), init_op=None, tags=('serve',),
@@ -100,11 +111,37 @@ def serving_graph(frozen, grappler=True):
   return result, before, prune.GraphStats.of(graph_def)
 
 
+def _rewrite(frozen, rewrites, table_bytes):
+  """Runs the serving graph rewrites `rewrites` on `frozen`'s graph (in place); tables are
+  rewritten from `table_bytes` bytes of contents (None: none are), as only those are restored
+  from variables/, where the rewrite saves memory."""
+  unknown = sorted(set(rewrites) - set(REWRITES))
+  if unknown:
+    raise errors.UserError('unknown rewrite %s; choose from: %s'
+                           % (', '.join(unknown), ', '.join(REWRITES)))
+  done = {}
+  keep = set(saved_model.signature_output_nodes(frozen.signatures))
+  keep |= {graphs.node_name(i.name) for s in frozen.signatures.values()
+           for i in s.inputs.values()}
+  keep |= {frozen.table_init_op} | set(saved_model.saver_op_names(frozen.saver_def)
+                                      if frozen.saver_def else [])
+  if 'one_gather' in rewrites:
+    done['one_gather'] = one_gather.merge_partitioned_lookups(frozen.graph_def, keep)
+  forms = [form for name, form in _TABLE_FORMS.items() if name in rewrites]
+  if len(forms) > 1:
+    raise errors.UserError('choose one of the rewrites %s' % ', '.join(_TABLE_FORMS))
+  if forms and table_bytes is not None:
+    done['tables'] = read_only_tables.rewrite(frozen.graph_def, frozen.table_init_op,
+                                              table_bytes, keep, forms[0])
+  return done
+
+
 def saved_model_from_frozen_graph(input_graph, output_saved_model_dir=None, output_graph=None,
                                   inputs=(), outputs=(), init_op=None, tags=('serve',),
                                   grappler=True, log_dir=None, overwrite=False, allow_ops=(),
                                   constants_as_variables=1 << 20, signature_names=(),
-                                  version=None, finalize=None, serving_input='placeholders'):
+                                  version=None, finalize=None, serving_input='placeholders',
+                                  rewrites=DEFAULT_REWRITES):
   """Cuts, strips and re-dumps `input_graph` as a serving SavedModel and/or GraphDef.
 
   Args:
@@ -120,7 +157,8 @@ def saved_model_from_frozen_graph(input_graph, output_saved_model_dir=None, outp
     overwrite: replace existing outputs.
     allow_ops: op types that touch files, run Python or reach the network to accept.
     constants_as_variables: in the SavedModel, Consts of at least this many bytes become
-      variables restored from its variables/ (None: none do).
+      variables, and tables whose keys and values take that much are restored by the saver,
+      from its variables/ (None: none are).
     signature_names: serve only these signatures (all when empty).
     version: None, or an int or 'auto': write the SavedModel as OUTPUT_SAVED_MODEL_DIR/<version>,
       TF Serving's layout (see core.atomic.versioned_output).
@@ -128,6 +166,10 @@ def saved_model_from_frozen_graph(input_graph, output_saved_model_dir=None, outp
       place (warmup requests).
     serving_input: 'placeholders', or 'examples' for a graph that still holds its training
       reader: one input of serialized tf.Example replaces it (transforms.example_front).
+    rewrites: names of the serving graph rewrites to run (of REWRITES), before anything else:
+      'one_gather' (transforms.one_gather); one of 'read_only_tables' (static tables for
+      string keys, dense for integer keys), 'dense_tables', 'static_tables'
+      (transforms.read_only_tables).
 
   Returns:
     (optimized FrozenModel, prune.GraphStats before, prune.GraphStats after); the model's big
@@ -157,12 +199,14 @@ def saved_model_from_frozen_graph(input_graph, output_saved_model_dir=None, outp
   removed = unsafe_ops.enforce(unsafe_ops.find_unsafe(frozen.graph_def, exempt=saver_nodes),
                                needed, set(allow_ops), input_graph)
   unsafe_ops.log_findings(removed, 'removed (not run by the signatures)')
+  rewritten = _rewrite(frozen, rewrites, constants_as_variables)
   # Big constants are set aside as variables first: Grappler and the cut then work on a graph
   # without their bytes (on a graph with 355 MiB of constants Grappler alone took 9.5 s), and
   # the SavedModel restores them from variables/ instead of parsing them from its graph.
   split = None
-  if frozen.saver_def is None and constants_as_variables is not None:
-    split = constants_lib.split(frozen, constants_as_variables)
+  if constants_as_variables is not None:
+    split = constants_lib.split(frozen, constants_as_variables, input_graph, [
+        t.table for t in rewritten.get('tables', [])])
   work = split.frozen if split else frozen
   tf = lean_tf.tensorflow
   try:
@@ -173,10 +217,10 @@ def saved_model_from_frozen_graph(input_graph, output_saved_model_dir=None, outp
   unsafe_ops.unsafe_in(result.graph_def, set(allow_ops), input_graph,
                        exempt=saved_model.saver_nodes(result.graph_def, result.saver_def))
   if split:
-    logging.info('%d constants of %s or more (%s) set aside as variables', len(split.values),
-                 units.human_bytes(constants_as_variables), units.human_bytes(
-                     sum(lean_tf.tensor_nbytes(t) for _, t in split.values.values())))
-    split = constants_lib.Split(result, split.values)
+    logging.info('%d constants and %d tables of %s or more (%s) set aside, restored from '
+                 'variables/', len(split.values), len(split.tables),
+                 units.human_bytes(constants_as_variables), units.human_bytes(split.nbytes))
+    split = dataclasses.replace(split, frozen=result)
   prune.log_cut(before, after)
   if log_dir:
     write_tensorboard_graph(frozen.graph_def, files.join(log_dir, 'before'))
@@ -184,7 +228,8 @@ def saved_model_from_frozen_graph(input_graph, output_saved_model_dir=None, outp
     logging.info('wrote the graphs before and after as TensorBoard event files under %s',
                  log_dir)
   if output_graph and prefix:
-    frozen_graph.write_graph(result, prefix, output_graph, overwrite)
+    frozen_graph.write_graph(constants_lib.inline(split) if split else result, prefix,
+                             output_graph, overwrite)
     logging.info('wrote %s and its checkpoint %s', output_graph,
                  frozen_graph.checkpoint_dir(output_graph))
   elif output_graph:
@@ -194,10 +239,10 @@ def saved_model_from_frozen_graph(input_graph, output_saved_model_dir=None, outp
     logging.info('wrote %s', output_graph)
   if output_saved_model_dir:
     tags = result.tags or ['serve']
-    if prefix:
+    if split:
+      write_variables = constants_lib.variables_writer(split, prefix)
+    elif prefix:
       write_variables = lambda d: checkpoint_index.link_checkpoint(prefix, d + '/variables')
-    elif split:
-      write_variables = constants_lib.variables_writer(split)
     else:
       write_variables = None
     meta_graph = saved_model.serving_meta_graph(

@@ -212,6 +212,18 @@ def add_saver(graph_def, restores):
       keep_checkpoint_every_n_hours=10000.0, version=saver_pb2.SaverDef.V2)
 
 
+def owned_nodes(graph_def, saver_def):
+  """Names of the nodes a saver is made of: those under its restore op's scope (`save/` for
+  add_saver's and tf.compat.v1.train.Saver's savers), not the variables and tables it
+  restores. Empty for no saver."""
+  if saver_def is None or not saver_def.restore_op_name:
+    return set()
+  scope = graphs.node_name(saver_def.restore_op_name).rpartition('/')[0]
+  if not scope:
+    return {graphs.node_name(saver_def.restore_op_name)}
+  return {n.name for n in graph_def.node if n.name.startswith(scope + '/')}
+
+
 def static_table_inits(graph_def, table_names, exclude):
   """Nodes of `graph_def` that initialise the static tables among `table_names`."""
   nodes = {n.name: n for n in graph_def.node}
