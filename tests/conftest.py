@@ -127,6 +127,14 @@ def run_script(script, *args):
 def run_main(module, args, capsys):
   """Runs a script's `main` in-process as `python SCRIPT.py ARGS` would, flags parsed from
   ARGS (no TensorFlow start-up per run); returns (exit code, stderr)."""
+  proc = run_main_as_process(module, args, capsys)
+  return proc.returncode, proc.stderr
+
+
+def run_main_as_process(module, args, capsys):
+  """run_main as a subprocess.CompletedProcess (returncode, stdout, stderr), for the checks
+  written for run_script: the same script's command line without a TensorFlow start-up. Each
+  script keeps tests through run_script too, which see what TensorFlow's C++ side prints."""
   capsys.readouterr()
   try:
     flags.FLAGS.unparse_flags()
@@ -135,7 +143,9 @@ def run_main(module, args, capsys):
   finally:
     flags.FLAGS.unparse_flags()
     flags.FLAGS.mark_as_parsed()
-  return code, capsys.readouterr().err
+  captured = capsys.readouterr()
+  return subprocess.CompletedProcess(['%s.py' % module.__name__] + [str(a) for a in args], code,
+                                     captured.out, captured.err)
 
 
 def assert_one_line_error(proc, script, *fragments):

@@ -15,6 +15,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import assert_one_line_error
+from conftest import run_main_as_process
 from conftest import run_script
 from conftest import tree_digest
 from freezerlib import freeze
@@ -23,6 +24,7 @@ from freezerlib.core import errors
 from freezerlib.export import from_checkpoint
 from freezerlib.formats import checkpoint_index
 from freezerlib.formats import stored_tensor
+import optimize_from_ckpt  # its command line, in-process after one run_script
 
 
 def _records(prefix):
@@ -138,7 +140,7 @@ def _first_slice(prefix, name):
   return checkpoint_index.read_index(prefix).slices[name][0][0]
 
 
-def test_checkpoint_path_names_the_tensor_and_the_shard(tiny_model, tmp_path):
+def test_checkpoint_path_names_the_tensor_and_the_shard(tiny_model, tmp_path, capsys):
   prefix = _checkpoint_copy(tiny_model, tmp_path)
   ckpt_dir = prefix.rsplit('/', 1)[0]
   # Untouched, it passes; bytes the export does not copy (an Adam slot) are not read.
@@ -155,9 +157,12 @@ def test_checkpoint_path_names_the_tensor_and_the_shard(tiny_model, tmp_path):
   shard = _flip(prefix, _first_slice(prefix, 'item_embedding'))
   digest = tree_digest(ckpt_dir)
   for extra in ([], ['--noprune']):
-    proc = run_script('optimize_from_ckpt.py', '--saved_model_dir=%s' % tiny_model['saved_model'],
-                      '--checkpoint=%s' % ckpt_dir,
-                      '--output_saved_model_dir=%s' % (tmp_path / 'o'), *extra)
+    args = ['--saved_model_dir=%s' % tiny_model['saved_model'], '--checkpoint=%s' % ckpt_dir,
+            '--output_saved_model_dir=%s' % (tmp_path / 'o')] + extra
+    if extra:  # the command line once; in-process then, without another TensorFlow start-up
+      proc = run_main_as_process(optimize_from_ckpt, args, capsys)
+    else:
+      proc = run_script('optimize_from_ckpt.py', *args)
     line = assert_one_line_error(proc, 'optimize_from_ckpt.py', 'is corrupt: tensor '
                                  'item_embedding (slice 0,', ':0,4) in data shard %s fails its '
                                  'checksum' % shard)
@@ -166,9 +171,9 @@ def test_checkpoint_path_names_the_tensor_and_the_shard(tiny_model, tmp_path):
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith('.o')] == []
   assert tree_digest(ckpt_dir) == digest
   # --noverify_checksums copies without reading (TensorFlow's reader would then refuse it).
-  proc = run_script('optimize_from_ckpt.py', '--saved_model_dir=%s' % tiny_model['saved_model'],
-                    '--checkpoint=%s' % ckpt_dir, '--output_saved_model_dir=%s' % (tmp_path / 'o'),
-                    '--noverify_checksums')
+  proc = run_main_as_process(optimize_from_ckpt, [
+      '--saved_model_dir=%s' % tiny_model['saved_model'], '--checkpoint=%s' % ckpt_dir,
+      '--output_saved_model_dir=%s' % (tmp_path / 'o'), '--noverify_checksums'], capsys)
   assert proc.returncode == 0, proc.stderr[-2000:]
 
 

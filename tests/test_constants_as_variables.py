@@ -8,6 +8,7 @@ import pytest
 
 from conftest import assert_one_line_error
 from conftest import meta_graph_of
+from conftest import run_main_as_process
 from conftest import run_script
 from conftest import run_tf2_signatures
 import capi_runner
@@ -17,6 +18,7 @@ from freezerlib.formats import saved_model
 from freezerlib.verify import compare
 from freezerlib.verify import inputs
 from freezerlib.verify import loaders
+import optimize_from_pb  # its command line, in-process once
 
 # On the tiny model's frozen graph, constants of 100 bytes or more: the embedding partitions,
 # hidden_0's kernel and the tables' keys and values (string keys included).
@@ -102,13 +104,15 @@ def test_serves_through_the_c_api_and_tf2(tiny_model, redumped, capi):
       np.testing.assert_allclose(loaded[key][name], value, atol=1e-6, rtol=0, err_msg=name)
 
 
-def test_bad_size_is_one_line(tiny_frozen, tmp_path):
+def test_bad_size_is_one_line(tiny_frozen, tmp_path, capsys):
   out = tmp_path / 'serving'
   proc = run_script('optimize_from_pb.py', '--input_graph=%s' % tiny_frozen,
                     '--output_saved_model_dir=%s' % out, '--constants_as_variables=12parsecs')
   assert_one_line_error(proc, 'optimize_from_pb.py', '--constants_as_variables=12parsecs')
   assert not out.exists()
-  proc = run_script('optimize_from_pb.py', '--input_graph=%s' % tiny_frozen,
-                    '--output_saved_model_dir=%s' % out, '--constants_as_variables=0.1KiB')
+  # A size with a fraction, in-process (the conversion loads TensorFlow, already loaded here).
+  proc = run_main_as_process(optimize_from_pb, ['--input_graph=%s' % tiny_frozen,
+                                                '--output_saved_model_dir=%s' % out,
+                                                '--constants_as_variables=0.1KiB'], capsys)
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert {n.op for n in meta_graph_of(out).graph_def.node} >= {'VarHandleOp', 'RestoreV2'}

@@ -16,6 +16,7 @@ import tensorflow as tf
 
 from conftest import TINY
 from conftest import assert_one_line_error
+from conftest import run_main_as_process
 from conftest import run_script
 from conftest import tf_serving_model
 from conftest import tree_digest
@@ -28,6 +29,7 @@ from freezerlib.formats import saved_model
 from freezerlib.verify import compare
 from freezerlib.verify import inputs
 from freezerlib.verify import loaders
+import optimize_from_pb_test  # its command line, in-process for one bad input
 
 SCRIPT = 'optimize_from_pb_test.py'
 TINY_OUTPUTS = [('embeddings', 'item_embedding'), ('embeddings', 'user_stats'),
@@ -261,7 +263,7 @@ def test_tfrecord_inputs_are_fed(table_tampered, optimized, reference, tiny_mode
 
 
 @pytest.mark.parametrize('kind', ['missing_reference', 'random_bytes_graph'])
-def test_bad_input_one_line_error(kind, optimized, tiny_model, tmp_path):
+def test_bad_input_one_line_error(kind, optimized, tiny_model, tmp_path, capsys):
   if kind == 'missing_reference':
     culprit = tmp_path / 'no_such_model'
     args = ['--saved_model_dir=%s' % optimized['saved_model'],
@@ -273,7 +275,10 @@ def test_bad_input_one_line_error(kind, optimized, tiny_model, tmp_path):
     args = ['--graph=%s' % culprit, '--reference_saved_model_dir=%s' % tiny_model['saved_model']]
     kept = culprit
   digest = tree_digest(kept)
-  proc = run_script(SCRIPT, *args, '--batch_sizes=0')
+  if kind == 'missing_reference':  # refused before TensorFlow loads: the command line
+    proc = run_script(SCRIPT, *args, '--batch_sizes=0')
+  else:  # found once TensorFlow is loaded: in-process, no start-up
+    proc = run_main_as_process(optimize_from_pb_test, args + ['--batch_sizes=0'], capsys)
   assert_one_line_error(proc, SCRIPT, culprit)
   assert 'PASSED' not in proc.stdout
   assert tree_digest(kept) == digest
