@@ -107,7 +107,9 @@ _CAPI = flags.DEFINE_bool(
 _VARIANTS = flags.DEFINE_list(
     'serving_variants', ['defaults', 'norewrites', 'constants_off', 'nooptimize', 'keep'],
     'Re-dumped SavedModels served beside the training one: defaults, norewrites '
-    '(--rewrites=none), dense_tables and static_tables (--rewrites=one_gather,<that>), '
+    '(--rewrites=none), one_gather and tables_only (--rewrites=one_gather, '
+    '--rewrites=read_only_tables: each rewrite alone), dense_tables and static_tables '
+    '(--rewrites=one_gather,<that>), '
     'constants_off (--constants_as_variables=off), nooptimize, keep (freezer.py '
     '--keep_as_variables=--keep_size).')
 
@@ -490,6 +492,9 @@ def _variants(keep):
   return {
       'defaults': ('re-dumped (defaults)', 'frozen', [], []),
       'norewrites': ('re-dumped, --rewrites=none', 'frozen', [], ['--rewrites=none']),
+      'one_gather': ('re-dumped, --rewrites=one_gather', 'frozen', [], ['--rewrites=one_gather']),
+      'tables_only': ('re-dumped, --rewrites=read_only_tables', 'frozen', [],
+                      ['--rewrites=read_only_tables']),
       'dense_tables': ('re-dumped, --rewrites=one_gather,dense_tables', 'frozen', [],
                        ['--rewrites=one_gather,dense_tables']),
       'static_tables': ('re-dumped, --rewrites=one_gather,static_tables', 'frozen', [],
