@@ -51,7 +51,12 @@ import tensorflow as tf
 
 from tensorflow.core.protobuf import saved_model_pb2
 
-from freezerlib.core import units  # pylint: disable=g-bad-import-order
+from benchmarks.measuring import compile_bytecode  # pylint: disable=g-bad-import-order
+from benchmarks.measuring import dir_bytes
+from benchmarks.measuring import evict
+from benchmarks.measuring import machine
+from benchmarks.measuring import measure
+from freezerlib.core import units
 from freezerlib.demo import recsys_model
 from freezerlib.formats import checkpoint_index
 from freezerlib.formats import frozen_graph
@@ -114,28 +119,6 @@ _VARIANTS = flags.DEFINE_list(
     '--keep_as_variables=--keep_size).')
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def compile_bytecode():
-  """Writes the __pycache__ of the scripts and freezerlib (py_compile writes it whatever
-  PYTHONDONTWRITEBYTECODE says)."""
-  import compileall  # pylint: disable=g-import-not-at-top
-  compileall.compile_dir(os.path.join(REPO, 'freezerlib'), quiet=1)
-  for name in os.listdir(REPO):
-    if name.endswith('.py'):
-      compileall.compile_file(os.path.join(REPO, name), quiet=1)
-
-
-def machine():
-  model = ''
-  try:
-    with open('/proc/cpuinfo') as f:
-      model = next((l.split(':', 1)[1].strip() for l in f if l.startswith('model name')), '')
-  except OSError:
-    pass
-  memory = os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
-  return '%d cores (%s), %s RAM; load average %.1f (other processes share the machine)' % (
-      os.cpu_count(), model or 'unknown CPU', units.human_bytes(memory), os.getloadavg()[0])
 
 
 def _place_round_robin(shards):
@@ -237,52 +220,6 @@ def build(work_dir, embedding_mb, dim, partitions, shards, table_keys, train_ste
   proto.meta_graphs.add().CopyFrom(meta_graph)
   with open(os.path.join(structure, 'saved_model.pb'), 'wb') as f:
     f.write(proto.SerializeToString())
-
-
-# Linux keeps a process's peak RSS across fork and exec, so a child of this process (which has
-# TensorFlow loaded) would start from our own peak. Each command is therefore started by a
-# fresh, small Python that reports the child's wall time and ru_maxrss from wait4.
-_MEASURE = r"""
-import os, subprocess, sys, time
-start = time.perf_counter()
-proc = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-err = proc.stderr.read()
-_, status, usage = os.wait4(proc.pid, 0)
-wall = time.perf_counter() - start
-code = os.waitstatus_to_exitcode(status)
-if code:
-  sys.stderr.buffer.write(err[-2000:])
-  sys.exit(1)
-print(wall, usage.ru_maxrss * 1024)
-"""
-
-
-def measure(cmd):
-  """(wall seconds, peak RSS bytes) of `cmd`, run from a small measuring parent."""
-  proc = subprocess.run([sys.executable, '-S', '-c', _MEASURE] + cmd, cwd=REPO,
-                        capture_output=True, text=True, check=False)
-  if proc.returncode:
-    raise RuntimeError('%s failed: %s' % (' '.join(cmd), proc.stderr))
-  wall, rss = proc.stdout.split()
-  return float(wall), int(rss)
-
-
-def evict(path):
-  """Drops a directory's files from the page cache (posix_fadvise DONTNEED; no root needed),
-  so the next reader goes to the disk, as after training on another machine."""
-  os.sync()
-  for root, _, files in os.walk(path):
-    for name in files:
-      fd = os.open(os.path.join(root, name), os.O_RDONLY)
-      try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-      finally:
-        os.close(fd)
-
-
-def dir_bytes(path):
-  return sum(os.path.getsize(os.path.join(root, f))
-             for root, _, files in os.walk(path) for f in files)
 
 
 def _spread(values, scale=1.0, fmt='%.2f'):

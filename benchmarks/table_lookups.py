@@ -13,7 +13,6 @@ the resident memory each form's restore added (run once per form in a fresh proc
 """
 
 import os
-import sys
 import tempfile
 import time
 

@@ -35,6 +35,10 @@ import tempfile
 from absl import app
 from absl import flags
 
+from benchmarks.measuring import compile_bytecode
+from benchmarks.measuring import dir_bytes
+from benchmarks.measuring import machine
+from benchmarks.measuring import measure
 from freezerlib.core import units
 from freezerlib.export import from_tf2_checkpoint
 from freezerlib.formats import checkpoint_index
@@ -102,37 +106,6 @@ tf.train.CheckpointManager(tf.train.Checkpoint(model=model, optimizer=optimizer)
                            work_dir + '/ckpt', max_to_keep=1).save()
 """
 
-# Linux keeps a process's peak RSS across fork and exec; a small fresh Python starts each
-# measured command and reports its wall time and ru_maxrss from wait4 (as benchmark.py does).
-_MEASURE = r"""
-import os, subprocess, sys, time
-start = time.perf_counter()
-proc = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-err = proc.stderr.read()
-_, status, usage = os.wait4(proc.pid, 0)
-wall = time.perf_counter() - start
-if os.waitstatus_to_exitcode(status):
-  sys.stderr.buffer.write(err[-2000:])
-  sys.exit(1)
-print(wall, usage.ru_maxrss * 1024)
-"""
-
-
-def measure(cmd):
-  """(wall seconds, peak RSS bytes) of `cmd`, run from a small measuring parent."""
-  proc = subprocess.run([sys.executable, '-S', '-c', _MEASURE] + cmd, cwd=REPO,
-                        capture_output=True, text=True, check=False)
-  if proc.returncode:
-    raise RuntimeError('%s failed: %s' % (' '.join(cmd), proc.stderr))
-  wall, rss = proc.stdout.split()
-  return float(wall), int(rss)
-
-
-def dir_bytes(path):
-  return sum(os.path.getsize(os.path.join(root, f))
-             for root, _, files in os.walk(path) for f in files)
-
-
 def build(work_dir, model, embedding_mb, dim, table_keys):
   rows = embedding_mb * 2**20 // (4 * dim)
   code, args = ((_BUILD_KERAS, [rows, dim]) if model == 'keras'
@@ -183,16 +156,6 @@ def bench(work_dir, runs):
   return figures, exported
 
 
-def compile_bytecode():
-  """Writes the __pycache__ of the scripts and freezerlib, as an installed copy has it (so that
-  no measured run compiles them where PYTHONDONTWRITEBYTECODE is set)."""
-  import compileall  # pylint: disable=g-import-not-at-top
-  compileall.compile_dir(os.path.join(REPO, 'freezerlib'), quiet=1)
-  for name in os.listdir(REPO):
-    if name.endswith('.py'):
-      compileall.compile_file(os.path.join(REPO, name), quiet=1)
-
-
 def main(argv):
   del argv
   work_dir = _WORK_DIR.value or tempfile.mkdtemp(prefix='tf2_checkpoint_bench_', dir='/tmp')
@@ -205,9 +168,7 @@ def main(argv):
   finally:
     if not _WORK_DIR.value:
       shutil.rmtree(work_dir, ignore_errors=True)
-  print('machine: %d cores, %s RAM; load average %.1f (other processes share the machine)' % (
-      os.cpu_count(), units.human_bytes(os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')),
-      os.getloadavg()[0]))
+  print('machine: %s' % machine())
   print('model: %s, embedding %d MiB x %d wide; checkpoint: %s of tensors in %s of files '
         '(Adam slots included)' % (_MODEL.value, _EMBEDDING_MB.value, _DIM.value,
                                    units.human_bytes(tensors), units.human_bytes(files)))
