@@ -109,6 +109,10 @@ _CAPI = flags.DEFINE_bool(
     'capi', True, 'Also serve each model through TensorFlow\'s C API (capi_throughput.c, built '
     'with gcc against the wheel), no Python in the calls: latency and throughput as TF Serving '
     'would see them.')
+_SERVING_ENV = flags.DEFINE_list(
+    'serving_env', [], 'NAME=VALUE settings of the environment the served models run in (for '
+    'example TF_ENABLE_ONEDNN_OPTS=0, TensorFlow\'s kernels without oneDNN), printed with the '
+    'figures.')
 _VARIANTS = flags.DEFINE_list(
     'serving_variants', ['defaults', 'norewrites', 'constants_off', 'nooptimize', 'keep'],
     'Re-dumped SavedModels served beside the training one: defaults, norewrites '
@@ -397,8 +401,9 @@ def write_feeds(training, batch_sizes, feeds_path):
   np.savez(feeds_path, **feeds)
 
 
-def _run(cmd):
-  proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=False)
+def _run(cmd, env=None):
+  proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=False,
+                        env=dict(os.environ, **env) if env else None)
   if proc.returncode:
     how = ('killed by signal %d' % -proc.returncode if proc.returncode < 0
            else 'exit code %d' % proc.returncode)
@@ -550,11 +555,12 @@ def _print_speed(figures, batch_sizes, latency_runs, threads, seconds, where):
 
 def bench_serving(work_dir, repeats, keep, latency_runs, batch_sizes=(1, 64), threads=8,
                   seconds=3.0, variants=('defaults', 'norewrites', 'constants_off',
-                                         'nooptimize', 'keep'), capi=True):
+                                         'nooptimize', 'keep'), capi=True, serving_env=None):
   """The re-dumped SavedModels against the training one, each run of each model in a fresh
   process (benchmarks/serving_probe.py), the order alternated between runs: resident memory
   after load and one call above a bare session's, load time, latency, and throughput with
-  `threads` threads sharing the session."""
+  `threads` threads sharing the session; `serving_env` ({name: value}) is added to the served
+  processes' environment."""
   import json  # pylint: disable=g-import-not-at-top  (here: a merge-friendly import block)
   training = os.path.join(work_dir, 'saved_model')
   models = {'training SavedModel': training}
@@ -608,11 +614,12 @@ def bench_serving(work_dir, repeats, keep, latency_runs, batch_sizes=(1, 64), th
   runner = build_capi_throughput(work_dir) if capi else None
   requests = write_capi_requests(training, feeds_path, work_dir) if capi else {}
   for r in range(repeats):
-    bare.append(json.loads(_run(probe + ['bare']).stdout.strip().splitlines()[-1])['rss'])
+    bare.append(json.loads(_run(probe + ['bare'], serving_env).stdout.strip().splitlines()[-1])[
+        'rss'])
     for name in (list(models) if r % 2 == 0 else list(reversed(list(models)))):
       try:
         proc = _run(probe + [models[name], feeds_path, str(latency_runs), str(seconds),
-                             str(threads)])
+                             str(threads)], serving_env)
       except RuntimeError as e:
         failed[name] = str(e).split(' failed (', 1)[-1].split(')', 1)[0]
         continue
@@ -621,7 +628,7 @@ def bench_serving(work_dir, repeats, keep, latency_runs, batch_sizes=(1, 64), th
         run = {'latency': {}, 'concurrent': {}}
         for b in batch_sizes:
           out = json.loads(_run([runner, models[name], 'serve', requests[b], str(threads),
-                                 str(seconds), str(latency_runs)]).stdout.strip())
+                                 str(seconds), str(latency_runs)], serving_env).stdout.strip())
           run['load'] = out['load']
           run['latency'][str(b)] = out['latency']
           run['concurrent'][str(b)] = out['concurrent']
@@ -631,6 +638,9 @@ def bench_serving(work_dir, repeats, keep, latency_runs, batch_sizes=(1, 64), th
   print()
   print('serving_default, each model in a fresh process, %d runs alternated: medians (min-max) '
         'over the runs' % repeats)
+  if serving_env:
+    print('served with %s in the environment' % ' '.join(
+        '%s=%s' % item for item in sorted(serving_env.items())))
   print()
   print('memory after load and one call, above a bare session (%s: TensorFlow imported, one '
         'empty run); tensors restored from variables/; trained tensors serving reads: %s'
@@ -675,7 +685,8 @@ def main(argv):
   if 'serve' in _SECTIONS.value:
     bench_serving(work_dir, _REPEATS.value, _KEEP.value, _LATENCY_RUNS.value,
                   [int(b) for b in _BATCH_SIZES.value], _THREADS.value, _SECONDS.value,
-                  _VARIANTS.value, _CAPI.value)
+                  _VARIANTS.value, _CAPI.value,
+                  dict(v.split('=', 1) for v in _SERVING_ENV.value))
   print()
   print('load average (1, 5, 15 min) at the end: %.1f %.1f %.1f' % os.getloadavg())
 
