@@ -82,15 +82,15 @@ def _graph(prefix, n, dim, key_dtype, forms):
     if 'dense+guard' in forms or 'dense' in forms:
       if key_dtype == tf.int64:
         empty, deleted, stand_in = [tf.constant(-2**63 + i, tf.int64) for i in range(3)]
-        marker = tf.less(query, tf.constant(-2**63 + 2, tf.int64))
+        guarded = tf.maximum(query, stand_in)  # as read_only_tables guards int64 keys
       else:
         empty, deleted, stand_in = [tf.constant(b'\x00freezer:%d' % i) for i in range(3)]
         marker = tf.logical_or(tf.equal(query, empty), tf.equal(query, deleted))
+        guarded = tf.raw_ops.SelectV2(condition=marker, t=stand_in, e=query)
       table = tf.raw_ops.MutableDenseHashTableV2(
           empty_key=empty, deleted_key=deleted, value_dtype=tf.int32, value_shape=[],
           initial_num_buckets=4, max_load_factor=0.8)
       inits.append(tf.raw_ops.LookupTableInsertV2(table_handle=table, keys=keys, values=rows))
-      guarded = tf.raw_ops.SelectV2(condition=marker, t=stand_in, e=query)
       for form, looked_up in (('dense+guard', guarded), ('dense (no guard)', query)):
         found = tf.raw_ops.LookupTableFindV2(table_handle=table, keys=looked_up,
                                              default_value=default_row)

@@ -24,9 +24,10 @@ restores it straight into a variable. Scalar values (K -> V) stay the table's va
 A dense table refuses two keys, its empty and deleted markers, where the original answers the
 default. Both are chosen outside the table's keys (for integer keys, the type's two least
 values unless the table holds them), and each lookup first replaces a key equal to either by a
-third key outside the table (Less and SelectV2 over the keys; Equal, Equal, LogicalOr and
-SelectV2 for strings), so every key, those included, gets what the original gives: its value
-if the table holds it, else the default.
+third key outside the table (for integer keys one Maximum with the type's third least value
+when the table holds none of the three, else Less and SelectV2 over the keys; Equal, Equal,
+LogicalOr and SelectV2 for strings), so every key, those included, gets what the original
+gives: its value if the table holds it, else the default.
 
 Which form (tables_micro in the README's benchmarks, 1M keys of 16 floats, CPU per call of one
 caller, medians of 7 alternated rounds, load 3-4 on 2 cores): the static table is the faster
@@ -154,13 +155,23 @@ def _guarded_keys(find, markers_nodes, stand_in, key_type, flat, taken):
   """Nodes computing the keys `find` looks up with the markers replaced by `stand_in`, as a
   vector when `flat` (a dense table takes a vector of scalar keys; the lookup may pass any
   shape). Integer markers are the type's two least values when the table holds neither: then
-  one comparison (key < least + 2) finds them."""
+  one Maximum with the stand-in, the third least, replaces them when the table does not hold
+  that either (the usual case; one op where a comparison and a select take three times its
+  time at batch 1), else one comparison (key < least + 2) finds them."""
   keys = find.input[1]
   base = find.name + '/keys'
   empty = _array(markers_nodes[0].attr['value'].tensor)
   deleted = _array(markers_nodes[1].attr['value'].tensor)
-  if key_type != _T.DT_STRING and int(empty) == np.iinfo(empty.dtype).min and (
-      int(deleted) == int(empty) + 1):
+  stand = _array(stand_in.attr['value'].tensor)
+  least = np.iinfo(empty.dtype).min if key_type != _T.DT_STRING else None
+  if least is not None and (int(empty), int(deleted), int(stand)) == (least, least + 1,
+                                                                       least + 2):
+    # The three least values are all outside the table: raising every key to the third sends
+    # both markers to a key the table does not hold and leaves every other key as it is.
+    guarded = _node(graphs.unique_name(base + '/guarded', taken), 'Maximum',
+                    [keys, stand_in.name], find.device, T=key_type)
+    nodes = [guarded]
+  elif least is not None and (int(empty), int(deleted)) == (least, least + 1):
     bound = _const(graphs.unique_name(base + '/marker_bound', taken), int(empty) + 2,
                    tf.as_dtype(key_type))
     either = _node(graphs.unique_name(base + '/is_marker', taken), 'Less', [keys, bound.name],

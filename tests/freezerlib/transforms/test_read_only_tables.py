@@ -29,9 +29,11 @@ def _graph(insert_too=False, empty=False):
         key_dtype=tf.string, value_dtype=tf.int64, value_shape=[2], name='by_word')
     scalars = tf.raw_ops.MutableHashTableV2(key_dtype=tf.int64, value_dtype=tf.float32,
                                             name='scalars')
-    # Its keys leave int64's two least values free: they are its markers.
+    # Its keys leave int64's three least values free: the markers and the stand-in.
     plain = tf.raw_ops.MutableHashTableOfTensorsV2(
         key_dtype=tf.int64, value_dtype=tf.float32, value_shape=[2], name='plain')
+    # Its keys leave the two least free, not the third: the stand-in is the fourth.
+    edge = tf.raw_ops.MutableHashTableV2(key_dtype=tf.int64, value_dtype=tf.int32, name='edge')
     n = 0 if empty else len(INT_KEYS)
     fills = [
         tf.raw_ops.LookupTableImportV2(
@@ -46,6 +48,9 @@ def _graph(insert_too=False, empty=False):
         tf.raw_ops.LookupTableImportV2(
             table_handle=plain, keys=tf.constant([3, 5, 4], tf.int64),
             values=tf.constant([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])),
+        tf.raw_ops.LookupTableImportV2(
+            table_handle=edge, keys=tf.constant([-2**63 + 2, 3], tf.int64),
+            values=tf.constant([11, 12], tf.int32)),
     ]
     tf.group(*fills, name='init')
     # Two lookups of one table with different defaults, one with the same as another.
@@ -61,13 +66,15 @@ def _graph(insert_too=False, empty=False):
         table_handle=scalars, keys=ids, default_value=tf.constant(-0.25)), 's')
     tf.identity(tf.raw_ops.LookupTableFindV2(
         table_handle=plain, keys=ids, default_value=tf.constant([0.0, -0.0])), 'p')
+    tf.identity(tf.raw_ops.LookupTableFindV2(
+        table_handle=edge, keys=ids, default_value=tf.constant(-1, tf.int32)), 'e')
     if insert_too:
       tf.raw_ops.LookupTableInsertV2(table_handle=scalars, keys=ids, values=tf.zeros_like(
           ids, tf.float32), name='update')
   return graph.as_graph_def()
 
 
-OUTPUTS = ['v1:0', 'v2:0', 'v3:0', 'w:0', 's:0', 'p:0']
+OUTPUTS = ['v1:0', 'v2:0', 'v3:0', 'w:0', 's:0', 'p:0', 'e:0']
 
 
 def _run(graph_def, ids, words):
@@ -97,19 +104,23 @@ def test_every_key_held_unseen_or_reserved_answers_as_before(form):
   done = read_only_tables.rewrite(rewritten, 'init', keep=['init'] + [o[:-2] for o in OUTPUTS],
                                   form=form)
   assert sorted((d.table, d.keys, d.matrix) for d in done) == [
-      ('by_word', 4, True), ('plain', 3, True), ('scalars', 6, False), ('vectors', 6, True)]
+      ('by_word', 4, True), ('edge', 2, False), ('plain', 3, True), ('scalars', 6, False),
+      ('vectors', 6, True)]
   ops = [n.op for n in rewritten.node]
   if form == 'dense':
-    assert ops.count(read_only_tables.DENSE_OP) == 4
-    # The table without int64's least values takes them as markers: one Less finds them.
-    assert ops.count('Less') == 1 and ops.count('LogicalOr') == 5
+    assert ops.count(read_only_tables.DENSE_OP) == 5
+    # The table without int64's three least values takes them as markers and stand-in: one
+    # Maximum replaces the markers. Holding the third, one Less finds them.
+    assert ops.count('Maximum') == 1 and ops.count('Less') == 1
+    assert ops.count('LogicalOr') == 5 and ops.count('SelectV2') == 6
   elif form == 'static':
-    assert ops.count(read_only_tables.STATIC_OP) == 4
-    assert not {'Less', 'LogicalOr', 'SelectV2'} & set(ops)
+    assert ops.count(read_only_tables.STATIC_OP) == 5
+    assert not {'Less', 'LogicalOr', 'SelectV2', 'Maximum'} & set(ops)
   else:  # string keys static, integer keys dense
     by_name = {n.name: n.op for n in rewritten.node}
     assert by_name['by_word'] == read_only_tables.STATIC_OP
-    assert {by_name[t] for t in ('vectors', 'scalars', 'plain')} == {read_only_tables.DENSE_OP}
+    assert {by_name[t] for t in ('vectors', 'scalars', 'plain', 'edge')} == {
+        read_only_tables.DENSE_OP}
     assert {d.form for d in done} == {'static', 'dense'}
   assert not {'MutableHashTableV2', 'MutableHashTableOfTensorsV2'} & set(ops)
   # Vector values are one matrix, with a row for each distinct default.
@@ -124,6 +135,7 @@ def test_every_key_held_unseen_or_reserved_answers_as_before(form):
     assert np.array_equal(np.signbit(got), np.signbit(want)), name  # -0.0 stays -0.0
   # The feeds do hit the tables and miss them.
   assert (before[4] == -0.25).sum() == 7 and (before[3] == 7).all(axis=-1).sum() == 5
+  assert (before[6] == 11).sum() == 1 and (before[6] == 12).sum() == 1
 
 
 def test_tables_written_or_empty_or_small_are_left_as_they_are():
