@@ -99,6 +99,8 @@ def find_unsafe(graph_def, exempt=(), asset_tensors=()):
           node.input[1] in asset_tensors or node.input[1] + ':0' in asset_tensors):
         continue
       findings.append(Finding(node.name, node.op, node.name))
+    if not library:
+      continue  # no functions to call (a TF1 graph): nothing more to walk
     stack, seen = _calls(node, library), set()
     while stack:
       name = stack.pop()

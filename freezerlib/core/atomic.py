@@ -9,13 +9,11 @@ debris.
 """
 
 import contextlib
-import ctypes
 import dataclasses
 import errno
 import os
 import signal
 import socket
-import uuid
 
 from absl import logging
 
@@ -77,7 +75,7 @@ def _temp_sibling(path):
   # makes it so), and hidden from the model loaders that list the parent directory. Host and
   # pid in the name let a later run tell debris of a killed run from a run still going.
   parent, base = files.parent_dir(path), path.rstrip('/').rsplit('/', 1)[-1]
-  name = '.%s.tmp-%s-%d-%s' % (base, _HOST, os.getpid(), uuid.uuid4().hex[:8])
+  name = '.%s.tmp-%s-%d-%s' % (base, _HOST, os.getpid(), os.urandom(4).hex())
   return files.join(parent, name) if parent else name
 
 
@@ -229,6 +227,7 @@ def _rename_noreplace(src, dst):
   kernel offers it (Linux renameat2 RENAME_NOREPLACE); elsewhere a rename that fails on a
   non-empty directory (a finished version always holds saved_model.pb)."""
   if not files.is_remote(src):
+    import ctypes  # pylint: disable=g-import-not-at-top  # here only: 1 ms of every start-up
     libc = ctypes.CDLL(None, use_errno=True)
     renameat2 = getattr(libc, 'renameat2', None)
     if renameat2 is not None:

@@ -64,28 +64,29 @@ def check_graph_def(graph_def, where, op_defs=None):
     CorruptGraphError: one line naming `where`, the node and what is wrong with it.
   """
   functions = {f.signature.name: f for f in graph_def.library.function}
+  cache = {}  # op -> its attribute rules (_attr_rules)
   names = set()
   for node in graph_def.node:
     if node.name in names:
       raise CorruptGraphError('%s is corrupt: two nodes are named %r' % (where, node.name))
     names.add(node.name)
   for node in graph_def.node:
-    _check_node(node, where, '', op_defs, functions)
+    _check_node(node, where, '', op_defs, functions, cache)
     for graph_input in node.input:
       if graphs.node_name(graph_input) not in names:
         raise CorruptGraphError('%s is corrupt: node %r takes input %r, which is not a node of '
                                 'the graph' % (where, node.name, graph_input))
   for function in graph_def.library.function:
-    _check_function(function, where, op_defs, functions)
+    _check_function(function, where, op_defs, functions, cache)
   _check_acyclic(graph_def, where)
 
 
-def _check_function(function, where, op_defs, functions):
+def _check_function(function, where, op_defs, functions, cache):
   name = function.signature.name
   args = {a.name for a in function.signature.input_arg}
   nodes = {n.name for n in function.node_def}
   for node in function.node_def:
-    _check_node(node, where, 'function %s: ' % name, op_defs, functions)
+    _check_node(node, where, 'function %s: ' % name, op_defs, functions, cache)
     for graph_input in node.input:
       source = graph_input.lstrip('^').split(':')[0]
       if source not in nodes and source not in args:
@@ -94,13 +95,12 @@ def _check_function(function, where, op_defs, functions):
                                 % (where, name, node.name, graph_input))
 
 
-def _check_node(node, where, scope, op_defs, functions):
+def _check_node(node, where, scope, op_defs, functions, cache):
   def fail(what):
     raise CorruptGraphError('%s is corrupt: %snode %r (%s) %s' % (where, scope, node.name, node.op,
                                                                  what))
 
-  for key in node.attr:  # read only: `node.attr[k]` on a missing key would add it
-    value = node.attr[key]
+  for key, value in node.attr.items():  # read only: `node.attr[k]` on a missing key adds it
     kind = value.WhichOneof('value')
     if kind == 'shape':
       _check_shape(value.shape, -1, fail, key)
@@ -120,9 +120,9 @@ def _check_node(node, where, scope, op_defs, functions):
         fail('holds a %s value but its dtype attribute says %s'
              % (lean_tf.as_dtype(stored).name, lean_tf.as_dtype(declared).name))
   if op_defs is not None and node.op not in functions:
-    op_def = op_defs.get(node.op)
-    if op_def is not None:
-      _check_attrs(node, op_def, fail)
+    rules = _attr_rules(op_defs, node.op, cache)
+    if rules:
+      _check_attrs(node, rules, fail)
 
 
 def _check_shape(shape, lowest, fail, attr):
@@ -131,26 +131,46 @@ def _check_shape(shape, lowest, fail, attr):
       fail('has a negative dimension (%d) in attribute %r' % (dim.size, attr))
 
 
-def _check_attrs(node, op_def, fail):
-  for attr_def in op_def.attr:
-    if attr_def.name not in node.attr:
-      if not attr_def.HasField('default_value'):
-        fail('lacks attribute %r, which op %s requires' % (attr_def.name, node.op))
+def _attr_rules(op_defs, op, cache):
+  """[(attr name, wanted AttrValue field or None, has a default, allowed types)] of `op`'s
+  OpDef in `op_defs` (None when it has none), kept in `cache` ({op: rules}) so each op type's
+  OpDef is read once: reading its fields costs more than a node's own."""
+  if op not in cache:
+    op_def = op_defs.get(op)
+    if op_def is None:
+      cache[op] = None
+    else:
+      rules = []
+      for attr_def in op_def.attr:
+        wanted = None
+        if attr_def.type != 'any':
+          wanted = 'list' if attr_def.type.startswith('list(') else _FIELD.get(attr_def.type)
+        allowed = (frozenset(attr_def.allowed_values.list.type) if attr_def.type == 'type'
+                   else frozenset())
+        rules.append((attr_def.name, wanted, attr_def.HasField('default_value'), allowed))
+      cache[op] = rules
+  return cache[op]
+
+
+def _check_attrs(node, rules, fail):
+  attrs = node.attr
+  for name, wanted, has_default, allowed in rules:
+    if name not in attrs:
+      if not has_default:
+        fail('lacks attribute %r, which op %s requires' % (name, node.op))
       continue
-    value = node.attr[attr_def.name]
-    kind = value.WhichOneof('value')
-    if kind is None or kind == 'placeholder' or attr_def.type == 'any':
-      continue  # unset (an empty list) or a function's placeholder: TensorFlow's own rule
-    wanted = 'list' if attr_def.type.startswith('list(') else _FIELD.get(attr_def.type)
     if wanted is None:
       continue
+    value = attrs[name]
+    kind = value.WhichOneof('value')
+    if kind is None or kind == 'placeholder':
+      continue  # unset (an empty list) or a function's placeholder: TensorFlow's own rule
     if kind != wanted:
       fail('has attribute %r holding %s, where op %s wants %s' % (
-          attr_def.name, _FIELD_NAMES.get(kind, kind), node.op, _FIELD_NAMES[wanted]))
-    allowed = attr_def.allowed_values.list.type
-    if attr_def.type == 'type' and allowed and graphs.base_dtype(value.type) not in allowed:
+          name, _FIELD_NAMES.get(kind, kind), node.op, _FIELD_NAMES[wanted]))
+    if allowed and graphs.base_dtype(value.type) not in allowed:
       fail('has attribute %r = %s, which op %s does not allow' % (
-          attr_def.name, lean_tf.as_dtype(value.type).name, node.op))
+          name, lean_tf.as_dtype(value.type).name, node.op))
 
 
 def _check_acyclic(graph_def, where):
