@@ -5,7 +5,8 @@ is counted against another. Prints one JSON line:
 
   load         seconds to load (restore, then the main op), as TF Serving loads a TF1 model
   rss          bytes of resident memory after the load and one call (VmRSS)
-  latency      {batch: [median, p99]} seconds of `runs` calls one after another
+  latency      {batch: [median, p99]} seconds of `runs` calls one after another, after 0.5 s
+               of calls (the first few hundred after a load can be slower)
   concurrent   {batch: [queries per second, median, p99]}: `threads` threads sharing the one
                session call serving_default for `seconds`; a query is one call of `batch`
                examples; latencies are per call, over every thread
@@ -28,6 +29,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # pylint: disable=g-import-not-at-top
 import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+
+WARM_SECONDS = 0.5  # of calls before the latency of one caller is measured
 
 
 def rss_bytes():
@@ -92,6 +96,11 @@ def serve(export_dir, feeds_path, runs, seconds, threads):
   model.run('serving_default', by_batch[batches[0]])
   out = {'load': model.load_seconds, 'rss': rss_bytes(), 'latency': {}, 'concurrent': {}}
   for batch in batches:
+    # Steady state, as a server answers after its warmup requests: a model's first few hundred
+    # calls after the load can take 3x as long (seen on either of two models, by chance).
+    warm_until = time.perf_counter() + WARM_SECONDS
+    while time.perf_counter() < warm_until:
+      model.run('serving_default', by_batch[batch])
     out['latency'][batch] = compare.latency(model, 'serving_default', by_batch[batch], runs)
   sig = model.signatures['serving_default']
   keys = sorted(by_batch[batches[0]])
