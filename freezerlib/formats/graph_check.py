@@ -100,7 +100,8 @@ def _check_node(node, where, scope, op_defs, functions, cache):
     raise CorruptGraphError('%s is corrupt: %snode %r (%s) %s' % (where, scope, node.name, node.op,
                                                                  what))
 
-  for key, value in node.attr.items():  # read only: `node.attr[k]` on a missing key adds it
+  for key in node.attr:  # read only: `node.attr[k]` on a missing key would add it
+    value = node.attr[key]
     kind = value.WhichOneof('value')
     if kind == 'shape':
       _check_shape(value.shape, -1, fail, key)

@@ -30,7 +30,7 @@ LogicalOr and SelectV2 for strings), so every key, those included, gets what the
 gives: its value if the table holds it, else the default.
 
 Which form: the static table is the faster, the dense table the smaller (the 1M-key int64
-model of the README: 349 MiB above a bare session against 371). Through the C API, 8 threads
+model of the README: 348 MiB above a bare session against 368). Through the C API, 8 threads
 at batch 1 on the README's string-key model, the dense int64 table with its Maximum guard
 answered 37.5k queries per second where the static one answered 38.9k (the guard as Less and
 SelectV2 had cost 3 us more per call: 35.3k); through Python (benchmarks/table_lookups.py) the
