@@ -2,9 +2,10 @@ r"""optimize_from_pb_test.py: does a converted model answer exactly as the origi
 
 Runs the new model (a SavedModel, or a GraphDef written by freezer.py / optimize_from_pb.py)
 and the reference SavedModel on the same inputs, signature by signature, and prints per output
-the largest absolute and relative error, then latency (median, p99) at each batch size, load
-time, node count and size. Inputs are built from the signatures' dtypes and shapes (ids drawn
-from the reference model's table keys and from unseen keys) or read with --inputs.
+the largest absolute and relative error, then latency (median, p99) at each batch size (after
+0.2 s of warm-up calls: a model's first calls after its load are slower), load time, node count
+and size. Inputs are built from the signatures' dtypes and shapes (ids drawn from the reference
+model's table keys and from unseen keys) or read with --inputs.
 
 Sparse and ragged inputs get SparseTensorValues and RaggedTensorValues; ids that index an
 embedding are drawn inside its rows; strings from the vocabularies and unseen ones. An .npz

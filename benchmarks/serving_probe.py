@@ -98,10 +98,8 @@ def serve(export_dir, feeds_path, runs, seconds, threads):
   for batch in batches:
     # Steady state, as a server answers after its warmup requests: a model's first few hundred
     # calls after the load can take 3x as long (seen on either of two models, by chance).
-    warm_until = time.perf_counter() + WARM_SECONDS
-    while time.perf_counter() < warm_until:
-      model.run('serving_default', by_batch[batch])
-    out['latency'][batch] = compare.latency(model, 'serving_default', by_batch[batch], runs)
+    out['latency'][batch] = compare.latency(model, 'serving_default', by_batch[batch], runs,
+                                            warm_seconds=WARM_SECONDS)
   sig = model.signatures['serving_default']
   keys = sorted(by_batch[batches[0]])
   fetches = [model.graph.get_tensor_by_name(sig.outputs[k].name) for k in sorted(sig.outputs)]

@@ -5,6 +5,7 @@ tested is the comparison, not loading (tests/freezerlib/verify/test_loaders.py).
 """
 
 import io
+import time
 
 import numpy as np
 import pytest
@@ -88,8 +89,16 @@ def test_a_run_that_fails_on_the_inputs_is_one_line():
 
 def test_latency_runs_warm_up_then_the_timed_runs():
   model = _Model('m', {'s': lambda f: {}})
-  median, p99 = compare.latency(model, 's', {}, runs=5)
+  median, p99 = compare.latency(model, 's', {}, runs=5, warm_seconds=0)
   assert model.calls == ['s'] * 8 and 0 <= median <= p99
+
+
+def test_latency_warms_up_for_its_seconds():
+  model = _Model('m', {'s': lambda f: time.sleep(0.001)})
+  start = time.perf_counter()
+  compare.latency(model, 's', {}, runs=2, warm_seconds=0.05)
+  # Warm-up calls until 0.05 s passed (about 1 ms each), then the 2 timed ones.
+  assert time.perf_counter() - start >= 0.05 and len(model.calls) >= 12
 
 
 def test_common_signatures():
