@@ -94,11 +94,11 @@ def test_latency_runs_warm_up_then_the_timed_runs():
 
 
 def test_latency_warms_up_for_its_seconds():
-  model = _Model('m', {'s': lambda f: time.sleep(0.001)})
+  model = _Model('m', {'s': lambda f: {}})
   start = time.perf_counter()
   compare.latency(model, 's', {}, runs=2, warm_seconds=0.05)
-  # Warm-up calls until 0.05 s passed (about 1 ms each), then the 2 timed ones.
-  assert time.perf_counter() - start >= 0.05 and len(model.calls) >= 12
+  # Instant calls: only warming up by time takes 0.05 s, and more than the 3 + 2 calls.
+  assert time.perf_counter() - start >= 0.05 and len(model.calls) > 5
 
 
 def test_common_signatures():
