@@ -10,6 +10,7 @@ imported by the package. Import it first in a script: until `run_cli` starts the
 interrupt ends the process at once (nothing has been written yet).
 """
 
+import gc
 import os
 import signal
 import sys
@@ -29,6 +30,11 @@ _SCRIPTS = ('model_gen.py', 'freezer.py', 'optimize_from_pb.py', 'optimize_from_
 if (getattr(sys.modules.get('__main__'), '__file__', None) or '').rsplit('/', 1)[-1] in _SCRIPTS:
   signal.signal(signal.SIGINT, _exit_at_start_up)
   signal.signal(signal.SIGTERM, _exit_at_start_up)
+  # The imports make objects that live as long as the process (modules, classes, functions):
+  # the cyclic garbage collector, which would walk them again and again while they are made
+  # and at every full collection afterwards, waits until run_cli, which freezes them first.
+  # 7 to 9 ms of the checkpoint path's 0.18 s (the README's benchmark).
+  gc.disable()
 
 import re  # pylint: disable=g-import-not-at-top,g-bad-import-order
 
@@ -121,6 +127,9 @@ def run_cli(program, fn):
   # From here an interrupt unwinds the work, so every temporary output is removed.
   previous = (signal.signal(signal.SIGINT, _interrupt), signal.signal(signal.SIGTERM, _interrupt))
   as_script = previous[0] is _exit_at_start_up
+  if as_script and not gc.isenabled():
+    gc.freeze()  # what start-up made is never garbage: later collections skip it
+    gc.enable()
   already = len(atomic.completed_outputs())
   try:
     code = fn()
@@ -128,7 +137,7 @@ def run_cli(program, fn):
     _after_work(as_script, previous)
     sys.stderr.write('%s: error: %s\n' % (program, str(e).replace('\n', ' ')))
     sys.stderr.flush()
-    return EXIT_REFERENCE_FAILED if isinstance(e, errors.ReferenceFailed) else EXIT_FAILURE
+    code = EXIT_REFERENCE_FAILED if isinstance(e, errors.ReferenceFailed) else EXIT_FAILURE
   except KeyboardInterrupt:
     _after_work(as_script, previous)
     done = atomic.completed_outputs()[already:]
@@ -136,9 +145,34 @@ def run_cli(program, fn):
         program, ('%s complete, nothing else written' % ', '.join(done)) if done
         else 'nothing written'))
     sys.stderr.flush()
-    return EXIT_INTERRUPTED
-  _after_work(as_script, previous)
-  return EXIT_OK if code is None else code
+    code = EXIT_INTERRUPTED
+  else:
+    _after_work(as_script, previous)
+    code = EXIT_OK if code is None else code
+  if as_script:
+    _end_process(code)
+  return code
+
+
+def _end_process(code):
+  """Ends a script's own process with `code` now that its outputs are what they will be:
+  exit handlers run and stdout and stderr are flushed, as at any exit, but the interpreter's
+  teardown of every module is skipped. That teardown, which changes nothing on disk, took
+  0.47 s after freezer.py (TensorFlow's thousands of modules) and 20 ms after the checkpoint
+  path's 0.2 s (the README's benchmark). Returns, for the usual exit, while a non-daemon thread
+  is still running: the interpreter waits for those."""
+  import atexit  # pylint: disable=g-import-not-at-top
+  import threading  # pylint: disable=g-import-not-at-top
+  if any(t.is_alive() and not t.daemon for t in threading.enumerate()
+         if t is not threading.main_thread()):
+    return
+  atexit._run_exitfuncs()  # pylint: disable=protected-access  # logging's flush among them
+  for stream in (sys.stdout, sys.stderr):
+    try:
+      stream.flush()
+    except (OSError, ValueError):  # a closed pipe: nothing more can reach it
+      pass
+  os._exit(code)  # pylint: disable=protected-access
 
 
 def _after_work(as_script, previous):

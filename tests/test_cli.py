@@ -165,6 +165,31 @@ def test_interrupt_after_the_output_is_complete_says_so(monkeypatch, tmp_path, c
       'freezer.py: interrupted: %s complete, nothing else written\n' % (tmp_path / 'out.pb'))
 
 
+def test_a_scripts_process_ends_after_its_exit_handlers_with_its_output_flushed():
+  """utils.run_cli ends a script's own process without the interpreter's teardown: exit
+  handlers still run, buffered output still reaches a pipe, the exit code is kept."""
+  code = ('import atexit, sys, utils\n'
+          'atexit.register(lambda: sys.stdout.write(" handler"))\n'
+          'sys.stdout.write("buffered")\n'
+          'utils._end_process(3)\n'
+          'sys.stdout.write(" not reached")\n')
+  proc = subprocess.run([sys.executable, '-c', code], cwd=REPO,
+                        env=dict(os.environ, PYTHONUNBUFFERED=''), capture_output=True,
+                        text=True, timeout=60, check=False)
+  assert (proc.returncode, proc.stdout, proc.stderr) == (3, 'buffered handler', '')
+
+
+def test_a_scripts_process_waits_for_its_running_threads():
+  """While a non-daemon thread runs, the usual exit (which waits for it) is kept."""
+  code = ('import threading, time, utils\n'
+          'threading.Thread(target=time.sleep, args=(0.3,)).start()\n'
+          'utils._end_process(3)\n'
+          'print("returned")\n')
+  proc = subprocess.run([sys.executable, '-c', code], cwd=REPO, capture_output=True, text=True,
+                        timeout=60, check=False)
+  assert (proc.returncode, proc.stdout) == (0, 'returned\n')
+
+
 # ---------------------------------------------------------------------------------------------
 # TF Serving's layout and warmup requests
 

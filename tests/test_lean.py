@@ -22,14 +22,13 @@ def _fresh_python(code, *args):
 
 def _export_in_fresh_process(structure, ckpt, out):
   """Runs optimize_from_ckpt.py in a new Python; returns the heavy modules it loaded."""
-  code = ('import runpy, sys\n'
+  # The script ends its own process (utils.run_cli): what it loaded is printed at exit.
+  code = ('import atexit, runpy, sys\n'
+          'atexit.register(lambda: print("LOADED", [m for m in sys.modules if m in (\n'
+          '    "numpy", "tensorflow.python.framework.ops", "tensorflow.python.pywrap_tensorflow",\n'
+          '    "tensorflow.python.client.session")]))\n'
           'sys.argv = ["optimize_from_ckpt.py"] + sys.argv[1:]\n'
-          'try:\n'
-          '  runpy.run_path("optimize_from_ckpt.py", run_name="__main__")\n'
-          'except SystemExit as e:\n'
-          '  assert not e.code, e.code\n'
-          'print("LOADED", [m for m in sys.modules if m in ("numpy", "tensorflow.python.framework.ops",\n'
-          '      "tensorflow.python.pywrap_tensorflow", "tensorflow.python.client.session")])\n')
+          'runpy.run_path("optimize_from_ckpt.py", run_name="__main__")\n')
   proc = _fresh_python(code, '--saved_model_dir=%s' % structure, '--checkpoint=%s' % ckpt,
                        '--output_saved_model_dir=%s' % out)
   assert proc.returncode == 0, proc.stderr[-3000:]
