@@ -107,12 +107,16 @@ if not any(isinstance(f, _QuietTensorFlowFinder) for f in sys.meta_path):
 def load(name):
   """Imports module `name` of the tensorflow package without running tensorflow/__init__.py
   (unless TensorFlow is loaded already, in which case this is a plain import)."""
-  module = sys.modules.get(name)
-  if module is not None:
-    return module
+  return _load([name])[0]
+
+
+def _load(names):
+  """`load` of each of `names`, under one stand-in."""
+  if all(name in sys.modules for name in names):
+    return [sys.modules[name] for name in names]
   with _lock:
     if 'tensorflow' in sys.modules:
-      return importlib.import_module(name)
+      return [importlib.import_module(name) for name in names]
     spec = importlib.util.find_spec('tensorflow')
     if spec is None or not spec.submodule_search_locations:
       raise ImportError('TensorFlow is not installed')
@@ -120,8 +124,11 @@ def load(name):
     stand_in.__path__ = list(spec.submodule_search_locations)
     sys.modules['tensorflow'] = stand_in
     try:
-      with _quiet_stderr():
-        return importlib.import_module(name)
+      # Generated proto modules import only protobuf, which logs nothing; anything else may
+      # load TensorFlow's C++ libraries, whose chatter is kept off stderr.
+      with (contextlib.nullcontext() if all(n.endswith('_pb2') for n in names)
+            else _quiet_stderr()):
+        return [importlib.import_module(name) for name in names]
     finally:
       # The real package, imported later, runs its __init__ and finds these modules loaded.
       if sys.modules.get('tensorflow') is stand_in:
@@ -224,15 +231,12 @@ def _quiet_python_side(tf):
 after_tensorflow_loads(_bind_subpackages)
 after_tensorflow_loads(_quiet_python_side)
 
-types_pb2 = load('tensorflow.core.framework.types_pb2')
-tensor_pb2 = load('tensorflow.core.framework.tensor_pb2')
-tensor_shape_pb2 = load('tensorflow.core.framework.tensor_shape_pb2')
-node_def_pb2 = load('tensorflow.core.framework.node_def_pb2')
-graph_pb2 = load('tensorflow.core.framework.graph_pb2')
-meta_graph_pb2 = load('tensorflow.core.protobuf.meta_graph_pb2')
-saved_model_pb2 = load('tensorflow.core.protobuf.saved_model_pb2')
-saver_pb2 = load('tensorflow.core.protobuf.saver_pb2')
-tensor_bundle_pb2 = load('tensorflow.core.protobuf.tensor_bundle_pb2')
+(types_pb2, tensor_pb2, tensor_shape_pb2, node_def_pb2, graph_pb2, meta_graph_pb2, saved_model_pb2,
+ saver_pb2, tensor_bundle_pb2) = _load([
+     'tensorflow.core.framework.' + name for name in (
+         'types_pb2', 'tensor_pb2', 'tensor_shape_pb2', 'node_def_pb2', 'graph_pb2')] + [
+     'tensorflow.core.protobuf.' + name for name in (
+         'meta_graph_pb2', 'saved_model_pb2', 'saver_pb2', 'tensor_bundle_pb2')])
 
 NodeDef = node_def_pb2.NodeDef
 

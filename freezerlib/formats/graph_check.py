@@ -70,15 +70,19 @@ def check_graph_def(graph_def, where, op_defs=None):
     if node.name in names:
       raise CorruptGraphError('%s is corrupt: two nodes are named %r' % (where, node.name))
     names.add(node.name)
+  sources = {}  # node -> the nodes its inputs name, for the cycle check
   for node in graph_def.node:
     _check_node(node, where, '', op_defs, functions, cache)
-    for graph_input in node.input:
-      if graphs.node_name(graph_input) not in names:
+    # graphs.node_name, inline: this loop runs over every input of the graph.
+    named = [i.lstrip('^').split(':')[0] for i in node.input]
+    for graph_input, source in zip(node.input, named):
+      if source not in names:
         raise CorruptGraphError('%s is corrupt: node %r takes input %r, which is not a node of '
                                 'the graph' % (where, node.name, graph_input))
+    sources[node.name] = named
   for function in graph_def.library.function:
     _check_function(function, where, op_defs, functions, cache)
-  _check_acyclic(graph_def, where)
+  _check_acyclic(graph_def, where, sources)
 
 
 def _check_function(function, where, op_defs, functions, cache):
@@ -96,40 +100,52 @@ def _check_function(function, where, op_defs, functions, cache):
 
 
 def _check_node(node, where, scope, op_defs, functions, cache):
-  def fail(what):
-    raise CorruptGraphError('%s is corrupt: %snode %r (%s) %s' % (where, scope, node.name, node.op,
-                                                                 what))
+  problem = _node_problem(node, op_defs, functions, cache)
+  if problem:
+    raise CorruptGraphError('%s is corrupt: %snode %r (%s) %s' % (where, scope, node.name,
+                                                                 node.op, problem))
 
-  for key in node.attr:  # read only: `node.attr[k]` on a missing key would add it
-    value = node.attr[key]
+
+def _node_problem(node, op_defs, functions, cache):
+  """What is wrong with `node` (None when nothing is)."""
+  attrs = node.attr
+  op = node.op
+  for key in attrs:  # read only: `attrs[k]` on a missing key would add it
+    value = attrs[key]
     kind = value.WhichOneof('value')
     if kind == 'shape':
-      _check_shape(value.shape, -1, fail, key)
+      shapes, tensors = (value.shape,), ()
     elif kind == 'tensor':
-      _check_shape(value.tensor.tensor_shape, 0, fail, key)
+      shapes, tensors = (), (value.tensor,)
     elif kind == 'list':
-      for shape in value.list.shape:
-        _check_shape(shape, -1, fail, key)
-      for tensor in value.list.tensor:
-        _check_shape(tensor.tensor_shape, 0, fail, key)
-  if node.op == 'Const':
-    if 'value' not in node.attr or node.attr['value'].WhichOneof('value') != 'tensor':
-      fail('has no value')
-    if 'dtype' in node.attr and node.attr['dtype'].WhichOneof('value') == 'type':
-      declared, stored = node.attr['dtype'].type, node.attr['value'].tensor.dtype
+      shapes, tensors = value.list.shape, value.list.tensor
+    else:
+      continue
+    for shape in shapes:
+      for dim in shape.dim:
+        if dim.size < -1:
+          return _negative(dim.size, key)
+    for tensor in tensors:
+      for dim in tensor.tensor_shape.dim:
+        if dim.size < 0:
+          return _negative(dim.size, key)
+  if op == 'Const':
+    if 'value' not in attrs or attrs['value'].WhichOneof('value') != 'tensor':
+      return 'has no value'
+    if 'dtype' in attrs and attrs['dtype'].WhichOneof('value') == 'type':
+      declared, stored = attrs['dtype'].type, attrs['value'].tensor.dtype
       if declared != stored:
-        fail('holds a %s value but its dtype attribute says %s'
-             % (lean_tf.as_dtype(stored).name, lean_tf.as_dtype(declared).name))
-  if op_defs is not None and node.op not in functions:
-    rules = _attr_rules(op_defs, node.op, cache)
+        return 'holds a %s value but its dtype attribute says %s' % (
+            lean_tf.as_dtype(stored).name, lean_tf.as_dtype(declared).name)
+  if op_defs is not None and op not in functions:
+    rules = cache[op] if op in cache else _attr_rules(op_defs, op, cache)
     if rules:
-      _check_attrs(node, rules, fail)
+      return _attrs_problem(node, attrs, rules)
+  return None
 
 
-def _check_shape(shape, lowest, fail, attr):
-  for dim in shape.dim:
-    if dim.size < lowest:
-      fail('has a negative dimension (%d) in attribute %r' % (dim.size, attr))
+def _negative(size, attr):
+  return 'has a negative dimension (%d) in attribute %r' % (size, attr)
 
 
 def _attr_rules(op_defs, op, cache):
@@ -153,12 +169,11 @@ def _attr_rules(op_defs, op, cache):
   return cache[op]
 
 
-def _check_attrs(node, rules, fail):
-  attrs = node.attr
+def _attrs_problem(node, attrs, rules):
   for name, wanted, has_default, allowed in rules:
     if name not in attrs:
       if not has_default:
-        fail('lacks attribute %r, which op %s requires' % (name, node.op))
+        return 'lacks attribute %r, which op %s requires' % (name, node.op)
       continue
     if wanted is None:
       continue
@@ -167,29 +182,29 @@ def _check_attrs(node, rules, fail):
     if kind is None or kind == 'placeholder':
       continue  # unset (an empty list) or a function's placeholder: TensorFlow's own rule
     if kind != wanted:
-      fail('has attribute %r holding %s, where op %s wants %s' % (
-          name, _FIELD_NAMES.get(kind, kind), node.op, _FIELD_NAMES[wanted]))
+      return 'has attribute %r holding %s, where op %s wants %s' % (
+          name, _FIELD_NAMES.get(kind, kind), node.op, _FIELD_NAMES[wanted])
     if allowed and graphs.base_dtype(value.type) not in allowed:
-      fail('has attribute %r = %s, which op %s does not allow' % (
-          name, lean_tf.as_dtype(value.type).name, node.op))
+      return 'has attribute %r = %s, which op %s does not allow' % (
+          name, lean_tf.as_dtype(value.type).name, node.op)
+  return None
 
 
-def _check_acyclic(graph_def, where):
-  """Kahn's sort over data and control edges, without a while loop's back edges."""
+def _check_acyclic(graph_def, where, sources):
+  """Kahn's sort over data and control edges, without a while loop's back edges.
+
+  `sources` is {node: the nodes its inputs name} (check_graph_def's)."""
   ops = {n.name: n.op for n in graph_def.node}
   inputs = {}
   consumers = {}
   for node in graph_def.node:
-    sources = []
-    for graph_input in node.input:
-      source = graphs.node_name(graph_input)
-      if ops.get(source) in _BACK_EDGE_OPS and node.op in ('Merge', 'RefMerge'):
-        continue
-      sources.append(source)
-    inputs[node.name] = sources
-    for source in sources:
+    named = sources[node.name]
+    if node.op in ('Merge', 'RefMerge'):
+      named = [s for s in named if ops.get(s) not in _BACK_EDGE_OPS]
+    inputs[node.name] = named
+    for source in named:
       consumers.setdefault(source, []).append(node.name)
-  pending = {name: len(sources) for name, sources in inputs.items()}
+  pending = {name: len(named) for name, named in inputs.items()}
   ready = [name for name, count in pending.items() if count == 0]
   while ready:
     name = ready.pop()

@@ -111,7 +111,7 @@ def inputs_to_placeholders(graph_def, signatures, op_defs=None, where='the graph
       # producer version makes mean "unknown" but which reads as a scalar once re-dumped with a
       # current version: state what the graph really has.
       node.attr['shape'].shape.CopyFrom(placeholder_shape(node, graph_def.versions.producer))
-    for i, graph_input in enumerate(node.input):
+    for i, graph_input in enumerate(node.input if replaced else ()):
       key = graphs.input_key(graph_input)
       if key in replaced:
         node.input[i] = replaced[key]
@@ -129,7 +129,9 @@ def _fetch_through_identities(graph_def, signatures, taken):
   in the same run. In place."""
   fed = {graphs.tensor_key(t) for s in signatures.values()
          for t in graphs.signature_tensors(s, 'inputs')}
-  nodes = {n.name: n for n in graph_def.node}
+  if not fed:
+    return
+  nodes = None  # name -> node, built when an output is fed
   made = {}
   for sig in signatures.values():
     for out_key in sorted(sig.outputs):
@@ -142,6 +144,8 @@ def _fetch_through_identities(graph_def, signatures, taken):
           name = graphs.unique_name(base + '/' + part.role if part.role else base + '/output',
                                     taken)
           identity = lean_tf.NodeDef(name=name, op='Identity', input=['%s:%d' % key])
+          if nodes is None:
+            nodes = {n.name: n for n in graph_def.node}
           source = nodes.get(key[0])
           dtype = (source.attr['dtype'].type if source is not None and 'dtype' in source.attr
                    else part.info.dtype)
