@@ -93,7 +93,8 @@ def test_small_chunks_and_noprune_give_the_same_answers(tiny_model, tmp_path):
   out = str(tmp_path / 'chunked')
   from_checkpoint.saved_model_from_checkpoint(checkpoint=tiny_model['checkpoint'], output_dir=out,
                            saved_model_dir=tiny_model['saved_model'], chunk_bytes=7)
-  assert sorted(os.listdir(out + '/variables')) == ['variables.data-00000-of-00001',
+  assert sorted(os.listdir(out + '/variables')) == ['variables.data-00000-of-00002',
+                                                   'variables.data-00001-of-00002',
                                                    'variables.index']
   source = tf.train.load_checkpoint(tiny_model['checkpoint'])
   copy = tf.train.load_checkpoint(out + '/variables/variables')

@@ -172,8 +172,8 @@ def test_module_variables_hold_the_model_under_the_structures_keys(module_case):
   graph_key = from_tf2_checkpoint.OBJECT_GRAPH_KEY
   assert copy.get_tensor(graph_key) == structure.get_tensor(graph_key)
   files = sorted(str(p.relative_to(out)) for p in pathlib.Path(out).rglob('*') if p.is_file())
-  assert files == ['assets/vocab.txt', 'saved_model.pb', 'variables/variables.data-00000-of-00001',
-                   'variables/variables.index']
+  assert files == ['assets/vocab.txt', 'saved_model.pb', 'variables/variables.data-00000-of-00002',
+                   'variables/variables.data-00001-of-00002', 'variables/variables.index']
   assert (pathlib.Path(out) / 'saved_model.pb').read_bytes() == (
       pathlib.Path(module_case['structure']) / 'saved_model.pb').read_bytes()
 

@@ -309,50 +309,45 @@ def copy_range(src, offset, dst, length, chunk_bytes=8 << 20, progress=None, ins
       progress(n)
 
 
-def copy_ranges(jobs, dst, piece_bytes=1 << 20, workers=2, progress=None):
-  """Copies ranges of local files into an open local file at given offsets, `workers` at a time.
+def copy_ranges(shares, piece_bytes=1 << 20, progress=None):
+  """Copies ranges of local files into open local files at given offsets, one worker a share.
 
-  Each job is (source path, offset, length, offset in `dst`, inspect or None). A worker takes
-  whole jobs, in order, and copies each piece by piece: pread into its own buffer, `inspect`
-  (as copy_range's), pwrite at the job's place in `dst`. Each piece is read, inspected and
-  written by one core while it is in that core's cache; with two workers one reads and checks
-  while the other writes (a file's writes are serialized by the kernel, its reads are not).
-  A job without `inspect` is copied by the kernel (copy_file_range) where it can. Jobs are
-  dealt to workers by bytes, the largest first, each worker then taking its own in order.
+  Each share is (dst, jobs): an open local file and the ranges to copy into it, each job
+  (source path, offset, length, offset in `dst`, inspect or None). A share's worker (the first
+  share's is this thread) copies its jobs in order, each piece by piece: pread into its own
+  buffer, `inspect` (as copy_range's), pwrite at the job's place in `dst`, so a piece is read,
+  inspected and written by one core while it is in that core's cache. A job without
+  `inspect` is copied by the kernel (copy_file_range) where it can. Give each share a file of
+  its own: the kernel serializes the writes into one file (two workers writing into one file
+  took 144 ms where two files took 78 ms, copy_file_range of 395 MiB on this project's
+  2-core machine; reading, checking and writing: 91 ms against 85 ms).
 
   Args:
-    jobs: list of (path, offset, length, dst_offset, inspect).
-    dst: an open local file (its position is left at its end).
+    shares: list of (dst, jobs); jobs a list of (path, offset, length, dst_offset, inspect).
     piece_bytes: bytes read and written at a time.
-    workers: threads copying (1: this thread only).
     progress: optional callable(bytes), called after each piece (from any worker).
 
   Raises:
     EOFError: a source ends before a job's range.
-    OSError: a source cannot be read or `dst` written.
-    Whatever `inspect` raises. Of several failures, the earliest job's is raised.
+    OSError: a source cannot be read or a `dst` written.
+    Whatever `inspect` raises. Of several failures, the first share's earliest job's is
+    raised.
   """
-  dst.flush()
-  dst_fd = dst.fileno()
-  shares = [[] for _ in range(max(1, min(workers, len(jobs))))]
-  loads = [0] * len(shares)
-  for index in sorted(range(len(jobs)), key=lambda i: -jobs[i][2]):
-    lightest = loads.index(min(loads))
-    shares[lightest].append(index)
-    loads[lightest] += jobs[index][2]
-  failures = {}  # job index -> exception
+  failures = {}  # (share, job index) -> exception
   lock = threading.Lock()
   kernel = [hasattr(os, 'copy_file_range')]
 
-  def work(share):
-    buffer = bytearray(max(1, min(piece_bytes, max((jobs[i][2] for i in share), default=1))))
+  def work(share_index):
+    dst, jobs = shares[share_index]
+    dst_fd = dst.fileno()
+    buffer = bytearray(max(1, min(piece_bytes, max((job[2] for job in jobs), default=1))))
     opened = {}
     try:
       with memoryview(buffer) as view:
-        for index in sorted(share):
-          path, offset, length, dst_offset, inspect = jobs[index]
+        for index, (path, offset, length, dst_offset, inspect) in enumerate(jobs):
           if failures:
             return
+          writing = False
           try:
             if path not in opened:
               opened[path] = os.open(path, os.O_RDONLY)
@@ -363,7 +358,7 @@ def copy_ranges(jobs, dst, piece_bytes=1 << 20, workers=2, progress=None):
             while left and inspect is None and kernel[0]:
               try:
                 n = os.copy_file_range(fd, dst_fd, left, offset, dst_offset)
-              except OSError:
+              except OSError:  # a full disk fails the pwrite below too
                 kernel[0] = False  # not between these files: through memory
                 break
               if not n:
@@ -382,30 +377,41 @@ def copy_ranges(jobs, dst, piece_bytes=1 << 20, workers=2, progress=None):
                 if inspect:
                   inspect(piece)
                 written = 0
+                writing = True
                 while written < n:
                   written += os.pwrite(dst_fd, piece[written:], dst_offset + written)
+                writing = False
               offset += n
               dst_offset += n
               left -= n
               if progress:
                 with lock:
                   progress(n)
+          except OSError as e:
+            # Name the file at fault: the source unless the write failed (a full disk).
+            failures[(share_index, index)] = OSError(
+                e.errno, e.strerror, e.filename or (dst.name if writing else path))
+            return
           except Exception as e:  # pylint: disable=broad-except  # raised by the caller
-            failures[index] = e
+            failures[(share_index, index)] = e
             return
     finally:
       for fd in opened.values():
         os.close(fd)
 
-  threads = [threading.Thread(target=work, args=(share,), name='copy_ranges', daemon=True)
-             for share in shares[1:]]
+  for dst, _ in shares:
+    dst.flush()
+  threads = [threading.Thread(target=work, args=(k,), name='copy_ranges', daemon=True)
+             for k in range(1, len(shares))]
   for thread in threads:
     thread.start()
   try:
-    work(shares[0])
+    if shares:
+      work(0)
   finally:
     for thread in threads:
       thread.join()
-    dst.seek(0, os.SEEK_END)
+    for dst, _ in shares:
+      dst.seek(0, os.SEEK_END)
   if failures:
     raise failures[min(failures)]

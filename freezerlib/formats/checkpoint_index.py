@@ -582,7 +582,7 @@ def corrupt_tensor(checkpoint, key, entry, problem):
 
 
 def copy_tensors(checkpoint, names, dst_prefix, chunk_bytes=1 << 20, progress=None, verify=True):
-  """Writes the tensors `names` of `checkpoint` as a new one-shard checkpoint at `dst_prefix`.
+  """Writes the tensors `names` of `checkpoint` as a new checkpoint at `dst_prefix` (copy_records).
 
   The stored bytes of each tensor (and of each slice of a partitioned one) are copied as they
   are, in pieces of at most `chunk_bytes`: checksums, slice layout and dtype encoding stay the
@@ -679,11 +679,11 @@ def _transfer(records, write, chunk_bytes, progress, verify):
     shards.close()
 
 
-_WORKERS = 2  # copy_ranges' workers checking: one reads and checks while the other writes
+_WORKERS = 2  # copy_ranges' workers between local files, each writing a data shard of its own
 
 
 def copy_records(records, dst_prefix, chunk_bytes=1 << 20, progress=None, verify=True):
-  """Writes a one-shard checkpoint at `dst_prefix` holding `records`, bytes copied as stored.
+  """Writes a checkpoint at `dst_prefix` holding `records`, bytes copied as stored.
 
   Records may come from several checkpoints. Records that point at the same stored bytes (the
   same checkpoint, shard, offset and size: one tensor written under two keys) share one copy.
@@ -691,8 +691,9 @@ def copy_records(records, dst_prefix, chunk_bytes=1 << 20, progress=None, verify
   With `verify`, each record's bytes are checked while copied against the checksum its index
   entry records (what TensorFlow's reader checks when it restores them): each piece is read
   into a buffer, checked there and written from it. Without, between local files the kernel
-  copies them (copy_file_range). Between local files two workers copy (files.copy_ranges):
-  one reads and checks while the other writes.
+  copies them (copy_file_range). Between local files two workers copy (files.copy_ranges),
+  each into a data shard of its own (records dealt by bytes, the largest first): the kernel
+  serializes writes into one file. Elsewhere (a path with a scheme) one data shard is written.
 
   Args:
     records: list of Record.
@@ -719,7 +720,7 @@ def copy_records(records, dst_prefix, chunk_bytes=1 << 20, progress=None, verify
   # Sorted by source file and offset, each source file is read front to back.
   ordered = sorted(unique.values(), key=lambda r: (r.checkpoint.prefix,) + source(r)[1:])
   total = sum(r.entry.size for r in ordered)
-  written = {}  # source -> offset in the new data file
+  written = {}  # source -> (data shard, offset in it)
   done = 0
 
   def advance(n):
@@ -728,16 +729,17 @@ def copy_records(records, dst_prefix, chunk_bytes=1 << 20, progress=None, verify
     if progress:
       progress(done, total)
 
-  data_path = '%s.data-00000-of-00001' % dst_prefix
-  local = not files.is_remote(data_path) and not any(
+  local = not files.is_remote(dst_prefix) and not any(
       files.is_remote(r.checkpoint.prefix) for r in ordered)
-  with files.open_file(data_path, 'wb') as out:
-    if local:
-      _copy_local(ordered, out, written, chunk_bytes, advance, verify)
-    else:
+  shards = _deal(ordered, _WORKERS) if local else [ordered]
+  paths = ['%s.data-%05d-of-%05d' % (dst_prefix, k, len(shards)) for k in range(len(shards))]
+  if local:
+    _copy_local(shards, paths, written, chunk_bytes, advance, verify)
+  else:
+    with files.open_file(paths[0], 'wb') as out:
 
       def write(src, record, inspect, buffer):
-        written[source(record)] = done
+        written[source(record)] = (0, done)
         files.copy_range(src, record.entry.offset, out, record.entry.size, chunk_bytes,
                          advance, inspect, buffer)
 
@@ -746,34 +748,53 @@ def copy_records(records, dst_prefix, chunk_bytes=1 << 20, progress=None, verify
   for record in records:
     copy = tensor_bundle_pb2.BundleEntryProto()
     copy.CopyFrom(record.entry)
-    copy.shard_id = 0
-    copy.offset = written[source(record)] if record.entry.size else 0
+    copy.shard_id, copy.offset = written[source(record)] if record.entry.size else (0, 0)
     out_records.append((record.new_key or record.key, copy))
-  write_index(dst_prefix + '.index', out_records)
+  write_index(dst_prefix + '.index', out_records, num_shards=len(shards))
   if progress and not total:
     progress(0, 0)
   return done
 
 
-def _copy_local(ordered, out, written, chunk_bytes, progress, verify):
-  """Copies `ordered` records one after the other into `out` (files.copy_ranges: two workers),
-  checking each when `verify`; fills `written` (record source -> offset in `out`)."""
-  offset, jobs, checksums = 0, [], []
-  for record in ordered:
-    entry = record.entry
-    written[(id(record.checkpoint), entry.shard_id, entry.offset, entry.size)] = offset
-    checksums.append(stored_tensor.Checksum(entry) if verify else None)
-    jobs.append((record.checkpoint.data_files()[entry.shard_id], entry.offset, entry.size,
-                 offset, checksums[-1].update if verify else None))
-    offset += entry.size
+def _deal(ordered, count):
+  """`ordered` in at most `count` groups of about equal bytes (the largest record first, each
+  to the lightest group), each group in `ordered`'s order; never an empty group but the one
+  of an empty list."""
+  groups = [[] for _ in range(max(1, min(count, len(ordered))))]
+  loads = [0] * len(groups)
+  for index in sorted(range(len(ordered)), key=lambda i: -ordered[i].entry.size):
+    lightest = loads.index(min(loads))
+    groups[lightest].append(index)
+    loads[lightest] += ordered[index].entry.size
+  return [[ordered[i] for i in sorted(group)] for group in groups]
+
+
+def _copy_local(shards, paths, written, chunk_bytes, progress, verify):
+  """Copies each of `shards` (lists of records) into its data file of `paths`, a worker each
+  (files.copy_ranges), checking each record when `verify`; fills `written` (record source ->
+  (shard, offset))."""
+  checked, shares = [], []
   try:
-    # Two kernel copies into one file only contend for its lock: one worker copies then.
-    files.copy_ranges(jobs, out, chunk_bytes, _WORKERS if verify else 1, progress)
+    for k, (shard, path) in enumerate(zip(shards, paths)):
+      jobs, offset = [], 0
+      for record in shard:
+        entry = record.entry
+        written[(id(record.checkpoint), entry.shard_id, entry.offset, entry.size)] = (k, offset)
+        checksum = stored_tensor.Checksum(entry) if verify else None
+        checked.append((record, checksum))
+        jobs.append((record.checkpoint.data_files()[entry.shard_id], entry.offset, entry.size,
+                     offset, checksum.update if checksum else None))
+        offset += entry.size
+      shares.append((files.open_file(path, 'wb'), jobs))
+    files.copy_ranges(shares, chunk_bytes, progress)
   except EOFError as e:
     raise errors.UserError('checkpoint data shard %s (it ends early)' % e) from e
   except OSError as e:
     raise errors.UserError('cannot copy checkpoint tensors: %s' % errors.tf_error_message(e)) from e
-  for record, checksum in zip(ordered, checksums):
+  finally:
+    for out, _ in shares:
+      out.close()
+  for record, checksum in checked:
     problem = checksum and checksum.problem()
     if problem:
       raise corrupt_tensor(record.checkpoint, record.key, record.entry, problem)

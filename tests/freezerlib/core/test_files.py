@@ -148,20 +148,28 @@ def test_copy_ranges_puts_each_range_in_its_place(tmp_path, workers, inspected):
   for path, content in zip(sources, data):
     path.write_bytes(content)
   ranges = [(0, 5, 2 << 20), (1, 7, 5000), (0, (2 << 20) + 5, 1000), (1, 0, 0), (1, 99000, 1000)]
-  jobs, seen, offset, expected = [], {}, 0, b''
+  # Ranges dealt round-robin to `workers` output files, each packed from offset 0.
+  jobs = [[] for _ in range(workers)]
+  offsets, expected, seen = [0] * workers, [b''] * workers, {}
   for k, (source, start, length) in enumerate(ranges):
     inspect = (lambda piece, k=k: seen.setdefault(k, bytearray()).extend(piece)) if inspected \
         else None
-    jobs.append((str(sources[source]), start, length, offset, inspect))
-    expected += data[source][start:start + length]
-    offset += length
+    w = k % workers
+    jobs[w].append((str(sources[source]), start, length, offsets[w], inspect))
+    expected[w] += data[source][start:start + length]
+    offsets[w] += length
   counted = []
-  with open(tmp_path / 'out', 'wb') as out:
-    files.copy_ranges(jobs, out, piece_bytes=65536, workers=workers, progress=counted.append)
-    assert out.tell() == len(expected)
-  assert (tmp_path / 'out').read_bytes() == expected and sum(counted) == len(expected)
+  outs = [open(tmp_path / ('out%d' % w), 'wb') for w in range(workers)]
+  try:
+    files.copy_ranges(list(zip(outs, jobs)), piece_bytes=65536, progress=counted.append)
+    assert [out.tell() for out in outs] == [len(e) for e in expected]
+  finally:
+    for out in outs:
+      out.close()
+  assert [(tmp_path / ('out%d' % w)).read_bytes() for w in range(workers)] == expected
+  assert sum(counted) == sum(len(e) for e in expected)
   if inspected:
     assert {k: bytes(v) for k, v in seen.items()} == {
         k: data[s][a:a + n] for k, (s, a, n) in enumerate(ranges) if n}
   with open(tmp_path / 'out', 'wb') as out, pytest.raises(EOFError, match='bytes short'):
-    files.copy_ranges([(str(sources[1]), 99990, 20, 0, None)] + jobs, out, workers=workers)
+    files.copy_ranges([(out, [(str(sources[1]), 99990, 20, 0, None)] + jobs[0])])
