@@ -35,7 +35,7 @@ def _run_and_kill(args, moment, parent, base, timeout=120):
   lines = queue.Queue()
   threading.Thread(target=lambda: [lines.put(l) for l in proc.stderr], daemon=True).start()
   start, log = time.monotonic(), []
-  kind, value = moment
+  kind, value = moment[:2]
   killed = False
   while proc.poll() is None and time.monotonic() - start < timeout:
     try:
@@ -66,7 +66,9 @@ MOMENTS = {
     'freezer_keep': [('temp', None), ('log', 'kept 4 variables and tables as state')],
     'optimize_from_pb': [('log', 'nodes:'), ('log', 'before    after'),
                          ('temp', None)],
-    'optimize_from_ckpt': [('log', 'serving graph:'), ('log', 'copying tensors'),
+    # 'copying tensors' is logged when the copy is done: a run this small can rename its
+    # output and end before the kill lands (its output is then complete, which is checked).
+    'optimize_from_ckpt': [('log', 'serving graph:'), ('log', 'copying tensors', 'may end'),
                            ('temp', None)],
 }
 CASES = [(script, i) for script, moments in MOMENTS.items() for i in range(len(moments))]
@@ -99,7 +101,7 @@ def _loads(script, out):
 def test_sigkill(script, moment, tiny_model, tiny_frozen, tmp_path):
   killed = _kill_and_check(script, moment, tiny_model, tiny_frozen, tmp_path)
   kind = MOMENTS[script][moment][0]
-  if kind != 'temp':
+  if kind != 'temp' and 'may end' not in MOMENTS[script][moment]:
     # Log-line moments come before the output is renamed into place.
     assert killed
 
