@@ -81,16 +81,22 @@ def _print_help():
 def parse_flags(argv):
   """absl's flags parser for `app.run(main, flags_parser=utils.parse_flags)`.
 
-  `--help` prints the script's docstring and its own flags and exits 0; a usage error is one
-  line and exit code 2.
+  `--help` prints the script's docstring and its own flags and exits 0, `--helpfull` every
+  flag, absl's own included, and exits 0 too (absl's own handler exits 1, the code for bad
+  input); a usage error is one line and exit code 2.
   """
   args = argv[1:argv.index('--')] if '--' in argv else argv[1:]
-  if any(a in _HELP_ARGS for a in args):
+  full = '--helpfull' in args
+  if full or any(a in _HELP_ARGS for a in args):
     try:
       flags.FLAGS(argv[:1], known_only=True)  # defaults, so help can show them
     except flags.Error:
       pass
-    _print_help()
+    if full:
+      from absl import app  # pylint: disable=g-import-not-at-top
+      app.usage(shorthelp=False, writeto_stdout=True)
+    else:
+      _print_help()
     sys.exit(EXIT_OK)
   try:
     rest = flags.FLAGS(argv)

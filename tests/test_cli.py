@@ -63,6 +63,11 @@ def test_help_lists_the_scripts_flags_and_answers_without_tensorflow(script):
     assert '--' + name in out or '--[no]' + name in out, (name, out)
   assert 'Example' in out and 'python %s' % script in out
   assert '--helpfull' in out and 'xla' not in out.lower()  # absl's and TF's own flags stay out
+  # --helpfull adds absl's own flags, and is no error either (absl's own handler exits 1).
+  full = subprocess.run([sys.executable, script, '--helpfull'], cwd=REPO, capture_output=True,
+                        text=True, timeout=60, check=False)
+  assert full.returncode == 0 and '--verbosity' in full.stdout, full.stderr[-2000:]
+  assert ('--%s' % required[0]) in full.stdout
 
 
 @pytest.mark.parametrize('script', SCRIPTS)
