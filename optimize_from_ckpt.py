@@ -20,8 +20,9 @@ checkpoint's files as they are (every shard, renamed `variables.data-0000k-of-00
 hard-linked where the filesystem allows, else copied), after checking every tensor.
 
 With a structure whose signature inputs are placeholders (a fake inference graph), TensorFlow
-itself is never imported: protos and files only, tensor bytes copied in the kernel between
-local files (the README's benchmark has the figures).
+itself is never imported: protos and files only, tensor bytes copied between local files by
+two workers, each into a data shard of its own (variables.data-0000k-of-00002; the README's
+benchmark has the figures).
 
 A TF2 structure (tf.saved_model.save, Keras 3 model.export) takes a tf.train.Checkpoint instead
 (freezerlib/export/from_tf2_checkpoint.py): the model is found in the checkpoint's object graph (`--checkpoint_object`
