@@ -316,14 +316,16 @@ def copy_ranges(shares, piece_bytes=1 << 20, progress=None):
   (source path, offset, length, offset in `dst`, inspect or None). A share's worker (the first
   share's is this thread) copies its jobs in order, each piece by piece: pread into its own
   buffer, `inspect` (as copy_range's), pwrite at the job's place in `dst`, so a piece is read,
-  inspected and written by one core while it is in that core's cache. A job without
+  inspected and written by one core while it is in that core's cache. With `dst` None the
+  pieces are read and inspected only (checking a checkpoint in place). A job without
   `inspect` is copied by the kernel (copy_file_range) where it can. Give each share a file of
   its own: the kernel serializes the writes into one file (two workers writing into one file
   took 144 ms where two files took 78 ms, copy_file_range of 395 MiB on this project's
   2-core machine; reading, checking and writing: 91 ms against 85 ms).
 
   Args:
-    shares: list of (dst, jobs); jobs a list of (path, offset, length, dst_offset, inspect).
+    shares: list of (dst or None, jobs); jobs a list of (path, offset, length, dst_offset,
+      inspect).
     piece_bytes: bytes read and written at a time.
     progress: optional callable(bytes), called after each piece (from any worker).
 
@@ -339,7 +341,7 @@ def copy_ranges(shares, piece_bytes=1 << 20, progress=None):
 
   def work(share_index):
     dst, jobs = shares[share_index]
-    dst_fd = dst.fileno()
+    dst_fd = None if dst is None else dst.fileno()
     buffer = bytearray(max(1, min(piece_bytes, max((job[2] for job in jobs), default=1))))
     opened = {}
     try:
@@ -355,7 +357,7 @@ def copy_ranges(shares, piece_bytes=1 << 20, progress=None):
                 os.posix_fadvise(opened[path], 0, 0, os.POSIX_FADV_SEQUENTIAL)
             fd = opened[path]
             left = length
-            while left and inspect is None and kernel[0]:
+            while left and inspect is None and dst_fd is not None and kernel[0]:
               try:
                 n = os.copy_file_range(fd, dst_fd, left, offset, dst_offset)
               except OSError:  # a full disk fails the pwrite below too
@@ -376,7 +378,7 @@ def copy_ranges(shares, piece_bytes=1 << 20, progress=None):
               with view[:n] as piece:
                 if inspect:
                   inspect(piece)
-                written = 0
+                written = 0 if dst_fd is not None else n
                 writing = True
                 while written < n:
                   written += os.pwrite(dst_fd, piece[written:], dst_offset + written)
@@ -400,7 +402,8 @@ def copy_ranges(shares, piece_bytes=1 << 20, progress=None):
         os.close(fd)
 
   for dst, _ in shares:
-    dst.flush()
+    if dst is not None:
+      dst.flush()
   threads = [threading.Thread(target=work, args=(k,), name='copy_ranges', daemon=True)
              for k in range(1, len(shares))]
   for thread in threads:
@@ -412,6 +415,7 @@ def copy_ranges(shares, piece_bytes=1 << 20, progress=None):
     for thread in threads:
       thread.join()
     for dst, _ in shares:
-      dst.seek(0, os.SEEK_END)
+      if dst is not None:
+        dst.seek(0, os.SEEK_END)
   if failures:
     raise failures[min(failures)]

@@ -772,10 +772,10 @@ def _deal(ordered, count):
 def _copy_local(shards, paths, written, chunk_bytes, progress, verify):
   """Copies each of `shards` (lists of records) into its data file of `paths`, a worker each
   (files.copy_ranges), checking each record when `verify`; fills `written` (record source ->
-  (shard, offset))."""
+  (shard, offset)). With `paths` None the records are read and checked only."""
   checked, shares = [], []
   try:
-    for k, (shard, path) in enumerate(zip(shards, paths)):
+    for k, (shard, path) in enumerate(zip(shards, paths or [None] * len(shards))):
       jobs, offset = [], 0
       for record in shard:
         entry = record.entry
@@ -785,7 +785,7 @@ def _copy_local(shards, paths, written, chunk_bytes, progress, verify):
         jobs.append((record.checkpoint.data_files()[entry.shard_id], entry.offset, entry.size,
                      offset, checksum.update if checksum else None))
         offset += entry.size
-      shares.append((files.open_file(path, 'wb'), jobs))
+      shares.append((files.open_file(path, 'wb') if path else None, jobs))
     files.copy_ranges(shares, chunk_bytes, progress)
   except EOFError as e:
     raise errors.UserError('checkpoint data shard %s (it ends early)' % e) from e
@@ -793,7 +793,8 @@ def _copy_local(shards, paths, written, chunk_bytes, progress, verify):
     raise errors.UserError('cannot copy checkpoint tensors: %s' % errors.tf_error_message(e)) from e
   finally:
     for out, _ in shares:
-      out.close()
+      if out is not None:
+        out.close()
   for record, checksum in checked:
     problem = checksum and checksum.problem()
     if problem:
@@ -816,7 +817,10 @@ def verify_records(records, chunk_bytes=1 << 20, progress=None):
     if progress:
       progress(done, total)
 
-  _transfer(ordered, None, chunk_bytes, advance, True)
+  if any(files.is_remote(r.checkpoint.prefix) for r in ordered):
+    _transfer(ordered, None, chunk_bytes, advance, True)
+  else:  # local: read and checked by two workers (files.copy_ranges, reading only)
+    _copy_local(_deal(ordered, _WORKERS), None, {}, chunk_bytes, advance, True)
 
 
 def _link_or_copy(src, dst):

@@ -173,3 +173,16 @@ def test_copy_ranges_puts_each_range_in_its_place(tmp_path, workers, inspected):
         k: data[s][a:a + n] for k, (s, a, n) in enumerate(ranges) if n}
   with open(tmp_path / 'out', 'wb') as out, pytest.raises(EOFError, match='bytes short'):
     files.copy_ranges([(out, [(str(sources[1]), 99990, 20, 0, None)] + jobs[0])])
+
+
+def test_copy_ranges_without_a_destination_reads_and_inspects_only(tmp_path):
+  source = tmp_path / 'a'
+  data = os.urandom(3 << 20)
+  source.write_bytes(data)
+  seen = [bytearray(), bytearray()]
+  shares = [(None, [(str(source), 0, 2 << 20, 0, seen[0].extend)]),
+            (None, [(str(source), 2 << 20, 1 << 20, 0, seen[1].extend)])]
+  counted = []
+  files.copy_ranges(shares, piece_bytes=65536, progress=counted.append)
+  assert bytes(seen[0]) + bytes(seen[1]) == data and sum(counted) == len(data)
+  assert os.listdir(tmp_path) == ['a']  # nothing written
