@@ -22,7 +22,9 @@ from conftest import tf_serving_model
 from conftest import tree_digest
 from freezerlib import freeze
 from freezerlib.core import errors
+from freezerlib.export import from_checkpoint
 from freezerlib.export import from_frozen
+from freezerlib.formats import frozen_graph
 from freezerlib.formats import saved_model
 from freezerlib.verify import compare
 from freezerlib.verify import loaders
@@ -215,6 +217,29 @@ def test_table_module_keeps_every_table(table_module):
 def test_table_module_serves_through_the_c_api(table_module, capi):
   got = capi_runner.run_signatures(capi, str(table_module['serving']), TABLE_FEEDS)
   _assert_same(got, TABLE_EXPECTED)
+
+
+def test_model_past_2gb_is_refused_before_loading_and_the_way_out_serves(table_module, tmp_path,
+                                                                       monkeypatch):
+  """Past protobuf's 2 GB (the limit lowered here), a TF2 SavedModel is refused from its
+  variables index, before TensorFlow loads it, naming the checkpoint path; that command serves
+  the model as it answers."""
+  src, output = str(table_module['src']), tmp_path / 'frozen.pb'
+  with monkeypatch.context() as patch:
+    patch.setattr(frozen_graph, 'PROTOBUF_LIMIT', 1000)
+    patch.setattr(saved_model, 'load_objects', None)  # the TF2 loader is not reached
+    with pytest.raises(errors.UserError, match='past protobuf.s 2 GB limit; serve it from its '
+                       'checkpoint: optimize_from_ckpt.py') as caught:
+      freeze.graph_from_saved_model(src, str(output), signature_names=['serving_default'])
+  assert not output.exists()
+  command = str(caught.value).split('optimize_from_ckpt.py ', 1)[1].split()
+  args = dict(a[2:].split('=', 1) for a in command)
+  assert args['saved_model_dir'] == src and args['output_saved_model_dir'] == 'DIR'
+  serving = str(tmp_path / 'serving')
+  from_checkpoint.saved_model_from_checkpoint(checkpoint=args['checkpoint'], output_dir=serving,
+                                              saved_model_dir=src)
+  got = _run_redumped(serving, TABLE_FEEDS)
+  _assert_same({'serving_default': got['serving_default']}, TABLE_EXPECTED)
 
 
 @pytest.mark.parametrize('signature,state', [('learn', 'mutable'), ('count_calls', 'calls')])

@@ -55,8 +55,6 @@ from typing import Dict, List, Optional
 
 from absl import logging
 
-from google.protobuf import message as pb_message
-
 from freezerlib.analysis import unsafe_ops
 from freezerlib.core import atomic
 from freezerlib.core import errors
@@ -68,9 +66,9 @@ from freezerlib.core import units
 from freezerlib.formats import checkpoint_index as checkpoints
 from freezerlib.formats import saved_model
 
-trackable_object_graph_pb2 = lean_tf.load('tensorflow.core.protobuf.trackable_object_graph_pb2')
-
-OBJECT_GRAPH_KEY = '_CHECKPOINTABLE_OBJECT_GRAPH'
+trackable_object_graph_pb2 = checkpoints.trackable_object_graph_pb2
+OBJECT_GRAPH_KEY = checkpoints.OBJECT_GRAPH_KEY
+read_object_graph = checkpoints.read_object_graph
 _VARIABLE_VALUE = 'VARIABLE_VALUE'
 _MAX_LISTED = 40  # problems named in a mismatch message; the rest counted
 
@@ -86,31 +84,6 @@ def is_object_based_saved_model(saved_model_dir, tags=('serve',)):
 
 # ---------------------------------------------------------------------------------------------
 # Object graphs
-
-
-def read_object_graph(checkpoint):
-  """The TrackableObjectGraph of an object-based checkpoint (checkpoints.Checkpoint).
-
-  Raises:
-    errors.UserError: the checkpoint has none (a tf.compat.v1 Saver wrote it), or it is corrupt.
-  """
-  if OBJECT_GRAPH_KEY not in checkpoint.entries:
-    raise errors.UserError(
-        'checkpoint %s is name-based (written by a tf.compat.v1 Saver: it has no %s); a TF2 '
-        'structure needs a checkpoint written by tf.train.Checkpoint'
-        % (checkpoint.prefix, OBJECT_GRAPH_KEY))
-  values = checkpoints.read_string_tensor(checkpoint, OBJECT_GRAPH_KEY)
-  graph = trackable_object_graph_pb2.TrackableObjectGraph()
-  try:
-    if len(values) != 1:
-      raise ValueError('%d values, not one' % len(values))
-    graph.ParseFromString(values[0])
-  except (ValueError, pb_message.DecodeError) as e:
-    raise errors.UserError('checkpoint %s: %s is not an object graph (%s)'
-                          % (checkpoint.prefix, OBJECT_GRAPH_KEY, e)) from e
-  if not graph.nodes:
-    raise errors.UserError('checkpoint %s: its object graph is empty' % checkpoint.prefix)
-  return graph
 
 
 def _reachable(graph, root):
@@ -184,33 +157,6 @@ class Plan:
   kept: List[Rename] = dataclasses.field(default_factory=list)  # the structure's own values
 
 
-def _structure_keys(structure, index):
-  """(structure node id -> {attribute name: [(key, suffix)]}, keys owned by no attribute).
-
-  A key of the structure's index belongs to the attribute whose checkpoint_key is its longest
-  prefix: a variable's value is stored under the key itself, a table's under key + '-keys' and
-  key + '-values' (the suffix, kept when the key is renamed).
-  """
-  by_key = {}
-  for node_id, node in enumerate(structure.nodes):
-    for attr in node.attributes:
-      by_key[attr.checkpoint_key] = (node_id, attr.name)
-  owned = collections.defaultdict(lambda: collections.defaultdict(list))
-  stray = []
-  for key in sorted(index.entries):
-    if key == OBJECT_GRAPH_KEY:
-      continue
-    end = key.rfind('/.ATTRIBUTES/')
-    for cut in range(len(key), max(end, 0), -1):
-      if key[:cut] in by_key:
-        node_id, name = by_key[key[:cut]]
-        owned[node_id][name].append((key, key[cut:]))
-        break
-    else:
-      stray.append(key)
-  return owned, stray
-
-
 def _volume(extents):
   count = 1
   for _, length in extents:
@@ -266,7 +212,7 @@ class _Structure:
 
 
 def _structure(graph, index):
-  owned, stray = _structure_keys(graph, index)
+  owned, stray = checkpoints.keys_by_object(graph, index)
   return _Structure(graph, index, graphs.object_paths(graph), owned, stray)
 
 

@@ -7,7 +7,8 @@ saver, as optimize_from_ckpt.py builds its one) restores them from a checkpoint 
 the graph (formats.frozen_graph), the kept tensors' stored bytes copied as they are. A kept
 table is restored by LookupTableImportV2 from that checkpoint instead of being filled from
 constants. Before anything is loaded, `check_fits` estimates the frozen graph's size from the
-checkpoint index and refuses a model past 2 GB, suggesting a size that fits.
+checkpoint index and refuses a model past 2 GB, suggesting a size that fits (a TF2 model, the
+checkpoint path).
 """
 
 import dataclasses
@@ -16,6 +17,7 @@ from typing import List, Optional
 
 from absl import logging
 
+from freezerlib.analysis import stateful
 from freezerlib.core import errors
 from freezerlib.core import files
 from freezerlib.core import graphs
@@ -125,12 +127,45 @@ def suggest_size(sizes, limit):
   return units.size_spec(ordered[-1]) if ordered and left <= limit else None
 
 
+def tf2_captured_bytes(saved_model_dir, meta_graph, signatures):
+  """Bytes of the checkpoint tensors behind the variables and tables a TF2 SavedModel's
+  `signatures` capture (read from the variables index, no values loaded): what freezing puts
+  into the graph.
+
+  Each signature's function lists its captures (`bound_inputs`, ids in the SavedModel's object
+  graph, which the variables/ checkpoint's object graph shares); each captured object owns the
+  keys its attributes name. Objects found by neither (a Keras 3 model's variables, which its
+  signatures capture apart from the objects the checkpoint saves) count nothing: the graph is
+  then measured when it is written.
+  """
+  prefix = files.join(saved_model_dir, 'variables', 'variables')
+  if not files.exists(prefix + '.index'):
+    return 0
+  index = checkpoint_index.read_index(prefix)
+  if checkpoint_index.OBJECT_GRAPH_KEY not in index.entries:
+    return 0
+  graph = checkpoint_index.read_object_graph(index)
+  owned, _ = checkpoint_index.keys_by_object(graph, index)
+  # By path, not by id alone: ids are shared, paths say so.
+  ids = {path: node_id for node_id, path in graphs.object_paths(graph).items()}
+  paths = graphs.object_paths(meta_graph.object_graph_def)
+  functions = stateful.signature_functions(meta_graph)
+  captured = set()
+  for key in signatures:
+    function = meta_graph.object_graph_def.concrete_functions.get(functions.get(key, ''))
+    if function is not None:
+      captured.update(ids[paths[i]] for i in function.bound_inputs if paths.get(i) in ids)
+  return sum(index.nbytes(k) for node_id in captured
+             for keys in owned.get(node_id, {}).values() for k, _ in keys)
+
+
 def check_fits(saved_model_dir, meta_graph, signatures, keep=None):
   """Refuses, before loading anything, a model whose frozen graph would pass 2 GB.
 
   The size is the bytes of the checkpoint tensors restored into the variables and tables the
   signatures need (read from the variables index, no values loaded), less those `keep` leaves
-  stateful.
+  stateful; for a TF2 SavedModel those its signatures capture (tf2_captured_bytes), where the
+  way out is the checkpoint path (TF2 models take no --keep_as_variables).
 
   Args:
     saved_model_dir: the SavedModel.
@@ -146,6 +181,14 @@ def check_fits(saved_model_dir, meta_graph, signatures, keep=None):
       fits, optimize_from_ckpt.py); or a name in `keep` the signatures do not read.
   """
   prefix = files.join(saved_model_dir, 'variables', 'variables')
+  if saved_model.is_object_based(meta_graph):
+    frozen_graph.check_protobuf_size(
+        tf2_captured_bytes(saved_model_dir, meta_graph, signatures),
+        'freezing %s would put {size} of variables and tables into one GraphDef, past {limit}; '
+        'serve it from its checkpoint: optimize_from_ckpt.py --saved_model_dir=%s '
+        '--checkpoint=%s --output_saved_model_dir=DIR' % (saved_model_dir, saved_model_dir,
+                                                          prefix))
+    return set()
   if not meta_graph.saver_def.restore_op_name or not files.exists(prefix + '.index'):
     if keep is not None and keep.names:
       raise errors.UserError('--keep_as_variables names %s, but %s has no variables/ checkpoint '

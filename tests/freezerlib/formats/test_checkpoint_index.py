@@ -19,8 +19,8 @@ from google.protobuf.internal import encoder as pb_encoder
 
 from freezerlib.core import crc32c
 from freezerlib.core import errors
+from freezerlib.core import graphs
 from freezerlib.core import lean_tf
-from freezerlib.export import from_tf2_checkpoint
 from freezerlib.formats import checkpoint_index as ci
 
 tf1 = tf.compat.v1
@@ -418,8 +418,23 @@ def test_string_tensors_decode_as_tensorflow_reads_them(tmp_path):
   prefix = tf.train.Checkpoint(v=tf.Variable(tf.constant(values))).write(str(tmp_path / 'c'))
   index = ci.read_index(prefix)
   assert ci.read_string_tensor(index, 'v/.ATTRIBUTES/VARIABLE_VALUE') == values
-  graph = from_tf2_checkpoint.read_object_graph(index)
+  graph = ci.read_object_graph(index)
   assert [c.local_name for c in graph.nodes[0].children] == ['v']
+
+
+def test_keys_by_object_gives_each_variable_and_table_its_keys(tmp_path):
+  table = tf.lookup.experimental.MutableHashTable(tf.int64, tf.float32, default_value=0.0)
+  table.insert(tf.constant([1, 2], tf.int64), tf.constant([0.5, 1.5]))
+  prefix = tf.train.Checkpoint(v=tf.Variable([1.0, 2.0]), t=table).write(str(tmp_path / 'c'))
+  index = ci.read_index(prefix)
+  graph = ci.read_object_graph(index)
+  paths = {p: i for i, p in graphs.object_paths(graph).items()}
+  owned, stray = ci.keys_by_object(graph, index)
+  assert stray == []
+  assert dict(owned[paths['v']]) == {
+      'VARIABLE_VALUE': [('v/.ATTRIBUTES/VARIABLE_VALUE', '')]}
+  assert dict(owned[paths['t']]) == {'table': [('t/.ATTRIBUTES/table-keys', '-keys'),
+                                               ('t/.ATTRIBUTES/table-values', '-values')]}
 
 
 def test_string_tensor_checksums_and_lengths(tmp_path):

@@ -122,3 +122,43 @@ def test_a_model_without_variables(tmp_path):
   with pytest.raises(errors.UserError, match='--keep_as_variables names w, but .* has no '
                                              'variables/ checkpoint to keep them from'):
     keep.check_fits(path, meta_graph, signatures, keep.parse_spec('w'))
+
+
+def test_tf2_estimate_counts_what_each_signature_captures(tmp_path, monkeypatch):
+  tf = small_graphs.lean_tf.tensorflow
+
+  class Module(tf.Module):
+
+    def __init__(self):
+      super().__init__()
+      self.emb = tf.Variable(tf.zeros([100, 4]))  # 1600 bytes
+      self.table = tf.lookup.experimental.MutableHashTable(tf.int64, tf.float32, 0.0)
+      self.calls = tf.Variable(0, dtype=tf.int64)  # 8 bytes, only `count` reads it
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.int64)])
+    def score(self, ids):
+      return {'y': tf.reduce_sum(tf.gather(self.emb, ids), 1) + self.table.lookup(ids)}
+
+    @tf.function(input_signature=[])
+    def count(self):
+      return {'calls': self.calls.read_value()}
+
+  module = Module()
+  module.table.insert(tf.constant([1, 2, 3], tf.int64), tf.constant([1.0, 2.0, 3.0]))  # 36 bytes
+  path = str(tmp_path / 'm')
+  tf.saved_model.save(module, path, signatures={'serving_default': module.score,
+                                                'count': module.count})
+  meta_graph = meta_graph_of(path)
+  both = saved_model.select_signatures(meta_graph, None, path)
+  one = saved_model.select_signatures(meta_graph, ['serving_default'], path)
+  assert keep.tf2_captured_bytes(path, meta_graph, one) == 1600 + 36
+  assert keep.tf2_captured_bytes(path, meta_graph, both) == 1600 + 36 + 8
+  assert keep.check_fits(path, meta_graph, one) == set()
+  monkeypatch.setattr(frozen_graph, 'PROTOBUF_LIMIT', 1000)
+  with pytest.raises(errors.UserError) as caught:
+    keep.check_fits(path, meta_graph, one)
+  assert str(caught.value) == (
+      'freezing %s would put 1.6 KiB of variables and tables into one GraphDef, past '
+      'protobuf\'s 2 GB limit; serve it from its checkpoint: optimize_from_ckpt.py '
+      '--saved_model_dir=%s --checkpoint=%s/variables/variables --output_saved_model_dir=DIR'
+      % (path, path, path))
