@@ -159,6 +159,26 @@ def test_keep_by_name_from_the_command_line_and_moved_together(tiny_model, refer
   assert os.path.isfile(tmp_path / 'optimized.pb.variables' / 'variables.index')
 
 
+def test_keeping_one_partition_copies_only_its_slice(tiny_model, reference, tmp_path):
+  """The other partitions are constants in the graph: the beside checkpoint holds the kept
+  one's slice only, its entry listing that slice, and the model answers the same."""
+  frozen = str(tmp_path / 'frozen.pb')
+  freeze.graph_from_saved_model(tiny_model['saved_model'], frozen,
+                                keep_as_variables='item_embedding/part_1')
+  assert _restored(_frozen(frozen)) == {'item_embedding/part_1'}
+  beside = checkpoint_index.read_index(frozen + '.variables/variables')
+  training = checkpoint_index.read_index(tiny_model['checkpoint'])
+  assert list(beside.entries) == ['item_embedding']
+  assert checkpoint_index.slices_of(beside, 'item_embedding') == [
+      checkpoint_index.slices_of(training, 'item_embedding')[1]]
+  assert [len(beside.slices['item_embedding']), beside.nbytes('item_embedding')] == [
+      1, training.slices['item_embedding'][1][1].size]
+  _check(reference, loaders.load_frozen_graph(frozen))
+  serving = str(tmp_path / 'serving')
+  from_frozen.saved_model_from_frozen_graph(frozen, output_saved_model_dir=serving)
+  _check(reference, loaders.load_saved_model(serving))
+
+
 def test_overwrite_replaces_graph_and_checkpoint_together(tiny_model, tmp_path):
   out = str(tmp_path / 'frozen.pb')
   freeze.graph_from_saved_model(tiny_model['saved_model'], out, keep_as_variables='user_stats')

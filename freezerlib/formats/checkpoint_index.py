@@ -643,6 +643,30 @@ def corrupt_tensor(checkpoint, key, entry, problem):
       problem))
 
 
+def slice_records(checkpoint, name, specs):
+  """The Records that restoring tensor `name` with each of `specs` reads: every record of the
+  tensor when a spec is '' (the whole) or the tensor is not partitioned; else the tensor's own
+  entry, listing only those slices, and the slices' records. Copied, they make a checkpoint
+  that restores those partitions and holds none of the others (TensorFlow's reader looks a
+  slice up through the slices its tensor's entry lists)."""
+  if '' in specs or name not in checkpoint.slices:
+    return [Record(checkpoint, key, entry) for key, entry in checkpoint.records(name)]
+  entry = checkpoint.entries[name]
+  shape = [d.size for d in entry.shape.dim]
+  wanted = {parse_slice_spec(spec)[1] for spec in specs}
+  listed = tensor_bundle_pb2.BundleEntryProto()
+  listed.CopyFrom(entry)
+  del listed.slices[:]
+  for tensor_slice in entry.slices:
+    extents = tuple((e.start, e.length if e.HasField('length') else shape[i] - e.start)
+                    for i, e in enumerate(tensor_slice.extent))
+    if extents in wanted:
+      listed.slices.add().CopyFrom(tensor_slice)
+  return [Record(checkpoint, name.encode('utf-8'), listed)] + [
+      Record(checkpoint, key, slice_entry) for key, slice_entry in checkpoint.slices[name]
+      if slice_key_extents(key, shape) in wanted]
+
+
 def copy_tensors(checkpoint, names, dst_prefix, chunk_bytes=1 << 20, progress=None, verify=True):
   """Writes the tensors `names` of `checkpoint` as a new checkpoint at `dst_prefix` (copy_records).
 

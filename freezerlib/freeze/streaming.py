@@ -383,9 +383,16 @@ def write(the_plan, tags, path, overwrite=False, chunk=1 << 20):
     if the_plan.kept:
       tmp, ckpt_prefix = outputs.enter_context(
           frozen_graph.graph_and_checkpoint_output(path, overwrite))
-      names = list(dict.fromkeys(n for r in the_plan.kept for n in r.names))
-      kept_bytes = checkpoint_index.copy_tensors(
-          checkpoint, names, ckpt_prefix, chunk, progress=units.Progress('copying kept tensors'))
+      # Only the partitions kept: a variable's others are constants in the graph.
+      specs = {}
+      for r in the_plan.kept:
+        for name, spec in zip(r.names, r.specs):
+          specs.setdefault(name, set()).add(spec)
+      names = list(specs)
+      kept_bytes = checkpoint_index.copy_records(
+          [record for name in names
+           for record in checkpoint_index.slice_records(checkpoint, name, specs[name])],
+          ckpt_prefix, chunk, progress=units.Progress('copying kept tensors'))
       logging.info('kept %d variables and tables as state: %d checkpoint tensors (%s) in %s',
                    len(the_plan.kept), len(names), units.human_bytes(kept_bytes),
                    frozen_graph.checkpoint_dir(path))

@@ -492,6 +492,24 @@ def test_copy_tensors_is_restored_by_tensorflow(saver_checkpoint, tmp_path):
         e.crc32c for _, e in checkpoint.records(name)]
 
 
+def test_slice_records_copy_only_the_partitions_asked_for(saver_checkpoint, tmp_path):
+  prefix, _, specs, parts = saver_checkpoint
+  checkpoint = ci.read_index(prefix)
+  assert len(ci.slice_records(checkpoint, 'emb', {''})) == 4  # the entry and its 3 slices
+  assert len(ci.slice_records(checkpoint, 'w', {''})) == 1
+  dst = str(tmp_path / 'part')
+  records = ci.slice_records(checkpoint, 'emb', {specs[1]})
+  assert ci.copy_records(records, dst) == parts[specs[1]].nbytes
+  copy = ci.read_index(dst)
+  assert ci.slices_of(copy, 'emb') == [ci.parse_slice_spec(specs[1])[1]]
+  got = tf.raw_ops.RestoreV2(prefix=dst, tensor_names=['emb'], shape_and_slices=[specs[1]],
+                             dtypes=[tf.float32])[0]
+  np.testing.assert_array_equal(got, parts[specs[1]])
+  with pytest.raises(tf.errors.OpError):  # the others are not there
+    tf.raw_ops.RestoreV2(prefix=dst, tensor_names=['emb'], shape_and_slices=[specs[0]],
+                         dtypes=[tf.float32])
+
+
 def test_copy_records_stores_one_tensor_under_two_keys_once(saver_checkpoint, tmp_path):
   checkpoint = ci.read_index(saver_checkpoint[0])
   entry = checkpoint.entries['w']
