@@ -8,7 +8,8 @@ PS task). The index is read here directly (its format is LevelDB's table, which 
 layout is what decides whether a serving graph reads the same rows the training graph wrote.
 
 Copying takes each needed tensor's stored bytes (and each slice's) as they are, in bounded
-pieces, into new data files (one per copying worker), and writes a new index for them: nothing is decoded, checksums
+pieces, into new data files (one per copying worker; a data file needed nearly whole is
+hard-linked instead), and writes a new index for them: nothing is decoded, checksums
 and partition layout stay the training checkpoint's own, and memory holds a piece per worker,
 whatever the checkpoint's size. Each piece is checked on its way against the CRC32C the index
 records for its tensor (stored_tensor), so a corrupt checkpoint is refused, naming the tensor
@@ -779,7 +780,10 @@ def copy_records(records, dst_prefix, chunk_bytes=1 << 20, progress=None, verify
   into a buffer, checked there and written from it. Without, between local files the kernel
   copies them (copy_file_range). Between local files two workers copy (files.copy_ranges),
   each into a data shard of its own (records dealt by bytes, the largest first): the kernel
-  serializes writes into one file. Elsewhere (a path with a scheme) one data shard is written.
+  serializes writes into one file. A local data file needed all but 1% is hard-linked (copied
+  where the filesystem refuses) instead, its records keeping their offsets, after they are
+  checked: a checkpoint without optimizer slots is served from its own files. Elsewhere (a
+  path with a scheme) one data shard is written.
 
   Args:
     records: list of Record.
@@ -817,10 +821,26 @@ def copy_records(records, dst_prefix, chunk_bytes=1 << 20, progress=None, verify
 
   local = not files.is_remote(dst_prefix) and not any(
       files.is_remote(r.checkpoint.prefix) for r in ordered)
-  shards = _deal(ordered, _WORKERS) if local else [ordered]
-  paths = ['%s.data-%05d-of-%05d' % (dst_prefix, k, len(shards)) for k in range(len(shards))]
+  # Data files needed (nearly) whole are linked, their records keeping their offsets.
+  linked = _needed_whole(ordered) if local else {}
+  rest = [r for r in ordered if (id(r.checkpoint), r.entry.shard_id) not in linked]
+  shards = (_deal(rest, _WORKERS) if rest or not linked else []) if local else [ordered]
+  count = len(linked) + len(shards)
+  paths = ['%s.data-%05d-of-%05d' % (dst_prefix, k, count) for k in range(count)]
+  for k, (handle, src) in enumerate(linked.items()):
+    _link_or_copy(src, paths[k])
+    for record in ordered:
+      if (id(record.checkpoint), record.entry.shard_id) == handle:
+        written[source(record)] = (k, record.entry.offset)
+  if linked:
+    kept = [r for r in ordered if (id(r.checkpoint), r.entry.shard_id) in linked]
+    if verify:  # read and checked in place, two workers
+      _copy_local(_deal(kept, _WORKERS), None, {}, chunk_bytes, advance, True)
+    else:
+      advance(sum(r.entry.size for r in kept))
   if local:
-    _copy_local(shards, paths, written, chunk_bytes, advance, verify)
+    _copy_local(shards, paths[len(linked):], written, chunk_bytes, advance, verify,
+                first=len(linked))
   else:
     with files.open_file(paths[0], 'wb') as out:
 
@@ -836,10 +856,36 @@ def copy_records(records, dst_prefix, chunk_bytes=1 << 20, progress=None, verify
     copy.CopyFrom(record.entry)
     copy.shard_id, copy.offset = written[source(record)] if record.entry.size else (0, 0)
     out_records.append((record.new_key or record.key, copy))
-  write_index(dst_prefix + '.index', out_records, num_shards=len(shards))
+  write_index(dst_prefix + '.index', out_records, num_shards=count)
   if progress and not total:
     progress(0, 0)
   return done
+
+
+# A data file of which at most this share is not needed is linked, not copied: a checkpoint
+# without optimizer slots holds little but its global step besides what serving restores.
+_LINK_SLACK = 0.01
+
+
+def _needed_whole(ordered):
+  """{(id(checkpoint), shard): data file} of the local data files `ordered` needs nearly whole
+  (all but _LINK_SLACK of their bytes)."""
+  needed = collections.defaultdict(int)
+  for record in ordered:
+    needed[(id(record.checkpoint), record.entry.shard_id)] += record.entry.size
+  out = {}
+  for record in ordered:
+    handle = (id(record.checkpoint), record.entry.shard_id)
+    if handle in out or handle not in needed:
+      continue
+    path = record.checkpoint.data_files()[record.entry.shard_id]
+    try:
+      size = os.path.getsize(path)
+    except OSError:
+      continue  # the copy names it
+    if size - needed.pop(handle) <= _LINK_SLACK * size:
+      out[handle] = path
+  return out
 
 
 def _deal(ordered, count):
@@ -855,17 +901,18 @@ def _deal(ordered, count):
   return [[ordered[i] for i in sorted(group)] for group in groups]
 
 
-def _copy_local(shards, paths, written, chunk_bytes, progress, verify):
+def _copy_local(shards, paths, written, chunk_bytes, progress, verify, first=0):
   """Copies each of `shards` (lists of records) into its data file of `paths`, a worker each
   (files.copy_ranges), checking each record when `verify`; fills `written` (record source ->
-  (shard, offset)). With `paths` None the records are read and checked only."""
+  (first + shard, offset)). With `paths` None the records are read and checked only."""
   checked, shares = [], []
   try:
     for k, (shard, path) in enumerate(zip(shards, paths or [None] * len(shards))):
       jobs, offset = [], 0
       for record in shard:
         entry = record.entry
-        written[(id(record.checkpoint), entry.shard_id, entry.offset, entry.size)] = (k, offset)
+        written[(id(record.checkpoint), entry.shard_id, entry.offset, entry.size)] = (
+            first + k, offset)
         checksum = stored_tensor.Checksum(entry) if verify else None
         checked.append((record, checksum))
         jobs.append((record.checkpoint.data_files()[entry.shard_id], entry.offset, entry.size,

@@ -8,6 +8,7 @@ writer no longer makes) checks the reader against a second writer.
 """
 
 import os
+import shutil
 import struct
 import sys
 
@@ -465,9 +466,11 @@ def test_string_tensor_checksums_and_lengths(tmp_path):
 # Copies
 
 
-def test_copy_tensors_is_restored_by_tensorflow(saver_checkpoint, tmp_path):
+def test_copy_tensors_is_restored_by_tensorflow(saver_checkpoint, tmp_path, monkeypatch):
   prefix, values, specs, parts = saver_checkpoint
   checkpoint = ci.read_index(prefix)
+  # emb and w are all but `other`'s 8 bytes of the data file: copied here all the same.
+  monkeypatch.setattr(ci, '_LINK_SLACK', 0)
   progress = []
   dst = str(tmp_path / 'copy')
   copied = ci.copy_tensors(checkpoint, ['emb', 'w'], dst, chunk_bytes=100,
@@ -490,6 +493,60 @@ def test_copy_tensors_is_restored_by_tensorflow(saver_checkpoint, tmp_path):
   for name in ('emb', 'w'):  # the stored bytes with their own checksums
     assert [e.crc32c for _, e in copy.records(name)] == [
         e.crc32c for _, e in checkpoint.records(name)]
+
+
+def test_a_data_file_needed_nearly_whole_is_linked_not_copied(saver_checkpoint, tmp_path):
+  prefix, values, _, _ = saver_checkpoint
+  checkpoint = ci.read_index(prefix)
+  source = checkpoint.data_files()[0]
+  # emb and w: all of the data file but `other`'s 8 bytes (under 1%).
+  dst = str(tmp_path / 'linked')
+  assert ci.copy_tensors(checkpoint, ['emb', 'w'], dst) == 200 * 3 * 4 + 2 * 4
+  copy = ci.read_index(dst)
+  assert copy.data_files() == [dst + '.data-00000-of-00001']
+  assert os.stat(copy.data_files()[0]).st_ino == os.stat(source).st_ino
+  reader = tf.train.load_checkpoint(dst)
+  assert reader.get_variable_to_shape_map() == {'emb': [200, 3], 'w': [1, 2]}
+  for name in ('emb', 'w'):
+    np.testing.assert_array_equal(reader.get_tensor(name), values[name])
+  # A flipped bit is still found: the linked file's needed bytes are checked first.
+  corrupt = tmp_path / 'corrupt'
+  corrupt.mkdir()
+  for path in (prefix + '.index', source):
+    shutil.copy(path, corrupt)
+  bad = str(corrupt / os.path.basename(prefix))
+  entry = checkpoint.entries['w']
+  with open(bad + '.data-00000-of-00001', 'r+b') as f:
+    f.seek(entry.offset)
+    byte = f.read(1)
+    f.seek(entry.offset)
+    f.write(bytes([byte[0] ^ 1]))
+  with pytest.raises(errors.UserError, match='tensor w .*fails its checksum'):
+    ci.copy_tensors(ci.read_index(bad), ['emb', 'w'], str(tmp_path / 'bad_copy'))
+  # Only `w`: the file is mostly unneeded, so w is copied into a file of its own.
+  dst = str(tmp_path / 'copied')
+  ci.copy_tensors(checkpoint, ['w'], dst)
+  assert os.path.getsize(ci.read_index(dst).data_files()[0]) == 8
+
+
+def test_linked_and_copied_data_files_in_one_checkpoint(saver_checkpoint, tmp_path):
+  # Records of two checkpoints: one needed all but its object graph (linked), one only in
+  # part (its record copied into a data file of its own).
+  big = np.arange(20000, dtype=np.float32).reshape(100, 200)
+  whole = ci.read_index(tf.train.Checkpoint(v=tf.Variable(big)).write(str(tmp_path / 'a' / 'c')))
+  part = ci.read_index(saver_checkpoint[0])
+  records = [ci.Record(whole, key, entry) for key, entry in
+             whole.records('v/.ATTRIBUTES/VARIABLE_VALUE')]
+  records += [ci.Record(part, key, entry, new_key=b'w2') for key, entry in part.records('w')]
+  dst = str(tmp_path / 'both')
+  assert ci.copy_records(records, dst) == big.nbytes + 8
+  copy = ci.read_index(dst)
+  assert copy.num_shards == 2
+  assert os.stat(copy.data_files()[0]).st_ino == os.stat(whole.data_files()[0]).st_ino
+  assert os.path.getsize(copy.data_files()[1]) == 8
+  reader = tf.train.load_checkpoint(dst)
+  np.testing.assert_array_equal(reader.get_tensor('v/.ATTRIBUTES/VARIABLE_VALUE'), big)
+  np.testing.assert_array_equal(reader.get_tensor('w2'), saver_checkpoint[1]['w'])
 
 
 def test_slice_records_copy_only_the_partitions_asked_for(saver_checkpoint, tmp_path):
