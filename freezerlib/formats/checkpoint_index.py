@@ -823,21 +823,21 @@ def copy_records(records, dst_prefix, chunk_bytes=1 << 20, progress=None, verify
       files.is_remote(r.checkpoint.prefix) for r in ordered)
   # Data files needed (nearly) whole are linked, their records keeping their offsets.
   linked = _needed_whole(ordered) if local else {}
-  rest = [r for r in ordered if (id(r.checkpoint), r.entry.shard_id) not in linked]
+  order = {handle: k for k, handle in enumerate(linked)}  # linked data file -> output shard
+  in_place = [r for r in ordered if _data_file(r) in order]
+  rest = [r for r in ordered if _data_file(r) not in order]
   shards = (_deal(rest, _WORKERS) if rest or not linked else []) if local else [ordered]
   count = len(linked) + len(shards)
   paths = ['%s.data-%05d-of-%05d' % (dst_prefix, k, count) for k in range(count)]
-  for k, (handle, src) in enumerate(linked.items()):
-    _link_or_copy(src, paths[k])
-    for record in ordered:
-      if (id(record.checkpoint), record.entry.shard_id) == handle:
-        written[source(record)] = (k, record.entry.offset)
-  if linked:
-    kept = [r for r in ordered if (id(r.checkpoint), r.entry.shard_id) in linked]
+  for handle, src in linked.items():
+    _link_or_copy(src, paths[order[handle]])
+  for record in in_place:
+    written[source(record)] = (order[_data_file(record)], record.entry.offset)
+  if in_place:
     if verify:  # read and checked in place, two workers
-      _copy_local(_deal(kept, _WORKERS), None, {}, chunk_bytes, advance, True)
+      _copy_local(_deal(in_place, _WORKERS), None, {}, chunk_bytes, advance, True)
     else:
-      advance(sum(r.entry.size for r in kept))
+      advance(sum(r.entry.size for r in in_place))
   if local:
     _copy_local(shards, paths[len(linked):], written, chunk_bytes, advance, verify,
                 first=len(linked))
@@ -867,15 +867,20 @@ def copy_records(records, dst_prefix, chunk_bytes=1 << 20, progress=None, verify
 _LINK_SLACK = 0.01
 
 
+def _data_file(record):
+  """The data file a record's bytes are in, as (id(checkpoint), shard)."""
+  return (id(record.checkpoint), record.entry.shard_id)
+
+
 def _needed_whole(ordered):
-  """{(id(checkpoint), shard): data file} of the local data files `ordered` needs nearly whole
-  (all but _LINK_SLACK of their bytes)."""
+  """{_data_file: path} of the local data files `ordered` needs nearly whole (all but
+  _LINK_SLACK of their bytes), in `ordered`'s order."""
   needed = collections.defaultdict(int)
   for record in ordered:
-    needed[(id(record.checkpoint), record.entry.shard_id)] += record.entry.size
+    needed[_data_file(record)] += record.entry.size
   out = {}
   for record in ordered:
-    handle = (id(record.checkpoint), record.entry.shard_id)
+    handle = _data_file(record)
     if handle in out or handle not in needed:
       continue
     path = record.checkpoint.data_files()[record.entry.shard_id]
