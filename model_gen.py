@@ -308,7 +308,8 @@ def main(argv):
     logging.info('SavedModel: %s', result['saved_model'])
     print(result['saved_model'])
 
-  return utils.run_cli('model_gen.py', work)
+  # A cluster task (--job_name) ends the usual way: see utils.run_cli's end_process.
+  return utils.run_cli('model_gen.py', work, end_process=not _JOB_NAME.value)
 
 
 if __name__ == '__main__':

@@ -115,13 +115,18 @@ def parse_flags(argv):
   return rest
 
 
-def run_cli(program, fn):
+def run_cli(program, fn, end_process=True):
   """Runs `fn()`: a UserError becomes one line and exit code 1 (3 for errors.ReferenceFailed),
   an interrupt exit code 130.
 
   Args:
     program: name shown before the message, e.g. 'freezer.py'.
     fn: the script's work; returns an exit code or None (0).
+    end_process: in a script's own process, end it here (`_end_process`). False for a cluster
+      task, whose gRPC server other tasks may still be closing their sessions with when its
+      work is done: a task ended at once left a worker waiting on its vanished PS until the
+      cluster's timeout (1 run of the test suite in about 10); the interpreter's teardown, half
+      a second after TensorFlow, gives them that time.
 
   Returns:
     The exit code for `absl.app.run`.
@@ -155,7 +160,7 @@ def run_cli(program, fn):
   else:
     _after_work(as_script, previous)
     code = EXIT_OK if code is None else code
-  if as_script:
+  if as_script and end_process:
     _end_process(code)
   return code
 
