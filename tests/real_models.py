@@ -357,6 +357,123 @@ def keras3_preprocessing(out_dir, num_examples=300, epochs=2, seed=2):
 
 
 # ---------------------------------------------------------------------------------------------
+# tf-keras (Keras 2): saved once, then checkpointed while training goes on
+
+TF_KERAS_USERS = ['u%02d' % i for i in range(12)]
+
+
+def tf_keras_inputs(n, seed, unseen=False):
+  """{input name: array} for tf_keras_clicks; `unseen` mixes in users outside the vocabulary
+  and items the click table never saw."""
+  rng = np.random.RandomState(seed)
+  users = np.array([TF_KERAS_USERS[i] for i in rng.randint(len(TF_KERAS_USERS), size=n)],
+                   dtype=object)
+  items = rng.randint(0, 40, size=n).astype(np.int64)
+  if unseen:
+    users = np.where(rng.rand(n) < 0.3, np.array(['stranger'] * n, dtype=object), users)
+    items = np.where(rng.rand(n) < 0.3, rng.randint(10**6, 10**7, size=n), items)
+  return {'user': users.reshape(n, 1), 'item': items.reshape(n, 1),
+          'x': rng.randn(n, 3).astype(np.float32)}
+
+
+def tf_keras_clicks(out_dir, num_examples=256, seed=3):
+  """A tf-keras CTR model as Keras 2 users write it: StringLookup, an embedding, a custom layer
+  counting each item's impressions in a MutableHashTable while training (read when serving),
+  batch norm, compiled with metrics (accuracy, AUC: their accumulators are tracked only by the
+  SavedModel), saved with `model.save(format='tf')` after one epoch, then trained on and
+  checkpointed both ways: `tf.train.Checkpoint(model=, optimizer=).save` and `save_weights`.
+
+  Returns:
+    dict: structure, checkpoint (tf.train.Checkpoint prefix), weights (save_weights prefix),
+      feeds (users and items unseen included), expected ({output name: array} of the trained
+      model on feeds).
+  """
+  import tf_keras as keras  # pylint: disable=g-import-not-at-top  # only where used
+
+  class ItemCounts(keras.layers.Layer):
+    """Impressions per item: counted while training, looked up (0 if unseen) when serving."""
+
+    def __init__(self, **kwargs):
+      super().__init__(**kwargs)
+      self.counts = tf.lookup.experimental.MutableHashTable(tf.int64, tf.float32, 0.0)
+
+    def call(self, items, training=None):
+      items = tf.reshape(items, [-1])
+      if training:
+        self.counts.insert(items, self.counts.lookup(items) + 1.0)
+      return tf.math.log1p(tf.reshape(self.counts.lookup(items), [-1, 1]))
+
+  keras.utils.set_random_seed(seed)
+  user = keras.Input((1,), dtype='string', name='user')
+  item = keras.Input((1,), dtype='int64', name='item')
+  x = keras.Input((3,), name='x')
+  user_id = keras.layers.StringLookup(vocabulary=TF_KERAS_USERS, name='user_lookup')(user)
+  user_vec = keras.layers.Flatten()(keras.layers.Embedding(len(TF_KERAS_USERS) + 1, 4,
+                                                           name='user_emb')(user_id))
+  hidden = keras.layers.Dense(8, activation='relu', name='hidden')(keras.layers.Concatenate()(
+      [user_vec, ItemCounts(name='item_counts')(item), x]))
+  hidden = keras.layers.BatchNormalization(name='bn')(hidden)
+  out = keras.layers.Dense(1, activation='sigmoid', name='ctr')(hidden)
+  model = keras.Model({'user': user, 'item': item, 'x': x}, out)
+  optimizer = keras.optimizers.Adam(0.03)
+  model.compile(optimizer=optimizer, loss='binary_crossentropy',
+                metrics=['accuracy', keras.metrics.AUC(name='auc')])
+  data = tf_keras_inputs(num_examples, seed)
+  label = ((data['x'][:, 0] > 0) ^ (data['item'][:, 0] % 3 == 0)).astype(np.float32)
+  model.fit(data, label, epochs=1, batch_size=32, verbose=0)
+  structure = os.path.join(out_dir, 'structure')
+  model.save(structure, save_format='tf')
+  model.fit(data, label, epochs=2, batch_size=32, verbose=0)
+  checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer).save(
+      os.path.join(out_dir, 'ckpt', 'ck'))
+  weights = os.path.join(out_dir, 'weights', 'w')
+  model.save_weights(weights)
+  feeds = tf_keras_inputs(60, seed + 1, unseen=True)
+  expected = model.predict(feeds, verbose=0)
+  return {'structure': structure, 'checkpoint': checkpoint, 'weights': weights,
+          'feeds': feeds, 'expected': expected}
+
+
+def tf_keras_top_k(out_dir, seed=4):
+  """A retrieval model as TF Recommenders' BruteForce is written: a tf-keras Model subclass
+  holding its candidates' embeddings and identifiers as non-trainable variables, answering the
+  top 3 by dot product; saved with tf.saved_model.save. Its own variables/ is its checkpoint.
+
+  Returns:
+    dict: structure, feeds, expected ({output name: array}).
+  """
+  import tf_keras as keras  # pylint: disable=g-import-not-at-top
+
+  class TopK(keras.Model):
+
+    def __init__(self, k=3):
+      super().__init__()
+      self._k = k
+      self.query_model = keras.layers.Embedding(10, 4, name='query_emb')
+
+    def index(self, candidates, identifiers):
+      self._candidates = tf.Variable(candidates, trainable=False, name='candidates')
+      self._identifiers = tf.Variable(identifiers, trainable=False, name='identifiers')
+
+    def call(self, queries):
+      scores = tf.matmul(self.query_model(queries), self._candidates, transpose_b=True)
+      values, indices = tf.math.top_k(scores, self._k)
+      return {'scores': values, 'ids': tf.gather(self._identifiers, indices)}
+
+  keras.utils.set_random_seed(seed)
+  model = TopK()
+  model.index(tf.random.stateless_normal([20, 4], seed=[seed, 1]),
+              tf.constant(['cand_%02d' % i for i in range(20)]))
+  feeds = {'queries': np.arange(10, dtype=np.int32)}
+  expected = {k: v.numpy() for k, v in model(tf.constant(feeds['queries'])).items()}
+  structure = os.path.join(out_dir, 'structure')
+  tf.saved_model.save(model, structure, signatures=tf.function(
+      lambda queries: model(queries),
+      input_signature=[tf.TensorSpec([None], tf.int32, name='queries')]))
+  return {'structure': structure, 'feeds': feeds, 'expected': expected}
+
+
+# ---------------------------------------------------------------------------------------------
 # A sequence feature read as a RaggedTensor
 
 HISTORY_ITEMS = ['item_%02d' % i for i in range(25)]

@@ -51,12 +51,32 @@ def _assert_answers(export_dir, feeds, expected, capi=None):
   for loader, outputs in got.items():
     assert sorted(outputs) == sorted(expected), loader
     for name, value in expected.items():
-      np.testing.assert_allclose(outputs[name], value, atol=ATOL, rtol=0,
-                                 err_msg='%s %s' % (loader, name))
+      if np.asarray(value).dtype.kind in 'OSU':  # strings: equal
+        np.testing.assert_array_equal(outputs[name], value, err_msg='%s %s' % (loader, name))
+      else:
+        np.testing.assert_allclose(outputs[name], value, atol=ATOL, rtol=0,
+                                   err_msg='%s %s' % (loader, name))
 
 
 def _keys(prefix):
   return set(checkpoint_index.read_index(prefix).entries)
+
+
+# Ops of training, none of which serving runs: table writes, variable updates other than the
+# restore's AssignVariableOp, gradients, dataset reads.
+def _training_op(op):
+  return (op in ('LookupTableInsertV2', 'LookupTableRemoveV2', 'AssignAddVariableOp',
+                 'AssignSubVariableOp', 'StopGradient', 'BroadcastGradientArgs')
+          or op.startswith(('ResourceApply', 'Iterator')) or op.endswith('Grad')
+          or 'Dataset' in op)
+
+
+def _training_ops(export_dir):
+  """{function name: sorted training op types} of the SavedModel's library."""
+  library = conftest.meta_graph_of(export_dir).graph_def.library
+  found = {f.signature.name: sorted({n.op for n in f.node_def if _training_op(n.op)})
+           for f in library.function}
+  return {k: v for k, v in found.items() if v}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -101,6 +121,27 @@ class RecModule(tf.Module):
     word = tf.cast(self.words.lookup(words) * 10 + self.words_again.lookup(words), tf.float32)
     return {'score': self.dense(self._features(ids, words))[:, 0] + word,
             'clicks': self.clicks.lookup(ids), 'price': self.prices.lookup(ids)}
+
+  @tf.function(input_signature=[tf.TensorSpec([None], tf.int64),
+                                tf.TensorSpec([None], tf.string)])
+  def learn(self, ids, words):
+    """Plain SGD as a saved function: gradients, variable updates, table inserts."""
+    variables = [self.emb, self.dense.w, self.dense.b]
+    with tf.GradientTape() as tape:
+      loss = tf.reduce_mean((self.dense(self._features(ids, words))[:, 0] - 1.0) ** 2)
+    for variable, gradient in zip(variables, tape.gradient(loss, variables)):
+      variable.assign_sub(0.01 * tf.convert_to_tensor(gradient))
+    self.clicks.insert(ids, self.clicks.lookup(ids) + 1.0)
+    return loss
+
+  @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+  def count_clicks(self, filenames):
+    """Reads one batch of ids from TFRecord files and counts them: a dataset read."""
+    ids = next(iter(tf.data.TFRecordDataset(filenames).map(
+        lambda r: tf.io.parse_single_example(r, {'id': tf.io.FixedLenFeature([], tf.int64)})[
+            'id']).batch(8)))
+    self.clicks.insert(ids, self.clicks.lookup(ids) + 1.0)
+    return tf.size(ids)
 
   def train_step(self, ids, words, optimizer):
     variables = [self.emb, self.dense.w, self.dense.b]
@@ -174,8 +215,35 @@ def test_module_variables_hold_the_model_under_the_structures_keys(module_case):
   files = sorted(str(p.relative_to(out)) for p in pathlib.Path(out).rglob('*') if p.is_file())
   assert files == ['assets/vocab.txt', 'saved_model.pb', 'variables/variables.data-00000-of-00002',
                    'variables/variables.data-00001-of-00002', 'variables/variables.index']
-  assert (pathlib.Path(out) / 'saved_model.pb').read_bytes() == (
-      pathlib.Path(module_case['structure']) / 'saved_model.pb').read_bytes()
+  # The structure's MetaGraph without the functions serving does not run.
+  structure_graph = conftest.meta_graph_of(module_case['structure'])
+  out_graph = conftest.meta_graph_of(out)
+  assert out_graph.signature_def == structure_graph.signature_def
+  assert out_graph.graph_def.node == structure_graph.graph_def.node
+  assert len(out_graph.object_graph_def.nodes) == len(structure_graph.object_graph_def.nodes)
+
+
+def test_module_output_keeps_no_training_function(module_case, capi):
+  structure = _training_ops(module_case['structure'])
+  assert any('learn' in f for f in structure) and any('count_clicks' in f for f in structure)
+  assert {op for ops in structure.values() for op in ops} >= {
+      'LookupTableInsertV2', 'AssignSubVariableOp', 'StridedSliceGrad', 'IteratorGetNext',
+      'TFRecordDataset'}
+  assert _training_ops(module_case['out']) == {}
+  out_graph = conftest.meta_graph_of(module_case['out'])
+  assert not [f for f in out_graph.graph_def.library.function
+              if 'learn' in f.signature.name or 'count_clicks' in f.signature.name]
+  assert not {o.name for o in out_graph.meta_info_def.stripped_op_list.op
+              if _training_op(o.name)}
+  # tf.saved_model.load still rebuilds the objects: the trained functions are empty, the
+  # serving function answers.
+  loaded = tf.saved_model.load(module_case['out'])
+  with pytest.raises((ValueError, TypeError)):
+    loaded.learn(tf.constant([1], tf.int64), tf.constant(['ant']))
+  feeds = module_case['feeds']
+  np.testing.assert_allclose(loaded.serve(**feeds)['score'].numpy(),
+                             module_case['expected']['score'], atol=ATOL, rtol=0)
+  _assert_answers(module_case['out'], feeds, module_case['expected'], capi)
 
 
 def test_runs_without_tensorflow(module_case, tmp_path):
@@ -251,6 +319,72 @@ def test_keras_variables_are_found_by_full_name_and_stored_once(keras_case):
   assert len(places) == 10
   assert report.bytes_exported == report.bytes_needed == sum(size for _, size in places) + (
       index.nbytes(from_tf2_checkpoint.OBJECT_GRAPH_KEY))
+
+
+# ---------------------------------------------------------------------------------------------
+# tf-keras (Keras 2): model.save, then fit and checkpoint
+
+
+@pytest.fixture(scope='module')
+def tf_keras_case(tmp_path_factory):
+  import real_models  # pylint: disable=g-import-not-at-top
+  return real_models.tf_keras_clicks(str(tmp_path_factory.mktemp('tf_keras')))
+
+
+@pytest.mark.parametrize('written_by', ['checkpoint', 'weights'])
+def test_tf_keras_checkpoint_answers_as_trained(tf_keras_case, written_by, tmp_path, capi):
+  """tf.train.Checkpoint(model=, optimizer=) and save_weights both lack the compiled metrics'
+  accumulators (only the SavedModel tracks them; no signature reads them): they keep the
+  structure's values, the model's own are the checkpoint's."""
+  out = str(tmp_path / 'serving')
+  report = from_checkpoint.saved_model_from_checkpoint(
+      checkpoint=tf_keras_case[written_by], output_dir=out,
+      saved_model_dir=tf_keras_case['structure'])
+  assert report.checkpoint_object == ('model' if written_by == 'checkpoint' else '')
+  expected = tf_keras_case['expected']
+  assert len(np.unique(np.round(expected, 4))) > 20
+  _assert_answers(out, tf_keras_case['feeds'], {'ctr': expected},
+                  capi if written_by == 'checkpoint' else None)
+  structure = tf.train.load_checkpoint(tf_keras_case['structure'] + '/variables/variables')
+  copy = tf.train.load_checkpoint(out + '/variables/variables')
+  metrics = [k for k in copy.get_variable_to_shape_map() if k.startswith('keras_api/metrics/')]
+  assert len(metrics) == 8  # accuracy's total, count; loss's total, count; AUC's four
+  for key in metrics:
+    np.testing.assert_array_equal(copy.get_tensor(key), structure.get_tensor(key))
+  trained = tf.train.load_checkpoint(tf_keras_case[written_by])
+  counts = 'layer-5/counts/.ATTRIBUTES/table-values'  # ItemCounts' table
+  assert not [k for k in trained.get_variable_to_shape_map() if 'metrics' in k]
+  assert copy.get_tensor(counts).sum() > structure.get_tensor(counts).sum() > 0
+
+
+def test_tf_keras_output_keeps_no_training_function(tf_keras_case, tmp_path):
+  out = str(tmp_path / 'serving')
+  from_checkpoint.saved_model_from_checkpoint(
+      checkpoint=tf_keras_case['checkpoint'], output_dir=out,
+      saved_model_dir=tf_keras_case['structure'])
+  # Keras saves its layers' training-mode traces: the counting layer's inserts, batch norm's
+  # moving statistics.
+  structure = _training_ops(tf_keras_case['structure'])
+  assert {op for ops in structure.values() for op in ops} >= {'LookupTableInsertV2',
+                                                              'StopGradient'}
+  assert _training_ops(out) == {}
+  loaded = tf.saved_model.load(out)
+  got = loaded.signatures['serving_default'](
+      **{k: tf.constant(v) for k, v in tf_keras_case['feeds'].items()})['ctr']
+  np.testing.assert_allclose(got.numpy(), tf_keras_case['expected'], atol=ATOL, rtol=0)
+
+
+def test_tf_keras_model_with_its_own_variables_is_not_ambiguous(tmp_path, capi):
+  """A Keras model's root and its keras_api both track its variables under the same names:
+  the model's own variables/ (TF Recommenders' BruteForce recipe) is one match."""
+  import real_models  # pylint: disable=g-import-not-at-top
+  case = real_models.tf_keras_top_k(str(tmp_path))
+  out = str(tmp_path / 'serving')
+  report = from_checkpoint.saved_model_from_checkpoint(
+      checkpoint=case['structure'] + '/variables/variables', output_dir=out,
+      saved_model_dir=case['structure'])
+  assert report.checkpoint_object == ''
+  _assert_answers(out, case['feeds'], case['expected'], capi)
 
 
 # ---------------------------------------------------------------------------------------------

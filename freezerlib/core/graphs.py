@@ -119,12 +119,13 @@ def computed_tensors(graph_def, signature):
   return needed
 
 
-def functions_used(graph_def):
-  """Names of the library functions reachable from `graph_def`'s nodes, each with its
-  gradient function (a GradientDef naming a function the library lacks fails to import)."""
+def functions_used(graph_def, roots=()):
+  """Names of the library functions reachable from `graph_def`'s nodes (and from the functions
+  named in `roots`), each with its gradient function (a GradientDef naming a function the
+  library lacks fails to import)."""
   library = {f.signature.name: f for f in graph_def.library.function}
   gradients = {g.function_name: g.gradient_func for g in graph_def.library.gradient}
-  used, stack = set(), []
+  used, stack = set(), list(roots)
 
   def visit_attrs(node_like):
     if node_like.op in library:
