@@ -154,13 +154,13 @@ def census_logits(features, vocabulary_file):
   return tf.add(dnn_logits, linear_logits, name='add_logits')
 
 
-def _write_tfrecords(rows, data_dir, num_files):
+def _write_tfrecords(rows, data_dir, num_files, convert=None):
   os.makedirs(data_dir, exist_ok=True)
   paths = [os.path.join(data_dir, 'adult-%05d-of-%05d.tfrecord' % (i, num_files))
            for i in range(num_files)]
   writers = [tf.io.TFRecordWriter(p) for p in paths]
   for i, row in enumerate(rows):
-    writers[i % num_files].write(to_example(row).SerializeToString())
+    writers[i % num_files].write((convert or to_example)(row).SerializeToString())
   for w in writers:
     w.close()
   return paths
@@ -283,6 +283,126 @@ def export_estimator_style(export_dir, checkpoint, vocabulary_file, serving_spec
           main_op=tf.group(tf1.local_variables_initializer(), tf1.tables_initializer()),
           strip_default_attrs=True)
       builder.save()
+
+
+# ---------------------------------------------------------------------------------------------
+# A CTR model on feature columns: identity ids, shared embeddings, weighted tags, crosses
+
+CTR_USERS, CTR_ITEMS, CTR_TAGS = 30, 60, ['sports', 'news', 'music', 'games', 'travel']
+CTR_CATEGORIES = ['shoes', 'books', 'phones', 'toys']
+
+
+def ctr_feature_spec():
+  return {'user_id': tf.io.VarLenFeature(tf.int64), 'item_id': tf.io.VarLenFeature(tf.int64),
+          'clicked_items': tf.io.VarLenFeature(tf.int64),
+          'tag': tf.io.VarLenFeature(tf.string), 'tag_weight': tf.io.VarLenFeature(tf.float32),
+          'category': tf.io.VarLenFeature(tf.string),
+          'price': tf.io.FixedLenFeature([1], tf.float32, default_value=[0.0]),
+          'clicked': tf.io.FixedLenFeature([1], tf.float32, default_value=[0.0])}
+
+
+def ctr_rows(n, seed):
+  """Impressions: ids inside their buckets (identity columns assert it), 0 to 3 clicked items
+  and weighted tags per row (a tag's weight beside it)."""
+  rng = np.random.RandomState(seed)
+  rows = []
+  for _ in range(n):
+    tags = rng.randint(0, 4)
+    row = {'user_id': [int(rng.randint(CTR_USERS))], 'item_id': [int(rng.randint(CTR_ITEMS))],
+           'clicked_items': [int(i) for i in rng.randint(CTR_ITEMS, size=rng.randint(0, 4))],
+           'tag': [CTR_TAGS[i] for i in rng.randint(len(CTR_TAGS), size=tags)],
+           'tag_weight': [float(w) for w in rng.rand(tags)],
+           'category': [CTR_CATEGORIES[rng.randint(len(CTR_CATEGORIES))]],
+           'price': [float(rng.lognormal(2.0, 1.0))]}
+    row['clicked'] = [float((row['item_id'][0] in row['clicked_items']) or rng.rand() < 0.2)]
+    rows.append(row)
+  return rows
+
+
+def ctr_example(row):
+  """A tf.train.Example from a row of ctr_rows (each list's type is its feature's)."""
+  feature = {}
+  for key, values in row.items():
+    if key in ('tag', 'category'):
+      feature[key] = tf.train.Feature(
+          bytes_list=tf.train.BytesList(value=[v.encode() for v in values]))
+    elif key in ('user_id', 'item_id', 'clicked_items'):
+      feature[key] = tf.train.Feature(int64_list=tf.train.Int64List(value=values))
+    else:
+      feature[key] = tf.train.Feature(float_list=tf.train.FloatList(value=values))
+  return tf.train.Example(features=tf.train.Features(feature=feature))
+
+
+def ctr_logits(features):
+  """Wide (FTRL) and deep (Adagrad) logits on feature columns, as a TF1 CTR model declares
+  them: identity user and item ids, the item id's embedding shared with the clicked items',
+  tags weighted per impression, a category x tag cross; the input layer partitioned in 2."""
+  user = fc.categorical_column_with_identity('user_id', num_buckets=CTR_USERS)
+  item = fc.categorical_column_with_identity('item_id', num_buckets=CTR_ITEMS)
+  clicked = fc.categorical_column_with_identity('clicked_items', num_buckets=CTR_ITEMS)
+  tags = fc.weighted_categorical_column(
+      fc.categorical_column_with_vocabulary_list('tag', CTR_TAGS), 'tag_weight')
+  category = fc.categorical_column_with_vocabulary_list('category', CTR_CATEGORIES)
+  deep = [fc.embedding_column(user, 4), fc.embedding_column(tags, 3, combiner='sqrtn'),
+          fc.indicator_column(category), fc.numeric_column('price')]
+  deep += fc.shared_embedding_columns([item, clicked], dimension=4, combiner='mean')
+  wide = [user, item, tags, fc.crossed_column([category, 'tag'], hash_bucket_size=40)]
+  with tf1.variable_scope('dnn'):
+    with tf1.variable_scope('input_from_feature_columns',
+                            partitioner=tf1.fixed_size_partitioner(2)):
+      net = fc.input_layer(features, deep)
+    net = tf.nn.relu(_dense(net, 8, 'hiddenlayer_0'))
+    dnn_logits = _dense(net, 1, 'logits')
+  with tf1.variable_scope('linear', partitioner=tf1.fixed_size_partitioner(2)):
+    linear_logits = fc.linear_model(features, wide, units=1)
+  return tf.add(dnn_logits, linear_logits, name='add_logits')
+
+
+def feature_column_ctr(out_dir, num_examples=300, steps=30, batch_size=32, seed=6):
+  """Trains the CTR model from TFRecords and writes it as census `reader_fed` is written: the
+  training graph, its `serving_default` fed at the reader's outputs (SparseTensors for the
+  VarLen features), tables initialised by the legacy init op.
+
+  Returns:
+    dict: reader_fed, data (TFRecord paths), serving_spec.
+  """
+  os.makedirs(out_dir, exist_ok=True)
+  data = _write_tfrecords(ctr_rows(num_examples, seed), os.path.join(out_dir, 'data'), 1,
+                          ctr_example)
+  spec = ctr_feature_spec()
+  reader_fed = os.path.join(out_dir, 'reader_fed')
+  graph = tf.Graph()
+  with graph.as_default():
+    tf1.set_random_seed(seed)
+    dataset = (tf.data.TFRecordDataset(data).repeat().shuffle(256, seed=seed)
+               .batch(batch_size).map(lambda s: tf.io.parse_example(s, spec)))
+    features = tf1.data.make_one_shot_iterator(dataset).get_next()
+    labels = features.pop('clicked')
+    logits = ctr_logits(features)
+    loss = tf1.losses.sigmoid_cross_entropy(labels, logits)
+    linear_vars = tf1.get_collection(tf1.GraphKeys.TRAINABLE_VARIABLES, scope='linear')
+    dnn_vars = tf1.get_collection(tf1.GraphKeys.TRAINABLE_VARIABLES, scope='dnn')
+    train_op = tf.group(
+        tf1.train.FtrlOptimizer(0.1, l1_regularization_strength=0.01).minimize(
+            loss, var_list=linear_vars),
+        tf1.train.AdagradOptimizer(0.05).minimize(loss, var_list=dnn_vars))
+    probability = tf.sigmoid(logits, name='probability')
+    with tf1.Session() as sess:
+      sess.run([tf1.global_variables_initializer(), tf1.tables_initializer()])
+      for _ in range(steps):
+        sess.run(train_op)
+      info = tf1.saved_model.build_tensor_info
+      sig = tf1.saved_model.signature_def_utils.build_signature_def(
+          {k: info(v) for k, v in features.items()},
+          {'probability': info(probability), 'logits': info(logits)},
+          tf1.saved_model.PREDICT_METHOD_NAME)
+      builder = tf1.saved_model.Builder(reader_fed)
+      builder.add_meta_graph_and_variables(
+          sess, [tf1.saved_model.SERVING], signature_def_map={'serving_default': sig},
+          legacy_init_op=tf1.tables_initializer())
+      builder.save()
+  return {'reader_fed': reader_fed, 'data': data,
+          'serving_spec': {k: v for k, v in spec.items() if k != 'clicked'}}
 
 
 # ---------------------------------------------------------------------------------------------
