@@ -6,6 +6,10 @@ not need goes, devices are cleared, and a new saver restores exactly the variabl
 left. Every tensor that saver reads is checked against the checkpoint's index before anything
 is written; then variables/ gets only those tensors, their stored bytes copied as they are.
 With a structure whose inputs are placeholders, TensorFlow itself is never imported.
+
+No serving rewrite (transforms.rewrites) runs here, nor in from_tf2_checkpoint: each rewrites
+values it reads as Consts of a frozen graph, and here the values are never in the graph, only
+in the checkpoint's stored bytes, copied as they are (docs/rewrites.md).
 """
 
 import dataclasses
