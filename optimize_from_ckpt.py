@@ -95,10 +95,14 @@ def main(argv):
     if bool(_SAVED_MODEL_DIR.value) == bool(_META_GRAPH.value):
       raise errors.UserError('give exactly one of --saved_model_dir and --meta_graph')
     version = atomic.parse_version(_VERSION.value)
+    # One loader per structure format, each returning a from_checkpoint.Structure.
+    if _SAVED_MODEL_DIR.value:
+      structure = from_checkpoint.structure_from_saved_model(_SAVED_MODEL_DIR.value, _TAGS.value)
+    else:
+      structure = from_checkpoint.structure_from_meta_graph(_META_GRAPH.value)
     report = from_checkpoint.saved_model_from_checkpoint(
         checkpoint=_CHECKPOINT.value, output_dir=_OUTPUT_SAVED_MODEL_DIR.value,
-        saved_model_dir=_SAVED_MODEL_DIR.value, meta_graph_path=_META_GRAPH.value,
-        tags=_TAGS.value, signature_names=_SIGNATURE_DEF.value, inputs=_INPUTS.value,
+        structure=structure, tags=_TAGS.value, signature_names=_SIGNATURE_DEF.value, inputs=_INPUTS.value,
         outputs=_OUTPUTS.value, prune_tensors=_PRUNE.value, chunk_bytes=_CHUNK_MB.value << 20,
         overwrite=_OVERWRITE.value, allow_ops=_ALLOW_OPS.value,
         checkpoint_object=_CHECKPOINT_OBJECT.value, version=version,
