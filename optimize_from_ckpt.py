@@ -21,8 +21,8 @@ hard-linked where the filesystem allows, else copied), after checking every tens
 
 With a structure whose signature inputs are placeholders (a fake inference graph), TensorFlow
 itself is never imported: protos and files only, tensor bytes copied between local files by
-two workers, each into a data shard of its own (variables.data-0000k-of-00002; the README's
-benchmark has the figures).
+two workers, each into a data shard of its own (variables.data-0000k-of-00002;
+benchmarks/README.md has the figures).
 
 A TF2 structure (tf.saved_model.save, Keras 3 model.export) takes a tf.train.Checkpoint instead
 (freezerlib/export/from_tf2_checkpoint.py): the model is found in the checkpoint's object graph (`--checkpoint_object`

@@ -33,7 +33,6 @@ if (getattr(sys.modules.get('__main__'), '__file__', None) or '').rsplit('/', 1)
   # The imports make objects that live as long as the process (modules, classes, functions):
   # the cyclic garbage collector, which would walk them again and again while they are made
   # and at every full collection afterwards, waits until run_cli, which freezes them first.
-  # 7 to 9 ms of the checkpoint path's 0.18 s (the README's benchmark).
   gc.disable()
 
 import re  # pylint: disable=g-import-not-at-top,g-bad-import-order
@@ -124,9 +123,8 @@ def run_cli(program, fn, end_process=True):
     fn: the script's work; returns an exit code or None (0).
     end_process: in a script's own process, end it here (`_end_process`). False for a cluster
       task, whose gRPC server other tasks may still be closing their sessions with when its
-      work is done: a task ended at once left a worker waiting on its vanished PS until the
-      cluster's timeout (1 run of the test suite in about 10); the interpreter's teardown, half
-      a second after TensorFlow, gives them that time.
+      work is done: a task ended at once can leave a worker waiting on its vanished PS until
+      the cluster's timeout; the interpreter's teardown gives them that time.
 
   Returns:
     The exit code for `absl.app.run`.
@@ -168,10 +166,9 @@ def run_cli(program, fn, end_process=True):
 def _end_process(code):
   """Ends a script's own process with `code` now that its outputs are what they will be:
   exit handlers run and stdout and stderr are flushed, as at any exit, but the interpreter's
-  teardown of every module is skipped. That teardown, which changes nothing on disk, took
-  0.47 s after freezer.py (TensorFlow's thousands of modules) and 20 ms after the checkpoint
-  path's 0.2 s (the README's benchmark). Returns, for the usual exit, while a non-daemon thread
-  is still running: the interpreter waits for those."""
+  teardown of every module (TensorFlow's thousands), which changes nothing on disk, is
+  skipped. Returns, for the usual exit, while a non-daemon thread is still running: the
+  interpreter waits for those."""
   import atexit  # pylint: disable=g-import-not-at-top
   import threading  # pylint: disable=g-import-not-at-top
   if any(t.is_alive() and not t.daemon for t in threading.enumerate()

@@ -19,8 +19,8 @@ Rules of dependency, checked by tests/freezerlib/test_layers.py, which parses th
   analysis -> formats -> core;
 - no stage imports another stage, and transforms and analysis do not import each other;
 - nothing here imports absl's flags or a script;
-- core and formats never import TensorFlow when imported (the checkpoint path starts in
-  0.1 s without it); elsewhere TensorFlow may be imported at module level;
+- core and formats never import TensorFlow when imported (the checkpoint path starts without
+  it); elsewhere TensorFlow may be imported at module level;
 - no import cycles.
 """
 

@@ -278,7 +278,7 @@ def test_cli_joins_a_cluster(tmp_path):
 
 def test_cluster_checkpoint_serves_through_the_fake_inference_graph(cluster_model, fake_graph,
                                                                     tmp_path, capi):
-  """The issue's path: a real 2-PS cluster's sharded checkpoint, the fake graph's structure."""
+  """The checkpoint path: a real 2-PS cluster's sharded checkpoint, the fake graph's structure."""
   import capi_runner  # pylint: disable=g-import-not-at-top
   ckpt_dir = cluster_model['checkpoint'].rsplit('/', 1)[0]
   index = checkpoint_index.read_index(cluster_model['checkpoint'])
@@ -308,7 +308,7 @@ def test_cluster_checkpoint_serves_through_the_fake_inference_graph(cluster_mode
 
 
 def test_fake_graph_export_runs_without_tensorflow(cluster_model, fake_graph, tmp_path):
-  """The issue's case (a fake inference graph, whose inputs are placeholders): the script
+  """A fake inference graph, whose inputs are placeholders, as the structure: the script
   loads neither TensorFlow's Python API nor its runtime, nor numpy, and writes byte for byte
   what the in-process export (TensorFlow loaded) writes."""
   ckpt = cluster_model['checkpoint'].rsplit('/', 1)[0]

@@ -184,8 +184,8 @@ def saved_model_from_frozen_graph(input_graph, output_saved_model_dir=None, outp
   unsafe_ops.log_findings(removed, 'removed (not run by the signatures)')
   rewritten = _rewrite(frozen, rewrites, constants_as_variables)
   # Big constants are set aside as variables first: Grappler and the cut then work on a graph
-  # without their bytes (on a graph with 355 MiB of constants Grappler alone took 9.5 s), and
-  # the SavedModel restores them from variables/ instead of parsing them from its graph.
+  # without their bytes (Grappler's time grows with them), and the SavedModel restores them
+  # from variables/ instead of parsing them from its graph.
   split = None
   if constants_as_variables is not None:
     split = constants_lib.split(frozen, constants_as_variables, input_graph,
