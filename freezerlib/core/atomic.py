@@ -227,7 +227,7 @@ def _rename_noreplace(src, dst):
   kernel offers it (Linux renameat2 RENAME_NOREPLACE); elsewhere a rename that fails on a
   non-empty directory (a finished version always holds saved_model.pb)."""
   if not files.is_remote(src):
-    import ctypes  # pylint: disable=g-import-not-at-top  # here only: 1 ms of every start-up
+    import ctypes  # pylint: disable=g-import-not-at-top  # here only: not every run renames
     libc = ctypes.CDLL(None, use_errno=True)
     renameat2 = getattr(libc, 'renameat2', None)
     if renameat2 is not None:

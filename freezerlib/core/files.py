@@ -319,9 +319,8 @@ def copy_ranges(shares, piece_bytes=1 << 20, progress=None):
   inspected and written by one core while it is in that core's cache. With `dst` None the
   pieces are read and inspected only (checking a checkpoint in place). A job without
   `inspect` is copied by the kernel (copy_file_range) where it can. Give each share a file of
-  its own: the kernel serializes the writes into one file (two workers writing into one file
-  took 144 ms where two files took 78 ms, copy_file_range of 395 MiB on this project's
-  2-core machine; reading, checking and writing: 91 ms against 85 ms).
+  its own: the kernel serializes the writes into one file (benchmarks/README.md, checkpoint
+  path).
 
   Args:
     shares: list of (dst or None, jobs); jobs a list of (path, offset, length, dst_offset,

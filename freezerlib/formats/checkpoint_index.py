@@ -141,8 +141,8 @@ def _table_items(data):
 
 class _Entries(collections.abc.Mapping):
   """Index key -> BundleEntryProto, each parsed when looked up: the index holds its entries
-  serialized (a few dozen bytes each), not as messages (several hundred bytes each in Python:
-  an index of 100,000 tensors took 70 MiB)."""
+  serialized (a few dozen bytes each), not as messages (several hundred bytes each in
+  Python)."""
 
   def __init__(self, raw):
     self._raw = raw  # key -> serialized BundleEntryProto
