@@ -2,8 +2,8 @@
 
 Exit codes (the README's table): 0 success; 1 bad input or models that differ; 2 usage errors
 (an unknown flag, a required flag missing, a stray argument), as one line naming the flag;
-3 optimize_from_pb_test.py's reference fails on the inputs; 130 interrupted (SIGINT or SIGTERM), as one line saying what was written. Never a traceback
-for any of them.
+3 optimize_from_pb_test.py's reference fails on the inputs; 130 interrupted (SIGINT or SIGTERM),
+as one line saying what was written. Never a traceback for any of them.
 
 The library is the `freezerlib` package; this module is the scripts' side of it and is never
 imported by the package. Import it first in a script: until `run_cli` starts the work, an
@@ -72,8 +72,9 @@ def _print_help():
   body = '\n'.join(l for l in flags.FLAGS.main_module_help().splitlines()
                    if l.startswith(' '))
   sys.stdout.write('%s\n\nFlags (required ones marked):\n%s\n\nExit codes: 0 success; 1 bad '
-                   'input, or models that differ; 2 usage error;\n130 interrupted. Every flag, '
-                   'absl\'s own included: --helpfull.\n' % (doc, body))
+                   'input, or models that differ; 2 usage error;\n3 optimize_from_pb_test.py\'s '
+                   'reference fails on the inputs; 130 interrupted.\nEvery flag, absl\'s own '
+                   'included: --helpfull.\n' % (doc, body))
   sys.stdout.flush()
 
 

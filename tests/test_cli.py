@@ -1,7 +1,8 @@
 """The command line as a user meets it: --help, exit codes, Ctrl-C, TF Serving's layout, warmup.
 
 Exit codes (README): 0 success; 1 bad input or models that differ; 2 usage errors, as one
-line naming the flag; 130 interrupted, as one line saying what was written.
+line naming the flag; 3 optimize_from_pb_test.py's reference fails on the inputs; 130
+interrupted, as one line saying what was written.
 """
 
 import os
@@ -63,6 +64,10 @@ def test_help_lists_the_scripts_flags_and_answers_without_tensorflow(script):
     assert '--' + name in out or '--[no]' + name in out, (name, out)
   assert 'Example' in out and 'python %s' % script in out
   assert '--helpfull' in out and 'xla' not in out.lower()  # absl's and TF's own flags stay out
+  footer = ' %s ' % ' '.join(out[out.index('Exit codes:'):].split())
+  for exit_code in ('0 success', '1 bad input', '2 usage error', '3 optimize_from_pb_test.py',
+                    '130 interrupted'):
+    assert ' %s' % exit_code in footer, footer
   # --helpfull adds absl's own flags, and is no error either (absl's own handler exits 1).
   full = subprocess.run([sys.executable, script, '--helpfull'], cwd=REPO, capture_output=True,
                         text=True, timeout=60, check=False)
