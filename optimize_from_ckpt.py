@@ -37,7 +37,7 @@ Example (a 2-PS cluster's checkpoint, served through its fake inference graph):
       --output_saved_model_dir=/tmp/freezer_demo/serving_from_ckpt
 """
 
-import utils  # pylint: disable=g-bad-import-order  # first: Ctrl-C during start-up is one line
+import utils  # first: Ctrl-C during start-up is one line
 
 from absl import app
 from absl import flags
@@ -88,10 +88,10 @@ def main(argv):
   del argv  # flags only: utils.parse_flags refuses stray arguments
 
   def work():
-    from freezerlib.core import errors  # pylint: disable=g-import-not-at-top  # --help fast
-    from freezerlib.core import units  # pylint: disable=g-import-not-at-top
-    from freezerlib.export import from_checkpoint  # pylint: disable=g-import-not-at-top
-    from freezerlib.core import atomic  # pylint: disable=g-import-not-at-top
+    from freezerlib.core import errors  # --help fast
+    from freezerlib.core import units
+    from freezerlib.export import from_checkpoint
+    from freezerlib.core import atomic
     if bool(_SAVED_MODEL_DIR.value) == bool(_META_GRAPH.value):
       raise errors.UserError('give exactly one of --saved_model_dir and --meta_graph')
     version = atomic.parse_version(_VERSION.value)

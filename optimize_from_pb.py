@@ -18,7 +18,7 @@ Example (after freezer.py's example):
       --output_saved_model_dir=/tmp/freezer_demo/serving
 """
 
-import utils  # pylint: disable=g-bad-import-order  # first: Ctrl-C during start-up is one line
+import utils  # first: Ctrl-C during start-up is one line
 
 from absl import app
 from absl import flags
@@ -77,9 +77,9 @@ def main(argv):
 
   def work():
     # Imported here, not at the top: --help and usage errors answer without TensorFlow.
-    from freezerlib.export import from_frozen  # pylint: disable=g-import-not-at-top
-    from freezerlib.transforms import constants_as_variables  # pylint: disable=g-import-not-at-top
-    from freezerlib.core import atomic  # pylint: disable=g-import-not-at-top
+    from freezerlib.export import from_frozen
+    from freezerlib.transforms import constants_as_variables
+    from freezerlib.core import atomic
     threshold = constants_as_variables.parse_threshold(_CONSTANTS_AS_VARIABLES.value)
     version = atomic.parse_version(_VERSION.value)
     if (version or _WARMUP.value) and not _OUTPUT_SAVED_MODEL_DIR.value:

@@ -16,10 +16,10 @@ import signal
 import sys
 
 
-def _exit_at_start_up(signum, frame):  # pylint: disable=unused-argument
+def _exit_at_start_up(signum, frame):
   program = sys.argv[0].rsplit('/', 1)[-1] if sys.argv and sys.argv[0] else 'freezer'
   os.write(2, ('%s: interrupted: nothing written\n' % program).encode())
-  os._exit(130)  # pylint: disable=protected-access
+  os._exit(130)
 
 
 # First, before the imports (TensorFlow's take seconds): an interrupt during them has nothing to
@@ -35,10 +35,10 @@ if (getattr(sys.modules.get('__main__'), '__file__', None) or '').rsplit('/', 1)
   # and at every full collection afterwards, waits until run_cli, which freezes them first.
   gc.disable()
 
-import re  # pylint: disable=g-import-not-at-top,g-bad-import-order
+import re
 
-from absl import flags  # pylint: disable=g-import-not-at-top
-from absl import logging  # pylint: disable=g-import-not-at-top
+from absl import flags
+from absl import logging
 
 EXIT_OK = 0
 EXIT_FAILURE = 1      # bad input, or two models that do not answer the same
@@ -53,7 +53,7 @@ def _program():
   return sys.argv[0].rsplit('/', 1)[-1] if sys.argv and sys.argv[0] else 'freezer'
 
 
-def _interrupt(signum, frame):  # pylint: disable=unused-argument
+def _interrupt(signum, frame):
   raise KeyboardInterrupt
 
 
@@ -93,7 +93,7 @@ def parse_flags(argv):
     except flags.Error:
       pass
     if full:
-      from absl import app  # pylint: disable=g-import-not-at-top
+      from absl import app
       app.usage(shorthelp=False, writeto_stdout=True)
     else:
       _print_help()
@@ -130,9 +130,9 @@ def run_cli(program, fn, end_process=True):
   Returns:
     The exit code for `absl.app.run`.
   """
-  from freezerlib.core import atomic  # pylint: disable=g-import-not-at-top
-  from freezerlib.core import errors  # pylint: disable=g-import-not-at-top
-  from freezerlib.core import lean_tf  # pylint: disable=g-import-not-at-top
+  from freezerlib.core import atomic
+  from freezerlib.core import errors
+  from freezerlib.core import lean_tf
   lean_tf.run_pending_hooks()  # scripts that imported TensorFlow themselves
   # From here an interrupt unwinds the work, so every temporary output is removed.
   previous = (signal.signal(signal.SIGINT, _interrupt), signal.signal(signal.SIGTERM, _interrupt))
@@ -170,18 +170,18 @@ def _end_process(code):
   teardown of every module (TensorFlow's thousands), which changes nothing on disk, is
   skipped. Returns, for the usual exit, while a non-daemon thread is still running: the
   interpreter waits for those."""
-  import atexit  # pylint: disable=g-import-not-at-top
-  import threading  # pylint: disable=g-import-not-at-top
+  import atexit
+  import threading
   if any(t.is_alive() and not t.daemon for t in threading.enumerate()
          if t is not threading.main_thread()):
     return
-  atexit._run_exitfuncs()  # pylint: disable=protected-access  # logging's flush among them
+  atexit._run_exitfuncs()  # logging's flush among them
   for stream in (sys.stdout, sys.stderr):
     try:
       stream.flush()
     except (OSError, ValueError):  # a closed pipe: nothing more can reach it
       pass
-  os._exit(code)  # pylint: disable=protected-access
+  os._exit(code)
 
 
 def _after_work(as_script, previous):
@@ -204,7 +204,7 @@ def warmup_writer(count, input_files, seed=0):
     return None
 
   def finalize(saved_model_dir):
-    from freezerlib.verify import warmup  # pylint: disable=g-import-not-at-top  # loads TF
+    from freezerlib.verify import warmup  # loads TF
     written = warmup.write(saved_model_dir, count, input_files or None, seed)
     logging.info('wrote %d warmup requests (assets.extra/%s)', written, warmup.FILE_NAME)
 

@@ -27,7 +27,7 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-import shutil  # pylint: disable=g-import-not-at-top,g-bad-import-order
+import shutil
 import statistics
 import subprocess
 import tempfile

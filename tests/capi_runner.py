@@ -200,8 +200,8 @@ def run_signatures(runner_path, export_dir, feeds_by_signature, tag='serve'):
     client sends them; sparse and ragged outputs come back as such values
     (freezerlib.verify.loaders.feed_arrays and output_value).
     """
-    from tensorflow.core.protobuf import saved_model_pb2  # pylint: disable=g-import-not-at-top
-    from freezerlib.verify import loaders  # pylint: disable=g-import-not-at-top
+    from tensorflow.core.protobuf import saved_model_pb2
+    from freezerlib.verify import loaders
 
     proto = saved_model_pb2.SavedModel()
     with open(os.path.join(export_dir, "saved_model.pb"), "rb") as f:

@@ -319,7 +319,7 @@ def keras3_preprocessing(out_dir, num_examples=300, epochs=2, seed=2):
     dict: exported (model.export: its signature is `serve` and `serving_default`), saved
       (tf.saved_model.save), input_names.
   """
-  import keras  # pylint: disable=g-import-not-at-top  # Keras 3, TensorFlow backend
+  import keras  # Keras 3, TensorFlow backend
   keras.utils.set_random_seed(seed)
   data = keras_inputs(num_examples, seed)
   label = ((data['price'][:, 0] > 8) ^ (data['item'][:, 0] % 2 == 0)).astype(np.float32)

@@ -47,7 +47,7 @@ def _feeds(model, examples):
 def test_census_estimator_style_through_the_checkpoint_path(census, tmp_path, capi):
   """Vocabulary files (one of them listed twice) read by the main op: trusted, copied once,
   and the export answers as the original, through Python and through the C API."""
-  import capi_runner  # pylint: disable=g-import-not-at-top
+  import capi_runner
   structure = census['estimator_style']
   listed = [a.filename for a in saved_model.asset_defs(meta_graph_of(structure))]
   assert len(listed) > len(set(listed)) == 1  # countries.txt, more than once

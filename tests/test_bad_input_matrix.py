@@ -20,7 +20,7 @@ from conftest import tree_digest
 from freezerlib import freeze
 from freezerlib.formats import frozen_graph
 # The scripts themselves: this file tests their command lines, in-process.
-import freezer  # pylint: disable=g-bad-import-order
+import freezer
 import model_gen
 import optimize_from_ckpt
 import optimize_from_pb

@@ -162,7 +162,7 @@ def test_interrupt_at_any_moment_is_one_line_and_leaves_nothing_half_written(
 
 
 def test_interrupt_after_the_output_is_complete_says_so(monkeypatch, tmp_path, capsys):
-  import utils  # pylint: disable=g-import-not-at-top  # the scripts' own plumbing
+  import utils  # the scripts' own plumbing
 
   def work():
     with atomic.atomic_output(str(tmp_path / 'out.pb')) as tmp:

@@ -29,7 +29,7 @@ from freezerlib.transforms import example_front
 from freezerlib.verify import loaders
 import real_models
 # The scripts, whose --serving_input flag is run in-process.
-import freezer  # pylint: disable=g-bad-import-order
+import freezer
 import optimize_from_ckpt
 import optimize_from_pb
 

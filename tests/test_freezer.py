@@ -424,7 +424,7 @@ def _reader_model_without_signatures(export_dir):
 
 
 def test_inputs_and_outputs_freeze_a_model_without_signatures(tmp_path, capsys):
-  from test_bad_input_matrix import run_main  # pylint: disable=g-import-not-at-top
+  from test_bad_input_matrix import run_main
   model = _reader_model_without_signatures(tmp_path / 'm')
   out = str(tmp_path / 'f.pb')
   code, err = run_main('freezer', ['--saved_model_dir=' + model, '--output_graph=' + out], capsys)

@@ -118,7 +118,7 @@ def test_redumped_saved_model_restores_the_beside_checkpoint(reference, by_size)
 
 
 def test_redumped_saved_model_serves_through_c_api_and_tf2(reference, by_size, capi):
-  import capi_runner  # pylint: disable=g-import-not-at-top
+  import capi_runner
   maker = inputs.InputMaker(reference, seed=4)
   feeds = {k: maker.make(k, 80) for k in reference.signatures}
   got_capi = capi_runner.run_signatures(capi, by_size['serving'], feeds)
@@ -239,7 +239,7 @@ def test_control_flow_over_a_kept_variable_is_fine_static_tables_are_refused(tmp
   by whatever reads it, control flow included. Static tables need the in-memory freezer,
   which keeps nothing: refused with the reason."""
   tf1 = tf.compat.v1
-  from conftest import save_predict_model  # pylint: disable=g-import-not-at-top
+  from conftest import save_predict_model
   graph = tf.Graph()
   with graph.as_default():
     x = tf1.placeholder(tf.float32, [None], name='x')
@@ -282,8 +282,8 @@ def test_control_flow_over_a_kept_variable_is_fine_static_tables_are_refused(tmp
 
 
 def _benchmark_module():
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  from conftest import REPO  # pylint: disable=g-import-not-at-top
+  import importlib.util
+  from conftest import REPO
   spec = importlib.util.spec_from_file_location('benchmark', REPO / 'benchmarks' / 'benchmark.py')
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)

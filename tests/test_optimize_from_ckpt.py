@@ -64,7 +64,7 @@ def test_pruned_export_answers_as_the_checkpoint(tiny_model, exported):
 
 
 def test_export_serves_through_the_c_api(tiny_model, exported, capi):
-  import capi_runner  # pylint: disable=g-import-not-at-top
+  import capi_runner
   out, _ = exported
   reference = loaders.load_saved_model(tiny_model['saved_model'])
   feeds = {k: inputs.InputMaker(reference, seed=2).make(k, 50) for k in reference.signatures}

@@ -304,7 +304,7 @@ def test_asset_backed_table_needs_no_asset_once_frozen(tmp_path):
 @pytest.fixture(scope='module')
 def keras_model(tmp_path_factory):
   """A Keras 3 model saved with tf.saved_model.save: dict of paths."""
-  import keras  # pylint: disable=g-import-not-at-top  (6 s to import: only these tests need it)
+  import keras  # slow to import: only these tests need it
 
   keras.utils.set_random_seed(7)
   word = keras.Input(shape=(1,), dtype='string', name='word')

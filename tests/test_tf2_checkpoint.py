@@ -45,7 +45,7 @@ def _assert_answers(export_dir, feeds, expected, capi=None):
   tf2, tf1 = _serve(export_dir, feeds)
   got = {'tf.saved_model.load': tf2, 'TF1 loader': tf1}
   if capi:
-    import capi_runner  # pylint: disable=g-import-not-at-top
+    import capi_runner
     got['C API'] = capi_runner.run_signatures(capi, export_dir, {'serving_default': feeds})[
         'serving_default']
   for loader, outputs in got.items():
@@ -85,7 +85,7 @@ class RecModule(tf.Module):
         tf.int64, tf.float32, default_value=-1.0, empty_key=-1, deleted_key=-2,
         initial_num_buckets=16)  # grows while training: the checkpoint's is bigger
     # Two tables read one asset file: the export holds it once.
-    init = lambda: tf.lookup.TextFileInitializer(  # pylint: disable=g-long-lambda
+    init = lambda: tf.lookup.TextFileInitializer(
         vocab_path, tf.string, tf.lookup.TextFileIndex.WHOLE_LINE, tf.int64,
         tf.lookup.TextFileIndex.LINE_NUMBER)
     self.words = tf.lookup.StaticHashTable(init(), -1)
@@ -198,7 +198,7 @@ def test_runs_without_tensorflow(module_case, tmp_path):
 
 @pytest.fixture(scope='module')
 def keras_case(tmp_path_factory):
-  import keras  # pylint: disable=g-import-not-at-top
+  import keras
   root = tmp_path_factory.mktemp('tf2_keras')
   keras.utils.set_random_seed(1)
   ids = keras.Input((1,), dtype='int64', name='ids')

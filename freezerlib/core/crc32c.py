@@ -38,7 +38,7 @@ def _extension():
         spec.loader.exec_module(module)
         sys.modules[name] = module
         return module
-  import crc32c  # pylint: disable=g-import-not-at-top  # another layout: the usual import
+  import crc32c  # another layout: the usual import
   return crc32c
 
 

@@ -50,7 +50,7 @@ def basename(path):
 
 
 def _file_io():
-  lean_tf.tensorflow.io  # pylint: disable=pointless-statement  # imports TensorFlow: plugins
+  lean_tf.tensorflow.io  # imports TensorFlow: plugins
   return lean_tf.load('tensorflow.python.lib.io.file_io')
 
 
@@ -171,7 +171,7 @@ def open_file(path, mode='rb'):
     if 'r' in mode:
       _remote(_file_io().stat_v2, path)  # FileIO reports a missing file only on first read
     return _RemoteFile(path, mode)
-  return open(path, mode)  # pylint: disable=unspecified-encoding
+  return open(path, mode)
 
 
 def read(path):
@@ -393,7 +393,7 @@ def copy_ranges(shares, piece_bytes=1 << 20, progress=None):
             failures[(share_index, index)] = OSError(
                 e.errno, e.strerror, e.filename or (dst.name if writing else path))
             return
-          except Exception as e:  # pylint: disable=broad-except  # raised by the caller
+          except Exception as e:  # raised by the caller
             failures[(share_index, index)] = e
             return
     finally:

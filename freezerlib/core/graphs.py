@@ -268,7 +268,7 @@ class FunctionGraphs:
       ValueError: a function TensorFlow cannot convert.
     """
     tf = lean_tf.tensorflow
-    from tensorflow.python.framework import function_def_to_graph  # pylint: disable=g-import-not-at-top
+    from tensorflow.python.framework import function_def_to_graph
     if self._graph is None:
       self._graph = tf.Graph()
       with self._graph.as_default():

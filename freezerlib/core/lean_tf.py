@@ -203,7 +203,7 @@ class _RegisteredOpDefs:
   def get(self, name, default=None):
     if name not in self._cache:
       _import_tensorflow()
-      from tensorflow.python.framework import op_def_registry  # pylint: disable=g-import-not-at-top
+      from tensorflow.python.framework import op_def_registry
       self._cache[name] = op_def_registry.get(name)
     op_def = self._cache[name]
     return default if op_def is None else op_def
@@ -218,10 +218,10 @@ numpy = _Lazy('numpy', lambda: importlib.import_module('numpy'))
 
 def _quiet_python_side(tf):
   """Silences TensorFlow's Python-side noise once it is loaded."""
-  from tensorflow.python.util import deprecation  # pylint: disable=g-import-not-at-top
+  from tensorflow.python.util import deprecation
   # tf.compat.v1 is this toolkit's subject, not a migration target: its deprecation notices
   # are noise.
-  deprecation._PRINT_DEPRECATION_WARNINGS = False  # pylint: disable=protected-access
+  deprecation._PRINT_DEPRECATION_WARNINGS = False
   # TensorFlow's Python logger has a handler of its own besides absl's, so each of its lines
   # would print twice; its INFO chatter (builder paths of temporary directories) is noise here.
   tf.get_logger().handlers = []

@@ -226,11 +226,11 @@ def die_with_launcher():
   launcher = os.environ.get(_LAUNCHER_PID_ENV)
   if not launcher or not sys.platform.startswith('linux'):
     return
-  import ctypes  # pylint: disable=g-import-not-at-top
+  import ctypes
   pr_set_pdeathsig = 1
   ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
   if os.getppid() != int(launcher):  # the launcher ended before prctl took effect
-    os._exit(1)  # pylint: disable=protected-access
+    os._exit(1)
 
 
 def start_watchdog(timeout_secs, what):
@@ -239,7 +239,7 @@ def start_watchdog(timeout_secs, what):
     sys.stderr.write('model_gen.py: error: %s did not finish within %d s '
                      '(--cluster_timeout_secs)\n' % (what, timeout_secs))
     sys.stderr.flush()
-    os._exit(1)  # pylint: disable=protected-access
+    os._exit(1)
   timer = threading.Timer(timeout_secs, expire)
   timer.daemon = True
   timer.start()

@@ -64,7 +64,7 @@ def category_names(config):
 def deterministic_ops():
   """TensorFlow's deterministic kernels while the block runs (the same seed, the same model),
   then the process's previous setting back."""
-  from tensorflow.python.framework import config as tf_config  # pylint: disable=g-import-not-at-top
+  from tensorflow.python.framework import config as tf_config
   before = tf_config.is_op_determinism_enabled()
   tf_config.enable_op_determinism()
   try:

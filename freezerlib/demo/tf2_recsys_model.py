@@ -257,7 +257,7 @@ def make_optimizer(config, model):
   Building it here, not in the first training step, creates the slots on the coordinator: the
   strategy places each beside its variable's shard.
   """
-  import keras  # pylint: disable=g-import-not-at-top  # only the trainer needs Keras
+  import keras  # only the trainer needs Keras
   optimizer = keras.optimizers.Adam(config.learning_rate)
   optimizer.build(model.trainable_variables)
   return optimizer

@@ -200,7 +200,7 @@ def saved_model_from_checkpoint(checkpoint, output_dir, saved_model_dir=None,
     structure = structure_from_saved_model(saved_model_dir, tags)
   if structure is not None and structure.object_based:
     # Imported here: a TF1 export, which should start fast, does not need it.
-    from freezerlib.export import from_tf2_checkpoint  # pylint: disable=g-import-not-at-top
+    from freezerlib.export import from_tf2_checkpoint
     unused = [flag for flag, value in (
         ('--signature_def', signature_names), ('--inputs', inputs), ('--outputs', outputs),
         ('--noprune', not prune_tensors),
@@ -226,7 +226,7 @@ def saved_model_from_checkpoint(checkpoint, output_dir, saved_model_dir=None,
   saved_model.check_tensors_exist(meta.graph_def, signatures, where)
   if serving_input != 'placeholders':
     # Imported here: start-up that a structure fed by placeholders does not need.
-    from freezerlib.transforms import example_front  # pylint: disable=g-import-not-at-top
+    from freezerlib.transforms import example_front
     graph_def, signatures = example_front.serving_front(meta.graph_def, signatures,
                                                         serving_input, where)
     original, meta = meta, meta_graph_pb2.MetaGraphDef()  # the caller's Structure stays as is

@@ -76,7 +76,7 @@ class Rewritten:
 
 def _kernels(op):
   """(key dtype enum, value dtype enum) pairs the table op `op` has a CPU kernel for."""
-  from tensorflow.python.framework import kernels  # pylint: disable=g-import-not-at-top
+  from tensorflow.python.framework import kernels
   pairs = set()
   for kernel in kernels.get_registered_kernels_for_op(op).kernel:
     types = {c.name: c.allowed_values.list.type for c in kernel.constraint}

@@ -26,7 +26,7 @@ from freezerlib.formats import checkpoint_index as ci
 
 tf1 = tf.compat.v1
 BundleEntryProto = lean_tf.tensor_bundle_pb2.BundleEntryProto
-_varint_bytes = pb_encoder._VarintBytes  # pylint: disable=protected-access
+_varint_bytes = pb_encoder._VarintBytes
 FLOAT, INT64, STRING = (tf.float32.as_datatype_enum, tf.int64.as_datatype_enum,
                         tf.string.as_datatype_enum)
 
@@ -204,7 +204,7 @@ def test_reader_agrees_with_a_second_table_writer(tmp_path, compress):
 
 
 def test_snappy_elements():
-  uncompress = ci._snappy_uncompress  # pylint: disable=protected-access
+  uncompress = ci._snappy_uncompress
   literal = lambda b: bytes([(len(b) - 1) << 2]) + b
   assert uncompress(b'\x05' + literal(b'hello')) == b'hello'
   long = bytes(range(200))  # literal lengths past 60 take 1 extra byte
@@ -279,7 +279,6 @@ def saver_checkpoint(tmp_path_factory):
     with tf1.Session(graph=graph) as session:
       session.run(tf1.global_variables_initializer())
       prefix = saver.save(session, str(directory / 'model.ckpt'))
-      # pylint: disable=protected-access
       parts = {v._save_slice_info.spec: session.run(v) for v in emb}
       values = {'emb': np.concatenate(list(parts.values())), 'w': session.run(w),
                 'other': session.run(other)}
@@ -614,7 +613,7 @@ def test_link_checkpoint_shares_the_files(saver_checkpoint, tmp_path):
 def test_varints_are_protobufs(value):
   encoded = ci.encode_varint(value)
   assert encoded == _varint_bytes(value)
-  decode = ci._varint  # pylint: disable=protected-access
+  decode = ci._varint
   assert decode(encoded + b'rest', 0) == (value, len(encoded))
   if len(encoded) > 1:
     with pytest.raises(ValueError, match='truncated varint'):

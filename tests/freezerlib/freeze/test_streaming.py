@@ -118,7 +118,7 @@ def test_rewrite_of_every_plain_reader():
              type: DT_INT64 } } }
       node { name: "ready" op: "VarIsInitializedOp" input: "v" }''')
   variables = {'v': streaming.Source('v', '', tf.float32)}
-  rewritten = streaming._rewrite_readers(graph_def, variables)  # pylint: disable=protected-access
+  rewritten = streaming._rewrite_readers(graph_def, variables)
   out = {n.name: n for n in rewritten.node}
   assert (out['v'].op, dict(out['v'].attr)['dtype'].type, out['v'].device) == (
       'Const', tf.float32.as_datatype_enum, '')

@@ -113,7 +113,7 @@ def test_classify_signature_for_scores_and_classes():
   sig.outputs['scores'].dtype = tf.float32.as_datatype_enum
   sig.outputs['classes'].dtype = tf.string.as_datatype_enum
   sigs = {'rank': sig, 'rank_regression': small_graphs.signature({}, {})}
-  added = example_front._classify_and_regress(sigs, 'examples')  # pylint: disable=protected-access
+  added = example_front._classify_and_regress(sigs, 'examples')
   assert added == ['rank_classification']  # rank_regression: taken
   classify = sigs['rank_classification']
   assert classify.method_name == 'tensorflow/serving/classify'

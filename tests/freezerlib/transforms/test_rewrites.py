@@ -28,12 +28,12 @@ def test_the_flag_is_the_registry():
   assert 'At most one of read_only_tables, dense_tables, static_tables' in flag.help
   # The flag's choices: the registry's names, 'none', and no two alternatives.
   for good in (['none'], ['one_gather'], ['static_tables', 'one_gather'], []):
-    assert optimize_from_pb._known_rewrites(good)  # pylint: disable=protected-access
+    assert optimize_from_pb._known_rewrites(good)
   for bad, message in ((['one_gathr'], 'unknown rewrite one_gathr; choose from: one_gather, '
                         'read_only_tables, dense_tables, static_tables'),
                        (['dense_tables', 'read_only_tables'], 'choose one of the rewrites')):
     with pytest.raises(flags.ValidationError, match=message):
-      optimize_from_pb._known_rewrites(bad)  # pylint: disable=protected-access
+      optimize_from_pb._known_rewrites(bad)
 
 
 def test_a_new_entry_is_a_new_choice(monkeypatch):
@@ -48,7 +48,7 @@ def test_a_new_entry_is_a_new_choice(monkeypatch):
 
 
 def test_names_are_checked_before_anything_runs():
-  graph_def = test_one_gather._frozen_lookup(10, 3, 'mod')  # pylint: disable=protected-access
+  graph_def = test_one_gather._frozen_lookup(10, 3, 'mod')
   before = graph_def.SerializeToString()
   context = rewrites.Context(None, frozenset(['out', 'ids']), 0)
   with pytest.raises(errors.UserError, match='unknown rewrite nope; choose from: one_gather'):
@@ -59,7 +59,7 @@ def test_names_are_checked_before_anything_runs():
 
 
 def test_one_gather_runs_through_the_registry():
-  frozen = test_one_gather._frozen_lookup(10, 3, 'mod')  # pylint: disable=protected-access
+  frozen = test_one_gather._frozen_lookup(10, 3, 'mod')
   graph_def = tf1.GraphDef()
   graph_def.CopyFrom(frozen)
   context = rewrites.Context(None, frozenset(['out', 'ids']), 0)
@@ -67,15 +67,15 @@ def test_one_gather_runs_through_the_registry():
   assert [(d.strategy, d.parts, d.rows) for d in done['one_gather']] == [('mod', 3, 10)]
   assert context.tables_from_variables == []
   ids = np.arange(10, dtype=np.int64)
-  np.testing.assert_array_equal(test_one_gather._run(graph_def, ids),  # pylint: disable=protected-access
-                                test_one_gather._run(frozen, ids))  # pylint: disable=protected-access
+  np.testing.assert_array_equal(test_one_gather._run(graph_def, ids),
+                                test_one_gather._run(frozen, ids))
 
 
 @pytest.mark.parametrize('name,forms', [('read_only_tables', {'dense', 'static'}),
                                         ('dense_tables', {'dense'}),
                                         ('static_tables', {'static'})])
 def test_each_table_rewrite_runs_through_the_registry(name, forms):
-  original = test_read_only_tables._graph()  # pylint: disable=protected-access
+  original = test_read_only_tables._graph()
   keep = frozenset(o.split(':')[0] for o in test_read_only_tables.OUTPUTS) | {'init', 'ids',
                                                                                'words'}
   graph_def = tf1.GraphDef()
@@ -86,9 +86,9 @@ def test_each_table_rewrite_runs_through_the_registry(name, forms):
   assert {t.form for t in done[name]} == forms
   assert sorted(context.tables_from_variables) == sorted(t.table for t in done[name])
   assert len(done[name]) == 5  # every table of the graph is read-only
-  ids, words = test_read_only_tables._feeds()  # pylint: disable=protected-access
-  for got, want in zip(test_read_only_tables._run(graph_def, ids, words),  # pylint: disable=protected-access
-                       test_read_only_tables._run(original, ids, words)):  # pylint: disable=protected-access
+  ids, words = test_read_only_tables._feeds()
+  for got, want in zip(test_read_only_tables._run(graph_def, ids, words),
+                       test_read_only_tables._run(original, ids, words)):
     np.testing.assert_array_equal(got, want)
   # Without table_bytes (--constants_as_variables=off) the table rewrites leave every table.
   untouched = tf1.GraphDef()

@@ -83,6 +83,6 @@ def test_source_through_identities():
       node { name: "r" op: "ReadVariableOp" input: "a" }
       node { name: "b" op: "Identity" input: "gone" }''')
   tracer = trace.Tracer(graph_def)
-  top = tracer._top  # pylint: disable=protected-access
+  top = tracer._top
   assert tracer.source(top, 'r:0')[1].name == 'v'
   assert tracer.source(top, 'b') is None
