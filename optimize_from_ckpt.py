@@ -88,10 +88,11 @@ def main(argv):
   del argv  # flags only: utils.parse_flags refuses stray arguments
 
   def work():
-    from freezerlib.core import errors  # --help fast
+    # Imported here, not at the top: --help answers fast.
+    from freezerlib.core import atomic
+    from freezerlib.core import errors
     from freezerlib.core import units
     from freezerlib.export import from_checkpoint
-    from freezerlib.core import atomic
     if bool(_SAVED_MODEL_DIR.value) == bool(_META_GRAPH.value):
       raise errors.UserError('give exactly one of --saved_model_dir and --meta_graph')
     version = atomic.parse_version(_VERSION.value)

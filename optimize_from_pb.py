@@ -77,9 +77,9 @@ def main(argv):
 
   def work():
     # Imported here, not at the top: --help and usage errors answer without TensorFlow.
+    from freezerlib.core import atomic
     from freezerlib.export import from_frozen
     from freezerlib.transforms import constants_as_variables
-    from freezerlib.core import atomic
     threshold = constants_as_variables.parse_threshold(_CONSTANTS_AS_VARIABLES.value)
     version = atomic.parse_version(_VERSION.value)
     if (version or _WARMUP.value) and not _OUTPUT_SAVED_MODEL_DIR.value:

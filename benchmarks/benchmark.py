@@ -48,7 +48,6 @@ from absl import app
 from absl import flags
 import numpy as np
 import tensorflow as tf
-
 from tensorflow.core.protobuf import saved_model_pb2
 
 from benchmarks.measuring import compile_bytecode
@@ -473,8 +472,9 @@ def write_capi_requests(export_dir, feeds_path, out_dir):
   """serving_default's request (tests/capi/serve_saved_model.c's format) at each batch size of
   the feeds: {batch: path}."""
   sys.path.insert(0, os.path.join(REPO, 'tests'))
-  import capi_runner
   import struct
+
+  import capi_runner
   proto = saved_model_pb2.SavedModel()
   with open(os.path.join(export_dir, 'saved_model.pb'), 'rb') as f:
     proto.ParseFromString(f.read())

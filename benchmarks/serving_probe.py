@@ -30,7 +30,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np
 import tensorflow as tf
 
-
 WARM_SECONDS = 0.5  # of calls before the latency of one caller is measured
 
 

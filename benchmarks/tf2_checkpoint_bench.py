@@ -43,7 +43,6 @@ from freezerlib.core import units
 from freezerlib.export import from_tf2_checkpoint
 from freezerlib.formats import checkpoint_index
 
-
 _WORK_DIR = flags.DEFINE_string(
     'work_dir', None, 'Scratch directory to use and keep (default: a temporary one under /tmp, '
     'deleted at the end).')

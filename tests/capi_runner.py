@@ -19,13 +19,14 @@ Typical use:
     out["y:0"]  # array([[2.5], [3.]], dtype=float32)
 """
 
+from collections.abc import Mapping
+from collections.abc import Sequence
 import os
+from pathlib import Path
 import shutil
 import struct
 import subprocess
 import tempfile
-from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import numpy as np
 
@@ -201,6 +202,7 @@ def run_signatures(runner_path, export_dir, feeds_by_signature, tag='serve'):
     (freezerlib.verify.loaders.feed_arrays and output_value).
     """
     from tensorflow.core.protobuf import saved_model_pb2
+
     from freezerlib.verify import loaders
 
     proto = saved_model_pb2.SavedModel()

@@ -14,11 +14,11 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from absl import flags
+
 from freezerlib import freeze
 from freezerlib.demo import cluster
 from freezerlib.demo import recsys_model
 from freezerlib.formats import saved_model
-
 
 # Under pytest, absl flags are not parsed; the library code never reads them, but absl's own
 # logging does.

@@ -16,7 +16,6 @@ import tensorflow as tf
 
 from conftest import meta_graph_of
 from conftest import tree_digest
-import real_models
 from freezerlib import freeze
 from freezerlib.core import errors
 from freezerlib.core.lean_tf import meta_graph_pb2
@@ -25,6 +24,7 @@ from freezerlib.export import from_checkpoint
 from freezerlib.export import from_frozen
 from freezerlib.formats import saved_model
 from freezerlib.verify import loaders
+import real_models
 
 tf1 = tf.compat.v1
 

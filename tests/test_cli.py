@@ -14,14 +14,13 @@ import time
 
 import pytest
 import tensorflow as tf
+from tensorflow_serving.apis import prediction_log_pb2
 
 from conftest import REPO
 from conftest import run_script
 from conftest import tree_digest
 from freezerlib.core import atomic
 from freezerlib.verify import loaders
-
-from tensorflow_serving.apis import prediction_log_pb2
 
 SCRIPTS = ['model_gen.py', 'freezer.py', 'optimize_from_pb.py', 'optimize_from_pb_test.py',
            'optimize_from_ckpt.py']

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import meta_graph_of
-from conftest import save_predict_model
 from conftest import assert_one_line_error
+from conftest import meta_graph_of
 from conftest import run_script
+from conftest import save_predict_model
 from conftest import tf_serving_model
 from conftest import tree_digest
 from freezerlib import freeze

@@ -283,6 +283,7 @@ def test_control_flow_over_a_kept_variable_is_fine_static_tables_are_refused(tmp
 
 def _benchmark_module():
   import importlib.util
+
   from conftest import REPO
   spec = importlib.util.spec_from_file_location('benchmark', REPO / 'benchmarks' / 'benchmark.py')
   module = importlib.util.module_from_spec(spec)

@@ -10,6 +10,7 @@ import time
 import numpy as np
 import pytest
 import tensorflow as tf
+from test_lean import _export_in_fresh_process
 
 from conftest import NUM_PS
 from conftest import REPO
@@ -26,7 +27,6 @@ from freezerlib.formats import saved_model
 from freezerlib.verify import compare
 from freezerlib.verify import inputs
 from freezerlib.verify import loaders
-from test_lean import _export_in_fresh_process
 
 OPTIMIZER_OPS = {'ResourceApplyAdam', 'ApplyAdam', 'ResourceSparseApplyAdam'}
 

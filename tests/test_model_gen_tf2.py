@@ -18,13 +18,13 @@ from absl.testing import flagsaver
 import numpy as np
 import pytest
 import tensorflow as tf
+from test_model_gen_distributed import _cluster_processes
 
+import capi_runner
 from conftest import REPO
 from conftest import TINY
 from conftest import TINY_FLAGS
 from conftest import run_script
-import capi_runner
-from test_model_gen_distributed import _cluster_processes
 from freezerlib.core import errors
 from freezerlib.demo import cluster
 from freezerlib.demo import recsys_model

@@ -15,11 +15,11 @@ import pytest
 import tensorflow as tf
 
 import capi_runner
-from conftest import meta_graph_of
-from conftest import run_tf2_signatures
 from conftest import assert_one_line_error
+from conftest import meta_graph_of
 from conftest import run_main_as_process
 from conftest import run_script
+from conftest import run_tf2_signatures
 from conftest import tf_serving_model
 from conftest import tree_digest
 from freezerlib import freeze

@@ -15,9 +15,9 @@ import tensorflow as tf
 
 import capi_runner
 from conftest import all_ops
-from conftest import run_tf2_signatures
 from conftest import assert_one_line_error
 from conftest import run_script
+from conftest import run_tf2_signatures
 from conftest import tf_serving_model
 from conftest import tree_digest
 from freezerlib import freeze

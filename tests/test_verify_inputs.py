@@ -7,15 +7,16 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import run_main
 from freezerlib import freeze
 from freezerlib.core import errors
 from freezerlib.export import from_frozen
 from freezerlib.verify import compare
 from freezerlib.verify import inputs
 from freezerlib.verify import loaders
+
 # The script, whose exit code for a reference that cannot run is checked in-process.
 import optimize_from_pb_test
-from conftest import run_main
 
 tf1 = tf.compat.v1
 

@@ -9,7 +9,6 @@ import copy
 
 from freezerlib.core import lean_tf
 
-
 # Ops that pass a tensor (a handle, a ref) on unchanged: what to look through to find the
 # variable or table behind it.
 IDENTITY_OPS = frozenset({'Identity', 'IdentityN', 'RefIdentity', 'Enter', 'RefEnter', 'Switch',

@@ -20,13 +20,13 @@ import contextlib
 from absl import logging
 import tensorflow as tf
 
+from freezerlib.core import atomic
+from freezerlib.core import errors
+from freezerlib.core import files
 from freezerlib.demo import recsys_model
 from freezerlib.demo.recsys_model import LABEL  # the data is recsys_model's
 from freezerlib.demo.recsys_model import STATS_DIM
 from freezerlib.demo.recsys_model import feature_spec
-from freezerlib.core import atomic
-from freezerlib.core import errors
-from freezerlib.core import files
 
 SIGNATURES = ('serving_default', 'embeddings')
 

@@ -17,17 +17,16 @@ import time
 from typing import List, Optional
 
 from absl import logging
-
 from google.protobuf import message as pb_message
 
 from freezerlib.analysis import unsafe_ops
 from freezerlib.core import atomic
 from freezerlib.core import errors
-from freezerlib.export import ExportReport
 from freezerlib.core import files
 from freezerlib.core import graphs
 from freezerlib.core import units
 from freezerlib.core.lean_tf import meta_graph_pb2
+from freezerlib.export import ExportReport
 from freezerlib.formats import checkpoint_index
 from freezerlib.formats import graph_check
 from freezerlib.formats import saved_model

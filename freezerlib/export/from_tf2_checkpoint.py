@@ -58,11 +58,11 @@ from absl import logging
 from freezerlib.analysis import unsafe_ops
 from freezerlib.core import atomic
 from freezerlib.core import errors
-from freezerlib.export import ExportReport
 from freezerlib.core import files
 from freezerlib.core import graphs
 from freezerlib.core import lean_tf
 from freezerlib.core import units
+from freezerlib.export import ExportReport
 from freezerlib.formats import checkpoint_index as checkpoints
 from freezerlib.formats import saved_model
 

@@ -25,7 +25,6 @@ import struct
 from typing import List, Mapping, Optional
 
 from absl import logging
-
 from google.protobuf import message as pb_message
 from google.protobuf import text_format
 

@@ -27,7 +27,6 @@ import time
 
 from absl import logging
 import tensorflow as tf
-
 from tensorflow.core.framework import types_pb2
 from tensorflow.python.framework import convert_to_constants
 from tensorflow.python.framework import op_def_registry

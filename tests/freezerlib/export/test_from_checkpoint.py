@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import small_graphs
 from conftest import meta_graph_of
 from freezerlib.core import errors
 from freezerlib.export import from_checkpoint
 from freezerlib.formats import saved_model
 from freezerlib.verify import loaders
+import small_graphs
 
 tf1 = tf.compat.v1
 IDS = [0, 4, 5, 9]

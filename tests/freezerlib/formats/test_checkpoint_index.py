@@ -12,11 +12,10 @@ import shutil
 import struct
 import sys
 
+from google.protobuf.internal import encoder as pb_encoder
 import numpy as np
 import pytest
 import tensorflow as tf
-
-from google.protobuf.internal import encoder as pb_encoder
 
 from freezerlib.core import crc32c
 from freezerlib.core import errors

@@ -5,12 +5,12 @@ import os
 import pytest
 import tensorflow as tf
 
-import small_graphs
 from freezerlib.core import errors
 from freezerlib.core import lean_tf
 from freezerlib.formats import checkpoint_index
 from freezerlib.formats import frozen_graph
 from freezerlib.formats import graph_check
+import small_graphs
 
 FLOAT = tf.float32.as_datatype_enum
 GRAPH = '''

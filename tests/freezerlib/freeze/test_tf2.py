@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import small_graphs
 from conftest import meta_graph_of
 from freezerlib.core import errors
 from freezerlib.formats import saved_model
 from freezerlib.freeze import tf2
+import small_graphs
 
 tf1 = tf.compat.v1
 FEEDS = {'x': np.array([1.0, -1.0], np.float32), 'ids': np.array([4, 0]),

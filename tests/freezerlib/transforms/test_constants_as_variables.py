@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import small_graphs
 from freezerlib.core import errors
 from freezerlib.formats import frozen_graph
 from freezerlib.transforms import constants_as_variables as cav
+import small_graphs
 
 tf1 = tf.compat.v1
 W = np.arange(6, dtype=np.float32).reshape(3, 2)  # 24 bytes

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import small_graphs
 from freezerlib.core import errors
 from freezerlib.transforms import example_front
 from freezerlib.transforms import prune
+import small_graphs
 
 tf1 = tf.compat.v1
 SPEC = {'x': tf.io.FixedLenFeature([2], tf.float32), 'label': tf.io.FixedLenFeature([], tf.float32),

@@ -4,14 +4,14 @@
 path with them: tests/test_serving_tables.py.)
 """
 
+from absl import flags
 import numpy as np
 import pytest
 import tensorflow as tf
-from absl import flags
 
-import optimize_from_pb
 from freezerlib.core import errors
 from freezerlib.transforms import rewrites
+import optimize_from_pb
 
 from . import test_one_gather
 from . import test_read_only_tables

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import small_graphs
 from freezerlib.core import errors
 from freezerlib.verify import compare
 from freezerlib.verify import loaders
+import small_graphs
 
 INF, NAN = float('inf'), float('nan')
 

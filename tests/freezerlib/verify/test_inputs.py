@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import small_graphs
 from freezerlib.core import errors
 from freezerlib.verify import inputs
 from freezerlib.verify import loaders
+import small_graphs
 
 tf1 = tf.compat.v1
 KEYS_A, KEYS_B = small_graphs.LOOKUP_KEYS

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import small_graphs
 from conftest import meta_graph_of
 from freezerlib.verify import trace
+import small_graphs
 
 tf1 = tf.compat.v1
 
