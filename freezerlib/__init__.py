@@ -26,4 +26,4 @@ Rules of dependency, checked by tests/freezerlib/test_layers.py, which parses th
 
 # First, before anything imports TensorFlow: keeps its start-up chatter off stderr, where the
 # scripts promise one line per error (see core/lean_tf.py).
-from freezerlib.core import lean_tf as _lean_tf
+from freezerlib.core import lean_tf as _lean_tf  # noqa: F401  # imported for its side effect

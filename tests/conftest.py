@@ -16,7 +16,6 @@ sys.path.insert(0, str(REPO))
 from absl import flags
 
 from freezerlib import freeze
-from freezerlib.demo import cluster
 from freezerlib.demo import recsys_model
 from freezerlib.formats import saved_model
 

@@ -50,7 +50,7 @@ def basename(path):
 
 
 def _file_io():
-  lean_tf.tensorflow.io  # imports TensorFlow: plugins
+  lean_tf.tensorflow.io  # noqa: B018  # the access imports TensorFlow: its file-system plugins
   return lean_tf.load('tensorflow.python.lib.io.file_io')
 
 

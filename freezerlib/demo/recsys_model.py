@@ -14,7 +14,6 @@ from absl import logging
 import numpy as np
 
 from freezerlib.core import atomic
-from freezerlib.core import errors
 from freezerlib.core import files
 from freezerlib.core import lean_tf
 from freezerlib.core.lean_tf import tensorflow as tf  # imported on first use

@@ -21,7 +21,6 @@ from absl import logging
 import tensorflow as tf
 
 from freezerlib.core import atomic
-from freezerlib.core import errors
 from freezerlib.core import files
 from freezerlib.demo import recsys_model
 from freezerlib.demo.recsys_model import LABEL  # the data is recsys_model's

@@ -51,7 +51,7 @@ of shards serves the same values as TensorFlow's own SavedModel of the trained m
 import collections
 import dataclasses
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 from absl import logging
 

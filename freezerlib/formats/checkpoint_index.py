@@ -748,7 +748,7 @@ def _transfer(records, write, chunk_bytes, progress, verify):
       try:
         if write is None:
           def consume(piece):
-            checksum.update(piece)
+            checksum.update(piece)  # noqa: B023  # consume runs within this iteration only
             progress(len(piece))
           files.read_range(source, entry.offset, entry.size, consume, chunk_bytes, buffer)
         else:

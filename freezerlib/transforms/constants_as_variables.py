@@ -253,7 +253,7 @@ def inline(the_split):
   dropped = saver.owned_nodes(frozen.graph_def, frozen.saver_def)
   dropped |= {handle for handle, _ in the_split.values.values()}
   by_read = {}
-  for name, (handle, tensor) in the_split.values.items():
+  for handle, tensor in the_split.values.values():
     by_read[handle] = tensor
   graph_def = lean_tf.graph_pb2.GraphDef()
   graph_def.versions.CopyFrom(frozen.graph_def.versions)

@@ -10,7 +10,6 @@ writer no longer makes) checks the reader against a second writer.
 import os
 import shutil
 import struct
-import sys
 
 from google.protobuf.internal import encoder as pb_encoder
 import numpy as np
@@ -588,7 +587,8 @@ def test_copy_from_a_shard_cut_short_is_refused(saver_checkpoint, tmp_path):
                                     'rb').read())
   checkpoint = ci.read_index(str(src / 'model.ckpt'))
   os.truncate(checkpoint.data_files()[0], 10)
-  with pytest.raises(errors.UserError, match=r'model\.ckpt\.data-00000-of-00001: \d+ bytes short \(it ends early\)'):
+  with pytest.raises(errors.UserError, match=r'model\.ckpt\.data-00000-of-00001: \d+ bytes '
+                     r'short \(it ends early\)'):
     ci.copy_tensors(checkpoint, ['emb', 'w', 'other'], str(tmp_path / 'copy'))
 
 
