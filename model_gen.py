@@ -67,7 +67,8 @@ Examples:
   # TF2: a ParameterServerStrategy cluster of 2 PS, 1 worker and a coordinator on this machine,
   # and its structure
   python model_gen.py --api=tf2 --output_dir=/tmp/freezer_demo/tf2_model --num_ps=2 --num_workers=1
-  python model_gen.py --api=tf2 --output_dir=/tmp/freezer_demo/tf2_fake --fake_infer_graph --num_ps=2
+  python model_gen.py --api=tf2 --output_dir=/tmp/freezer_demo/tf2_fake --fake_infer_graph \
+      --num_ps=2
 
   # the same TF2 cluster on four machines
   FLAGS="--api=tf2 --output_dir=/shared/tf2_model --chief_host=chief.example.com:2222
@@ -296,7 +297,8 @@ def main(argv):
     elif _NUM_PS.value:
       num_workers = cli_flags.value_or_default(_NUM_WORKERS, 1)
       result = cluster.train_distributed(_OUTPUT_DIR.value, config, _NUM_PS.value, num_workers,
-                                 _OVERWRITE.value, _CLUSTER_TIMEOUT_SECS.value, log_dir=_CLUSTER_LOG_DIR.value)
+                                         _OVERWRITE.value, _CLUSTER_TIMEOUT_SECS.value,
+                                         log_dir=_CLUSTER_LOG_DIR.value)
       logging.info('checkpoint: %s', result['checkpoint'])
     else:
       from freezerlib.core import atomic

@@ -25,9 +25,10 @@ two workers, each into a data shard of its own (variables.data-0000k-of-00002;
 benchmarks/README.md has the figures).
 
 A TF2 structure (tf.saved_model.save, Keras 3 model.export) takes a tf.train.Checkpoint instead
-(freezerlib/export/from_tf2_checkpoint.py): the model is found in the checkpoint's object graph (`--checkpoint_object`
-names it), its tensors are copied under the structure's keys with the structure's object graph,
-and saved_model.pb and the assets are the structure's own; never with TensorFlow.
+(freezerlib/export/from_tf2_checkpoint.py): the model is found in the checkpoint's object graph
+(`--checkpoint_object` names it), its tensors are copied under the structure's keys with the
+structure's object graph, and saved_model.pb and the assets are the structure's own; never with
+TensorFlow.
 
 Example (a 2-PS cluster's checkpoint, served through its fake inference graph):
   python model_gen.py --output_dir=/tmp/freezer_demo/ps_model --num_ps=2 --num_workers=1
@@ -60,8 +61,8 @@ _VERSION = cli_flags.version()
 _WARMUP = cli_flags.warmup()
 _WARMUP_INPUTS = cli_flags.warmup_inputs()
 _CHECKPOINT = flags.DEFINE_string(
-    'checkpoint', None, '(required) Training checkpoint: a prefix (model.ckpt-1000) or the directory '
-    'holding its `checkpoint` state file (the newest is used).')
+    'checkpoint', None, '(required) Training checkpoint: a prefix (model.ckpt-1000) or the '
+    'directory holding its `checkpoint` state file (the newest is used).')
 _META_GRAPH = flags.DEFINE_string(
     'meta_graph', None, 'A MetaGraphDef file (model.ckpt-N.meta) as the structure, instead of '
     '--saved_model_dir; give --inputs and --outputs unless it has signatures.')
@@ -103,9 +104,9 @@ def main(argv):
       structure = from_checkpoint.structure_from_meta_graph(_META_GRAPH.value)
     report = from_checkpoint.saved_model_from_checkpoint(
         checkpoint=_CHECKPOINT.value, output_dir=_OUTPUT_SAVED_MODEL_DIR.value,
-        structure=structure, tags=_TAGS.value, signature_names=_SIGNATURE_DEF.value, inputs=_INPUTS.value,
-        outputs=_OUTPUTS.value, prune_tensors=_PRUNE.value, chunk_bytes=_CHUNK_MB.value << 20,
-        overwrite=_OVERWRITE.value, allow_ops=_ALLOW_OPS.value,
+        structure=structure, tags=_TAGS.value, signature_names=_SIGNATURE_DEF.value,
+        inputs=_INPUTS.value, outputs=_OUTPUTS.value, prune_tensors=_PRUNE.value,
+        chunk_bytes=_CHUNK_MB.value << 20, overwrite=_OVERWRITE.value, allow_ops=_ALLOW_OPS.value,
         checkpoint_object=_CHECKPOINT_OBJECT.value, version=version,
         finalize=utils.warmup_writer(_WARMUP.value, _WARMUP_INPUTS.value),
         serving_input=_SERVING_INPUT.value, verify_checksums=_VERIFY.value)

@@ -92,8 +92,8 @@ _ADAM_SLOTS = flags.DEFINE_bool(
 _KEEP = flags.DEFINE_string(
     'keep_size', '64MiB', 'freezer.py --keep_as_variables for the third serving model '
     '(variables and tables of this size or more restored from a checkpoint, not constants).')
-_LATENCY_RUNS = flags.DEFINE_integer('serving_latency_runs', 50, 'Timed calls per batch size and run.',
-                                     lower_bound=1)
+_LATENCY_RUNS = flags.DEFINE_integer('serving_latency_runs', 50,
+                                     'Timed calls per batch size and run.', lower_bound=1)
 _BATCH_SIZES = flags.DEFINE_list('serving_batch_sizes', ['1', '64'],
                                  'Batch sizes of the serving figures.')
 _THREADS = flags.DEFINE_integer('threads', 8, 'Threads sharing one session for the throughput '

@@ -121,7 +121,8 @@ def needed_bytes(work_dir):
   variables and tables as the checkpoint stores them, and the structure's object graph."""
   structure_index = checkpoint_index.read_index(os.path.join(work_dir, 'structure', 'variables',
                                                         'variables'))
-  index = checkpoint_index.read_index(checkpoint_index.resolve_prefix(os.path.join(work_dir, 'ckpt')))
+  index = checkpoint_index.read_index(
+      checkpoint_index.resolve_prefix(os.path.join(work_dir, 'ckpt')))
   plan = from_tf2_checkpoint.match(from_tf2_checkpoint.read_object_graph(structure_index),
                               structure_index, from_tf2_checkpoint.read_object_graph(index), index)
   stored = {}  # one tensor under two keys (a Keras export) is needed once

@@ -193,7 +193,8 @@ def _unpack(fmt: str, buf: bytes, pos: int) -> tuple[tuple, int]:
 
 
 def run_signatures(runner_path, export_dir, feeds_by_signature, tag='serve'):
-    """Runs signatures by key through the C API: {sig: {input key: value}} -> {sig: {output: value}}.
+    """Runs signatures by key through the C API:
+    {sig: {input key: value}} -> {sig: {output: value}}.
 
     Tensor names come from the SavedModel's own SignatureDefs, as TF Serving resolves them. A
     sparse input (a SparseTensorValue) is fed as its indices, values and dense shape tensors,

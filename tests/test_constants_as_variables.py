@@ -46,8 +46,9 @@ def redumped(tiny_frozen, tmp_path_factory):
   # cover those), so the constants are the frozen graph's own.
   from_frozen.saved_model_from_frozen_graph(tiny_frozen, paths['saved_model'], paths['graph'],
                             constants_as_variables=THRESHOLD, rewrites=())
-  from_frozen.saved_model_from_frozen_graph(tiny_frozen, paths['plain'], constants_as_variables=None,
-                            rewrites=())
+  from_frozen.saved_model_from_frozen_graph(
+      tiny_frozen, paths['plain'], constants_as_variables=None,
+      rewrites=())
   return paths
 
 

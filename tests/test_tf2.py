@@ -199,9 +199,10 @@ def table_module(tmp_path_factory):
 def test_table_module_keeps_every_table(table_module):
   report, model = table_module['report'], table_module['model']
   kept = {t.op: sorted(np.ravel(t.keys).tolist()) for t in report.tables}
-  assert kept == {'MutableHashTableV2': [3, 5, 7], 'MutableHashTableOfTensorsV2': [b'apple', b'cherry'],
-                  'MutableDenseHashTableV2': [3, 11],  # 2 of its 131072 buckets
-                  'HashTableV2': [b'apple', b'kiwi']}
+  assert kept == {
+      'MutableHashTableV2': [3, 5, 7], 'MutableHashTableOfTensorsV2': [b'apple', b'cherry'],
+      'MutableDenseHashTableV2': [3, 11],  # 2 of its 131072 buckets
+      'HashTableV2': [b'apple', b'kiwi']}
   assert model.table_init_op == 'freezer/init_tables'
   assert not _all_ops(model.graph_def) & VARIABLE_OPS
   assert sorted(model.signatures['serving_default'].inputs) == ['ids', 'words']
@@ -247,7 +248,8 @@ def test_stateful_signature_is_refused(table_module, tmp_path, signature, state)
   output = tmp_path / 'frozen.pb'
   with pytest.raises(errors.UserError,
                      match=r"signature '%s' .* writes '%s'" % (signature, state)):
-    freeze.graph_from_saved_model(str(table_module['src']), str(output), signature_names=[signature])
+    freeze.graph_from_saved_model(str(table_module['src']), str(output),
+                                  signature_names=[signature])
   assert not output.exists()
 
 

@@ -136,8 +136,9 @@ def module_case(tmp_path_factory):
   feeds = _module_feeds()
   expected = {k: v.numpy() for k, v in model.serve(**feeds).items()}
   out = str(root / 'serving')
-  report = from_checkpoint.saved_model_from_checkpoint(checkpoint=str(root / 'ckpt'), output_dir=out,
-                                    saved_model_dir=str(root / 'structure'))
+  report = from_checkpoint.saved_model_from_checkpoint(
+      checkpoint=str(root / 'ckpt'), output_dir=out,
+      saved_model_dir=str(root / 'structure'))
   return dict(root=root, structure=str(root / 'structure'), ckpt=manager.latest_checkpoint,
               out=out, report=report, feeds=feeds, expected=expected)
 
@@ -180,7 +181,8 @@ def test_module_variables_hold_the_model_under_the_structures_keys(module_case):
 
 def test_runs_without_tensorflow(module_case, tmp_path):
   code = ('import sys; from freezerlib.export import from_checkpoint; '
-          'r = from_checkpoint.saved_model_from_checkpoint(checkpoint=sys.argv[1], output_dir=sys.argv[2], '
+          'r = from_checkpoint.saved_model_from_checkpoint(checkpoint=sys.argv[1], '
+          'output_dir=sys.argv[2], '
           'saved_model_dir=sys.argv[3], checkpoint_object="model"); '
           'assert "tensorflow.python.framework.ops" not in sys.modules, "TensorFlow imported"; '
           'print(r.tensors_exported)')
@@ -296,8 +298,9 @@ def test_every_difference_is_listed(module_case, tmp_path):
   structure = str(tmp_path / 'bigger')
   tf.saved_model.save(model, structure, signatures={'serving_default': model.serve})
   with pytest.raises(errors.UserError) as error:
-    from_checkpoint.saved_model_from_checkpoint(checkpoint=module_case['ckpt'], output_dir=str(tmp_path / 'out'),
-                             saved_model_dir=structure)
+    from_checkpoint.saved_model_from_checkpoint(
+        checkpoint=module_case['ckpt'], output_dir=str(tmp_path / 'out'),
+        saved_model_dir=structure)
   message = str(error.value)
   assert 'closest: model, by path, 1 of 4' in message, message  # dense/b matches
   assert 'emb has shape [50, 4] in the checkpoint, [51, 4] in the structure' in message
@@ -312,8 +315,9 @@ def test_every_difference_is_listed(module_case, tmp_path):
 ])
 def test_checkpoint_object_is_obeyed(module_case, tmp_path, path, fragment):
   with pytest.raises(errors.UserError, match=fragment):
-    from_checkpoint.saved_model_from_checkpoint(checkpoint=module_case['ckpt'], output_dir=str(tmp_path / 'o'),
-                             saved_model_dir=module_case['structure'], checkpoint_object=path)
+    from_checkpoint.saved_model_from_checkpoint(
+        checkpoint=module_case['ckpt'], output_dir=str(tmp_path / 'o'),
+        saved_model_dir=module_case['structure'], checkpoint_object=path)
   assert not (tmp_path / 'o').exists()
 
 
@@ -325,9 +329,10 @@ def test_two_matching_objects_are_ambiguous(module_case, tmp_path):
                      'with --checkpoint_object'):
     from_checkpoint.saved_model_from_checkpoint(checkpoint=prefix, output_dir=str(tmp_path / 'o'),
                              saved_model_dir=module_case['structure'])
-  report = from_checkpoint.saved_model_from_checkpoint(checkpoint=prefix, output_dir=str(tmp_path / 'o'),
-                                    saved_model_dir=module_case['structure'],
-                                    checkpoint_object='ema')
+  report = from_checkpoint.saved_model_from_checkpoint(
+      checkpoint=prefix, output_dir=str(tmp_path / 'o'),
+      saved_model_dir=module_case['structure'],
+      checkpoint_object='ema')
   assert report.checkpoint_object == 'ema'
 
 
@@ -337,8 +342,9 @@ def test_two_matching_objects_are_ambiguous(module_case, tmp_path):
 ])
 def test_tf1_only_options_are_refused(module_case, tmp_path, args, fragment):
   with pytest.raises(errors.UserError, match=fragment):
-    from_checkpoint.saved_model_from_checkpoint(checkpoint=module_case['ckpt'], output_dir=str(tmp_path / 'o'),
-                             saved_model_dir=module_case['structure'], **args)
+    from_checkpoint.saved_model_from_checkpoint(
+        checkpoint=module_case['ckpt'], output_dir=str(tmp_path / 'o'),
+        saved_model_dir=module_case['structure'], **args)
 
 
 def test_name_based_checkpoint_is_refused(module_case, tmp_path):

@@ -52,7 +52,8 @@ _PASSING_DATASETS = frozenset({
     'SkipDataset', 'CacheDataset', 'CacheDatasetV2', 'ShardDataset', 'FilterDataset',
     'ModelDataset', 'OptimizeDataset', 'OptimizeDatasetV2', 'MaxIntraOpParallelismDataset',
     'PrivateThreadPoolDataset', 'OptionsDataset', 'AssertCardinalityDataset',
-    'AssertNextDataset', 'ExperimentalAssertNextDataset', 'ExperimentalMaxIntraOpParallelismDataset',
+    'AssertNextDataset', 'ExperimentalAssertNextDataset',
+    'ExperimentalMaxIntraOpParallelismDataset',
     'ExperimentalPrivateThreadPoolDataset', 'IgnoreErrorsDataset', 'DatasetCardinality',
     'RebatchDataset', 'AutoShardDataset'})
 _ITERATOR_OPS = frozenset({'IteratorV2', 'Iterator', 'AnonymousIterator', 'AnonymousIteratorV2',

@@ -36,7 +36,8 @@ def test_metadata_round_trip():
                    variables_prefix='f.pb.variables/variables', variables_digest='abc')
   written = frozen_graph.frozen_to_graph_def(frozen)
   assert [n.name for n in written.node] == ['x', 'y', 'init', 'freezer_metadata']
-  assert written.node[-1].SerializeToString(deterministic=True) == frozen_graph.metadata_record(frozen)
+  assert (written.node[-1].SerializeToString(deterministic=True) ==
+          frozen_graph.metadata_record(frozen))
   assert written.library == frozen.graph_def.library and written.versions.producer == 1234
   back = frozen_graph.frozen_from_graph_def(written, 'f.pb')
   assert back == frozen  # signatures, tags, table init op, saver and checkpoint place
