@@ -17,7 +17,7 @@ _HOLDERS = {}
 
 
 def _caller_module():
-  name = sys._getframe(3).f_globals.get('__name__', '')  # pylint: disable=protected-access
+  name = sys._getframe(3).f_globals.get('__name__', '')
   return sys.argv[0] if name == '__main__' else name
 
 
@@ -80,7 +80,7 @@ def num_examples(help_text):
 def value_or_default(holder, default):
   """The flag's value, or `default` (logged as chosen) when the user left it unset."""
   if holder.value is None:
-    from absl import logging  # pylint: disable=g-import-not-at-top
+    from absl import logging
     logging.info("'--%s' not given, using %s", holder.name, default)
     return default
   return holder.value

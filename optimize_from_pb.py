@@ -18,12 +18,13 @@ Example (after freezer.py's example):
       --output_saved_model_dir=/tmp/freezer_demo/serving
 """
 
-import utils  # pylint: disable=g-bad-import-order  # first: Ctrl-C during start-up is one line
+import utils  # first: Ctrl-C during start-up is one line
 
 from absl import app
 from absl import flags
 
 import cli_flags
+from freezerlib.transforms import rewrites  # the registry: --rewrites' choices and help
 
 _INPUT_GRAPH = flags.DEFINE_string(
     'input_graph', None, '(required) Frozen GraphDef, as written by freezer.py (or any frozen '
@@ -54,13 +55,16 @@ _CONSTANTS_AS_VARIABLES = flags.DEFINE_string(
     '(64MiB, 1.5GB, 500000 bytes) become variables stored in variables/ and restored on load, '
     'which loads faster than parsing them from the graph; \'off\' keeps every constant in the '
     'graph. --output_graph keeps them as constants either way.')
-_REWRITES = flags.DEFINE_list(
-    'rewrites', ['one_gather', 'read_only_tables'], 'Serving graph rewrites, each exact (none '
-    'to run none): one_gather (a partitioned embedding\'s lookup becomes one gather over one '
-    'matrix); read_only_tables (mutable hash tables that serving only reads become tables of '
-    'rows of one matrix, restored from variables/: static for string keys, dense for integer '
-    'keys), or dense_tables or static_tables (one form for all); the table rewrites apply from '
-    'the --constants_as_variables size on, and not with it off.')
+_REWRITES = flags.DEFINE_list('rewrites', list(rewrites.DEFAULTS), rewrites.flag_help())
+
+
+@flags.validator('rewrites')
+def _known_rewrites(names):
+  problem = rewrites.problem([n for n in names if n != 'none'])
+  if problem:
+    raise flags.ValidationError(problem)
+  return True
+
 # --log_dir is absl.logging's own flag (log files, which these scripts never write); here it
 # also names where the graphs go, as TensorBoard event files.
 flags.FLAGS['log_dir'].help = ('Write the graph before and after as TensorBoard event files '
@@ -73,9 +77,9 @@ def main(argv):
 
   def work():
     # Imported here, not at the top: --help and usage errors answer without TensorFlow.
-    from freezerlib.export import from_frozen  # pylint: disable=g-import-not-at-top
-    from freezerlib.transforms import constants_as_variables  # pylint: disable=g-import-not-at-top
-    from freezerlib.core import atomic  # pylint: disable=g-import-not-at-top
+    from freezerlib.core import atomic
+    from freezerlib.export import from_frozen
+    from freezerlib.transforms import constants_as_variables
     threshold = constants_as_variables.parse_threshold(_CONSTANTS_AS_VARIABLES.value)
     version = atomic.parse_version(_VERSION.value)
     if (version or _WARMUP.value) and not _OUTPUT_SAVED_MODEL_DIR.value:

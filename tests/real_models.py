@@ -439,7 +439,7 @@ def keras3_preprocessing(out_dir, num_examples=300, epochs=2, seed=2):
     dict: exported (model.export: its signature is `serve` and `serving_default`), saved
       (tf.saved_model.save), input_names.
   """
-  import keras  # pylint: disable=g-import-not-at-top  # Keras 3, TensorFlow backend
+  import keras  # Keras 3, TensorFlow backend
   keras.utils.set_random_seed(seed)
   data = keras_inputs(num_examples, seed)
   label = ((data['price'][:, 0] > 8) ^ (data['item'][:, 0] % 2 == 0)).astype(np.float32)
@@ -508,7 +508,7 @@ def tf_keras_clicks(out_dir, num_examples=256, seed=3):
       feeds (users and items unseen included), expected ({output name: array} of the trained
       model on feeds).
   """
-  import tf_keras as keras  # pylint: disable=g-import-not-at-top  # only where used
+  import tf_keras as keras  # only where used
 
   class ItemCounts(keras.layers.Layer):
     """Impressions per item: counted while training, looked up (0 if unseen) when serving."""
@@ -562,7 +562,7 @@ def tf_keras_top_k(out_dir, seed=4):
   Returns:
     dict: structure, feeds, expected ({output name: array}).
   """
-  import tf_keras as keras  # pylint: disable=g-import-not-at-top
+  import tf_keras as keras
 
   class TopK(keras.Model):
 

@@ -15,7 +15,6 @@ import pytest
 
 from conftest import REPO
 
-
 DOCUMENTS = ['README.md', 'benchmarks/README.md'] + sorted(
     os.path.relpath(p, REPO) for p in glob.glob(os.path.join(REPO, 'docs', '*.md')))
 

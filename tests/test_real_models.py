@@ -5,7 +5,7 @@ path with the SavedModel as structure and the training checkpoint. Every convert
 answer as the original within 1e-6 on inputs that include values training never saw (hash
 keys, vocabulary misses, empty and multi-valued features, rows without the label).
 
-Ported from the phase-1 tests of issue 12; the asset cases (a vocabulary file listed three
+The asset cases (a vocabulary file listed three
 times, trusted on the checkpoint path, an asset escaping assets/) are test_asset_policy.py's.
 """
 

@@ -45,7 +45,7 @@ def _assert_answers(export_dir, feeds, expected, capi=None):
   tf2, tf1 = _serve(export_dir, feeds)
   got = {'tf.saved_model.load': tf2, 'TF1 loader': tf1}
   if capi:
-    import capi_runner  # pylint: disable=g-import-not-at-top
+    import capi_runner
     got['C API'] = capi_runner.run_signatures(capi, export_dir, {'serving_default': feeds})[
         'serving_default']
   for loader, outputs in got.items():
@@ -105,7 +105,7 @@ class RecModule(tf.Module):
         tf.int64, tf.float32, default_value=-1.0, empty_key=-1, deleted_key=-2,
         initial_num_buckets=16)  # grows while training: the checkpoint's is bigger
     # Two tables read one asset file: the export holds it once.
-    init = lambda: tf.lookup.TextFileInitializer(  # pylint: disable=g-long-lambda
+    init = lambda: tf.lookup.TextFileInitializer(
         vocab_path, tf.string, tf.lookup.TextFileIndex.WHOLE_LINE, tf.int64,
         tf.lookup.TextFileIndex.LINE_NUMBER)
     self.words = tf.lookup.StaticHashTable(init(), -1)
@@ -177,8 +177,9 @@ def module_case(tmp_path_factory):
   feeds = _module_feeds()
   expected = {k: v.numpy() for k, v in model.serve(**feeds).items()}
   out = str(root / 'serving')
-  report = from_checkpoint.saved_model_from_checkpoint(checkpoint=str(root / 'ckpt'), output_dir=out,
-                                    saved_model_dir=str(root / 'structure'))
+  report = from_checkpoint.saved_model_from_checkpoint(
+      checkpoint=str(root / 'ckpt'), output_dir=out,
+      saved_model_dir=str(root / 'structure'))
   return dict(root=root, structure=str(root / 'structure'), ckpt=manager.latest_checkpoint,
               out=out, report=report, feeds=feeds, expected=expected)
 
@@ -248,7 +249,8 @@ def test_module_output_keeps_no_training_function(module_case, capi):
 
 def test_runs_without_tensorflow(module_case, tmp_path):
   code = ('import sys; from freezerlib.export import from_checkpoint; '
-          'r = from_checkpoint.saved_model_from_checkpoint(checkpoint=sys.argv[1], output_dir=sys.argv[2], '
+          'r = from_checkpoint.saved_model_from_checkpoint(checkpoint=sys.argv[1], '
+          'output_dir=sys.argv[2], '
           'saved_model_dir=sys.argv[3], checkpoint_object="model"); '
           'assert "tensorflow.python.framework.ops" not in sys.modules, "TensorFlow imported"; '
           'print(r.tensors_exported)')
@@ -266,7 +268,7 @@ def test_runs_without_tensorflow(module_case, tmp_path):
 
 @pytest.fixture(scope='module')
 def keras_case(tmp_path_factory):
-  import keras  # pylint: disable=g-import-not-at-top
+  import keras
   root = tmp_path_factory.mktemp('tf2_keras')
   keras.utils.set_random_seed(1)
   ids = keras.Input((1,), dtype='int64', name='ids')
@@ -327,7 +329,7 @@ def test_keras_variables_are_found_by_full_name_and_stored_once(keras_case):
 
 @pytest.fixture(scope='module')
 def tf_keras_case(tmp_path_factory):
-  import real_models  # pylint: disable=g-import-not-at-top
+  import real_models
   return real_models.tf_keras_clicks(str(tmp_path_factory.mktemp('tf_keras')))
 
 
@@ -377,7 +379,7 @@ def test_tf_keras_output_keeps_no_training_function(tf_keras_case, tmp_path):
 def test_tf_keras_model_with_its_own_variables_is_not_ambiguous(tmp_path, capi):
   """A Keras model's root and its keras_api both track its variables under the same names:
   the model's own variables/ (TF Recommenders' BruteForce recipe) is one match."""
-  import real_models  # pylint: disable=g-import-not-at-top
+  import real_models
   case = real_models.tf_keras_top_k(str(tmp_path))
   out = str(tmp_path / 'serving')
   report = from_checkpoint.saved_model_from_checkpoint(
@@ -430,8 +432,9 @@ def test_every_difference_is_listed(module_case, tmp_path):
   structure = str(tmp_path / 'bigger')
   tf.saved_model.save(model, structure, signatures={'serving_default': model.serve})
   with pytest.raises(errors.UserError) as error:
-    from_checkpoint.saved_model_from_checkpoint(checkpoint=module_case['ckpt'], output_dir=str(tmp_path / 'out'),
-                             saved_model_dir=structure)
+    from_checkpoint.saved_model_from_checkpoint(
+        checkpoint=module_case['ckpt'], output_dir=str(tmp_path / 'out'),
+        saved_model_dir=structure)
   message = str(error.value)
   assert 'closest: model, by path, 1 of 4' in message, message  # dense/b matches
   assert 'emb has shape [50, 4] in the checkpoint, [51, 4] in the structure' in message
@@ -446,8 +449,9 @@ def test_every_difference_is_listed(module_case, tmp_path):
 ])
 def test_checkpoint_object_is_obeyed(module_case, tmp_path, path, fragment):
   with pytest.raises(errors.UserError, match=fragment):
-    from_checkpoint.saved_model_from_checkpoint(checkpoint=module_case['ckpt'], output_dir=str(tmp_path / 'o'),
-                             saved_model_dir=module_case['structure'], checkpoint_object=path)
+    from_checkpoint.saved_model_from_checkpoint(
+        checkpoint=module_case['ckpt'], output_dir=str(tmp_path / 'o'),
+        saved_model_dir=module_case['structure'], checkpoint_object=path)
   assert not (tmp_path / 'o').exists()
 
 
@@ -459,9 +463,10 @@ def test_two_matching_objects_are_ambiguous(module_case, tmp_path):
                      'with --checkpoint_object'):
     from_checkpoint.saved_model_from_checkpoint(checkpoint=prefix, output_dir=str(tmp_path / 'o'),
                              saved_model_dir=module_case['structure'])
-  report = from_checkpoint.saved_model_from_checkpoint(checkpoint=prefix, output_dir=str(tmp_path / 'o'),
-                                    saved_model_dir=module_case['structure'],
-                                    checkpoint_object='ema')
+  report = from_checkpoint.saved_model_from_checkpoint(
+      checkpoint=prefix, output_dir=str(tmp_path / 'o'),
+      saved_model_dir=module_case['structure'],
+      checkpoint_object='ema')
   assert report.checkpoint_object == 'ema'
 
 
@@ -471,8 +476,9 @@ def test_two_matching_objects_are_ambiguous(module_case, tmp_path):
 ])
 def test_tf1_only_options_are_refused(module_case, tmp_path, args, fragment):
   with pytest.raises(errors.UserError, match=fragment):
-    from_checkpoint.saved_model_from_checkpoint(checkpoint=module_case['ckpt'], output_dir=str(tmp_path / 'o'),
-                             saved_model_dir=module_case['structure'], **args)
+    from_checkpoint.saved_model_from_checkpoint(
+        checkpoint=module_case['ckpt'], output_dir=str(tmp_path / 'o'),
+        saved_model_dir=module_case['structure'], **args)
 
 
 def test_name_based_checkpoint_is_refused(module_case, tmp_path):

@@ -210,7 +210,7 @@ def atomic_output(path, overwrite=False):
     with _signals_held():
       _commit(tmp, path, overwrite)
       _COMPLETED.append(path)
-  except Exception as e:  # pylint: disable=broad-except
+  except Exception as e:
     _file_error_as_user_error(e, path)
     raise
   finally:
@@ -227,7 +227,7 @@ def _rename_noreplace(src, dst):
   kernel offers it (Linux renameat2 RENAME_NOREPLACE); elsewhere a rename that fails on a
   non-empty directory (a finished version always holds saved_model.pb)."""
   if not files.is_remote(src):
-    import ctypes  # pylint: disable=g-import-not-at-top  # here only: 1 ms of every start-up
+    import ctypes  # here only: not every run renames
     libc = ctypes.CDLL(None, use_errno=True)
     renameat2 = getattr(libc, 'renameat2', None)
     if renameat2 is not None:
@@ -335,7 +335,7 @@ def versioned_output(base, version, overwrite=False):
           number += 1
       out.path = target
       _COMPLETED.append(target)
-  except Exception as e:  # pylint: disable=broad-except
+  except Exception as e:
     _file_error_as_user_error(e, base)
     raise
   finally:

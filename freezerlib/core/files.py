@@ -50,7 +50,7 @@ def basename(path):
 
 
 def _file_io():
-  lean_tf.tensorflow.io  # pylint: disable=pointless-statement  # imports TensorFlow: plugins
+  lean_tf.tensorflow.io  # noqa: B018  # the access imports TensorFlow: its file-system plugins
   return lean_tf.load('tensorflow.python.lib.io.file_io')
 
 
@@ -171,7 +171,7 @@ def open_file(path, mode='rb'):
     if 'r' in mode:
       _remote(_file_io().stat_v2, path)  # FileIO reports a missing file only on first read
     return _RemoteFile(path, mode)
-  return open(path, mode)  # pylint: disable=unspecified-encoding
+  return open(path, mode)
 
 
 def read(path):
@@ -319,9 +319,8 @@ def copy_ranges(shares, piece_bytes=1 << 20, progress=None):
   inspected and written by one core while it is in that core's cache. With `dst` None the
   pieces are read and inspected only (checking a checkpoint in place). A job without
   `inspect` is copied by the kernel (copy_file_range) where it can. Give each share a file of
-  its own: the kernel serializes the writes into one file (two workers writing into one file
-  took 144 ms where two files took 78 ms, copy_file_range of 395 MiB on this project's
-  2-core machine; reading, checking and writing: 91 ms against 85 ms).
+  its own: the kernel serializes the writes into one file (benchmarks/README.md, checkpoint
+  path).
 
   Args:
     shares: list of (dst or None, jobs); jobs a list of (path, offset, length, dst_offset,
@@ -394,7 +393,7 @@ def copy_ranges(shares, piece_bytes=1 << 20, progress=None):
             failures[(share_index, index)] = OSError(
                 e.errno, e.strerror, e.filename or (dst.name if writing else path))
             return
-          except Exception as e:  # pylint: disable=broad-except  # raised by the caller
+          except Exception as e:  # raised by the caller
             failures[(share_index, index)] = e
             return
     finally:

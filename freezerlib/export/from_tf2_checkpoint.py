@@ -65,11 +65,11 @@ from absl import logging
 from freezerlib.analysis import unsafe_ops
 from freezerlib.core import atomic
 from freezerlib.core import errors
-from freezerlib.export import ExportReport
 from freezerlib.core import files
 from freezerlib.core import graphs
 from freezerlib.core import lean_tf
 from freezerlib.core import units
+from freezerlib.export import ExportReport
 from freezerlib.formats import checkpoint_index as checkpoints
 from freezerlib.formats import saved_model
 from freezerlib.transforms import serving_functions
@@ -94,17 +94,6 @@ def is_object_based_saved_model(saved_model_dir, tags=('serve',)):
 # Object graphs
 
 
-def _reachable(graph, root):
-  seen, stack = set(), [root]
-  while stack:
-    node_id = stack.pop()
-    if node_id in seen:
-      continue
-    seen.add(node_id)
-    stack.extend(c.node_id for c in graph.nodes[node_id].children)
-  return seen
-
-
 def _paired_by_path(structure, checkpoint_graph, root):
   """Structure node id -> checkpoint node id, walking both graphs from their roots (the
   checkpoint's from `root`) and pairing children by local name, as TensorFlow's restore does."""
@@ -125,7 +114,8 @@ def _paired_by_full_name(structure, checkpoint_graph, root, paths):
   attribute name and full name among the objects reachable from `root`; plus a problem per
   full name that names several checkpoint objects."""
   by_name = collections.defaultdict(set)
-  for node_id in _reachable(checkpoint_graph, root):
+  for node_id in graphs.walk(
+      [root], lambda i: [c.node_id for c in checkpoint_graph.nodes[i].children]):
     for attr in checkpoint_graph.nodes[node_id].attributes:
       if attr.full_name:
         by_name[(attr.name, attr.full_name)].add(node_id)

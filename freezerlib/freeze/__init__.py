@@ -174,7 +174,7 @@ def graph_from_saved_model(saved_model_dir, output_graph, tags=('serve',), signa
     freezer = 'streaming'
   else:
     if object_based:
-      from freezerlib.freeze import tf2  # pylint: disable=g-import-not-at-top  # loads TensorFlow
+      from freezerlib.freeze import tf2  # loads TensorFlow
       model, variables, contents = tf2.freeze(saved_model_dir, meta_graph, signatures, tags)
       freezer = 'tf2'
     else:

@@ -27,7 +27,6 @@ import time
 
 from absl import logging
 import tensorflow as tf
-
 from tensorflow.core.framework import types_pb2
 from tensorflow.python.framework import convert_to_constants
 from tensorflow.python.framework import op_def_registry
@@ -106,13 +105,13 @@ def _export_table(node, handle, nodes_by_name):
 # Graph rewriting
 
 
-class _ValuesConverterData(convert_to_constants._ConverterData):  # pylint: disable=protected-access
+class _ValuesConverterData(convert_to_constants._ConverterData):
   """Variable values for TensorFlow's converter, read eagerly instead of from a session."""
 
   def __init__(self, graph_def, values):
     super().__init__(graph_def)
     for name, (dtype_enum, value) in values.items():
-      self._tensor_data[name] = convert_to_constants._TensorData(  # pylint: disable=protected-access
+      self._tensor_data[name] = convert_to_constants._TensorData(
           numpy=value, dtype=dtype_enum, index=None)
 
 
@@ -267,7 +266,7 @@ def freeze_graph(meta_graph, signatures, loaded, tags, where):
           'variables and hash tables)' % (where, names.get(node.name, node.name), node.name,
                                           node.op))
   try:
-    frozen, _ = convert_to_constants._replace_variables_by_constants(  # pylint: disable=protected-access
+    frozen, _ = convert_to_constants._replace_variables_by_constants(
         _ValuesConverterData(needed, values))
   except (KeyError, ValueError) as e:
     raise errors.UserError('cannot freeze the variables of %s: TensorFlow\'s converter failed '

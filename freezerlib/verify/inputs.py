@@ -369,7 +369,7 @@ def inputs_from_tfrecords(patterns, model, num_examples):
   try:
     records = [r.numpy() for r in tf.data.TFRecordDataset(files).take(num_examples)]
     examples = [tf.train.Example.FromString(r) for r in records]
-  except (tf.errors.OpError, Exception) as e:  # pylint: disable=broad-except
+  except (tf.errors.OpError, Exception) as e:
     raise errors.UserError('cannot read tf.Example records from %s: %s'
                           % (pattern, errors.tf_error_message(e))) from e
   if not records:

@@ -121,7 +121,8 @@ def test_remote_paths_go_through_tensorflows_file_systems():
   with files.open_file(root + '/a/f', 'wb') as f:
     f.write(b'12345')
   assert files.exists(root + '/a/f') and files.isdir(root + '/a')
-  assert files.size(root + '/a/f') == 5 and tf.io.gfile.GFile(root + '/a/f', 'rb').read() == b'12345'
+  assert files.size(root + '/a/f') == 5
+  assert tf.io.gfile.GFile(root + '/a/f', 'rb').read() == b'12345'
   with files.open_file(root + '/a/f', 'rb') as f:
     out = io.BytesIO()
     files.copy_range(f, 1, out, 3)

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import small_graphs
 from conftest import meta_graph_of
 from freezerlib.verify import trace
+import small_graphs
 
 tf1 = tf.compat.v1
 
@@ -83,7 +83,7 @@ def test_source_through_identities():
       node { name: "r" op: "ReadVariableOp" input: "a" }
       node { name: "b" op: "Identity" input: "gone" }''')
   tracer = trace.Tracer(graph_def)
-  top = tracer._top  # pylint: disable=protected-access
+  top = tracer._top
   assert tracer.source(top, 'r:0')[1].name == 'v'
   assert tracer.source(top, 'b') is None
 
