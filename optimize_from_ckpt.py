@@ -59,6 +59,7 @@ _SERVING_INPUT = cli_flags.serving_input()
 _VERSION = cli_flags.version()
 _WARMUP = cli_flags.warmup()
 _WARMUP_INPUTS = cli_flags.warmup_inputs()
+_CHECK = cli_flags.check()
 _CHECKPOINT = flags.DEFINE_string(
     'checkpoint', None, '(required) Training checkpoint: a prefix (model.ckpt-1000) or the directory '
     'holding its `checkpoint` state file (the newest is used).')
@@ -102,7 +103,8 @@ def main(argv):
         outputs=_OUTPUTS.value, prune_tensors=_PRUNE.value, chunk_bytes=_CHUNK_MB.value << 20,
         overwrite=_OVERWRITE.value, allow_ops=_ALLOW_OPS.value,
         checkpoint_object=_CHECKPOINT_OBJECT.value, version=version,
-        finalize=utils.warmup_writer(_WARMUP.value, _WARMUP_INPUTS.value),
+        finalize=utils.serving_checker(utils.warmup_writer(_WARMUP.value, _WARMUP_INPUTS.value),
+                                       _CHECK.value),
         serving_input=_SERVING_INPUT.value, verify_checksums=_VERIFY.value)
     logging.info('wrote SavedModel %s: %d of %d checkpoint tensors, %s of %s (%.1f%%), in %.1f s',
                  report.path, report.tensors_exported,

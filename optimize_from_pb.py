@@ -46,6 +46,7 @@ _SERVING_INPUT = cli_flags.serving_input(
 _VERSION = cli_flags.version()
 _WARMUP = cli_flags.warmup()
 _WARMUP_INPUTS = cli_flags.warmup_inputs()
+_CHECK = cli_flags.check()
 _OPTIMIZE = flags.DEFINE_bool(
     'optimize', True, 'Run Grappler passes (pruning, constant folding, arithmetic, dependency, '
     'function inlining) after the cut.')
@@ -85,7 +86,8 @@ def main(argv):
         _OUTPUTS.value, _INIT_OP.value, _TAGS.value, _OPTIMIZE.value,
         flags.FLAGS.log_dir or None, _OVERWRITE.value, _ALLOW_OPS.value, threshold,
         signature_names=_SIGNATURE_DEF.value, version=version,
-        finalize=utils.warmup_writer(_WARMUP.value, _WARMUP_INPUTS.value),
+        finalize=utils.serving_checker(utils.warmup_writer(_WARMUP.value, _WARMUP_INPUTS.value),
+                                       _CHECK.value),
         serving_input=_SERVING_INPUT.value,
         rewrites=[r for r in _REWRITES.value if r != 'none'])
 

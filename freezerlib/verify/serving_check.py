@@ -1,0 +1,319 @@
+"""The serving check: a SavedModel just written is loaded by TF Serving's loader and answers.
+
+`check_saved_model` loads the SavedModel with `TF_LoadSessionFromSavedModel`, the C++ loader TF
+Serving and C++ clients use (restore from variables/, then the one init op it picks), and runs
+every signature once on generated inputs with `TF_SessionRun`. It calls TensorFlow's C API in
+this process through ctypes, from the `libtensorflow_cc.so.2` the TensorFlow wheel ships (the
+same library the Python package runs on): no compiler, no second process, and a script that has
+not imported TensorFlow's Python API (the checkpoint path) pays only for mapping the library
+(about 0.25 s), not for `import tensorflow` (2 to 3 s).
+
+Inputs are made from the loaded graph's own dtypes and shapes (unknown dimensions 1, the batch
+2): zeros, empty strings, one value per row of a sparse or ragged input. Zeros index any
+embedding and are an unseen key of most tables, so a lookup runs (an uninitialised table fails
+whatever the key). A string input that feeds a tf.Example parser gets serialized Examples with
+the features the parser reads (verify.inputs.InputMaker.examples, which needs TensorFlow).
+This checks that the model loads and runs; whether it answers as the original is
+optimize_from_pb_test.py's job.
+"""
+
+import ctypes
+import importlib.util
+import os
+import sys
+import threading
+import time
+
+import numpy as np
+
+from freezerlib.core import errors
+from freezerlib.core import graphs
+from freezerlib.core import lean_tf
+from freezerlib.formats import saved_model
+
+_TF_STRING = 7
+_TSTRING_SIZE = 24  # sizeof(TF_TString) (tensorflow/tsl/platform/ctstring_internal.h)
+_NP_DTYPES = {1: np.float32, 2: np.float64, 3: np.int32, 4: np.uint8, 5: np.int16, 6: np.int8,
+              9: np.int64, 10: np.bool_, 17: np.uint16, 19: np.float16, 22: np.uint32,
+              23: np.uint64}
+_PARSE_OPS = frozenset({'ParseExample', 'ParseExampleV2', 'ParseSingleExample',
+                        'ParseSequenceExample', 'ParseSequenceExampleV2'})
+BATCH = 2
+
+
+class _Output(ctypes.Structure):
+  _fields_ = [('oper', ctypes.c_void_p), ('index', ctypes.c_int)]
+
+
+_lock = threading.Lock()
+_lib = None
+
+
+def _library():
+  """TensorFlow's C API (libtensorflow_cc.so.2 of the installed wheel), loaded once."""
+  global _lib
+  with _lock:
+    if _lib is not None:
+      return _lib
+    if lean_tf.tensorflow_loaded():
+      tf_dir = os.path.dirname(sys.modules['tensorflow'].__file__)
+    else:
+      spec = importlib.util.find_spec('tensorflow')
+      if spec is None or not spec.submodule_search_locations:
+        raise errors.UserError('the serving check needs TensorFlow installed (or pass --nocheck)')
+      tf_dir = list(spec.submodule_search_locations)[0]
+    with lean_tf._quiet_stderr():  # pylint: disable=protected-access  # the library's notices
+      # Local (ctypes' default): made global, the libraries' own BoringSSL symbols would take
+      # the place of OpenSSL's for any module loaded later (hashlib, imported by TensorFlow's
+      # Python API, then crashed). libtensorflow_cc finds libtensorflow_framework by its rpath.
+      lib = ctypes.CDLL(os.path.join(tf_dir, 'libtensorflow_cc.so.2'))
+    p, i, c_int64_p = ctypes.c_void_p, ctypes.c_int, ctypes.POINTER(ctypes.c_int64)
+    for name, res, args in [
+        ('TF_NewStatus', p, []), ('TF_DeleteStatus', None, [p]), ('TF_GetCode', i, [p]),
+        ('TF_Message', ctypes.c_char_p, [p]),
+        ('TF_NewSessionOptions', p, []), ('TF_DeleteSessionOptions', None, [p]),
+        ('TF_NewGraph', p, []), ('TF_DeleteGraph', None, [p]),
+        ('TF_LoadSessionFromSavedModel', p,
+         [p, p, ctypes.c_char_p, ctypes.POINTER(ctypes.c_char_p), i, p, p, p]),
+        ('TF_CloseSession', None, [p, p]), ('TF_DeleteSession', None, [p, p]),
+        ('TF_GraphOperationByName', p, [p, ctypes.c_char_p]),
+        ('TF_OperationNumOutputs', i, [p]),
+        ('TF_OperationOutputType', i, [_Output]),
+        ('TF_GraphGetTensorNumDims', i, [p, _Output, p]),
+        ('TF_GraphGetTensorShape', None, [p, _Output, c_int64_p, i, p]),
+        ('TF_AllocateTensor', p, [i, c_int64_p, i, ctypes.c_size_t]),
+        ('TF_TensorData', p, [p]), ('TF_DeleteTensor', None, [p]),
+        ('TF_StringInit', None, [p]), ('TF_StringCopy', None, [p, ctypes.c_char_p, ctypes.c_size_t]),
+        ('TF_StringDealloc', None, [p]),
+        ('TF_SessionRun', None, [p, p, ctypes.POINTER(_Output), ctypes.POINTER(p), i,
+                                 ctypes.POINTER(_Output), ctypes.POINTER(p), i, p, i, p, p]),
+    ]:
+      fn = getattr(lib, name)
+      fn.restype, fn.argtypes = res, args
+    _lib = lib
+    return lib
+
+
+class ServingCheckFailed(errors.UserError):
+  """The SavedModel does not load, or a signature does not run, in TF Serving's loader."""
+
+
+class _Session:
+  """A SavedModel loaded by TF_LoadSessionFromSavedModel."""
+
+  def __init__(self, export_dir, tags):
+    self._lib = lib = _library()
+    self._status = lib.TF_NewStatus()
+    options = lib.TF_NewSessionOptions()
+    self.graph = lib.TF_NewGraph()
+    tag_array = (ctypes.c_char_p * len(tags))(*[t.encode() for t in tags])
+    self.session = lib.TF_LoadSessionFromSavedModel(
+        options, None, os.fspath(export_dir).encode(), tag_array, len(tags), self.graph, None,
+        self._status)
+    lib.TF_DeleteSessionOptions(options)
+    if lib.TF_GetCode(self._status) != 0:
+      message = self._message()
+      self.session = None
+      self.close()
+      raise ServingCheckFailed('it does not load: %s' % message)
+
+  def _message(self):
+    text = (self._lib.TF_Message(self._status) or b'').decode('utf-8', 'replace')
+    return ' '.join(text.split())
+
+  def output(self, tensor_name):
+    name, index = graphs.tensor_key(tensor_name)
+    oper = self._lib.TF_GraphOperationByName(self.graph, name.encode())
+    if not oper or index >= self._lib.TF_OperationNumOutputs(oper):
+      raise ServingCheckFailed('its graph has no tensor %s' % tensor_name)
+    return _Output(oper, index)
+
+  def spec(self, tensor_name):
+    """(TF_DataType, dims with -1 for unknown, or None for unknown rank) of a tensor."""
+    out = self.output(tensor_name)
+    dtype = self._lib.TF_OperationOutputType(out)
+    rank = self._lib.TF_GraphGetTensorNumDims(self.graph, out, self._status)
+    if rank < 0:
+      return dtype, None
+    dims = (ctypes.c_int64 * max(rank, 1))()
+    self._lib.TF_GraphGetTensorShape(self.graph, out, dims, rank, self._status)
+    return dtype, list(dims[:rank])
+
+  def _tensor(self, dtype, array):
+    lib = self._lib
+    dims = (ctypes.c_int64 * max(array.ndim, 1))(*array.shape)
+    if dtype == _TF_STRING:
+      items = [x if isinstance(x, bytes) else str(x).encode() for x in array.ravel()]
+      tensor = lib.TF_AllocateTensor(dtype, dims, array.ndim, _TSTRING_SIZE * len(items))
+      base = lib.TF_TensorData(tensor)
+      for k, item in enumerate(items):
+        lib.TF_StringInit(base + k * _TSTRING_SIZE)
+        lib.TF_StringCopy(base + k * _TSTRING_SIZE, item, len(item))
+      return tensor, len(items)
+    data = np.ascontiguousarray(array, dtype=_NP_DTYPES[dtype])
+    tensor = lib.TF_AllocateTensor(dtype, dims, array.ndim, data.nbytes)
+    ctypes.memmove(lib.TF_TensorData(tensor), data.ctypes.data, data.nbytes)
+    return tensor, 0
+
+  def run(self, feeds, fetches):
+    """Runs the graph: feeds {tensor name: (TF_DataType, array)}, fetches [tensor name].
+
+    Raises:
+      ServingCheckFailed: with TensorFlow's message.
+    """
+    lib = self._lib
+    names = list(feeds)
+    made = [self._tensor(*feeds[n]) for n in names]
+    fetches = [f for f in dict.fromkeys(fetches) if f not in feeds]
+    in_ops = (_Output * max(len(names), 1))(*[self.output(n) for n in names])
+    in_values = (ctypes.c_void_p * max(len(names), 1))(*[t for t, _ in made])
+    out_ops = (_Output * max(len(fetches), 1))(*[self.output(n) for n in fetches])
+    out_values = (ctypes.c_void_p * max(len(fetches), 1))()
+    try:
+      lib.TF_SessionRun(self.session, None, in_ops, in_values, len(names), out_ops, out_values,
+                        len(fetches), None, 0, None, self._status)
+      if lib.TF_GetCode(self._status) != 0:
+        raise ServingCheckFailed(self._message())
+    finally:
+      for tensor, strings in made:
+        base = lib.TF_TensorData(tensor)
+        for k in range(strings):
+          lib.TF_StringDealloc(base + k * _TSTRING_SIZE)
+        lib.TF_DeleteTensor(tensor)
+      for k in range(len(fetches)):
+        if out_values[k]:
+          lib.TF_DeleteTensor(out_values[k])
+
+  def close(self):
+    lib = self._lib
+    if self.session:
+      lib.TF_CloseSession(self.session, self._status)
+      lib.TF_DeleteSession(self.session, self._status)
+      self.session = None
+    if self.graph:
+      lib.TF_DeleteGraph(self.graph)
+      self.graph = None
+    if self._status:
+      lib.TF_DeleteStatus(self._status)
+      self._status = None
+
+
+def _has_parser(graph_def):
+  return (any(n.op in _PARSE_OPS for n in graph_def.node) or
+          any(n.op in _PARSE_OPS for f in graph_def.library.function for n in f.node_def))
+
+
+class _GraphOnly:
+  """What verify.inputs.InputMaker reads of a model, for tf.Example inputs: the graph and its
+  signatures; no table keys (the ids drawn are unseen ones)."""
+
+  def __init__(self, graph_def, signatures):
+    self.graph_def = graph_def
+    self.signatures = signatures
+
+  def table_keys(self, node):  # pylint: disable=unused-argument
+    return np.zeros([0], np.int64)
+
+
+def _zeros(dtype, dims, batch):
+  shape = (batch,) if dims is None else tuple(
+      batch if (k == 0 and d < 0) else (d if d >= 0 else 1) for k, d in enumerate(dims))
+  if dtype == _TF_STRING:
+    return np.full(shape, b'', dtype=object)
+  if dtype not in _NP_DTYPES:
+    raise ServingCheckFailed('cannot make an input of TF_DataType %d' % dtype)
+  return np.zeros(shape, _NP_DTYPES[dtype])
+
+
+def _feeds(session, key, signature, examples):
+  """{tensor name: (TF_DataType, array)} for one run of `signature`."""
+  feeds = {}
+  for name in sorted(signature.inputs):
+    info = signature.inputs[name]
+    encoding = info.WhichOneof('encoding')
+    if encoding == 'coo_sparse':
+      coo = info.coo_sparse
+      dtype, dims = session.spec(coo.indices_tensor_name)
+      rank = dims[1] if dims and len(dims) == 2 and dims[1] > 0 else 2
+      indices = np.zeros((BATCH, rank), np.int64)
+      indices[:, 0] = np.arange(BATCH)
+      value_dtype, _ = session.spec(coo.values_tensor_name)
+      feeds[coo.indices_tensor_name] = (dtype, indices)
+      feeds[coo.values_tensor_name] = (value_dtype, _zeros(value_dtype, [-1], BATCH))
+      feeds[coo.dense_shape_tensor_name] = (
+          session.spec(coo.dense_shape_tensor_name)[0],
+          np.array([BATCH] + [1] * (rank - 1), np.int64))
+    elif encoding == 'composite_tensor':
+      components = [c.name for c in info.composite_tensor.components]
+      rows = BATCH
+      for split in components[1:]:  # each row holds one value
+        dtype, _ = session.spec(split)
+        feeds[split] = (dtype, np.arange(rows + 1))
+      dtype, dims = session.spec(components[0])
+      feeds[components[0]] = (dtype, _zeros(dtype, dims, rows))
+    else:
+      dtype, dims = session.spec(info.name)
+      if dtype == _TF_STRING and examples is not None:
+        found = examples.trace(info.name)
+        if found.features is not None:
+          value = _zeros(dtype, dims, BATCH)
+          rng = np.random.RandomState(0)
+          value = examples.examples(rng, found.features, value.size).reshape(value.shape)
+          feeds[info.name] = (dtype, value)
+          continue
+      if dims is None and not info.tensor_shape.unknown_rank:  # the signature knows better
+        dims = [d.size for d in info.tensor_shape.dim]
+      feeds[info.name] = (dtype, _zeros(dtype, dims, BATCH))
+  del key
+  return feeds
+
+
+def check_saved_model(export_dir, tags=None):
+  """Loads `export_dir` with TF Serving's loader and runs each of its signatures once.
+
+  Args:
+    export_dir: a complete SavedModel (typically still in its temporary directory).
+    tags: the MetaGraph's tags; None: those of its first MetaGraph (the scripts write one).
+
+  Returns:
+    Seconds taken.
+
+  Raises:
+    ServingCheckFailed (an errors.UserError): the model does not load, or a signature fails,
+      with TensorFlow's message in one line.
+  """
+  try:
+    return _check(export_dir, tags)
+  except ServingCheckFailed as e:
+    raise ServingCheckFailed(
+        'the SavedModel written does not serve: TF Serving\'s loader (TF_LoadSessionFromSavedModel) '
+        'on generated inputs: %s; nothing was written (--nocheck skips this check)' % e) from e
+
+
+def _check(export_dir, tags):
+  start = time.perf_counter()
+  if tags is None:
+    proto = saved_model.read_saved_model_proto(export_dir)
+    tags = list(proto.meta_graphs[0].meta_info_def.tags) if proto.meta_graphs else ['serve']
+  meta_graph = saved_model.read_meta_graph(export_dir, tags)
+  signatures = {k: v for k, v in meta_graph.signature_def.items()
+                if k != saved_model.INIT_OP_SIGNATURE_KEY}
+  examples = None
+  if _has_parser(meta_graph.graph_def):
+    from freezerlib.verify import inputs as inputs_lib  # pylint: disable=g-import-not-at-top
+    examples = inputs_lib.InputMaker(_GraphOnly(meta_graph.graph_def, signatures), 0)
+  session = _Session(export_dir, list(tags))
+  try:
+    for key in sorted(signatures):
+      signature = signatures[key]
+      fetches = [t for k in sorted(signature.outputs)
+                 for t in graphs.info_tensors(signature.outputs[k])]
+      if not fetches:
+        continue
+      try:
+        session.run(_feeds(session, key, signature, examples), fetches)
+      except ServingCheckFailed as e:
+        raise ServingCheckFailed('signature %r fails: %s' % (key, e)) from e
+  finally:
+    session.close()
+  return time.perf_counter() - start
