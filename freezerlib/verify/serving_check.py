@@ -19,12 +19,12 @@ optimize_from_pb_test.py's job.
 
 import ctypes
 import importlib.util
+import math
 import os
+import struct
 import sys
 import threading
 import time
-
-import numpy as np
 
 from freezerlib.core import errors
 from freezerlib.core import graphs
@@ -33,9 +33,7 @@ from freezerlib.formats import saved_model
 
 _TF_STRING = 7
 _TSTRING_SIZE = 24  # sizeof(TF_TString) (tensorflow/tsl/platform/ctstring_internal.h)
-_NP_DTYPES = {1: np.float32, 2: np.float64, 3: np.int32, 4: np.uint8, 5: np.int16, 6: np.int8,
-              9: np.int64, 10: np.bool_, 17: np.uint16, 19: np.float16, 22: np.uint32,
-              23: np.uint64}
+_INT_FORMATS = {3: 'i', 9: 'q'}  # int32, int64: what indices and row splits are
 _PARSE_OPS = frozenset({'ParseExample', 'ParseExampleV2', 'ParseSingleExample',
                         'ParseSequenceExample', 'ParseSequenceExampleV2'})
 BATCH = 2
@@ -139,31 +137,31 @@ class _Session:
     self._lib.TF_GraphGetTensorShape(self.graph, out, dims, rank, self._status)
     return dtype, list(dims[:rank])
 
-  def _tensor(self, dtype, array):
+  def _tensor(self, feed):
+    """A TF_Tensor of a _Feed; (tensor, number of strings to free)."""
     lib = self._lib
-    dims = (ctypes.c_int64 * max(array.ndim, 1))(*array.shape)
-    if dtype == _TF_STRING:
-      items = [x if isinstance(x, bytes) else str(x).encode() for x in array.ravel()]
-      tensor = lib.TF_AllocateTensor(dtype, dims, array.ndim, _TSTRING_SIZE * len(items))
+    dims = (ctypes.c_int64 * max(len(feed.shape), 1))(*feed.shape)
+    if feed.dtype == _TF_STRING:
+      tensor = lib.TF_AllocateTensor(feed.dtype, dims, len(feed.shape),
+                                     _TSTRING_SIZE * len(feed.payload))
       base = lib.TF_TensorData(tensor)
-      for k, item in enumerate(items):
+      for k, item in enumerate(feed.payload):
         lib.TF_StringInit(base + k * _TSTRING_SIZE)
         lib.TF_StringCopy(base + k * _TSTRING_SIZE, item, len(item))
-      return tensor, len(items)
-    data = np.ascontiguousarray(array, dtype=_NP_DTYPES[dtype])
-    tensor = lib.TF_AllocateTensor(dtype, dims, array.ndim, data.nbytes)
-    ctypes.memmove(lib.TF_TensorData(tensor), data.ctypes.data, data.nbytes)
+      return tensor, len(feed.payload)
+    tensor = lib.TF_AllocateTensor(feed.dtype, dims, len(feed.shape), len(feed.payload))
+    ctypes.memmove(lib.TF_TensorData(tensor), feed.payload, len(feed.payload))
     return tensor, 0
 
   def run(self, feeds, fetches):
-    """Runs the graph: feeds {tensor name: (TF_DataType, array)}, fetches [tensor name].
+    """Runs the graph: feeds {tensor name: _Feed}, fetches [tensor name].
 
     Raises:
       ServingCheckFailed: with TensorFlow's message.
     """
     lib = self._lib
     names = list(feeds)
-    made = [self._tensor(*feeds[n]) for n in names]
+    made = [self._tensor(feeds[n]) for n in names]
     fetches = [f for f in dict.fromkeys(fetches) if f not in feeds]
     in_ops = (_Output * max(len(names), 1))(*[self.output(n) for n in names])
     in_values = (ctypes.c_void_p * max(len(names), 1))(*[t for t, _ in made])
@@ -212,21 +210,40 @@ class _GraphOnly:
     self.signatures = signatures
 
   def table_keys(self, node):  # pylint: disable=unused-argument
-    return np.zeros([0], np.int64)
+    return lean_tf.numpy.zeros([0], lean_tf.numpy.int64)
 
 
-def _zeros(dtype, dims, batch):
-  shape = (batch,) if dims is None else tuple(
-      batch if (k == 0 and d < 0) else (d if d >= 0 else 1) for k, d in enumerate(dims))
+class _Feed:
+  """One input tensor: TF_DataType, shape, and its bytes (row-major, little-endian) or, for a
+  string tensor, the list of its strings. Plain Python: the checkpoint path's check loads
+  neither numpy nor TensorFlow's Python API."""
+
+  def __init__(self, dtype, shape, payload):
+    self.dtype, self.shape, self.payload = dtype, tuple(shape), payload
+
+
+def _shape(dims, batch):
+  if dims is None:
+    return (batch,)
+  return tuple(batch if (k == 0 and d < 0) else (d if d >= 0 else 1) for k, d in enumerate(dims))
+
+
+def _zeros(dtype, shape):
+  count = math.prod(shape)
   if dtype == _TF_STRING:
-    return np.full(shape, b'', dtype=object)
-  if dtype not in _NP_DTYPES:
-    raise ServingCheckFailed('cannot make an input of TF_DataType %d' % dtype)
-  return np.zeros(shape, _NP_DTYPES[dtype])
+    return _Feed(dtype, shape, [b''] * count)
+  return _Feed(dtype, shape, bytes(count * lean_tf.dtype_size(dtype)))
 
 
-def _feeds(session, key, signature, examples):
-  """{tensor name: (TF_DataType, array)} for one run of `signature`."""
+def _integers(dtype, shape, values):
+  if dtype not in _INT_FORMATS:
+    raise ServingCheckFailed('cannot make an index input of TF_DataType %d' % dtype)
+  return _Feed(dtype, shape, struct.pack('<%d%s' % (len(values), _INT_FORMATS[dtype]), *values))
+
+
+def _feeds(session, signature, examples):
+  """{tensor name: _Feed} for one run of `signature`: zeros and empty strings, one value per
+  row of a sparse or ragged input, serialized Examples for a parser's input."""
   feeds = {}
   for name in sorted(signature.inputs):
     info = signature.inputs[name]
@@ -235,36 +252,30 @@ def _feeds(session, key, signature, examples):
       coo = info.coo_sparse
       dtype, dims = session.spec(coo.indices_tensor_name)
       rank = dims[1] if dims and len(dims) == 2 and dims[1] > 0 else 2
-      indices = np.zeros((BATCH, rank), np.int64)
-      indices[:, 0] = np.arange(BATCH)
-      value_dtype, _ = session.spec(coo.values_tensor_name)
-      feeds[coo.indices_tensor_name] = (dtype, indices)
-      feeds[coo.values_tensor_name] = (value_dtype, _zeros(value_dtype, [-1], BATCH))
-      feeds[coo.dense_shape_tensor_name] = (
-          session.spec(coo.dense_shape_tensor_name)[0],
-          np.array([BATCH] + [1] * (rank - 1), np.int64))
+      indices = [k if j == 0 else 0 for k in range(BATCH) for j in range(rank)]
+      feeds[coo.indices_tensor_name] = _integers(dtype, (BATCH, rank), indices)
+      feeds[coo.values_tensor_name] = _zeros(session.spec(coo.values_tensor_name)[0], (BATCH,))
+      feeds[coo.dense_shape_tensor_name] = _integers(
+          session.spec(coo.dense_shape_tensor_name)[0], (rank,), [BATCH] + [1] * (rank - 1))
     elif encoding == 'composite_tensor':
       components = [c.name for c in info.composite_tensor.components]
-      rows = BATCH
       for split in components[1:]:  # each row holds one value
-        dtype, _ = session.spec(split)
-        feeds[split] = (dtype, np.arange(rows + 1))
+        feeds[split] = _integers(session.spec(split)[0], (BATCH + 1,), list(range(BATCH + 1)))
       dtype, dims = session.spec(components[0])
-      feeds[components[0]] = (dtype, _zeros(dtype, dims, rows))
+      feeds[components[0]] = _zeros(dtype, (BATCH,) + _shape(dims, BATCH)[1:])
     else:
       dtype, dims = session.spec(info.name)
-      if dtype == _TF_STRING and examples is not None:
-        found = examples.trace(info.name)
-        if found.features is not None:
-          value = _zeros(dtype, dims, BATCH)
-          rng = np.random.RandomState(0)
-          value = examples.examples(rng, found.features, value.size).reshape(value.shape)
-          feeds[info.name] = (dtype, value)
-          continue
-      if dims is None and not info.tensor_shape.unknown_rank:  # the signature knows better
-        dims = [d.size for d in info.tensor_shape.dim]
-      feeds[info.name] = (dtype, _zeros(dtype, dims, BATCH))
-  del key
+      # Unknown rank: a batch vector. Not the signature's shape, which may be wrong
+      # (half_plus_three's declares its serialized tf.Example input a scalar).
+      shape = _shape(dims, BATCH)
+      found = (examples.trace(info.name)
+               if dtype == _TF_STRING and examples is not None else None)
+      if found is not None and found.features is not None:
+        rng = lean_tf.numpy.random.RandomState(0)
+        made = examples.examples(rng, found.features, math.prod(shape))
+        feeds[info.name] = _Feed(dtype, shape, [bytes(x) for x in made])
+      else:
+        feeds[info.name] = _zeros(dtype, shape)
   return feeds
 
 
@@ -311,7 +322,7 @@ def _check(export_dir, tags):
       if not fetches:
         continue
       try:
-        session.run(_feeds(session, key, signature, examples), fetches)
+        session.run(_feeds(session, signature, examples), fetches)
       except ServingCheckFailed as e:
         raise ServingCheckFailed('signature %r fails: %s' % (key, e)) from e
   finally:
