@@ -40,16 +40,27 @@ class VocabModule(tf.Module):
         tf.lookup.TextFileInitializer(vocab_path, tf.string, whole, tf.int64, line), -1)
     self.words = tf.lookup.StaticHashTable(
         tf.lookup.TextFileInitializer(vocab_path, tf.int64, line, tf.string, whole), 'UNK')
+    # tensorflow-transform's apply_vocabulary(num_oov_buckets=...): unseen words hash into
+    # buckets past the vocabulary.
+    self.oov = tf.lookup.StaticVocabularyTable(
+        tf.lookup.TextFileInitializer(vocab_path, tf.string, whole, tf.int64, line), 3)
+    # A mutable table restored from the checkpoint, its empty and deleted keys constants
+    # inside the creator function once re-saved.
+    self.dense = tf.lookup.experimental.DenseHashTable(
+        tf.int64, tf.float32, default_value=-2.0, empty_key=-100, deleted_key=-101)
+    self.dense.insert(tf.constant([0, 2, 7], tf.int64), tf.constant([0.5, 2.5, 7.5]))
+    self.dense.remove(tf.constant([7], tf.int64))
     self.weight = tf.Variable([1.5])
 
   @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
   def encode(self, words):
     ids = self.ids.lookup(words)
-    return {'ids': ids, 'score': tf.cast(ids, tf.float32) * self.weight}
+    return {'ids': ids, 'score': tf.cast(ids, tf.float32) * self.weight,
+            'oov_ids': self.oov.lookup(words)}
 
   @tf.function(input_signature=[tf.TensorSpec([None], tf.int64)])
   def decode(self, ids):
-    return {'words': self.words.lookup(ids)}
+    return {'words': self.words.lookup(ids), 'weights': self.dense.lookup(ids)}
 
 
 class Resaved(tf.Module):
@@ -72,11 +83,16 @@ FEEDS = {
     'encode': {'words': np.array([b'apple', b'zzz', b'date', b'', b'banana'], dtype=object)},
     'decode': {'ids': np.array([0, 3, 99, -1, 2], np.int64)},
 }
-# Unseen keys answer with the original's defaults: -1 (times the weight) and UNK.
+# Unseen keys answer with the original's defaults: -1 (times the weight), UNK, -2.0 (7 was
+# removed), and for the vocabulary with OOV buckets 4 + (fingerprint % 3), as TensorFlow
+# computes it (StaticVocabularyTable's Fingerprint64 bucketing).
 EXPECTED = {
     'encode': {'ids': np.int64([0, -1, 3, -1, 1]),
-               'score': np.float32([0, -1.5, 4.5, -1.5, 1.5])},
-    'decode': {'words': np.array([b'apple', b'date', b'UNK', b'UNK', b'cherry'], dtype=object)},
+               'score': np.float32([0, -1.5, 4.5, -1.5, 1.5]),
+               'oov_ids': np.int64([0, 4 + int(tf.strings.to_hash_bucket_fast('zzz', 3)), 3,
+                                    4 + int(tf.strings.to_hash_bucket_fast('', 3)), 1])},
+    'decode': {'words': np.array([b'apple', b'date', b'UNK', b'UNK', b'cherry'], dtype=object),
+               'weights': np.float32([0.5, -2, -2, -2, 2.5])},
 }
 
 
@@ -142,21 +158,22 @@ def test_the_resaved_model_has_the_tensorflow_transform_shape(resaved):
   initializers = {name for name, f in library.items()
                   if name.startswith('__inference__initializer_')
                   and any(n.op == 'InitializeTableFromTextFileV2' for n in f.node_def)}
-  assert len(creators) == 2 and len(initializers) == 2, (creators, initializers)
+  assert len(creators) == 3 and len(initializers) == 3, (creators, initializers)
   made = []
   for node in graph_def.node:
     if node.op == 'StatefulPartitionedCall' and not node.input:
       inner, _ = tf2._function_output_source(library, node.attr['f'].func.name, 0)  # pylint: disable=protected-access
       made.append(inner.op if inner is not None else None)
-  assert made.count('HashTableV2') == 2, made
+  assert sorted(made) == ['HashTableV2'] * 3 + ['MutableDenseHashTableV2'], made
 
 
 def test_frozen_graph_keeps_both_tables_and_answers_as_the_original(resaved):
   report = resaved['report']
   assert report.freezer == 'tf2'
   kept = sorted((t.op, repr(sorted(np.ravel(t.keys).tolist()))) for t in report.tables)
-  assert kept == [('HashTableV2', repr([0, 1, 2, 3])),
-                  ('HashTableV2', repr([b'apple', b'banana', b'cherry', b'date']))]
+  words = repr([b'apple', b'banana', b'cherry', b'date'])
+  assert kept == [('HashTableV2', repr([0, 1, 2, 3])), ('HashTableV2', words),
+                  ('HashTableV2', words), ('MutableDenseHashTableV2', repr([0, 2]))]
   assert report.model.table_init_op == tables.INIT_OP_NAME
   _assert_same(run_tf2_signatures(resaved['src'], FEEDS))  # the original, as written
   _assert_same(_run_tf1(loaders.load_frozen_graph(resaved['frozen'])))
@@ -177,7 +194,7 @@ def test_checkpoint_path_serves_the_resaved_model(resaved, capi):
   from_checkpoint.saved_model_from_checkpoint(
       checkpoint=resaved['checkpoint'], output_dir=out, saved_model_dir=resaved['src'])
   expected = {k: dict(v) for k, v in EXPECTED.items()}
-  expected['encode']['score'] = np.float32([0, -2.5, 7.5, -2.5, 2.5])
+  expected['encode'] = dict(expected['encode'], score=np.float32([0, -2.5, 7.5, -2.5, 2.5]))
   _assert_same(_run_tf1(loaders.load_saved_model(out)), expected)
   _assert_same(run_tf2_signatures(out, FEEDS), expected)
   _assert_same(capi_runner.run_signatures(capi, out, FEEDS), expected)
@@ -189,7 +206,7 @@ def test_a_function_made_table_left_out_is_refused_not_written_empty(resaved, tm
   refused, naming it, instead of being frozen empty."""
   monkeypatch.setattr(tf2, 'tables_from_functions', lambda *args: [])
   output = tmp_path / 'frozen.pb'
-  with pytest.raises(errors.UserError, match=r"read 'inner/(ids|words)' \(StatefulPartitioned"
+  with pytest.raises(errors.UserError, match=r"read 'inner/\w+' \(StatefulPartitioned"
                      r"Call(_\d+)?, op StatefulPartitionedCall\), a resource"):
     freeze.graph_from_saved_model(resaved['src'], str(output))
   assert not output.exists()
