@@ -126,3 +126,23 @@ def test_the_flag_is_shared_and_documented():
     assert '_CHECK = cli_flags.check()' in text, script
   assert optimize_from_pb._CHECK is optimize_from_ckpt._CHECK  # pylint: disable=protected-access
   assert 'too big to load twice' in flags.FLAGS['check'].help
+
+
+def test_a_remote_output_is_checked_from_a_local_copy(vocab_model, tmp_path, monkeypatch):
+  """TensorFlow's C++ loader reads only its own file systems: a remote SavedModel (ram:// here,
+  through the file layer) is copied locally, then checked; a broken one is refused the same."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from freezerlib.export import from_frozen  # pylint: disable=g-import-not-at-top
+  from_frozen.saved_model_from_frozen_graph(vocab_model['frozen'], str(tmp_path / 'good'))
+  _no_main_op(monkeypatch)
+  from_frozen.saved_model_from_frozen_graph(vocab_model['frozen'], str(tmp_path / 'broken'))
+  remote = 'ram://serving_check_%d' % os.getpid()
+  for local in (tmp_path / 'good', tmp_path / 'broken'):
+    for root, _, names in os.walk(local):
+      for name in names:
+        dst = remote + os.path.join(root, name)[len(str(tmp_path)):]
+        tf.io.gfile.makedirs(os.path.dirname(dst))
+        tf.io.gfile.copy(os.path.join(root, name), dst)
+  assert serving_check.check_saved_model(remote + '/good') > 0
+  with pytest.raises(serving_check.ServingCheckFailed, match='Table not initialized'):
+    serving_check.check_saved_model(remote + '/broken')

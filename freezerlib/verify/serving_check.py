@@ -17,16 +17,19 @@ This checks that the model loads and runs; whether it answers as the original is
 optimize_from_pb_test.py's job.
 """
 
+import contextlib
 import ctypes
 import importlib.util
 import math
 import os
 import struct
 import sys
+import tempfile
 import threading
 import time
 
 from freezerlib.core import errors
+from freezerlib.core import files
 from freezerlib.core import graphs
 from freezerlib.core import lean_tf
 from freezerlib.formats import saved_model
@@ -161,11 +164,11 @@ class _Session:
     """
     lib = self._lib
     names = list(feeds)
-    made = [self._tensor(feeds[n]) for n in names]
     fetches = [f for f in dict.fromkeys(fetches) if f not in feeds]
     in_ops = (_Output * max(len(names), 1))(*[self.output(n) for n in names])
-    in_values = (ctypes.c_void_p * max(len(names), 1))(*[t for t, _ in made])
     out_ops = (_Output * max(len(fetches), 1))(*[self.output(n) for n in fetches])
+    made = [self._tensor(feeds[n]) for n in names]
+    in_values = (ctypes.c_void_p * max(len(names), 1))(*[t for t, _ in made])
     out_values = (ctypes.c_void_p * max(len(fetches), 1))()
     try:
       lib.TF_SessionRun(self.session, None, in_ops, in_values, len(names), out_ops, out_values,
@@ -279,11 +282,30 @@ def _feeds(session, signature, examples):
   return feeds
 
 
+@contextlib.contextmanager
+def _local_copy(export_dir):
+  """`export_dir` itself when local; else a local copy of it, made through the file layer
+  (TensorFlow's C++ loader reads only the file systems compiled into it)."""
+  if not files.is_remote(export_dir):
+    yield export_dir
+    return
+  base = export_dir.rstrip('/')
+  with tempfile.TemporaryDirectory(prefix='freezer_serving_check_') as tmp:
+    for root, _, names in files.walk(base):
+      relative = root.rstrip('/')[len(base):].strip('/')
+      for name in names:
+        dst = os.path.join(tmp, relative, name)
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        files.copy(files.join(root, name), dst)
+    yield tmp
+
+
 def check_saved_model(export_dir, tags=None):
   """Loads `export_dir` with TF Serving's loader and runs each of its signatures once.
 
   Args:
-    export_dir: a complete SavedModel (typically still in its temporary directory).
+    export_dir: a complete SavedModel (typically still in its temporary directory); a remote
+      one is copied to a local temporary directory first.
     tags: the MetaGraph's tags; None: those of its first MetaGraph (the scripts write one).
 
   Returns:
@@ -294,7 +316,8 @@ def check_saved_model(export_dir, tags=None):
       with TensorFlow's message in one line.
   """
   try:
-    return _check(export_dir, tags)
+    with _local_copy(export_dir) as local:
+      return _check(local, tags)
   except ServingCheckFailed as e:
     raise ServingCheckFailed(
         'the SavedModel written does not serve: TF Serving\'s loader (TF_LoadSessionFromSavedModel) '
