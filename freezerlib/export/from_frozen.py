@@ -29,6 +29,7 @@ from freezerlib.transforms import grappler as grappler_lib
 from freezerlib.transforms import one_gather
 from freezerlib.transforms import prune
 from freezerlib.transforms import read_only_tables
+from freezerlib.transforms import tables
 
 # Serving graph rewrites (--rewrites), each exact (see its module) and on by default where
 # benchmarks/benchmark.py measured it helps.
@@ -234,6 +235,9 @@ def saved_model_from_frozen_graph(input_graph, output_saved_model_dir=None, outp
                  frozen_graph.checkpoint_dir(output_graph))
   elif output_graph:
     plain = constants_lib.inline(split) if split else result
+    # No C++ loader takes a GraphDef: the serving check's static part (as freezer.py's).
+    tables.check_tables_filled(plain.graph_def, plain.signatures, plain.table_init_op,
+                               where=input_graph)
     frozen_graph.write_graph_def(frozen_graph.frozen_to_graph_def(plain), output_graph,
                                  overwrite)
     logging.info('wrote %s', output_graph)

@@ -5,8 +5,9 @@ Serving and C++ clients use (restore from variables/, then the one init op it pi
 every signature once on generated inputs with `TF_SessionRun`. It calls TensorFlow's C API in
 this process through ctypes, from the `libtensorflow_cc.so.2` the TensorFlow wheel ships (the
 same library the Python package runs on): no compiler, no second process, and a script that has
-not imported TensorFlow's Python API (the checkpoint path) pays only for mapping the library
-(about 0.25 s), not for `import tensorflow` (2 to 3 s).
+not imported TensorFlow's Python API (the checkpoint path) pays for mapping the library, not
+for `import tensorflow` (benchmarks/serving_check_bench.py measures it). A model on a remote
+file system is checked from a local copy.
 
 Inputs are made from the loaded graph's own dtypes and shapes (unknown dimensions 1, the batch
 2): zeros, empty strings, one value per row of a sparse or ragged input. Zeros index any
