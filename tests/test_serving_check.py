@@ -15,7 +15,6 @@ import utils
 from conftest import REPO
 from conftest import assert_one_line_error
 from conftest import run_main_as_process
-from conftest import tf_serving_model
 from freezerlib import freeze
 from freezerlib.formats import saved_model
 from freezerlib.verify import serving_check
@@ -109,15 +108,6 @@ def test_checkpoint_path_refuses_a_model_that_does_not_serve(vocab_model, tmp_pa
   line = assert_one_line_error(proc, 'optimize_from_ckpt.py', 'does not serve', "signature '")
   assert 'nothing was written' in line
   assert not output.exists() and not _leftovers(tmp_path)
-
-
-@pytest.mark.parametrize('name', ['saved_model_half_plus_two_cpu', 'saved_model_half_plus_three',
-                                  'saved_model_half_plus_two_tf2_cpu'])
-def test_tf_serving_models_pass(name):
-  """TF Serving's own test models, tf.Example inputs (half_plus_three's classify and regress)
-  among them, pass the check: generated inputs fit them."""
-  path = tf_serving_model(name)
-  assert serving_check.check_saved_model(path) > 0
 
 
 def test_the_flag_is_shared_and_documented():
