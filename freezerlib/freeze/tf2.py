@@ -21,10 +21,10 @@ Freezing takes the structure from the first view and the values from the second:
 - A table created inside a function (a SavedModel that re-saves resources restored from another
   one: tensorflow-transform's serving models, `tf.saved_model.load` of a model with a table
   saved again) is captured as the output of a top-level StatefulPartitionedCall whose function
-  (through `__inference__creator_*`) makes the table; its initializer (InitializeTableFromText
-  FileV2 in `__inference__initializer_*`) reads an asset file at load. That call becomes the
-  table op itself at the top level, exported and re-filled like any other. A captured resource
-  made by a function that is not a table is refused, naming it.
+  (through `__inference__creator_*`) makes the table; its initializer
+  (InitializeTableFromTextFileV2 in `__inference__initializer_*`) reads an asset file at load.
+  That call becomes the table op itself at the top level, exported and re-filled like any
+  other. A captured resource made by a function that is not a table is refused, naming it.
 - Signature inputs become Placeholders named after their signature keys where the name is free.
 - A signature whose functions write a captured variable or table is refused: write ops are found
   in the library functions, following resource arguments back to the captured node.
