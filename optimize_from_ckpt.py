@@ -24,6 +24,11 @@ itself is never imported: protos and files only, tensor bytes copied between loc
 two workers, each into a data shard of its own (variables.data-0000k-of-00002; the README's
 benchmark has the figures).
 
+Before it says "wrote", the SavedModel written is loaded by TF Serving's C++ loader and each
+signature run once on generated inputs (docs/serving_check.md); a model that does not serve
+is refused and nothing is left. That check maps TensorFlow's C++ library (not its Python API):
+--nocheck skips it.
+
 A TF2 structure (tf.saved_model.save, Keras 3 model.export) takes a tf.train.Checkpoint instead
 (freezerlib/export/from_tf2_checkpoint.py): the model is found in the checkpoint's object graph (`--checkpoint_object`
 names it), its tensors are copied under the structure's keys with the structure's object graph,

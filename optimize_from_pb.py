@@ -13,6 +13,11 @@ and the checkpoint beside it becomes variables/. A sparse input becomes three pl
 KEY/row_splits. --serving_input=examples on a graph that still holds its training reader
 replaces the reader by one input `examples` of serialized tf.Example (see freezer.py).
 
+Before it says "wrote", the SavedModel written is loaded by TF Serving's C++ loader and each
+signature run once on generated inputs (docs/serving_check.md); a model that does not serve is
+refused and nothing is left (--nocheck skips the check). A GraphDef written with
+--output_graph is checked statically: every table its signatures read is filled by its init op.
+
 Example (after freezer.py's example):
   python optimize_from_pb.py --input_graph=/tmp/freezer_demo/frozen.pb \
       --output_saved_model_dir=/tmp/freezer_demo/serving
