@@ -104,6 +104,13 @@ def warmup_inputs(help_text='Inputs of the warmup requests: an .npz file (arrays
   return _shared(flags.DEFINE_list, 'warmup_inputs', [], help_text, False)
 
 
+def check(help_text='Before saying "wrote", load the SavedModel written with TF Serving\'s '
+          'loader (the C++ TF_LoadSessionFromSavedModel, in this process) and run each '
+          'signature once on generated inputs; if it fails, nothing is written and the run '
+          'exits 1 naming the error. --nocheck skips it (for a model too big to load twice).'):
+  return _shared(flags.DEFINE_bool, 'check', True, help_text, False)
+
+
 SERVING_INPUTS = ('placeholders', 'examples')
 
 

@@ -9,6 +9,11 @@ optimize_from_pb.py, needs no other flag. A TF1 SavedModel without signatures is
 the tensors --inputs and --outputs name (one signature, serving_default, which replaces the
 SavedModel's own when it has some).
 
+Tables created inside functions (tensorflow-transform serving models, re-saved SavedModels whose
+tables were initialized from asset vocabularies) are kept like any other (docs/pipeline.md).
+Before writing, every table the signatures read must be filled by `freezer/init_tables`; a
+resource that cannot be frozen is refused, naming it.
+
 A sparse reader output (a coo_sparse input) becomes three placeholders, KEY/indices,
 KEY/values, KEY/dense_shape; a ragged one KEY/values, KEY/row_splits. With
 `--serving_input=examples` the reader becomes one input `examples` of serialized tf.Example,

@@ -24,6 +24,11 @@ itself is never imported: protos and files only, tensor bytes copied between loc
 two workers, each into a data shard of its own (variables.data-0000k-of-00002;
 benchmarks/README.md has the figures).
 
+Before it says "wrote", the SavedModel written is loaded by TF Serving's C++ loader and each
+signature run once on generated inputs (docs/serving_check.md); a model that does not serve
+is refused and nothing is left. That check maps TensorFlow's C++ library (not its Python API):
+--nocheck skips it.
+
 A TF2 structure (tf.saved_model.save, Keras 3 model.export) takes a tf.train.Checkpoint instead
 (freezerlib/export/from_tf2_checkpoint.py): the model is found in the checkpoint's object graph
 (`--checkpoint_object` names it), its tensors are copied under the structure's keys with the
@@ -60,6 +65,7 @@ _SERVING_INPUT = cli_flags.serving_input()
 _VERSION = cli_flags.version()
 _WARMUP = cli_flags.warmup()
 _WARMUP_INPUTS = cli_flags.warmup_inputs()
+_CHECK = cli_flags.check()
 _CHECKPOINT = flags.DEFINE_string(
     'checkpoint', None, '(required) Training checkpoint: a prefix (model.ckpt-1000) or the '
     'directory holding its `checkpoint` state file (the newest is used).')
@@ -108,7 +114,8 @@ def main(argv):
         inputs=_INPUTS.value, outputs=_OUTPUTS.value, prune_tensors=_PRUNE.value,
         chunk_bytes=_CHUNK_MB.value << 20, overwrite=_OVERWRITE.value, allow_ops=_ALLOW_OPS.value,
         checkpoint_object=_CHECKPOINT_OBJECT.value, version=version,
-        finalize=utils.warmup_writer(_WARMUP.value, _WARMUP_INPUTS.value),
+        finalize=utils.serving_checker(utils.warmup_writer(_WARMUP.value, _WARMUP_INPUTS.value),
+                                       _CHECK.value),
         serving_input=_SERVING_INPUT.value, verify_checksums=_VERIFY.value)
     logging.info('wrote SavedModel %s: %d of %d checkpoint tensors, %s of %s (%.1f%%), in %.1f s',
                  report.path, report.tensors_exported,

@@ -13,6 +13,11 @@ and the checkpoint beside it becomes variables/. A sparse input becomes three pl
 KEY/row_splits. --serving_input=examples on a graph that still holds its training reader
 replaces the reader by one input `examples` of serialized tf.Example (see freezer.py).
 
+Before it says "wrote", the SavedModel written is loaded by TF Serving's C++ loader and each
+signature run once on generated inputs (docs/serving_check.md); a model that does not serve is
+refused and nothing is left (--nocheck skips the check). A GraphDef written with
+--output_graph is checked statically: every table its signatures read is filled by its init op.
+
 Example (after freezer.py's example):
   python optimize_from_pb.py --input_graph=/tmp/freezer_demo/frozen.pb \
       --output_saved_model_dir=/tmp/freezer_demo/serving
@@ -47,6 +52,7 @@ _SERVING_INPUT = cli_flags.serving_input(
 _VERSION = cli_flags.version()
 _WARMUP = cli_flags.warmup()
 _WARMUP_INPUTS = cli_flags.warmup_inputs()
+_CHECK = cli_flags.check()
 _OPTIMIZE = flags.DEFINE_bool(
     'optimize', True, 'Run Grappler passes (pruning, constant folding, arithmetic, dependency, '
     'function inlining) after the cut.')
@@ -89,7 +95,8 @@ def main(argv):
         _OUTPUTS.value, _INIT_OP.value, _TAGS.value, _OPTIMIZE.value,
         flags.FLAGS.log_dir or None, _OVERWRITE.value, _ALLOW_OPS.value, threshold,
         signature_names=_SIGNATURE_DEF.value, version=version,
-        finalize=utils.warmup_writer(_WARMUP.value, _WARMUP_INPUTS.value),
+        finalize=utils.serving_checker(utils.warmup_writer(_WARMUP.value, _WARMUP_INPUTS.value),
+                                       _CHECK.value),
         serving_input=_SERVING_INPUT.value,
         rewrites=[r for r in _REWRITES.value if r != 'none'])
 

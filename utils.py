@@ -211,6 +211,25 @@ def warmup_writer(count, input_files, seed=0):
   return finalize
 
 
+def serving_checker(finalize, check):
+  """The `finalize` callback that runs `finalize` (warmup requests, or None), then, if `check`,
+  the serving check on the SavedModel before it moves into place (--check): a model TF
+  Serving's loader cannot load or run is never put in place."""
+  if not check:
+    logging.info('--nocheck: the SavedModel written is not loaded to check that it serves')
+    return finalize
+
+  def checked(saved_model_dir):
+    if finalize is not None:
+      finalize(saved_model_dir)
+    from freezerlib.verify import serving_check
+    seconds = serving_check.check_saved_model(saved_model_dir)
+    logging.info('serving check: TF Serving\'s loader loaded the SavedModel and ran each '
+                 'signature in %.2f s (--nocheck skips it)', seconds)
+
+  return checked
+
+
 def log_default(flag_name, value):
   """Logs the default chosen for a flag the user left unset."""
   logging.info("'--%s' not given, using %s", flag_name, value)

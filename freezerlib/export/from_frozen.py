@@ -28,6 +28,7 @@ from freezerlib.transforms import example_front
 from freezerlib.transforms import grappler as grappler_lib
 from freezerlib.transforms import prune
 from freezerlib.transforms import rewrites as rewrites_lib
+from freezerlib.transforms import tables
 
 
 def frozen_from_file(path, inputs=(), outputs=(), init_op=None, tags=('serve',),
@@ -217,6 +218,9 @@ def saved_model_from_frozen_graph(input_graph, output_saved_model_dir=None, outp
                  frozen_graph.checkpoint_dir(output_graph))
   elif output_graph:
     plain = constants_lib.inline(split) if split else result
+    # No C++ loader takes a GraphDef: the serving check's static part (as freezer.py's).
+    tables.check_tables_filled(plain.graph_def, plain.signatures, plain.table_init_op,
+                               where=input_graph)
     frozen_graph.write_graph_def(frozen_graph.frozen_to_graph_def(plain), output_graph,
                                  overwrite)
     logging.info('wrote %s', output_graph)
