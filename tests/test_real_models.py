@@ -17,6 +17,8 @@ import pytest
 import tensorflow as tf
 
 import capi_runner
+from conftest import run_main_as_process
+from conftest import run_script
 from freezerlib import freeze
 from freezerlib.export import from_checkpoint
 from freezerlib.export import from_frozen
@@ -24,6 +26,7 @@ from freezerlib.formats import saved_model
 from freezerlib.verify import compare
 from freezerlib.verify import inputs
 from freezerlib.verify import loaders
+import optimize_from_pb_test
 import real_models
 
 tf1 = tf.compat.v1
@@ -268,12 +271,18 @@ def ctr(tmp_path_factory):
   return real_models.feature_column_ctr(str(tmp_path_factory.mktemp('ctr')))
 
 
-def test_feature_column_ctr_compares_with_generated_inputs(ctr, tmp_path):
+@pytest.fixture(scope='module')
+def ctr_redumped(ctr, tmp_path_factory):
+  """(frozen .pb, serving SavedModel) of the reader-fed CTR model."""
+  return _freeze_and_redump(ctr['reader_fed'], str(tmp_path_factory.mktemp('ctr_redump')))
+
+
+def test_feature_column_ctr_compares_with_generated_inputs(ctr, ctr_redumped):
   """optimize_from_pb_test.py's generated inputs fit the columns: identity ids inside their
   buckets (past them, the partitioned embedding's partition index fails), a weighted
   column's ids and weights with the same indices; the reference answers and the re-dumped
   model is found equal."""
-  _, serving = _freeze_and_redump(ctr['reader_fed'], str(tmp_path))
+  _, serving = ctr_redumped
   reference = loaders.load_saved_model(ctr['reader_fed'])
   feeds = inputs.InputMaker(reference, seed=3).make('serving_default', 64)
   for key, buckets in (('user_id', real_models.CTR_USERS), ('item_id', real_models.CTR_ITEMS),
@@ -288,6 +297,36 @@ def test_feature_column_ctr_compares_with_generated_inputs(ctr, tmp_path):
   assert passed and len(results) == 2, results
   passed, results = _check(reference, new, inputs=ctr['data'])
   assert passed and len(results) == 2, results
+
+
+def _assert_script_passed(proc, outputs):
+  """optimize_from_pb_test.py exited 0 with every output PASSED and the PASSED line."""
+  assert proc.returncode == 0, (proc.returncode, proc.stdout[-2000:], proc.stderr[-2000:])
+  lines = proc.stdout.splitlines()
+  assert not [l for l in lines if 'FAILED' in l], proc.stdout
+  assert len([l for l in lines if l.rstrip().endswith('PASSED')]) == outputs, proc.stdout
+  assert lines[-1].startswith('PASSED | %d outputs of 1 signatures match' % outputs), lines[-1]
+
+
+def test_optimize_from_pb_test_script_checks_feature_column_ctr(ctr, ctr_redumped):
+  """The README's step 4, the script itself without --inputs, on the re-dumped CTR model:
+  the reference answers its generated inputs (before, exit 3: ids past a partitioned identity
+  column, a weighted column's ids and weights of different sparsity) and both outputs pass.
+  Latency is not timed (--batch_sizes=0): it checks nothing."""
+  _, serving = ctr_redumped
+  proc = run_script('optimize_from_pb_test.py', '--saved_model_dir=%s' % serving,
+                    '--reference_saved_model_dir=%s' % ctr['reader_fed'], '--batch_sizes=0')
+  _assert_script_passed(proc, 2)
+
+
+def test_optimize_from_pb_test_checks_reader_fed_census(census, reader_fed_redumped, capsys):
+  """The same command on the re-dumped census model (its sparse inputs generated), in-process
+  (run_main_as_process: no second TensorFlow start-up)."""
+  _, serving = reader_fed_redumped
+  proc = run_main_as_process(optimize_from_pb_test, [
+      '--saved_model_dir=%s' % serving, '--reference_saved_model_dir=%s' % census['reader_fed'],
+      '--batch_sizes=0'], capsys)
+  _assert_script_passed(proc, 4)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -14,15 +14,19 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import capi_runner
 import conftest
 from conftest import REPO
 from conftest import assert_one_line_error
 from conftest import run_script
 from conftest import tree_digest
+from freezerlib import freeze
 from freezerlib.core import errors
 from freezerlib.export import from_checkpoint
+from freezerlib.export import from_frozen
 from freezerlib.export import from_tf2_checkpoint
 from freezerlib.formats import checkpoint_index
+from freezerlib.verify import loaders
 
 ATOL = 1e-6
 ROWS = 50  # embedding rows; ids beyond them, and ids training never saw, are fed too
@@ -374,6 +378,41 @@ def test_tf_keras_output_keeps_no_training_function(tf_keras_case, tmp_path):
   got = loaded.signatures['serving_default'](
       **{k: tf.constant(v) for k, v in tf_keras_case['feeds'].items()})['ctr']
   np.testing.assert_allclose(got.numpy(), tf_keras_case['expected'], atol=ATOL, rtol=0)
+
+
+def test_tf_keras_saved_model_table_becomes_read_only_on_the_freeze_path(tf_keras_case, tmp_path,
+                                                                       capi):
+  """The freeze path on the same model's SavedModel (here, where the model is built already):
+  ItemCounts' MutableHashTable, read inside the layer's function, becomes a dense table
+  (read_only_tables, which inlines the calls first); every answer is bit for bit the SavedModel's
+  under tf.saved_model.load, through both loaders and the C API, unseen items and users and the
+  keys the dense table reserves included."""
+  frozen, out = str(tmp_path / 'frozen.pb'), str(tmp_path / 'serving')
+  freeze.graph_from_saved_model(tf_keras_case['structure'], frozen)
+  # The table holds 40 keys (480 bytes): rewritten from 256 bytes of contents on.
+  from_frozen.saved_model_from_frozen_graph(frozen, out, constants_as_variables=256)
+  graph_def = conftest.meta_graph_of(out).graph_def
+  ops = [n.op for n in graph_def.node] + [n.op for f in graph_def.library.function
+                                          for n in f.node_def]
+  assert 'MutableDenseHashTableV2' in ops and 'MutableHashTableV2' not in ops
+  feeds = {k: np.array(v) for k, v in tf_keras_case['feeds'].items()}
+  least = np.iinfo(np.int64).min
+  feeds['item'][:3, 0] = [least, least + 1, least + 2]
+  feeds = {'serving_default': feeds}
+  want = conftest.run_tf2_signatures(tf_keras_case['structure'], feeds)['serving_default']
+  model = loaders.load_saved_model(out)
+  try:
+    tf1 = model.run('serving_default', feeds['serving_default'])
+  finally:
+    model.close()
+  got = {'tf.saved_model.load': conftest.run_tf2_signatures(out, feeds)['serving_default'],
+         'TF1 loader': tf1,
+         'C API': capi_runner.run_signatures(capi, out, feeds)['serving_default']}
+  for loader, answers in got.items():
+    assert sorted(answers) == ['ctr'], loader
+    assert answers['ctr'].dtype == want['ctr'].dtype, loader
+    np.testing.assert_array_equal(answers['ctr'], want['ctr'], err_msg=loader)
+  assert len(np.unique(want['ctr'])) > 20
 
 
 def test_tf_keras_model_with_its_own_variables_is_not_ambiguous(tmp_path, capi):

@@ -37,6 +37,12 @@ Tables that anything else reads or writes (an insert, a remove, a size, an expor
 is not an import from Consts, whose vector lookups take a default that is not a Const, whose
 key and value types the table does not implement, or that hold no key, are left as they are.
 Dense hash tables of the model itself are left too: they already are one array each.
+
+A graph frozen from a TF2 SavedModel (a Keras model, a tf.Module) reads its tables inside the
+library functions its signatures call: the table's only reader at the top level is a
+StatefulPartitionedCall. The calls that take a table this rewrite could apply to are inlined
+first (transforms.inline_calls; Grappler would inline them later anyway), so its lookups are
+seen and rewritten as a TF1 graph's are.
 """
 
 import dataclasses
@@ -48,6 +54,7 @@ from freezerlib.core import lean_tf
 from freezerlib.core import units
 from freezerlib.core.lean_tf import numpy as np
 from freezerlib.core.lean_tf import tensorflow as tf
+from freezerlib.transforms import inline_calls
 
 _MUTABLE = {'MutableHashTableV2': False, 'MutableHashTableOfTensorsV2': True}  # -> of vectors
 _FIND = 'LookupTableFindV2'
@@ -252,6 +259,12 @@ def rewrite(graph_def, init_op, min_bytes=0, keep=(), form='auto'):
   """
   if not init_op:
     return []
+  inlined = inline_calls.inline_calls_taking(graph_def,
+                                             _tables_read_in_functions(graph_def, init_op,
+                                                                       min_bytes))
+  if inlined:
+    logging.info('inlined %d function calls that take tables (%s) to see their lookups',
+                 len(inlined), ', '.join(inlined))
   nodes = {n.name: n for n in graph_def.node}
   consumers = {}
   for node in graph_def.node:
@@ -345,6 +358,24 @@ def rewrite(graph_def, init_op, min_bytes=0, keep=(), form='auto'):
   graph_def.node.extend(added)
   graphs.remove_unused(graph_def, dead, keep)
   return done
+
+
+def _tables_read_in_functions(graph_def, init_op, min_bytes):
+  """Names of the mutable tables `init_op` fills from Consts of at least `min_bytes` that a
+  function call takes: those whose lookups are inside functions."""
+  nodes = {n.name: n for n in graph_def.node}
+  fills = {graphs.node_name(i) for i in nodes[init_op].input if i.startswith('^')}
+  filled, called = set(), set()
+  for node in graph_def.node:
+    inputs = graphs.data_inputs(node)
+    if node.op == _FILL and node.name in fills and len(inputs) == 3:
+      contents = [nodes.get(graphs.node_name(i)) for i in inputs[1:]]
+      if all(c is not None and c.op == 'Const' for c in contents) and sum(
+          lean_tf.tensor_nbytes(c.attr['value'].tensor) for c in contents) >= min_bytes:
+        filled.add(graphs.node_name(inputs[0]))
+    elif node.op in inline_calls.CALL_OPS:
+      called.update(graphs.node_name(i) for i in inputs)
+  return {t for t in filled & called if nodes.get(t) is not None and nodes[t].op in _MUTABLE}
 
 
 def _to_rows(table, values, finds, guarded, flat, defaults, row_type, taken, added):

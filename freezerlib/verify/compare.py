@@ -206,8 +206,9 @@ def feeds_for(reference, keys, inputs=None, num_examples=64, seed=0):
 
 
 def check(reference, new, signature_names=(), inputs=None, num_examples=64, seed=0,
-          atol=1e-6, rtol=1e-6, batch_sizes=(1, 256), latency_runs=50, out=sys.stdout):
-  """Compares two loaded models and prints the report to `out`.
+          atol=1e-6, rtol=1e-6, batch_sizes=(1, 256), latency_runs=50, out=None):
+  """Compares two loaded models and prints the report to `out` (sys.stdout as it is when
+  called, when None).
 
   Returns:
     (all outputs passed, list of OutputResult).
@@ -216,6 +217,7 @@ def check(reference, new, signature_names=(), inputs=None, num_examples=64, seed
     errors.UserError: bad inputs, or signatures missing from a model.
   """
   start = time.perf_counter()
+  out = sys.stdout if out is None else out
   keys = common_signatures(reference, new, signature_names)
   feeds = feeds_for(reference, keys, inputs, num_examples, seed)
   results = compare(reference, new, feeds, atol, rtol)
@@ -267,7 +269,7 @@ def check(reference, new, signature_names=(), inputs=None, num_examples=64, seed
 
 def compare_models(new_saved_model_dir, new_graph, reference_dir, tags=('serve',),
                    signature_names=(), inputs=None, num_examples=64, seed=0, atol=1e-6,
-                   rtol=1e-6, batch_sizes=(1, 256), latency_runs=50, out=sys.stdout):
+                   rtol=1e-6, batch_sizes=(1, 256), latency_runs=50, out=None):
   """Step 4 in one call: loads both models as their servers do and prints the comparison.
 
   Args:
