@@ -1,0 +1,177 @@
+"""S3 (and S3-compatible stores: MinIO, Ceph RGW), GCS and HDFS through pyarrow.fs.
+
+TensorFlow 2.21 has no `s3://` and no `hdfs://` file system, and its `gs://` one has its endpoint
+compiled in, so these schemes go to pyarrow's file systems (C++: ranged reads run without the
+interpreter lock). pyarrow is imported on the first remote path only: a local run never loads it.
+
+Each store is configured from its ecosystem's usual environment variables, read when the store
+is first used:
+- S3: AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL (e.g. http://127.0.0.1:9000 for MinIO or a Ceph
+  RGW; the scheme picks http or https), AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY (else the AWS
+  SDK's own chain: ~/.aws, instance metadata), AWS_REGION or AWS_DEFAULT_REGION.
+- GCS: STORAGE_EMULATOR_HOST (an emulator such as fake-gcs-server: anonymous access) or
+  CLOUD_STORAGE_EMULATOR_ENDPOINT; otherwise Google's default credentials.
+- HDFS: pyarrow's HadoopFileSystem, which needs a Java runtime (JAVA_HOME), libhdfs
+  (ARROW_LIBHDFS_DIR or HADOOP_HOME) and CLASSPATH (`hadoop classpath --glob`).
+
+Retries are bounded so that a store that cannot answer fails in seconds: S3 makes at most
+FREEZER_STORAGE_ATTEMPTS attempts (default 3, AwsStandardS3RetryStrategy) with a 5 s connect
+timeout; GCS retries transient errors for at most FREEZER_STORAGE_RETRY_SECONDS (default 5).
+
+Errors become one line naming the path and the cause (`describe`).
+"""
+
+import os
+import re
+import threading
+
+SCHEMES = ('s3', 'gs', 'hdfs', 'viewfs')
+
+_CACHE = {}
+_LOCK = threading.Lock()
+
+
+def handles(path):
+  """Whether `path` goes to pyarrow (s3://, gs://, hdfs://, viewfs://)."""
+  return path.split('://', 1)[0] in SCHEMES if '://' in path else False
+
+
+def _endpoint(url):
+  """(scheme, host[:port]) of an endpoint URL; 'https' when it names none."""
+  url = url.strip().rstrip('/')
+  if '://' in url:
+    scheme, host = url.split('://', 1)
+    return scheme, host
+  return 'https', url
+
+
+def _attempts():
+  return max(1, int(os.environ.get('FREEZER_STORAGE_ATTEMPTS', '3')))
+
+
+def _s3():
+  from pyarrow import fs  # pylint: disable=g-import-not-at-top  # remote paths only
+  kwargs = dict(connect_timeout=5,
+                retry_strategy=fs.AwsStandardS3RetryStrategy(max_attempts=_attempts()))
+  endpoint = os.environ.get('AWS_ENDPOINT_URL_S3') or os.environ.get('AWS_ENDPOINT_URL')
+  if endpoint:
+    kwargs['scheme'], kwargs['endpoint_override'] = _endpoint(endpoint)
+  key, secret = os.environ.get('AWS_ACCESS_KEY_ID'), os.environ.get('AWS_SECRET_ACCESS_KEY')
+  if key and secret:
+    kwargs['access_key'], kwargs['secret_key'] = key, secret
+    if os.environ.get('AWS_SESSION_TOKEN'):
+      kwargs['session_token'] = os.environ['AWS_SESSION_TOKEN']
+  region = os.environ.get('AWS_REGION') or os.environ.get('AWS_DEFAULT_REGION')
+  if region:
+    kwargs['region'] = region
+  elif endpoint:
+    kwargs['region'] = 'us-east-1'  # S3-compatible stores: any region signs (no AWS lookup)
+  return fs.S3FileSystem(**kwargs)
+
+
+def _gcs():
+  import datetime  # pylint: disable=g-import-not-at-top
+  from pyarrow import fs  # pylint: disable=g-import-not-at-top  # remote paths only
+  seconds = float(os.environ.get('FREEZER_STORAGE_RETRY_SECONDS', '5'))
+  kwargs = dict(retry_time_limit=datetime.timedelta(seconds=seconds))
+  emulator = (os.environ.get('STORAGE_EMULATOR_HOST') or
+              os.environ.get('CLOUD_STORAGE_EMULATOR_ENDPOINT'))
+  if emulator:
+    kwargs['scheme'], kwargs['endpoint_override'] = _endpoint(
+        emulator if '://' in emulator else 'http://' + emulator)
+    kwargs['anonymous'] = True
+  return fs.GcsFileSystem(**kwargs)
+
+
+def _hdfs(scheme, netloc):
+  from pyarrow import fs  # pylint: disable=g-import-not-at-top  # remote paths only
+  host, _, port = netloc.partition(':')
+  host = '%s://%s' % (scheme, host) if host else 'default'
+  try:
+    return fs.HadoopFileSystem(host, int(port) if port else (8020 if netloc else 0))
+  except OSError as e:
+    text = str(e)
+    if 'libjvm' in text:
+      missing = 'no Java runtime found (libjvm: set JAVA_HOME)'
+    elif 'libhdfs' in text:
+      missing = 'libhdfs not found (set ARROW_LIBHDFS_DIR or HADOOP_HOME)'
+    else:
+      missing = first_line(text)
+    raise OSError('%s://%s needs a Hadoop client on this machine: %s; CLASSPATH must hold the '
+                  "output of `hadoop classpath --glob`" % (scheme, netloc, missing)) from e
+
+
+def filesystem(path):
+  """(pyarrow FileSystem, the path inside it) for an s3://, gs:// or hdfs:// path.
+
+  Raises:
+    OSError: the file system cannot be set up (no Hadoop client, bad configuration).
+  """
+  scheme, rest = path.split('://', 1)
+  if scheme == 's3':
+    key, make, inner = ('s3',), _s3, rest.strip('/')
+  elif scheme == 'gs':
+    key, make, inner = ('gs',), _gcs, rest.strip('/')
+  else:
+    netloc, _, inner = rest.partition('/')
+    key, make, inner = (scheme, netloc), lambda: _hdfs(scheme, netloc), '/' + inner.strip('/')
+  with _LOCK:
+    store = _CACHE.get(key)
+    if store is None:
+      store = _CACHE[key] = make()
+  return store, inner
+
+
+def reset():
+  """Forgets the stores made so far, so the next use reads the environment again (tests)."""
+  with _LOCK:
+    _CACHE.clear()
+
+
+def first_line(text):
+  lines = [l.strip() for l in str(text).strip().splitlines() if l.strip()]
+  return lines[0] if lines else ''
+
+
+_AWS = re.compile(r'AWS Error (\w+) during (\w+) operation: ?(.*?)(?: \(Request ID.*)?$')
+_GOOGLE = re.compile(r'Status\((\w+): (?:.*?last message of )?(.*?)(?: error_info=.*)?\)?$')
+
+
+def describe(e, path=''):
+  """The cause of pyarrow's error `e` on `path`, in a few words (one line)."""
+  text = first_line(e)
+  if isinstance(e, FileNotFoundError):
+    return 'no such file or directory'
+  if 'Could not connect' in text or 'Couldn\'t connect' in text or 'CURL error [7]' in text \
+      or 'Could not resolve' in text or 'curlCode: 6' in text:
+    return 'cannot reach the endpoint %s (connection refused or host unknown)' % _endpoint_of(path)
+  if 'Timeout' in text or 'timed out' in text or 'curlCode: 28' in text:
+    return 'the endpoint %s did not answer in time' % _endpoint_of(path)
+  match = _AWS.search(text)
+  if match:
+    code, message = match.group(1), match.group(3).strip()
+    if code == 'NO_SUCH_BUCKET' or 'bucket does not exist' in message:
+      return 'the bucket does not exist'
+    if code in ('ACCESS_DENIED', 'INVALID_ACCESS_KEY_ID', 'SIGNATURE_DOES_NOT_MATCH',
+                'UNRECOGNIZED_CLIENT', 'INVALID_CLIENT_TOKEN_ID') or 'Forbidden' in message:
+      return ('access denied (%s): check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY'
+              % code.lower())
+    return '%s (%s)' % (message or code.lower(), code.lower())
+  if 'Bucket' in text and 'not found' in text:
+    return 'the bucket does not exist'
+  match = _GOOGLE.search(text)
+  if match:
+    code, message = match.group(1), match.group(2).strip()
+    if code in ('PERMISSION_DENIED', 'UNAUTHENTICATED'):
+      return 'access denied (%s): check the Google credentials' % code.lower()
+    return '%s (%s)' % (message, code.lower())
+  return text
+
+
+def _endpoint_of(path):
+  names = (('STORAGE_EMULATOR_HOST', 'CLOUD_STORAGE_EMULATOR_ENDPOINT') if path.startswith('gs:')
+           else ('AWS_ENDPOINT_URL_S3', 'AWS_ENDPOINT_URL'))
+  for name in names:
+    if os.environ.get(name):
+      return os.environ[name]
+  return 'of the store'
