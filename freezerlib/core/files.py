@@ -357,6 +357,24 @@ def open_file(path, mode='rb'):
   return open(path, mode)  # pylint: disable=unspecified-encoding
 
 
+def glob(pattern):
+  """The paths matching `pattern` (wildcards in its last component on an object store), sorted."""
+  if is_object_store(pattern):
+    import fnmatch  # pylint: disable=g-import-not-at-top
+    parent, name = parent_dir(pattern), basename(pattern)
+    if not any(c in parent for c in '*?['):
+      try:
+        names = listdir(parent)
+      except FileNotFoundError:
+        return []
+      return sorted(join(parent, n) for n in names if fnmatch.fnmatchcase(n, name))
+    raise FileError('%s: wildcards only in the last component on an object store' % pattern)
+  if is_remote(pattern):
+    return sorted(_remote(_file_io().get_matching_files_v2, pattern))
+  import glob as glob_lib  # pylint: disable=g-import-not-at-top
+  return sorted(glob_lib.glob(pattern))
+
+
 def read(path):
   with open_file(path, 'rb') as f:
     return f.read()
@@ -392,6 +410,18 @@ def copy(src, dst, overwrite=False):
     raise FileExistsError('%s exists' % dst)
   with open(src, 'rb') as s, open(dst, 'wb') as d:
     copy_range(s, 0, d, os.fstat(s.fileno()).st_size)
+
+
+def link_or_copy(src, dst):
+  """Makes `dst` a hard link of `src` where both are on one local file system (it costs
+  nothing and neither file is written again), else a copy of it (replacing `dst`)."""
+  if not is_remote(src) and not is_remote(dst):
+    try:
+      os.link(src, dst)
+      return
+    except OSError:
+      pass
+  copy(src, dst, overwrite=True)
 
 
 def copy_tree(src, dst, last=()):

@@ -182,7 +182,8 @@ def load_saved_model(export_dir, tags=('serve',)):
   session = tf1.Session(graph=graph)
   start = time.perf_counter()
   try:
-    tf1.saved_model.loader.load(session, list(tags), export_dir, clear_devices=True)
+    with files.local_copy(export_dir) as local_dir:  # staged from an object store
+      tf1.saved_model.loader.load(session, list(tags), local_dir, clear_devices=True)
   except (tf.errors.OpError, ValueError, RuntimeError, KeyError) as e:
     session.close()
     raise errors.UserError('cannot load SavedModel %s: %s'
