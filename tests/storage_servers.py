@@ -63,11 +63,13 @@ def _bin(name):
   return str(path) if path.exists() else shutil.which(name)
 
 
-def start_moto(buckets=()):
-  """moto's S3 server (moto[server]) with `buckets` made."""
+def start_moto(buckets=(), authenticate=False):
+  """moto's S3 server (moto[server]) with `buckets` made; with `authenticate`, one that checks
+  credentials (moto's INITIAL_NO_AUTH_ACTION_COUNT=0: only keys made through its IAM pass)."""
   port = free_port()
+  env = dict(os.environ, INITIAL_NO_AUTH_ACTION_COUNT='0') if authenticate else None
   proc = subprocess.Popen([_bin('moto_server'), '-H', '127.0.0.1', '-p', str(port)],
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
   endpoint = 'http://127.0.0.1:%d' % port
   _wait(endpoint + '/moto-api/', proc, 'moto_server')
   for bucket in buckets:

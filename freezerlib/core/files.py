@@ -452,6 +452,16 @@ def scratch_dir(what='scratch'):
   return tempfile.mkdtemp(prefix='%s%s-' % (_SCRATCH_PREFIX, what))
 
 
+@contextlib.contextmanager
+def scratch(what='scratch'):
+  """A new local scratch directory (scratch_dir), removed after the block whatever happens."""
+  path = scratch_dir(what)
+  try:
+    yield path
+  finally:
+    shutil.rmtree(path, ignore_errors=True)
+
+
 def remove_stale_scratch():
   """Removes the scratch directories of killed runs (their process gone) from the temp dir."""
   root = tempfile.gettempdir()
