@@ -22,7 +22,6 @@ Errors become one line naming the path and the cause (`describe`).
 """
 
 import os
-import re
 import threading
 
 SCHEMES = ('s3', 'gs', 'hdfs', 'viewfs')
@@ -133,12 +132,16 @@ def first_line(text):
   return lines[0] if lines else ''
 
 
-_AWS = re.compile(r'AWS Error (\w+) during (\w+) operation: ?(.*?)(?: \(Request ID.*)?$')
-_GOOGLE = re.compile(r'Status\((\w+): (?:.*?last message of )?(.*?)(?: error_info=.*)?\)?$')
+# pyarrow's messages: "... AWS Error CODE during OPERATION operation: MESSAGE (Request ID...)",
+# "google::cloud::Status(CODE: ... last message of MESSAGE error_info=...)". Compiled on the
+# first error: local runs import this module too.
+_AWS = r'AWS Error (\w+) during (\w+) operation: ?(.*?)(?: \(Request ID.*)?$'
+_GOOGLE = r'Status\((\w+): (?:.*?last message of )?(.*?)(?: error_info=.*)?\)?$'
 
 
 def describe(e, path=''):
   """The cause of pyarrow's error `e` on `path`, in a few words (one line)."""
+  import re  # pylint: disable=g-import-not-at-top  # errors only
   text = first_line(e)
   if isinstance(e, FileNotFoundError):
     return 'no such file or directory'
@@ -147,7 +150,7 @@ def describe(e, path=''):
     return 'cannot reach the endpoint %s (connection refused or host unknown)' % _endpoint_of(path)
   if 'Timeout' in text or 'timed out' in text or 'curlCode: 28' in text:
     return 'the endpoint %s did not answer in time' % _endpoint_of(path)
-  match = _AWS.search(text)
+  match = re.search(_AWS, text)
   if match:
     code, message = match.group(1), match.group(3).strip()
     if code == 'NO_SUCH_BUCKET' or 'bucket does not exist' in message:
@@ -159,7 +162,7 @@ def describe(e, path=''):
     return '%s (%s)' % (message or code.lower(), code.lower())
   if 'Bucket' in text and 'not found' in text:
     return 'the bucket does not exist'
-  match = _GOOGLE.search(text)
+  match = re.search(_GOOGLE, text)
   if match:
     code, message = match.group(1), match.group(2).strip()
     if code in ('PERMISSION_DENIED', 'UNAUTHENTICATED'):
