@@ -28,20 +28,20 @@ sys.path.insert(0, os.path.join(REPO, 'tests'))
 
 
 def build_checkpoint(directory, embedding_mb, partitions=4, dim=64):
-  """A checkpoint: `partitions` embedding parts of EMBEDDING_MB in all, each with Adam slots."""
+  """A checkpoint: `partitions` embedding parts of EMBEDDING_MB in all, each with Adam slots.
+  Run in a child process (--build): TensorFlow's memory is not the parent's."""
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-  import numpy as np  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   tf1 = tf.compat.v1
   rows = (embedding_mb << 20) // (4 * dim * partitions)
   graph = tf.Graph()
   with graph.as_default():
+    tf1.set_random_seed(0)
     variables = []
-    rng = np.random.default_rng(0)
     for k in range(partitions):
       for suffix in ('', '/Adam', '/Adam_1'):
-        value = rng.standard_normal((rows, dim), dtype=np.float32)
-        variables.append(tf1.Variable(value, name='emb/part_%d%s' % (k, suffix)))
+        variables.append(tf1.get_variable('emb/part_%d%s' % (k, suffix), (rows, dim),
+                                          initializer=tf1.random_normal_initializer()))
     variables.append(tf1.Variable(7, dtype=tf.int64, name='global_step'))
     saver = tf1.train.Saver(variables)
     with tf1.Session() as session:
@@ -140,16 +140,22 @@ def main():
   parser.add_argument('--repeats', type=int, default=3)
   parser.add_argument('--modes', default='download,ckpt_path,fsspec')
   parser.add_argument('--child', nargs=2, help=argparse.SUPPRESS)
+  parser.add_argument('--build', help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.child:
     child(*args.child)
+    return
+  if args.build:
+    print(build_checkpoint(args.build, args.embedding_mb))
     return
   import storage_servers  # pylint: disable=g-import-not-at-top
   work = tempfile.mkdtemp(prefix='remote_bench_')
   server = storage_servers.start_fake_gcs(['bench'])
   try:
     os.environ.update(server.env)
-    prefix = build_checkpoint(work, args.embedding_mb)
+    prefix = subprocess.run([sys.executable, __file__, '--build', work, '--embedding_mb',
+                             str(args.embedding_mb)], capture_output=True, text=True,
+                            check=True).stdout.split()[-1]
     from freezerlib.core import files  # pylint: disable=g-import-not-at-top
     remote = 'gs://bench/ckpt'
     files.copy_tree(work, remote)

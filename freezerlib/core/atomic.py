@@ -22,7 +22,6 @@ import contextlib
 import dataclasses
 import errno
 import os
-import shutil
 import signal
 import socket
 
@@ -84,7 +83,7 @@ def _signals_held():
 
 def _temp_sibling(path):
   if files.is_object_store(path):  # written locally, uploaded when complete
-    return os.path.join(files.scratch_dir('output'), files.basename(path))
+    return files.join(files.scratch_dir('output'), files.basename(path))
   # A dot-name beside the target: the same filesystem (so rename is atomic where the filesystem
   # makes it so), and hidden from the model loaders that list the parent directory. Host and
   # pid in the name let a later run tell debris of a killed run from a run still going.
@@ -185,7 +184,14 @@ def _upload_tree(src, dst):
   """Copies directory `src` to object store `dst` under a marker (module docstring)."""
   marker = files.join(dst, '%s%s-%d' % (_MARKER, _HOST, os.getpid()))
   files.write(marker, b'')
-  files.copy_tree(src, dst, last=_COMMIT_FILES)
+  try:
+    files.copy_tree(src, dst, last=_COMMIT_FILES)
+  except BaseException:
+    try:  # what this run uploaded, marker included: nothing half-written stays
+      files.rmtree(dst)
+    except OSError:
+      pass  # the marker stays: the next run removes the rest
+    raise
   files.remove(marker)
 
 
@@ -281,9 +287,9 @@ def _written(tmp, where, commit):
   finally:
     if files.exists(tmp):
       _remove(tmp)
-    scratch = os.path.dirname(tmp) if not files.is_remote(tmp) else ''
-    if os.path.basename(scratch).startswith('freezer-scratch-'):
-      shutil.rmtree(scratch, ignore_errors=True)
+    scratch = files.parent_dir(tmp)
+    if not files.is_remote(tmp) and files.basename(scratch).startswith('freezer-scratch-'):
+      files.rmtree(scratch)
 
 
 # ---------------------------------------------------------------------------------------------

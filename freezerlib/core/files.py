@@ -336,11 +336,16 @@ class _ArrowFile:
 
   def __exit__(self, *exc):
     if exc[0] is not None and self._file.writable():
-      # An upload that failed half way: abort it, so that no partial object appears (pyarrow's
-      # S3 and GCS streams make the object visible only at close).
+      # An upload that failed half way. pyarrow's S3 and GCS streams make the object visible
+      # when closed, and expose no abort to Python (a stream dropped unclosed is closed by its
+      # destructor): close, then delete what that published.
       try:
-        getattr(self._file, 'abort', self._file.close)()
+        self._file.close()
       except Exception:  # pylint: disable=broad-except  # the block's own error is reported
+        pass
+      try:
+        _arrow(self.name, lambda store, inner: store.delete_file(inner))
+      except OSError:
         pass
       return
     self.close()
@@ -748,6 +753,7 @@ def copy_ranges(shares, piece_bytes=1 << 20, progress=None, remote_piece_bytes=N
   """
   failures = {}  # (share, job index) -> exception
   lock = threading.Lock()
+  stopping = threading.Event()
   kernel = [hasattr(os, 'copy_file_range')]
   remote_piece_bytes = remote_piece_bytes or max(piece_bytes, REMOTE_PIECE_BYTES)
   depth = depth or REMOTE_DEPTH
@@ -820,12 +826,23 @@ def copy_ranges(shares, piece_bytes=1 << 20, progress=None, remote_piece_bytes=N
     try:
       if remote:
         import concurrent.futures  # pylint: disable=g-import-not-at-top  # remote sources only
-        pieces = (piece for index, (path, offset, length, dst_offset, inspect) in enumerate(jobs)
-                  for piece in _split((index, path), offset, length, dst_offset,
-                                      checked(index, inspect), remote_piece_bytes))
+        def pieces():
+          for index, (path, offset, length, dst_offset, inspect) in enumerate(jobs):
+            for piece in _split((index, path), offset, length, dst_offset,
+                                checked(index, inspect), remote_piece_bytes):
+              if failures or stopping.is_set():  # another worker failed, or an interrupt
+                return
+              yield piece
+
+        def write_piece(piece, at):
+          if dst_fd is not None:
+            try:
+              _pwrite_all(dst_fd, piece, at)
+            except OSError as e:
+              raise _JobFailed(0, e, True) from e
+
         with concurrent.futures.ThreadPoolExecutor(depth, 'copy_ranges_read') as pool:
-          move_pieces(pieces, read, lambda piece, at: writing(0)(piece, at) if dst_fd else None,
-                      counted if progress else None, pool, depth)
+          move_pieces(pieces(), read, write_piece, counted if progress else None, pool, depth)
         return
       for index, (path, offset, length, dst_offset, inspect) in enumerate(jobs):
         if failures:
@@ -880,6 +897,9 @@ def copy_ranges(shares, piece_bytes=1 << 20, progress=None, remote_piece_bytes=N
   try:
     if shares:
       work(0)
+  except BaseException:
+    stopping.set()  # an interrupt in this thread: the other workers stop at their next piece
+    raise
   finally:
     for thread in threads:
       thread.join()
