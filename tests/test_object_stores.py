@@ -49,8 +49,13 @@ def stores(servers, monkeypatch):
   object_store.reset()
 
 
-def _env(servers, **extra):
+def _env(servers, tmpdir=None, **extra):
+  """The servers' environment for a script; with `tmpdir`, its scratch space (to check that
+  nothing is left there)."""
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
+  if tmpdir is not None:
+    os.makedirs(tmpdir, exist_ok=True)
+    env['TMPDIR'] = str(tmpdir)
   for server in servers.values():
     env.update(server.env)
   env.update(extra)
@@ -127,8 +132,9 @@ def test_checkpoint_path_from_s3_into_s3_matches_the_local_run(
   proc = _run('optimize_from_ckpt.py', ['--saved_model_dir=%s/fake' % root,
                                         '--checkpoint=%s' % prefix,
                                         '--output_saved_model_dir=%s/serving' % root,
-                                        '--version=auto'], _env(servers))
+                                        '--version=auto'], _env(servers, tmp_path / 'tmp'))
   assert proc.returncode == 0, proc.stderr[-3000:]
+  assert not os.listdir(tmp_path / 'tmp')  # the local scratch output removed after upload
   assert 'data-00001-of-00002' in ' '.join(files.listdir(root + '/ckpt'))
   assert 'copying tensors:' in proc.stderr and '/s' in proc.stderr
   # The exported tensors are the local run's: same index records, same bytes per tensor.
@@ -144,7 +150,8 @@ def test_checkpoint_path_from_s3_into_s3_matches_the_local_run(
       local_out / 'saved_model.pb').read_bytes()
 
 
-def test_flipped_byte_in_a_remote_shard_is_found(cluster_model, fake_graph, stores, servers):
+def test_flipped_byte_in_a_remote_shard_is_found(cluster_model, fake_graph, stores, servers,
+                                                 tmp_path):
   root = _unique(stores['s3'], 'flip')
   ckpt_dir = os.path.dirname(cluster_model['checkpoint'])
   _upload(ckpt_dir, root + '/ckpt')
@@ -160,9 +167,10 @@ def test_flipped_byte_in_a_remote_shard_is_found(cluster_model, fake_graph, stor
   proc = _run('optimize_from_ckpt.py', ['--saved_model_dir=%s' % fake_graph,
                                         '--checkpoint=%s/ckpt/%s' % (root, name),
                                         '--output_saved_model_dir=%s/out' % root],
-              _env(servers))
+              _env(servers, tmp_path / 'tmp'))
   assert_one_line_error(proc, 'optimize_from_ckpt.py', 'corrupt', shard)
   assert not files.exists(root + '/out')
+  assert not os.listdir(tmp_path / 'tmp')  # the local scratch output removed
 
 
 _KILLED_UPLOAD = r'''
@@ -210,10 +218,10 @@ def _checkpoint_args(root, checkpoint):
 
 @pytest.mark.parametrize('case', ['missing_key', 'missing_bucket', 'unreachable',
                                   'gs_unreachable'])
-def test_bad_remote_input_is_one_line_in_seconds(case, fake_graph, stores, servers):
+def test_bad_remote_input_is_one_line_in_seconds(case, fake_graph, stores, servers, tmp_path):
   root = _unique(stores['s3'], 'bad')
   _upload(fake_graph, root + '/fake')
-  env = _env(servers)
+  env = _env(servers, tmp_path / 'tmp')
   checkpoint = root + '/ckpt/model.ckpt-30'
   expected = [checkpoint]
   if case == 'missing_bucket':
@@ -226,7 +234,6 @@ def test_bad_remote_input_is_one_line_in_seconds(case, fake_graph, stores, serve
     expected = [root + '/fake', 'cannot reach']
   elif case == 'gs_unreachable':
     env['STORAGE_EMULATOR_HOST'] = 'http://127.0.0.1:%d' % storage_servers.free_port()
-    env['FREEZER_STORAGE_RETRY_SECONDS'] = '2'  # the default, 5, is measured in the docs
     args = ['--saved_model_dir=gs://%s/fake' % BUCKET, '--checkpoint=%s' % checkpoint,
             '--output_saved_model_dir=%s/out' % root]
     expected = ['gs://%s/fake' % BUCKET, 'cannot reach']
@@ -238,6 +245,7 @@ def test_bad_remote_input_is_one_line_in_seconds(case, fake_graph, stores, serve
   assert_one_line_error(proc, 'optimize_from_ckpt.py', *expected)
   assert seconds < 20, seconds
   assert not files.exists(root + '/out')
+  assert not os.listdir(tmp_path / 'tmp')
 
 
 def test_wrong_credentials_are_one_line(fake_graph, tmp_path):

@@ -16,7 +16,7 @@ is first used:
 
 Retries are bounded so that a store that cannot answer fails in seconds: S3 makes at most
 FREEZER_STORAGE_ATTEMPTS attempts (default 3, AwsStandardS3RetryStrategy) with a 5 s connect
-timeout; GCS retries transient errors for at most FREEZER_STORAGE_RETRY_SECONDS (default 5).
+timeout; GCS retries transient errors for at most FREEZER_STORAGE_RETRY_SECONDS (default 3)
 
 Errors become one line naming the path and the cause (`describe`).
 """
@@ -71,7 +71,7 @@ def _s3():
 def _gcs():
   import datetime  # pylint: disable=g-import-not-at-top
   from pyarrow import fs  # pylint: disable=g-import-not-at-top  # remote paths only
-  seconds = float(os.environ.get('FREEZER_STORAGE_RETRY_SECONDS', '5'))
+  seconds = float(os.environ.get('FREEZER_STORAGE_RETRY_SECONDS', '3'))
   kwargs = dict(retry_time_limit=datetime.timedelta(seconds=seconds))
   emulator = (os.environ.get('STORAGE_EMULATOR_HOST') or
               os.environ.get('CLOUD_STORAGE_EMULATOR_ENDPOINT'))
