@@ -278,3 +278,24 @@ def test_hdfs_without_a_hadoop_client_says_what_is_missing(monkeypatch):
   assert '\n' not in message
   assert message.startswith('hdfs://namenode:8020 needs a Hadoop client'), message
   assert 'JAVA_HOME' in message or 'libhdfs' in message
+
+
+def test_ctrl_c_removes_the_scratch_copy(tiny_model, stores, servers, tmp_path):
+  """SIGINT while a remote SavedModel is staged for TensorFlow: exit 130, no scratch left."""
+  root = _unique(stores['s3'], 'sigint')
+  _upload(tiny_model['saved_model'], root + '/model/saved_model')
+  scratch = tmp_path / 'tmp'
+  task = subprocess.Popen(
+      [sys.executable, 'freezer.py', '--saved_model_dir=%s/model/saved_model' % root,
+       '--output_graph=%s/frozen.pb' % root], cwd=REPO, env=_env(servers, scratch),
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  deadline = time.monotonic() + 60
+  while not any(n.startswith('freezer-scratch-') for n in os.listdir(scratch)):
+    assert task.poll() is None and time.monotonic() < deadline, task.communicate()
+    time.sleep(0.005)
+  task.send_signal(signal.SIGINT)
+  _, stderr = task.communicate(timeout=60)
+  assert task.returncode == 130, stderr[-2000:]
+  assert 'interrupted' in stderr
+  assert not os.listdir(scratch)
+  assert not files.exists(root + '/frozen.pb')
