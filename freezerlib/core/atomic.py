@@ -203,7 +203,7 @@ def _move(src, dst):
     files.copy_tree(src, dst, last=_COMMIT_FILES)
     _remove(src)
   else:
-    files.rename(src, dst, overwrite=True)
+    files.rename(src, dst)
 
 
 def _commit(tmp, path, overwrite):
@@ -271,9 +271,13 @@ def atomic_output(path, overwrite=False):
 
 @contextlib.contextmanager
 def _written(tmp, where, commit):
-  """The block writes `tmp`; then `commit()` (signals held) moves it into place and returns the
-  final path, which this yields a list to receive. A file error becomes a one-line UserError
-  naming `where`; whatever happens, `tmp` (and its scratch directory) is removed."""
+  """The one cleanup block of atomic_output and versioned_output.
+
+  The block writes `tmp`. Then `commit()`, with SIGINT and SIGTERM held, moves it into place and
+  returns where it went; that path is appended to the list this yields. A file error becomes a
+  one-line UserError naming `where`. Whatever happens, `tmp` is removed, and with it the local
+  scratch directory holding it (outputs to an object store).
+  """
   final = []
   try:
     yield final
