@@ -770,6 +770,7 @@ def copy_ranges(shares, piece_bytes=1 << 20, progress=None, remote_piece_bytes=N
                        max(1, min(piece_bytes, max((job[2] for job in jobs), default=1))))
     view = memoryview(buffer)
     opened = {}
+    local_readers = {}  # fd -> read(offset, n) through `view`
 
     def source(path):
       if path not in opened:
@@ -790,7 +791,9 @@ def copy_ranges(shares, piece_bytes=1 << 20, progress=None, remote_piece_bytes=N
         elif remote:  # read ahead in threads: bytes of its own
           data = os.pread(f, n, offset)
         else:
-          return _preader_fd(f, view)(offset, n)
+          if f not in local_readers:
+            local_readers[f] = _preader_fd(f, view)
+          return local_readers[f](offset, n)
         if len(data) < n:
           raise EOFError('%s: %d bytes short' % (path, n - len(data)))
         return data
