@@ -73,8 +73,9 @@ def _unique(root, name):
 
 @pytest.mark.parametrize('store', ['s3', 'gs'])
 def test_every_script_end_to_end(store, stores, capsys):
-  """model_gen -> freezer -> optimize_from_pb -> optimize_from_pb_test, and the checkpoint path,
-  every input and output on the store; the comparator passes on the store's models."""
+  """model_gen -> freezer (a variable kept) -> optimize_from_pb -> optimize_from_pb_test (the
+  SavedModel and the optimized graph with its checkpoint), and the checkpoint path, every input
+  and output on the store; the comparator passes on the store's models."""
   import freezer  # pylint: disable=g-import-not-at-top
   import model_gen  # pylint: disable=g-import-not-at-top
   import optimize_from_ckpt  # pylint: disable=g-import-not-at-top
@@ -85,9 +86,13 @@ def test_every_script_end_to_end(store, stores, capsys):
       (model_gen, ['--output_dir=%s/model' % root, '--steps=5'] +
        [f for f in TINY_FLAGS if not f.startswith('--steps')]),
       (freezer, ['--saved_model_dir=%s/model/saved_model' % root,
-                 '--output_graph=%s/frozen.pb' % root]),
+                 '--output_graph=%s/frozen.pb' % root, '--keep_as_variables=item_embedding']),
       (optimize_from_pb, ['--input_graph=%s/frozen.pb' % root,
-                          '--output_saved_model_dir=%s/serving' % root, '--version=auto']),
+                          '--output_saved_model_dir=%s/serving' % root, '--version=auto',
+                          '--output_graph=%s/optimized.pb' % root]),
+      (optimize_from_pb_test, ['--graph=%s/optimized.pb' % root,
+                               '--reference_saved_model_dir=%s/model/saved_model' % root,
+                               '--num_examples=16', '--batch_sizes=0']),
       (optimize_from_pb_test, ['--saved_model_dir=%s/serving/1' % root,
                                '--reference_saved_model_dir=%s/model/saved_model' % root,
                                '--num_examples=16', '--batch_sizes=0']),
@@ -102,6 +107,7 @@ def test_every_script_end_to_end(store, stores, capsys):
     proc = run_main_as_process(module, args, capsys)
     assert proc.returncode == 0, (module.__name__, proc.stderr[-3000:])
   assert files.exists(root + '/serving/1/saved_model.pb')
+  assert files.exists(root + '/optimized.pb.variables/variables.index')
   assert files.exists(root + '/from_ckpt/variables/variables.index')
   # No dot-name or marker left on the store, and no scratch directory of this process.
   names = [n for _, _, fs in files.walk(root) for n in fs]
