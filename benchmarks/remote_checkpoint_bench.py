@@ -87,7 +87,9 @@ def run_fsspec(prefix_url, out_dir):
   checking them, written at their place in one local file per worker."""
   os.environ.setdefault('GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT', 'false')
   import concurrent.futures  # pylint: disable=g-import-not-at-top
+
   import gcsfs  # pylint: disable=g-import-not-at-top
+
   from freezerlib.core import files  # pylint: disable=g-import-not-at-top
   from freezerlib.formats import checkpoint_index  # pylint: disable=g-import-not-at-top
   from freezerlib.formats import stored_tensor  # pylint: disable=g-import-not-at-top

@@ -12,8 +12,8 @@ import sys
 import time
 
 import pytest
-
 import storage_servers
+
 from conftest import REPO
 from conftest import TINY_FLAGS
 from conftest import assert_one_line_error

@@ -70,6 +70,7 @@ def _s3():
 
 def _gcs():
   import datetime  # pylint: disable=g-import-not-at-top
+
   from pyarrow import fs  # pylint: disable=g-import-not-at-top  # remote paths only
   seconds = float(os.environ.get('FREEZER_STORAGE_RETRY_SECONDS', '3'))
   kwargs = dict(retry_time_limit=datetime.timedelta(seconds=seconds))
