@@ -17,7 +17,7 @@ _HOLDERS = {}
 
 
 def _caller_module():
-  name = sys._getframe(3).f_globals.get('__name__', '')  # pylint: disable=protected-access
+  name = sys._getframe(3).f_globals.get('__name__', '')
   return sys.argv[0] if name == '__main__' else name
 
 
@@ -80,7 +80,7 @@ def num_examples(help_text):
 def value_or_default(holder, default):
   """The flag's value, or `default` (logged as chosen) when the user left it unset."""
   if holder.value is None:
-    from absl import logging  # pylint: disable=g-import-not-at-top
+    from absl import logging
     logging.info("'--%s' not given, using %s", holder.name, default)
     return default
   return holder.value
@@ -102,6 +102,13 @@ def warmup(help_text='Write this many TF Serving warmup requests (at most 1000) 
 def warmup_inputs(help_text='Inputs of the warmup requests: an .npz file (arrays named INPUT '
                   'or SIGNATURE/INPUT) or TFRecord files of tf.Example (globs allowed).'):
   return _shared(flags.DEFINE_list, 'warmup_inputs', [], help_text, False)
+
+
+def check(help_text='Before saying "wrote", load the SavedModel written with TF Serving\'s '
+          'loader (the C++ TF_LoadSessionFromSavedModel, in this process) and run each '
+          'signature once on generated inputs; if it fails, nothing is written and the run '
+          'exits 1 naming the error. --nocheck skips it (for a model too big to load twice).'):
+  return _shared(flags.DEFINE_bool, 'check', True, help_text, False)
 
 
 SERVING_INPUTS = ('placeholders', 'examples')

@@ -9,6 +9,11 @@ optimize_from_pb.py, needs no other flag. A TF1 SavedModel without signatures is
 the tensors --inputs and --outputs name (one signature, serving_default, which replaces the
 SavedModel's own when it has some).
 
+Tables created inside functions (tensorflow-transform serving models, re-saved SavedModels whose
+tables were initialized from asset vocabularies) are kept like any other (docs/pipeline.md).
+Before writing, every table the signatures read must be filled by `freezer/init_tables`; a
+resource that cannot be frozen is refused, naming it.
+
 A sparse reader output (a coo_sparse input) becomes three placeholders, KEY/indices,
 KEY/values, KEY/dense_shape; a ragged one KEY/values, KEY/row_splits. With
 `--serving_input=examples` the reader becomes one input `examples` of serialized tf.Example,
@@ -26,7 +31,7 @@ Example (after `python model_gen.py --output_dir=/tmp/freezer_demo/model --steps
       --output_graph=/tmp/freezer_demo/frozen_kept.pb --keep_as_variables=item_embedding,user_stats
 """
 
-import utils  # pylint: disable=g-bad-import-order  # first: Ctrl-C during start-up is one line
+import utils  # first: Ctrl-C during start-up is one line
 
 from absl import app
 from absl import flags
@@ -58,9 +63,9 @@ def main(argv):
   del argv  # flags only: utils.parse_flags refuses stray arguments
 
   def work():
-    from freezerlib import freeze  # pylint: disable=g-import-not-at-top  # --help stays fast
-    from freezerlib.core import units  # pylint: disable=g-import-not-at-top
-    from freezerlib.formats import frozen_graph  # pylint: disable=g-import-not-at-top
+    from freezerlib import freeze  # --help stays fast
+    from freezerlib.core import units
+    from freezerlib.formats import frozen_graph
     if not _SIGNATURE_DEF.value and not _INPUTS.value:
       utils.log_default('signature_def', 'every signature')
     result = freeze.graph_from_saved_model(

@@ -67,7 +67,8 @@ Examples:
   # TF2: a ParameterServerStrategy cluster of 2 PS, 1 worker and a coordinator on this machine,
   # and its structure
   python model_gen.py --api=tf2 --output_dir=/tmp/freezer_demo/tf2_model --num_ps=2 --num_workers=1
-  python model_gen.py --api=tf2 --output_dir=/tmp/freezer_demo/tf2_fake --fake_infer_graph --num_ps=2
+  python model_gen.py --api=tf2 --output_dir=/tmp/freezer_demo/tf2_fake --fake_infer_graph \
+      --num_ps=2
 
   # the same TF2 cluster on four machines
   FLAGS="--api=tf2 --output_dir=/shared/tf2_model --chief_host=chief.example.com:2222
@@ -78,7 +79,7 @@ Examples:
   python model_gen.py $FLAGS --job_name=chief                  # on chief.example.com
 """
 
-import utils  # pylint: disable=g-bad-import-order  # first: Ctrl-C during start-up is one line
+import utils  # first: Ctrl-C during start-up is one line
 
 from absl import app
 from absl import flags
@@ -157,8 +158,8 @@ _TASK_WORK_DIR = flags.DEFINE_string(
 
 
 def _config_from_flags(num_ps):
-  from freezerlib.core import errors  # pylint: disable=g-import-not-at-top  # --help fast
-  from freezerlib.demo import recsys_model  # pylint: disable=g-import-not-at-top
+  from freezerlib.core import errors  # --help fast
+  from freezerlib.demo import recsys_model
   try:
     hidden = tuple(int(u) for u in _HIDDEN_UNITS.value)
   except ValueError as e:
@@ -215,13 +216,13 @@ def _register_flag_validators():
 
 
 def _cluster_from_flags():
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top  # after freezerlib: quiet start-up
+  import tensorflow as tf  # after freezerlib: quiet start-up
   return tf.train.ClusterSpec({'ps': _PS_HOSTS.value, 'worker': _WORKER_HOSTS.value})
 
 
 def _check_api_flags():
   """The rules of --api between flags (one-line errors)."""
-  from freezerlib.core import errors  # pylint: disable=g-import-not-at-top
+  from freezerlib.core import errors
   if _API.value == 'tf1':
     if _JOB_NAME.value == 'chief':
       raise errors.UserError('--job_name=chief is the coordinator of an --api=tf2 cluster; a '
@@ -245,9 +246,9 @@ def _check_api_flags():
 
 def _work_tf2():
   """--api=tf2: join a cluster, write the fake inference graph, or start a cluster here."""
-  from freezerlib.demo import cluster  # pylint: disable=g-import-not-at-top
-  from freezerlib.demo import tf2_cluster  # pylint: disable=g-import-not-at-top  # TF2 only
-  from freezerlib.demo import tf2_recsys_model  # pylint: disable=g-import-not-at-top
+  from freezerlib.demo import cluster
+  from freezerlib.demo import tf2_cluster  # TF2 only
+  from freezerlib.demo import tf2_recsys_model
   if _JOB_NAME.value:
     cluster.die_with_launcher()
     config = _config_from_flags(len(_PS_HOSTS.value))
@@ -279,8 +280,8 @@ def main(argv):
         logging.info('SavedModel: %s', result['saved_model'])
         print(result['saved_model'])
       return
-    from freezerlib.demo import cluster  # pylint: disable=g-import-not-at-top  # --help fast
-    from freezerlib.demo import recsys_model  # pylint: disable=g-import-not-at-top
+    from freezerlib.demo import cluster  # --help fast
+    from freezerlib.demo import recsys_model
     if _JOB_NAME.value:
       cluster.die_with_launcher()
       config = _config_from_flags(len(_PS_HOSTS.value))
@@ -296,10 +297,11 @@ def main(argv):
     elif _NUM_PS.value:
       num_workers = cli_flags.value_or_default(_NUM_WORKERS, 1)
       result = cluster.train_distributed(_OUTPUT_DIR.value, config, _NUM_PS.value, num_workers,
-                                 _OVERWRITE.value, _CLUSTER_TIMEOUT_SECS.value, log_dir=_CLUSTER_LOG_DIR.value)
+                                         _OVERWRITE.value, _CLUSTER_TIMEOUT_SECS.value,
+                                         log_dir=_CLUSTER_LOG_DIR.value)
       logging.info('checkpoint: %s', result['checkpoint'])
     else:
-      from freezerlib.core import atomic  # pylint: disable=g-import-not-at-top
+      from freezerlib.core import atomic
       atomic.check_output_free(_OUTPUT_DIR.value, _OVERWRITE.value)  # before TensorFlow loads
       with recsys_model.deterministic_ops():  # the same --seed, the same model
         result = recsys_model.train_and_export(_OUTPUT_DIR.value, config, _OVERWRITE.value)

@@ -21,13 +21,19 @@ hard-linked where the filesystem allows, else copied), after checking every tens
 
 With a structure whose signature inputs are placeholders (a fake inference graph), TensorFlow
 itself is never imported: protos and files only, tensor bytes copied between local files by
-two workers, each into a data shard of its own (variables.data-0000k-of-00002; the README's
-benchmark has the figures).
+two workers, each into a data shard of its own (variables.data-0000k-of-00002;
+benchmarks/README.md has the figures).
+
+Before it says "wrote", the SavedModel written is loaded by TF Serving's C++ loader and each
+signature run once on generated inputs (docs/serving_check.md); a model that does not serve
+is refused and nothing is left. That check maps TensorFlow's C++ library (not its Python API):
+--nocheck skips it.
 
 A TF2 structure (tf.saved_model.save, Keras 3 model.export) takes a tf.train.Checkpoint instead
-(freezerlib/export/from_tf2_checkpoint.py): the model is found in the checkpoint's object graph (`--checkpoint_object`
-names it), its tensors are copied under the structure's keys with the structure's object graph,
-and saved_model.pb and the assets are the structure's own; never with TensorFlow.
+(freezerlib/export/from_tf2_checkpoint.py): the model is found in the checkpoint's object graph
+(`--checkpoint_object` names it), its tensors are copied under the structure's keys with the
+structure's object graph, and saved_model.pb and the assets are the structure's own; never with
+TensorFlow.
 
 Example (a 2-PS cluster's checkpoint, served through its fake inference graph):
   python model_gen.py --output_dir=/tmp/freezer_demo/ps_model --num_ps=2 --num_workers=1
@@ -37,7 +43,7 @@ Example (a 2-PS cluster's checkpoint, served through its fake inference graph):
       --output_saved_model_dir=/tmp/freezer_demo/serving_from_ckpt
 """
 
-import utils  # pylint: disable=g-bad-import-order  # first: Ctrl-C during start-up is one line
+import utils  # first: Ctrl-C during start-up is one line
 
 from absl import app
 from absl import flags
@@ -59,9 +65,10 @@ _SERVING_INPUT = cli_flags.serving_input()
 _VERSION = cli_flags.version()
 _WARMUP = cli_flags.warmup()
 _WARMUP_INPUTS = cli_flags.warmup_inputs()
+_CHECK = cli_flags.check()
 _CHECKPOINT = flags.DEFINE_string(
-    'checkpoint', None, '(required) Training checkpoint: a prefix (model.ckpt-1000) or the directory '
-    'holding its `checkpoint` state file (the newest is used).')
+    'checkpoint', None, '(required) Training checkpoint: a prefix (model.ckpt-1000) or the '
+    'directory holding its `checkpoint` state file (the newest is used).')
 _META_GRAPH = flags.DEFINE_string(
     'meta_graph', None, 'A MetaGraphDef file (model.ckpt-N.meta) as the structure, instead of '
     '--saved_model_dir; give --inputs and --outputs unless it has signatures.')
@@ -88,21 +95,27 @@ def main(argv):
   del argv  # flags only: utils.parse_flags refuses stray arguments
 
   def work():
-    from freezerlib.core import errors  # pylint: disable=g-import-not-at-top  # --help fast
-    from freezerlib.core import units  # pylint: disable=g-import-not-at-top
-    from freezerlib.export import from_checkpoint  # pylint: disable=g-import-not-at-top
-    from freezerlib.core import atomic  # pylint: disable=g-import-not-at-top
+    # Imported here, not at the top: --help answers fast.
+    from freezerlib.core import atomic
+    from freezerlib.core import errors
+    from freezerlib.core import units
+    from freezerlib.export import from_checkpoint
     if bool(_SAVED_MODEL_DIR.value) == bool(_META_GRAPH.value):
       raise errors.UserError('give exactly one of --saved_model_dir and --meta_graph')
     version = atomic.parse_version(_VERSION.value)
+    # One loader per structure format, each returning a from_checkpoint.Structure.
+    if _SAVED_MODEL_DIR.value:
+      structure = from_checkpoint.structure_from_saved_model(_SAVED_MODEL_DIR.value, _TAGS.value)
+    else:
+      structure = from_checkpoint.structure_from_meta_graph(_META_GRAPH.value)
     report = from_checkpoint.saved_model_from_checkpoint(
         checkpoint=_CHECKPOINT.value, output_dir=_OUTPUT_SAVED_MODEL_DIR.value,
-        saved_model_dir=_SAVED_MODEL_DIR.value, meta_graph_path=_META_GRAPH.value,
-        tags=_TAGS.value, signature_names=_SIGNATURE_DEF.value, inputs=_INPUTS.value,
-        outputs=_OUTPUTS.value, prune_tensors=_PRUNE.value, chunk_bytes=_CHUNK_MB.value << 20,
-        overwrite=_OVERWRITE.value, allow_ops=_ALLOW_OPS.value,
+        structure=structure, tags=_TAGS.value, signature_names=_SIGNATURE_DEF.value,
+        inputs=_INPUTS.value, outputs=_OUTPUTS.value, prune_tensors=_PRUNE.value,
+        chunk_bytes=_CHUNK_MB.value << 20, overwrite=_OVERWRITE.value, allow_ops=_ALLOW_OPS.value,
         checkpoint_object=_CHECKPOINT_OBJECT.value, version=version,
-        finalize=utils.warmup_writer(_WARMUP.value, _WARMUP_INPUTS.value),
+        finalize=utils.serving_checker(utils.warmup_writer(_WARMUP.value, _WARMUP_INPUTS.value),
+                                       _CHECK.value),
         serving_input=_SERVING_INPUT.value, verify_checksums=_VERIFY.value)
     logging.info('wrote SavedModel %s: %d of %d checkpoint tensors, %s of %s (%.1f%%), in %.1f s',
                  report.path, report.tensors_exported,

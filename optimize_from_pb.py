@@ -13,17 +13,23 @@ and the checkpoint beside it becomes variables/. A sparse input becomes three pl
 KEY/row_splits. --serving_input=examples on a graph that still holds its training reader
 replaces the reader by one input `examples` of serialized tf.Example (see freezer.py).
 
+Before it says "wrote", the SavedModel written is loaded by TF Serving's C++ loader and each
+signature run once on generated inputs (docs/serving_check.md); a model that does not serve is
+refused and nothing is left (--nocheck skips the check). A GraphDef written with
+--output_graph is checked statically: every table its signatures read is filled by its init op.
+
 Example (after freezer.py's example):
   python optimize_from_pb.py --input_graph=/tmp/freezer_demo/frozen.pb \
       --output_saved_model_dir=/tmp/freezer_demo/serving
 """
 
-import utils  # pylint: disable=g-bad-import-order  # first: Ctrl-C during start-up is one line
+import utils  # first: Ctrl-C during start-up is one line
 
 from absl import app
 from absl import flags
 
 import cli_flags
+from freezerlib.transforms import rewrites  # the registry: --rewrites' choices and help
 
 _INPUT_GRAPH = flags.DEFINE_string(
     'input_graph', None, '(required) Frozen GraphDef, as written by freezer.py (or any frozen '
@@ -46,6 +52,7 @@ _SERVING_INPUT = cli_flags.serving_input(
 _VERSION = cli_flags.version()
 _WARMUP = cli_flags.warmup()
 _WARMUP_INPUTS = cli_flags.warmup_inputs()
+_CHECK = cli_flags.check()
 _OPTIMIZE = flags.DEFINE_bool(
     'optimize', True, 'Run Grappler passes (pruning, constant folding, arithmetic, dependency, '
     'function inlining) after the cut.')
@@ -54,13 +61,16 @@ _CONSTANTS_AS_VARIABLES = flags.DEFINE_string(
     '(64MiB, 1.5GB, 500000 bytes) become variables stored in variables/ and restored on load, '
     'which loads faster than parsing them from the graph; \'off\' keeps every constant in the '
     'graph. --output_graph keeps them as constants either way.')
-_REWRITES = flags.DEFINE_list(
-    'rewrites', ['one_gather', 'read_only_tables'], 'Serving graph rewrites, each exact (none '
-    'to run none): one_gather (a partitioned embedding\'s lookup becomes one gather over one '
-    'matrix); read_only_tables (mutable hash tables that serving only reads become tables of '
-    'rows of one matrix, restored from variables/: static for string keys, dense for integer '
-    'keys), or dense_tables or static_tables (one form for all); the table rewrites apply from '
-    'the --constants_as_variables size on, and not with it off.')
+_REWRITES = flags.DEFINE_list('rewrites', list(rewrites.DEFAULTS), rewrites.flag_help())
+
+
+@flags.validator('rewrites')
+def _known_rewrites(names):
+  problem = rewrites.problem([n for n in names if n != 'none'])
+  if problem:
+    raise flags.ValidationError(problem)
+  return True
+
 # --log_dir is absl.logging's own flag (log files, which these scripts never write); here it
 # also names where the graphs go, as TensorBoard event files.
 flags.FLAGS['log_dir'].help = ('Write the graph before and after as TensorBoard event files '
@@ -73,9 +83,9 @@ def main(argv):
 
   def work():
     # Imported here, not at the top: --help and usage errors answer without TensorFlow.
-    from freezerlib.export import from_frozen  # pylint: disable=g-import-not-at-top
-    from freezerlib.transforms import constants_as_variables  # pylint: disable=g-import-not-at-top
-    from freezerlib.core import atomic  # pylint: disable=g-import-not-at-top
+    from freezerlib.core import atomic
+    from freezerlib.export import from_frozen
+    from freezerlib.transforms import constants_as_variables
     threshold = constants_as_variables.parse_threshold(_CONSTANTS_AS_VARIABLES.value)
     version = atomic.parse_version(_VERSION.value)
     if (version or _WARMUP.value) and not _OUTPUT_SAVED_MODEL_DIR.value:
@@ -85,7 +95,8 @@ def main(argv):
         _OUTPUTS.value, _INIT_OP.value, _TAGS.value, _OPTIMIZE.value,
         flags.FLAGS.log_dir or None, _OVERWRITE.value, _ALLOW_OPS.value, threshold,
         signature_names=_SIGNATURE_DEF.value, version=version,
-        finalize=utils.warmup_writer(_WARMUP.value, _WARMUP_INPUTS.value),
+        finalize=utils.serving_checker(utils.warmup_writer(_WARMUP.value, _WARMUP_INPUTS.value),
+                                       _CHECK.value),
         serving_input=_SERVING_INPUT.value,
         rewrites=[r for r in _REWRITES.value if r != 'none'])
 

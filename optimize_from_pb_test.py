@@ -20,7 +20,7 @@ Example (after optimize_from_pb.py's example):
       --reference_saved_model_dir=/tmp/freezer_demo/model/saved_model
 """
 
-import utils  # pylint: disable=g-bad-import-order  # first: Ctrl-C during start-up is one line
+import utils  # first: Ctrl-C during start-up is one line
 
 import sys
 
@@ -57,7 +57,7 @@ def main(argv):
   del argv  # flags only: utils.parse_flags refuses stray arguments
 
   def work():
-    from freezerlib.verify import compare  # pylint: disable=g-import-not-at-top  # --help fast
+    from freezerlib.verify import compare  # --help fast
     passed = compare.compare_models(
         _SAVED_MODEL_DIR.value, _GRAPH.value, _REFERENCE.value, _TAGS.value,
         _SIGNATURE_DEF.value, _INPUTS.value, cli_flags.value_or_default(_NUM_EXAMPLES, 64),

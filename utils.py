@@ -2,8 +2,8 @@
 
 Exit codes (the README's table): 0 success; 1 bad input or models that differ; 2 usage errors
 (an unknown flag, a required flag missing, a stray argument), as one line naming the flag;
-3 optimize_from_pb_test.py's reference fails on the inputs; 130 interrupted (SIGINT or SIGTERM), as one line saying what was written. Never a traceback
-for any of them.
+3 optimize_from_pb_test.py's reference fails on the inputs; 130 interrupted (SIGINT or SIGTERM),
+as one line saying what was written. Never a traceback for any of them.
 
 The library is the `freezerlib` package; this module is the scripts' side of it and is never
 imported by the package. Import it first in a script: until `run_cli` starts the work, an
@@ -16,10 +16,10 @@ import signal
 import sys
 
 
-def _exit_at_start_up(signum, frame):  # pylint: disable=unused-argument
+def _exit_at_start_up(signum, frame):
   program = sys.argv[0].rsplit('/', 1)[-1] if sys.argv and sys.argv[0] else 'freezer'
   os.write(2, ('%s: interrupted: nothing written\n' % program).encode())
-  os._exit(130)  # pylint: disable=protected-access
+  os._exit(130)
 
 
 # First, before the imports (TensorFlow's take seconds): an interrupt during them has nothing to
@@ -33,13 +33,12 @@ if (getattr(sys.modules.get('__main__'), '__file__', None) or '').rsplit('/', 1)
   # The imports make objects that live as long as the process (modules, classes, functions):
   # the cyclic garbage collector, which would walk them again and again while they are made
   # and at every full collection afterwards, waits until run_cli, which freezes them first.
-  # 7 to 9 ms of the checkpoint path's 0.18 s (the README's benchmark).
   gc.disable()
 
-import re  # pylint: disable=g-import-not-at-top,g-bad-import-order
+import re
 
-from absl import flags  # pylint: disable=g-import-not-at-top
-from absl import logging  # pylint: disable=g-import-not-at-top
+from absl import flags
+from absl import logging
 
 EXIT_OK = 0
 EXIT_FAILURE = 1      # bad input, or two models that do not answer the same
@@ -54,7 +53,7 @@ def _program():
   return sys.argv[0].rsplit('/', 1)[-1] if sys.argv and sys.argv[0] else 'freezer'
 
 
-def _interrupt(signum, frame):  # pylint: disable=unused-argument
+def _interrupt(signum, frame):
   raise KeyboardInterrupt
 
 
@@ -73,8 +72,9 @@ def _print_help():
   body = '\n'.join(l for l in flags.FLAGS.main_module_help().splitlines()
                    if l.startswith(' '))
   sys.stdout.write('%s\n\nFlags (required ones marked):\n%s\n\nExit codes: 0 success; 1 bad '
-                   'input, or models that differ; 2 usage error;\n130 interrupted. Every flag, '
-                   'absl\'s own included: --helpfull.\n' % (doc, body))
+                   'input, or models that differ; 2 usage error;\n3 optimize_from_pb_test.py\'s '
+                   'reference fails on the inputs; 130 interrupted.\nEvery flag, absl\'s own '
+                   'included: --helpfull.\n' % (doc, body))
   sys.stdout.flush()
 
 
@@ -93,7 +93,7 @@ def parse_flags(argv):
     except flags.Error:
       pass
     if full:
-      from absl import app  # pylint: disable=g-import-not-at-top
+      from absl import app
       app.usage(shorthelp=False, writeto_stdout=True)
     else:
       _print_help()
@@ -124,17 +124,16 @@ def run_cli(program, fn, end_process=True):
     fn: the script's work; returns an exit code or None (0).
     end_process: in a script's own process, end it here (`_end_process`). False for a cluster
       task, whose gRPC server other tasks may still be closing their sessions with when its
-      work is done: a task ended at once left a worker waiting on its vanished PS until the
-      cluster's timeout (1 run of the test suite in about 10); the interpreter's teardown, half
-      a second after TensorFlow, gives them that time.
+      work is done: a task ended at once can leave a worker waiting on its vanished PS until
+      the cluster's timeout; the interpreter's teardown gives them that time.
 
   Returns:
     The exit code for `absl.app.run`.
   """
-  from freezerlib.core import atomic  # pylint: disable=g-import-not-at-top
-  from freezerlib.core import errors  # pylint: disable=g-import-not-at-top
-  from freezerlib.core import files  # pylint: disable=g-import-not-at-top
-  from freezerlib.core import lean_tf  # pylint: disable=g-import-not-at-top
+  from freezerlib.core import atomic
+  from freezerlib.core import errors
+  from freezerlib.core import files
+  from freezerlib.core import lean_tf
   lean_tf.run_pending_hooks()  # scripts that imported TensorFlow themselves
   # From here an interrupt unwinds the work, so every temporary output is removed.
   previous = (signal.signal(signal.SIGINT, _interrupt), signal.signal(signal.SIGTERM, _interrupt))
@@ -171,22 +170,21 @@ def run_cli(program, fn, end_process=True):
 def _end_process(code):
   """Ends a script's own process with `code` now that its outputs are what they will be:
   exit handlers run and stdout and stderr are flushed, as at any exit, but the interpreter's
-  teardown of every module is skipped. That teardown, which changes nothing on disk, took
-  0.47 s after freezer.py (TensorFlow's thousands of modules) and 20 ms after the checkpoint
-  path's 0.2 s (the README's benchmark). Returns, for the usual exit, while a non-daemon thread
-  is still running: the interpreter waits for those."""
-  import atexit  # pylint: disable=g-import-not-at-top
-  import threading  # pylint: disable=g-import-not-at-top
+  teardown of every module (TensorFlow's thousands), which changes nothing on disk, is
+  skipped. Returns, for the usual exit, while a non-daemon thread is still running: the
+  interpreter waits for those."""
+  import atexit
+  import threading
   if any(t.is_alive() and not t.daemon for t in threading.enumerate()
          if t is not threading.main_thread()):
     return
-  atexit._run_exitfuncs()  # pylint: disable=protected-access  # logging's flush among them
+  atexit._run_exitfuncs()  # logging's flush among them
   for stream in (sys.stdout, sys.stderr):
     try:
       stream.flush()
     except (OSError, ValueError):  # a closed pipe: nothing more can reach it
       pass
-  os._exit(code)  # pylint: disable=protected-access
+  os._exit(code)
 
 
 def _after_work(as_script, previous):
@@ -209,11 +207,30 @@ def warmup_writer(count, input_files, seed=0):
     return None
 
   def finalize(saved_model_dir):
-    from freezerlib.verify import warmup  # pylint: disable=g-import-not-at-top  # loads TF
+    from freezerlib.verify import warmup  # loads TF
     written = warmup.write(saved_model_dir, count, input_files or None, seed)
     logging.info('wrote %d warmup requests (assets.extra/%s)', written, warmup.FILE_NAME)
 
   return finalize
+
+
+def serving_checker(finalize, check):
+  """The `finalize` callback that runs `finalize` (warmup requests, or None), then, if `check`,
+  the serving check on the SavedModel before it moves into place (--check): a model TF
+  Serving's loader cannot load or run is never put in place."""
+  if not check:
+    logging.info('--nocheck: the SavedModel written is not loaded to check that it serves')
+    return finalize
+
+  def checked(saved_model_dir):
+    if finalize is not None:
+      finalize(saved_model_dir)
+    from freezerlib.verify import serving_check
+    seconds = serving_check.check_saved_model(saved_model_dir)
+    logging.info('serving check: TF Serving\'s loader loaded the SavedModel and ran each '
+                 'signature in %.2f s (--nocheck skips it)', seconds)
+
+  return checked
 
 
 def log_default(flag_name, value):

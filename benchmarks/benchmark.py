@@ -39,7 +39,7 @@ import sys
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import shutil  # pylint: disable=g-import-not-at-top,g-bad-import-order
+import shutil
 import statistics
 import subprocess
 import time
@@ -48,10 +48,9 @@ from absl import app
 from absl import flags
 import numpy as np
 import tensorflow as tf
-
 from tensorflow.core.protobuf import saved_model_pb2
 
-from benchmarks.measuring import compile_bytecode  # pylint: disable=g-bad-import-order
+from benchmarks.measuring import compile_bytecode
 from benchmarks.measuring import dir_bytes
 from benchmarks.measuring import evict
 from benchmarks.measuring import machine
@@ -93,8 +92,8 @@ _ADAM_SLOTS = flags.DEFINE_bool(
 _KEEP = flags.DEFINE_string(
     'keep_size', '64MiB', 'freezer.py --keep_as_variables for the third serving model '
     '(variables and tables of this size or more restored from a checkpoint, not constants).')
-_LATENCY_RUNS = flags.DEFINE_integer('serving_latency_runs', 50, 'Timed calls per batch size and run.',
-                                     lower_bound=1)
+_LATENCY_RUNS = flags.DEFINE_integer('serving_latency_runs', 50,
+                                     'Timed calls per batch size and run.', lower_bound=1)
 _BATCH_SIZES = flags.DEFINE_list('serving_batch_sizes', ['1', '64'],
                                  'Batch sizes of the serving figures.')
 _THREADS = flags.DEFINE_integer('threads', 8, 'Threads sharing one session for the throughput '
@@ -379,7 +378,7 @@ def bench_freeze(work_dir, repeats):
 def _in_child(fn, *args):
   """fn(*args) in a new process: what it loads (a 5 GiB model, a 2 GB graph) is gone when it
   returns, instead of staying in this process's heap beside the next measured command's."""
-  import multiprocessing  # pylint: disable=g-import-not-at-top
+  import multiprocessing
   with multiprocessing.get_context('spawn').Pool(1) as pool:
     return pool.apply(fn, args)
 
@@ -473,8 +472,9 @@ def write_capi_requests(export_dir, feeds_path, out_dir):
   """serving_default's request (tests/capi/serve_saved_model.c's format) at each batch size of
   the feeds: {batch: path}."""
   sys.path.insert(0, os.path.join(REPO, 'tests'))
-  import capi_runner  # pylint: disable=g-import-not-at-top
-  import struct  # pylint: disable=g-import-not-at-top
+  import struct
+
+  import capi_runner
   proto = saved_model_pb2.SavedModel()
   with open(os.path.join(export_dir, 'saved_model.pb'), 'rb') as f:
     proto.ParseFromString(f.read())
@@ -486,12 +486,12 @@ def write_capi_requests(export_dir, feeds_path, out_dir):
     request = bytearray(struct.pack('<I', len(feeds)))
     for key in sorted(feeds):
       name = sig.inputs[key].name
-      request += capi_runner._encode_name(name) + capi_runner._encode_tensor(  # pylint: disable=protected-access
+      request += capi_runner._encode_name(name) + capi_runner._encode_tensor(
           name, np.asarray(feeds[key]))
     outputs = [sig.outputs[k].name for k in sorted(sig.outputs)]
     request += struct.pack('<I', len(outputs))
     for name in outputs:
-      request += capi_runner._encode_name(name)  # pylint: disable=protected-access
+      request += capi_runner._encode_name(name)
     paths[batch] = os.path.join(out_dir, 'request_%d.bin' % batch)
     with open(paths[batch], 'wb') as f:
       f.write(request)
@@ -561,7 +561,7 @@ def bench_serving(work_dir, repeats, keep, latency_runs, batch_sizes=(1, 64), th
   after load and one call above a bare session's, load time, latency, and throughput with
   `threads` threads sharing the session; `serving_env` ({name: value}) is added to the served
   processes' environment."""
-  import json  # pylint: disable=g-import-not-at-top  (here: a merge-friendly import block)
+  import json  # here: a merge-friendly import block
   training = os.path.join(work_dir, 'saved_model')
   models = {'training SavedModel': training}
   print()

@@ -31,7 +31,7 @@ def build_checkpoint(directory, embedding_mb, partitions=4, dim=64):
   """A checkpoint: `partitions` embedding parts of EMBEDDING_MB in all, each with Adam slots.
   Run in a child process (--build): TensorFlow's memory is not the parent's."""
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf
   tf1 = tf.compat.v1
   rows = (embedding_mb << 20) // (4 * dim * partitions)
   graph = tf.Graph()
@@ -61,7 +61,7 @@ def _rss_mib():
 
 
 def run_download(prefix_url, out_dir):
-  from freezerlib.core import files  # pylint: disable=g-import-not-at-top
+  from freezerlib.core import files
   parent, base = files.parent_dir(prefix_url), files.basename(prefix_url)
   start = time.perf_counter()
   total = 0
@@ -73,7 +73,7 @@ def run_download(prefix_url, out_dir):
 
 
 def run_ckpt_path(prefix_url, out_dir):
-  from freezerlib.formats import checkpoint_index  # pylint: disable=g-import-not-at-top
+  from freezerlib.formats import checkpoint_index
   start = time.perf_counter()
   index = checkpoint_index.read_index(prefix_url)
   names = [n for n in index.entries if 'Adam' not in n]
@@ -86,13 +86,13 @@ def run_fsspec(prefix_url, out_dir):
   """The same ranges through gcsfs: threads, each reading its ranges in 4 MiB pieces and
   checking them, written at their place in one local file per worker."""
   os.environ.setdefault('GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT', 'false')
-  import concurrent.futures  # pylint: disable=g-import-not-at-top
+  import concurrent.futures
 
-  import gcsfs  # pylint: disable=g-import-not-at-top
+  import gcsfs
 
-  from freezerlib.core import files  # pylint: disable=g-import-not-at-top
-  from freezerlib.formats import checkpoint_index  # pylint: disable=g-import-not-at-top
-  from freezerlib.formats import stored_tensor  # pylint: disable=g-import-not-at-top
+  from freezerlib.core import files
+  from freezerlib.formats import checkpoint_index
+  from freezerlib.formats import stored_tensor
   start = time.perf_counter()
   index = checkpoint_index.read_index(prefix_url)
   store = gcsfs.GCSFileSystem(endpoint_url=os.environ['STORAGE_EMULATOR_HOST'], token='anon')
@@ -150,7 +150,7 @@ def main():
   if args.build:
     print(build_checkpoint(args.build, args.embedding_mb))
     return
-  import storage_servers  # pylint: disable=g-import-not-at-top
+  import storage_servers
   work = tempfile.mkdtemp(prefix='remote_bench_')
   server = storage_servers.start_fake_gcs(['bench'])
   try:
@@ -158,7 +158,7 @@ def main():
     prefix = subprocess.run([sys.executable, __file__, '--build', work, '--embedding_mb',
                              str(args.embedding_mb)], capture_output=True, text=True,
                             check=True).stdout.split()[-1]
-    from freezerlib.core import files  # pylint: disable=g-import-not-at-top
+    from freezerlib.core import files
     remote = 'gs://bench/ckpt'
     files.copy_tree(work, remote)
     size = sum(os.path.getsize(os.path.join(work, n)) for n in os.listdir(work)

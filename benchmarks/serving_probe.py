@@ -27,9 +27,8 @@ import time
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import numpy as np  # pylint: disable=g-import-not-at-top
-import tensorflow as tf  # pylint: disable=g-import-not-at-top
-
+import numpy as np
+import tensorflow as tf
 
 WARM_SECONDS = 0.5  # of calls before the latency of one caller is measured
 
@@ -86,8 +85,8 @@ def concurrent(call, feeds, seconds, threads):
 
 
 def serve(export_dir, feeds_path, runs, seconds, threads):
-  from freezerlib.verify import compare  # pylint: disable=g-import-not-at-top
-  from freezerlib.verify import loaders  # pylint: disable=g-import-not-at-top
+  from freezerlib.verify import compare
+  from freezerlib.verify import loaders
   model = loaders.load_saved_model(export_dir)
   data = np.load(feeds_path, allow_pickle=True)
   batches = sorted({int(k.split('/')[0]) for k in data.files})

@@ -27,7 +27,7 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-import shutil  # pylint: disable=g-import-not-at-top,g-bad-import-order
+import shutil
 import statistics
 import subprocess
 import tempfile
@@ -42,7 +42,6 @@ from benchmarks.measuring import measure
 from freezerlib.core import units
 from freezerlib.export import from_tf2_checkpoint
 from freezerlib.formats import checkpoint_index
-
 
 _WORK_DIR = flags.DEFINE_string(
     'work_dir', None, 'Scratch directory to use and keep (default: a temporary one under /tmp, '
@@ -122,7 +121,8 @@ def needed_bytes(work_dir):
   variables and tables as the checkpoint stores them, and the structure's object graph."""
   structure_index = checkpoint_index.read_index(os.path.join(work_dir, 'structure', 'variables',
                                                         'variables'))
-  index = checkpoint_index.read_index(checkpoint_index.resolve_prefix(os.path.join(work_dir, 'ckpt')))
+  index = checkpoint_index.read_index(
+      checkpoint_index.resolve_prefix(os.path.join(work_dir, 'ckpt')))
   plan = from_tf2_checkpoint.match(from_tf2_checkpoint.read_object_graph(structure_index),
                               structure_index, from_tf2_checkpoint.read_object_graph(index), index)
   stored = {}  # one tensor under two keys (a Keras export) is needed once

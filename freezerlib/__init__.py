@@ -19,11 +19,11 @@ Rules of dependency, checked by tests/freezerlib/test_layers.py, which parses th
   analysis -> formats -> core;
 - no stage imports another stage, and transforms and analysis do not import each other;
 - nothing here imports absl's flags or a script;
-- core and formats never import TensorFlow when imported (the checkpoint path starts in
-  0.1 s without it); elsewhere TensorFlow may be imported at module level;
+- core and formats never import TensorFlow when imported (the checkpoint path starts without
+  it); elsewhere TensorFlow may be imported at module level;
 - no import cycles.
 """
 
 # First, before anything imports TensorFlow: keeps its start-up chatter off stderr, where the
 # scripts promise one line per error (see core/lean_tf.py).
-from freezerlib.core import lean_tf as _lean_tf  # pylint: disable=unused-import
+from freezerlib.core import lean_tf as _lean_tf  # noqa: F401  # imported for its side effect

@@ -19,13 +19,14 @@ Typical use:
     out["y:0"]  # array([[2.5], [3.]], dtype=float32)
 """
 
+from collections.abc import Mapping
+from collections.abc import Sequence
 import os
+from pathlib import Path
 import shutil
 import struct
 import subprocess
 import tempfile
-from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import numpy as np
 
@@ -192,7 +193,8 @@ def _unpack(fmt: str, buf: bytes, pos: int) -> tuple[tuple, int]:
 
 
 def run_signatures(runner_path, export_dir, feeds_by_signature, tag='serve'):
-    """Runs signatures by key through the C API: {sig: {input key: value}} -> {sig: {output: value}}.
+    """Runs signatures by key through the C API:
+    {sig: {input key: value}} -> {sig: {output: value}}.
 
     Tensor names come from the SavedModel's own SignatureDefs, as TF Serving resolves them. A
     sparse input (a SparseTensorValue) is fed as its indices, values and dense shape tensors,
@@ -200,8 +202,9 @@ def run_signatures(runner_path, export_dir, feeds_by_signature, tag='serve'):
     client sends them; sparse and ragged outputs come back as such values
     (freezerlib.verify.loaders.feed_arrays and output_value).
     """
-    from tensorflow.core.protobuf import saved_model_pb2  # pylint: disable=g-import-not-at-top
-    from freezerlib.verify import loaders  # pylint: disable=g-import-not-at-top
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    from freezerlib.verify import loaders
 
     proto = saved_model_pb2.SavedModel()
     with open(os.path.join(export_dir, "saved_model.pb"), "rb") as f:

@@ -8,17 +8,16 @@ import sys
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
-import pytest  # pylint: disable=g-import-not-at-top
+import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from absl import flags  # pylint: disable=g-import-not-at-top
+from absl import flags
+
 from freezerlib import freeze
-from freezerlib.demo import cluster
 from freezerlib.demo import recsys_model
 from freezerlib.formats import saved_model
-
 
 # Under pytest, absl flags are not parsed; the library code never reads them, but absl's own
 # logging does.
@@ -62,7 +61,7 @@ def tiny_frozen(tiny_model, tmp_path_factory):
 @pytest.fixture(scope='session')
 def capi(tmp_path_factory):
   """Path of the C API runner (tests/capi/serve_saved_model.c), compiled once per session."""
-  import capi_runner  # pylint: disable=g-import-not-at-top
+  import capi_runner
   return capi_runner.build_runner(tmp_path_factory.mktemp('capi_runner'))
 
 
@@ -70,7 +69,7 @@ def capi(tmp_path_factory):
 def census(tmp_path_factory):
   """real_models.wide_and_deep: the census wide & deep, reader-fed (sparse inputs) and
   Estimator-style, with its data and checkpoint (about 3 s)."""
-  import real_models  # pylint: disable=g-import-not-at-top
+  import real_models
   return real_models.wide_and_deep(str(tmp_path_factory.mktemp('census')))
 
 
@@ -78,7 +77,7 @@ def census(tmp_path_factory):
 def history(tmp_path_factory):
   """real_models.ragged_history: a reader-fed model with a RaggedTensor input, and the same
   model as a TF2 module."""
-  import real_models  # pylint: disable=g-import-not-at-top
+  import real_models
   return real_models.ragged_history(str(tmp_path_factory.mktemp('history')))
 
 
@@ -91,7 +90,7 @@ def cluster_model(tmp_path_factory):
   (`model_gen.py --num_ps=2 --num_workers=1`): 'saved_model' (its graph keeps /job:ps
   devices), 'checkpoint' (sharded), 'data', plus 'seconds', 'root' (the tasks' logs are in
   ROOT/logs), 'proc' (the finished command)."""
-  import time  # pylint: disable=g-import-not-at-top
+  import time
   root = tmp_path_factory.mktemp('cluster')
   out = root / 'model'
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
@@ -111,7 +110,7 @@ def cluster_model(tmp_path_factory):
 @pytest.fixture(scope='session')
 def fake_graph(tmp_path_factory):
   """The fake inference graph of the cluster's model: same names, partitions, table shards."""
-  import dataclasses  # pylint: disable=g-import-not-at-top
+  import dataclasses
   out = tmp_path_factory.mktemp('fake') / 'fake_infer'
   config = dataclasses.replace(TINY, num_table_shards=NUM_PS)
   return recsys_model.write_fake_infer_graph(str(out), config)['saved_model']
@@ -177,7 +176,7 @@ def tree_digest(path):
 
 def run_tf2_signatures(export_dir, feeds_by_signature):
   """{sig: {output: array}} as tf.saved_model.load(...).signatures[key](**feeds) answers."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf
   loaded = tf.saved_model.load(str(export_dir))
   results = {}
   for key, feeds in feeds_by_signature.items():
@@ -202,7 +201,7 @@ def save_predict_model(session, export_dir, inputs, outputs):
     export_dir: path to create.
     inputs, outputs: dicts of key -> tensor.
   """
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf
   tf1 = tf.compat.v1
   builder = tf1.saved_model.Builder(str(export_dir))
   builder.add_meta_graph_and_variables(session, ['serve'], signature_def_map={

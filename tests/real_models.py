@@ -154,13 +154,13 @@ def census_logits(features, vocabulary_file):
   return tf.add(dnn_logits, linear_logits, name='add_logits')
 
 
-def _write_tfrecords(rows, data_dir, num_files):
+def _write_tfrecords(rows, data_dir, num_files, convert=None):
   os.makedirs(data_dir, exist_ok=True)
   paths = [os.path.join(data_dir, 'adult-%05d-of-%05d.tfrecord' % (i, num_files))
            for i in range(num_files)]
   writers = [tf.io.TFRecordWriter(p) for p in paths]
   for i, row in enumerate(rows):
-    writers[i % num_files].write(to_example(row).SerializeToString())
+    writers[i % num_files].write((convert or to_example)(row).SerializeToString())
   for w in writers:
     w.close()
   return paths
@@ -286,6 +286,126 @@ def export_estimator_style(export_dir, checkpoint, vocabulary_file, serving_spec
 
 
 # ---------------------------------------------------------------------------------------------
+# A CTR model on feature columns: identity ids, shared embeddings, weighted tags, crosses
+
+CTR_USERS, CTR_ITEMS, CTR_TAGS = 30, 60, ['sports', 'news', 'music', 'games', 'travel']
+CTR_CATEGORIES = ['shoes', 'books', 'phones', 'toys']
+
+
+def ctr_feature_spec():
+  return {'user_id': tf.io.VarLenFeature(tf.int64), 'item_id': tf.io.VarLenFeature(tf.int64),
+          'clicked_items': tf.io.VarLenFeature(tf.int64),
+          'tag': tf.io.VarLenFeature(tf.string), 'tag_weight': tf.io.VarLenFeature(tf.float32),
+          'category': tf.io.VarLenFeature(tf.string),
+          'price': tf.io.FixedLenFeature([1], tf.float32, default_value=[0.0]),
+          'clicked': tf.io.FixedLenFeature([1], tf.float32, default_value=[0.0])}
+
+
+def ctr_rows(n, seed):
+  """Impressions: ids inside their buckets (identity columns assert it), 0 to 3 clicked items
+  and weighted tags per row (a tag's weight beside it)."""
+  rng = np.random.RandomState(seed)
+  rows = []
+  for _ in range(n):
+    tags = rng.randint(0, 4)
+    row = {'user_id': [int(rng.randint(CTR_USERS))], 'item_id': [int(rng.randint(CTR_ITEMS))],
+           'clicked_items': [int(i) for i in rng.randint(CTR_ITEMS, size=rng.randint(0, 4))],
+           'tag': [CTR_TAGS[i] for i in rng.randint(len(CTR_TAGS), size=tags)],
+           'tag_weight': [float(w) for w in rng.rand(tags)],
+           'category': [CTR_CATEGORIES[rng.randint(len(CTR_CATEGORIES))]],
+           'price': [float(rng.lognormal(2.0, 1.0))]}
+    row['clicked'] = [float((row['item_id'][0] in row['clicked_items']) or rng.rand() < 0.2)]
+    rows.append(row)
+  return rows
+
+
+def ctr_example(row):
+  """A tf.train.Example from a row of ctr_rows (each list's type is its feature's)."""
+  feature = {}
+  for key, values in row.items():
+    if key in ('tag', 'category'):
+      feature[key] = tf.train.Feature(
+          bytes_list=tf.train.BytesList(value=[v.encode() for v in values]))
+    elif key in ('user_id', 'item_id', 'clicked_items'):
+      feature[key] = tf.train.Feature(int64_list=tf.train.Int64List(value=values))
+    else:
+      feature[key] = tf.train.Feature(float_list=tf.train.FloatList(value=values))
+  return tf.train.Example(features=tf.train.Features(feature=feature))
+
+
+def ctr_logits(features):
+  """Wide (FTRL) and deep (Adagrad) logits on feature columns, as a TF1 CTR model declares
+  them: identity user and item ids, the item id's embedding shared with the clicked items',
+  tags weighted per impression, a category x tag cross; the input layer partitioned in 2."""
+  user = fc.categorical_column_with_identity('user_id', num_buckets=CTR_USERS)
+  item = fc.categorical_column_with_identity('item_id', num_buckets=CTR_ITEMS)
+  clicked = fc.categorical_column_with_identity('clicked_items', num_buckets=CTR_ITEMS)
+  tags = fc.weighted_categorical_column(
+      fc.categorical_column_with_vocabulary_list('tag', CTR_TAGS), 'tag_weight')
+  category = fc.categorical_column_with_vocabulary_list('category', CTR_CATEGORIES)
+  deep = [fc.embedding_column(user, 4), fc.embedding_column(tags, 3, combiner='sqrtn'),
+          fc.indicator_column(category), fc.numeric_column('price')]
+  deep += fc.shared_embedding_columns([item, clicked], dimension=4, combiner='mean')
+  wide = [user, item, tags, fc.crossed_column([category, 'tag'], hash_bucket_size=40)]
+  with tf1.variable_scope('dnn'):
+    with tf1.variable_scope('input_from_feature_columns',
+                            partitioner=tf1.fixed_size_partitioner(2)):
+      net = fc.input_layer(features, deep)
+    net = tf.nn.relu(_dense(net, 8, 'hiddenlayer_0'))
+    dnn_logits = _dense(net, 1, 'logits')
+  with tf1.variable_scope('linear', partitioner=tf1.fixed_size_partitioner(2)):
+    linear_logits = fc.linear_model(features, wide, units=1)
+  return tf.add(dnn_logits, linear_logits, name='add_logits')
+
+
+def feature_column_ctr(out_dir, num_examples=300, steps=30, batch_size=32, seed=6):
+  """Trains the CTR model from TFRecords and writes it as census `reader_fed` is written: the
+  training graph, its `serving_default` fed at the reader's outputs (SparseTensors for the
+  VarLen features), tables initialised by the legacy init op.
+
+  Returns:
+    dict: reader_fed, data (TFRecord paths), serving_spec.
+  """
+  os.makedirs(out_dir, exist_ok=True)
+  data = _write_tfrecords(ctr_rows(num_examples, seed), os.path.join(out_dir, 'data'), 1,
+                          ctr_example)
+  spec = ctr_feature_spec()
+  reader_fed = os.path.join(out_dir, 'reader_fed')
+  graph = tf.Graph()
+  with graph.as_default():
+    tf1.set_random_seed(seed)
+    dataset = (tf.data.TFRecordDataset(data).repeat().shuffle(256, seed=seed)
+               .batch(batch_size).map(lambda s: tf.io.parse_example(s, spec)))
+    features = tf1.data.make_one_shot_iterator(dataset).get_next()
+    labels = features.pop('clicked')
+    logits = ctr_logits(features)
+    loss = tf1.losses.sigmoid_cross_entropy(labels, logits)
+    linear_vars = tf1.get_collection(tf1.GraphKeys.TRAINABLE_VARIABLES, scope='linear')
+    dnn_vars = tf1.get_collection(tf1.GraphKeys.TRAINABLE_VARIABLES, scope='dnn')
+    train_op = tf.group(
+        tf1.train.FtrlOptimizer(0.1, l1_regularization_strength=0.01).minimize(
+            loss, var_list=linear_vars),
+        tf1.train.AdagradOptimizer(0.05).minimize(loss, var_list=dnn_vars))
+    probability = tf.sigmoid(logits, name='probability')
+    with tf1.Session() as sess:
+      sess.run([tf1.global_variables_initializer(), tf1.tables_initializer()])
+      for _ in range(steps):
+        sess.run(train_op)
+      info = tf1.saved_model.build_tensor_info
+      sig = tf1.saved_model.signature_def_utils.build_signature_def(
+          {k: info(v) for k, v in features.items()},
+          {'probability': info(probability), 'logits': info(logits)},
+          tf1.saved_model.PREDICT_METHOD_NAME)
+      builder = tf1.saved_model.Builder(reader_fed)
+      builder.add_meta_graph_and_variables(
+          sess, [tf1.saved_model.SERVING], signature_def_map={'serving_default': sig},
+          legacy_init_op=tf1.tables_initializer())
+      builder.save()
+  return {'reader_fed': reader_fed, 'data': data,
+          'serving_spec': {k: v for k, v in spec.items() if k != 'clicked'}}
+
+
+# ---------------------------------------------------------------------------------------------
 # Keras 3 with preprocessing layers
 
 KERAS_USERS = ['u%03d' % i for i in range(40)]
@@ -319,7 +439,7 @@ def keras3_preprocessing(out_dir, num_examples=300, epochs=2, seed=2):
     dict: exported (model.export: its signature is `serve` and `serving_default`), saved
       (tf.saved_model.save), input_names.
   """
-  import keras  # pylint: disable=g-import-not-at-top  # Keras 3, TensorFlow backend
+  import keras  # Keras 3, TensorFlow backend
   keras.utils.set_random_seed(seed)
   data = keras_inputs(num_examples, seed)
   label = ((data['price'][:, 0] > 8) ^ (data['item'][:, 0] % 2 == 0)).astype(np.float32)
@@ -354,6 +474,123 @@ def keras3_preprocessing(out_dir, num_examples=300, epochs=2, seed=2):
   model.export(exported, verbose=False)
   tf.saved_model.save(model, saved)
   return {'exported': exported, 'saved': saved, 'input_names': sorted(data)}
+
+
+# ---------------------------------------------------------------------------------------------
+# tf-keras (Keras 2): saved once, then checkpointed while training goes on
+
+TF_KERAS_USERS = ['u%02d' % i for i in range(12)]
+
+
+def tf_keras_inputs(n, seed, unseen=False):
+  """{input name: array} for tf_keras_clicks; `unseen` mixes in users outside the vocabulary
+  and items the click table never saw."""
+  rng = np.random.RandomState(seed)
+  users = np.array([TF_KERAS_USERS[i] for i in rng.randint(len(TF_KERAS_USERS), size=n)],
+                   dtype=object)
+  items = rng.randint(0, 40, size=n).astype(np.int64)
+  if unseen:
+    users = np.where(rng.rand(n) < 0.3, np.array(['stranger'] * n, dtype=object), users)
+    items = np.where(rng.rand(n) < 0.3, rng.randint(10**6, 10**7, size=n), items)
+  return {'user': users.reshape(n, 1), 'item': items.reshape(n, 1),
+          'x': rng.randn(n, 3).astype(np.float32)}
+
+
+def tf_keras_clicks(out_dir, num_examples=256, seed=3):
+  """A tf-keras CTR model as Keras 2 users write it: StringLookup, an embedding, a custom layer
+  counting each item's impressions in a MutableHashTable while training (read when serving),
+  batch norm, compiled with metrics (accuracy, AUC: their accumulators are tracked only by the
+  SavedModel), saved with `model.save(format='tf')` after one epoch, then trained on and
+  checkpointed both ways: `tf.train.Checkpoint(model=, optimizer=).save` and `save_weights`.
+
+  Returns:
+    dict: structure, checkpoint (tf.train.Checkpoint prefix), weights (save_weights prefix),
+      feeds (users and items unseen included), expected ({output name: array} of the trained
+      model on feeds).
+  """
+  import tf_keras as keras  # only where used
+
+  class ItemCounts(keras.layers.Layer):
+    """Impressions per item: counted while training, looked up (0 if unseen) when serving."""
+
+    def __init__(self, **kwargs):
+      super().__init__(**kwargs)
+      self.counts = tf.lookup.experimental.MutableHashTable(tf.int64, tf.float32, 0.0)
+
+    def call(self, items, training=None):
+      items = tf.reshape(items, [-1])
+      if training:
+        self.counts.insert(items, self.counts.lookup(items) + 1.0)
+      return tf.math.log1p(tf.reshape(self.counts.lookup(items), [-1, 1]))
+
+  keras.utils.set_random_seed(seed)
+  user = keras.Input((1,), dtype='string', name='user')
+  item = keras.Input((1,), dtype='int64', name='item')
+  x = keras.Input((3,), name='x')
+  user_id = keras.layers.StringLookup(vocabulary=TF_KERAS_USERS, name='user_lookup')(user)
+  user_vec = keras.layers.Flatten()(keras.layers.Embedding(len(TF_KERAS_USERS) + 1, 4,
+                                                           name='user_emb')(user_id))
+  hidden = keras.layers.Dense(8, activation='relu', name='hidden')(keras.layers.Concatenate()(
+      [user_vec, ItemCounts(name='item_counts')(item), x]))
+  hidden = keras.layers.BatchNormalization(name='bn')(hidden)
+  out = keras.layers.Dense(1, activation='sigmoid', name='ctr')(hidden)
+  model = keras.Model({'user': user, 'item': item, 'x': x}, out)
+  optimizer = keras.optimizers.Adam(0.03)
+  model.compile(optimizer=optimizer, loss='binary_crossentropy',
+                metrics=['accuracy', keras.metrics.AUC(name='auc')])
+  data = tf_keras_inputs(num_examples, seed)
+  label = ((data['x'][:, 0] > 0) ^ (data['item'][:, 0] % 3 == 0)).astype(np.float32)
+  model.fit(data, label, epochs=1, batch_size=32, verbose=0)
+  structure = os.path.join(out_dir, 'structure')
+  model.save(structure, save_format='tf')
+  model.fit(data, label, epochs=2, batch_size=32, verbose=0)
+  checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer).save(
+      os.path.join(out_dir, 'ckpt', 'ck'))
+  weights = os.path.join(out_dir, 'weights', 'w')
+  model.save_weights(weights)
+  feeds = tf_keras_inputs(60, seed + 1, unseen=True)
+  expected = model.predict(feeds, verbose=0)
+  return {'structure': structure, 'checkpoint': checkpoint, 'weights': weights,
+          'feeds': feeds, 'expected': expected}
+
+
+def tf_keras_top_k(out_dir, seed=4):
+  """A retrieval model as TF Recommenders' BruteForce is written: a tf-keras Model subclass
+  holding its candidates' embeddings and identifiers as non-trainable variables, answering the
+  top 3 by dot product; saved with tf.saved_model.save. Its own variables/ is its checkpoint.
+
+  Returns:
+    dict: structure, feeds, expected ({output name: array}).
+  """
+  import tf_keras as keras
+
+  class TopK(keras.Model):
+
+    def __init__(self, k=3):
+      super().__init__()
+      self._k = k
+      self.query_model = keras.layers.Embedding(10, 4, name='query_emb')
+
+    def index(self, candidates, identifiers):
+      self._candidates = tf.Variable(candidates, trainable=False, name='candidates')
+      self._identifiers = tf.Variable(identifiers, trainable=False, name='identifiers')
+
+    def call(self, queries):
+      scores = tf.matmul(self.query_model(queries), self._candidates, transpose_b=True)
+      values, indices = tf.math.top_k(scores, self._k)
+      return {'scores': values, 'ids': tf.gather(self._identifiers, indices)}
+
+  keras.utils.set_random_seed(seed)
+  model = TopK()
+  model.index(tf.random.stateless_normal([20, 4], seed=[seed, 1]),
+              tf.constant(['cand_%02d' % i for i in range(20)]))
+  feeds = {'queries': np.arange(10, dtype=np.int32)}
+  expected = {k: v.numpy() for k, v in model(tf.constant(feeds['queries'])).items()}
+  structure = os.path.join(out_dir, 'structure')
+  tf.saved_model.save(model, structure, signatures=tf.function(
+      lambda queries: model(queries),
+      input_signature=[tf.TensorSpec([None], tf.int32, name='queries')]))
+  return {'structure': structure, 'feeds': feeds, 'expected': expected}
 
 
 # ---------------------------------------------------------------------------------------------

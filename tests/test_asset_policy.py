@@ -16,7 +16,6 @@ import tensorflow as tf
 
 from conftest import meta_graph_of
 from conftest import tree_digest
-import real_models
 from freezerlib import freeze
 from freezerlib.core import errors
 from freezerlib.core.lean_tf import meta_graph_pb2
@@ -25,6 +24,7 @@ from freezerlib.export import from_checkpoint
 from freezerlib.export import from_frozen
 from freezerlib.formats import saved_model
 from freezerlib.verify import loaders
+import real_models
 
 tf1 = tf.compat.v1
 
@@ -47,7 +47,7 @@ def _feeds(model, examples):
 def test_census_estimator_style_through_the_checkpoint_path(census, tmp_path, capi):
   """Vocabulary files (one of them listed twice) read by the main op: trusted, copied once,
   and the export answers as the original, through Python and through the C API."""
-  import capi_runner  # pylint: disable=g-import-not-at-top
+  import capi_runner
   structure = census['estimator_style']
   listed = [a.filename for a in saved_model.asset_defs(meta_graph_of(structure))]
   assert len(listed) > len(set(listed)) == 1  # countries.txt, more than once

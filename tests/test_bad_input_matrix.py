@@ -17,10 +17,11 @@ import tensorflow as tf
 
 from conftest import tf_serving_model
 from conftest import tree_digest
+
+# The scripts themselves: this file tests their command lines, in-process.
+import freezer
 from freezerlib import freeze
 from freezerlib.formats import frozen_graph
-# The scripts themselves: this file tests their command lines, in-process.
-import freezer  # pylint: disable=g-bad-import-order
 import model_gen
 import optimize_from_ckpt
 import optimize_from_pb

@@ -170,10 +170,15 @@ def test_checkpoint_path_names_the_tensor_and_the_shard(tiny_model, tmp_path, ca
     assert not (tmp_path / 'o').exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith('.o')] == []
   assert tree_digest(ckpt_dir) == digest
-  # --noverify_checksums copies without reading (TensorFlow's reader would then refuse it).
-  proc = run_main_as_process(optimize_from_ckpt, [
-      '--saved_model_dir=%s' % tiny_model['saved_model'], '--checkpoint=%s' % ckpt_dir,
-      '--output_saved_model_dir=%s' % (tmp_path / 'o'), '--noverify_checksums'], capsys)
+  # --noverify_checksums copies without reading; the serving check's load, TensorFlow's
+  # reader, then refuses it, and nothing is left; with --nocheck too, it is written.
+  args = ['--saved_model_dir=%s' % tiny_model['saved_model'], '--checkpoint=%s' % ckpt_dir,
+          '--output_saved_model_dir=%s' % (tmp_path / 'o'), '--noverify_checksums']
+  proc = run_main_as_process(optimize_from_ckpt, args, capsys)
+  assert_one_line_error(proc, 'optimize_from_ckpt.py', 'does not serve', 'Checksum does not '
+                        'match')
+  assert not (tmp_path / 'o').exists()
+  proc = run_main_as_process(optimize_from_ckpt, args + ['--nocheck'], capsys)
   assert proc.returncode == 0, proc.stderr[-2000:]
 
 

@@ -1,7 +1,8 @@
 """The command line as a user meets it: --help, exit codes, Ctrl-C, TF Serving's layout, warmup.
 
 Exit codes (README): 0 success; 1 bad input or models that differ; 2 usage errors, as one
-line naming the flag; 130 interrupted, as one line saying what was written.
+line naming the flag; 3 optimize_from_pb_test.py's reference fails on the inputs; 130
+interrupted, as one line saying what was written.
 """
 
 import os
@@ -13,14 +14,13 @@ import time
 
 import pytest
 import tensorflow as tf
+from tensorflow_serving.apis import prediction_log_pb2
 
 from conftest import REPO
 from conftest import run_script
 from conftest import tree_digest
 from freezerlib.core import atomic
 from freezerlib.verify import loaders
-
-from tensorflow_serving.apis import prediction_log_pb2
 
 SCRIPTS = ['model_gen.py', 'freezer.py', 'optimize_from_pb.py', 'optimize_from_pb_test.py',
            'optimize_from_ckpt.py']
@@ -63,6 +63,10 @@ def test_help_lists_the_scripts_flags_and_answers_without_tensorflow(script):
     assert '--' + name in out or '--[no]' + name in out, (name, out)
   assert 'Example' in out and 'python %s' % script in out
   assert '--helpfull' in out and 'xla' not in out.lower()  # absl's and TF's own flags stay out
+  footer = ' %s ' % ' '.join(out[out.index('Exit codes:'):].split())
+  for exit_code in ('0 success', '1 bad input', '2 usage error', '3 optimize_from_pb_test.py',
+                    '130 interrupted'):
+    assert ' %s' % exit_code in footer, footer
   # --helpfull adds absl's own flags, and is no error either (absl's own handler exits 1).
   full = subprocess.run([sys.executable, script, '--helpfull'], cwd=REPO, capture_output=True,
                         text=True, timeout=60, check=False)
@@ -157,7 +161,7 @@ def test_interrupt_at_any_moment_is_one_line_and_leaves_nothing_half_written(
 
 
 def test_interrupt_after_the_output_is_complete_says_so(monkeypatch, tmp_path, capsys):
-  import utils  # pylint: disable=g-import-not-at-top  # the scripts' own plumbing
+  import utils  # the scripts' own plumbing
 
   def work():
     with atomic.atomic_output(str(tmp_path / 'out.pb')) as tmp:

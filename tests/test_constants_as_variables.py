@@ -6,12 +6,12 @@ import io
 import numpy as np
 import pytest
 
+import capi_runner
 from conftest import assert_one_line_error
 from conftest import meta_graph_of
 from conftest import run_main_as_process
 from conftest import run_script
 from conftest import run_tf2_signatures
-import capi_runner
 from freezerlib.export import from_frozen
 from freezerlib.formats import frozen_graph
 from freezerlib.formats import saved_model
@@ -46,8 +46,9 @@ def redumped(tiny_frozen, tmp_path_factory):
   # cover those), so the constants are the frozen graph's own.
   from_frozen.saved_model_from_frozen_graph(tiny_frozen, paths['saved_model'], paths['graph'],
                             constants_as_variables=THRESHOLD, rewrites=())
-  from_frozen.saved_model_from_frozen_graph(tiny_frozen, paths['plain'], constants_as_variables=None,
-                            rewrites=())
+  from_frozen.saved_model_from_frozen_graph(
+      tiny_frozen, paths['plain'], constants_as_variables=None,
+      rewrites=())
   return paths
 
 

@@ -13,6 +13,7 @@ import shutil
 
 import pytest
 import tensorflow as tf
+from test_bad_input_matrix import run_main
 
 from conftest import assert_one_line_error
 from conftest import run_script
@@ -22,7 +23,6 @@ from freezerlib.core.lean_tf import graph_pb2
 from freezerlib.core.lean_tf import meta_graph_pb2
 from freezerlib.core.lean_tf import saved_model_pb2
 from freezerlib.formats import frozen_graph
-from test_bad_input_matrix import run_main
 
 tf1 = tf.compat.v1
 

@@ -17,6 +17,7 @@ import tensorflow as tf
 import capi_runner
 from conftest import TINY
 from conftest import run_main
+import freezer  # the scripts, whose --serving_input flag is run in-process
 from freezerlib import freeze
 from freezerlib.core import errors
 from freezerlib.demo import recsys_model
@@ -27,11 +28,9 @@ from freezerlib.formats import saved_model
 from freezerlib.freeze import in_memory
 from freezerlib.transforms import example_front
 from freezerlib.verify import loaders
-import real_models
-# The scripts, whose --serving_input flag is run in-process.
-import freezer  # pylint: disable=g-bad-import-order
 import optimize_from_ckpt
 import optimize_from_pb
+import real_models
 
 tf1 = tf.compat.v1
 ATOL = 1e-6

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import meta_graph_of
-from conftest import save_predict_model
 from conftest import assert_one_line_error
+from conftest import meta_graph_of
 from conftest import run_script
+from conftest import save_predict_model
 from conftest import tf_serving_model
 from conftest import tree_digest
 from freezerlib import freeze
@@ -212,10 +212,12 @@ def test_half_plus_two_all_signatures(tmp_path):
   assert model.signatures['classify_x_to_y'].method_name == 'tensorflow/serving/classify'
   new = loaders.load_frozen_graph(output)
   run = new.run
-  np.testing.assert_allclose(run('serving_default', {'x': np.array([[1.0], [2.0]], np.float32)})['y'],
-                             [[2.5], [3.0]])
-  np.testing.assert_allclose(run('regress_x2_to_y3', {'inputs': np.array([[4.0]], np.float32)})['outputs'],
-                             [[5.0]])
+  np.testing.assert_allclose(
+      run('serving_default', {'x': np.array([[1.0], [2.0]], np.float32)})['y'],
+      [[2.5], [3.0]])
+  np.testing.assert_allclose(
+      run('regress_x2_to_y3', {'inputs': np.array([[4.0]], np.float32)})['outputs'],
+      [[5.0]])
   examples = np.array([_example(4.0)], dtype=object)
   np.testing.assert_allclose(run('regress_x_to_y', {'inputs': examples})['outputs'], [[4.0]])
   np.testing.assert_allclose(run('classify_x_to_y', {'inputs': examples})['scores'], [[4.0]])
@@ -291,8 +293,9 @@ def test_bad_input(case, tmp_path):
   digest = tree_digest(src) if tf.io.gfile.exists(src) else None
   output = tmp_path / 'out' / 'frozen.pb'
   with pytest.raises(errors.UserError, match=message):
-    freeze.graph_from_saved_model(src, str(output), tags=[a.split('=')[1] for a in extra if 'tags' in a] or
-                   ['serve'], signature_names=[a.split('=')[1] for a in extra if 'signature' in a])
+    freeze.graph_from_saved_model(
+        src, str(output), tags=[a.split('=')[1] for a in extra if 'tags' in a] or
+        ['serve'], signature_names=[a.split('=')[1] for a in extra if 'signature' in a])
   if case in ('missing_dir', 'truncated_pb', 'session_bundle'):  # a few as the user runs them
     proc = run_script('freezer.py', '--saved_model_dir=%s' % src, '--output_graph=%s' % output,
                       *extra)
@@ -424,7 +427,7 @@ def _reader_model_without_signatures(export_dir):
 
 
 def test_inputs_and_outputs_freeze_a_model_without_signatures(tmp_path, capsys):
-  from test_bad_input_matrix import run_main  # pylint: disable=g-import-not-at-top
+  from test_bad_input_matrix import run_main
   model = _reader_model_without_signatures(tmp_path / 'm')
   out = str(tmp_path / 'f.pb')
   code, err = run_main('freezer', ['--saved_model_dir=' + model, '--output_graph=' + out], capsys)

@@ -91,7 +91,8 @@ def test_keep_by_size_keeps_exactly_the_big_tensors(tiny_model, by_size):
   for name in names:
     np.testing.assert_array_equal(beside.get_tensor(name), training.get_tensor(name))
   assert checkpoint_index.slices_of(checkpoint_index.read_index(prefix), 'item_embedding') == \
-      checkpoint_index.slices_of(checkpoint_index.read_index(tiny_model['checkpoint']), 'item_embedding')
+      checkpoint_index.slices_of(checkpoint_index.read_index(tiny_model['checkpoint']),
+                                 'item_embedding')
   assert frozen.variables_digest == frozen_graph.index_digest(prefix)
 
 
@@ -118,7 +119,7 @@ def test_redumped_saved_model_restores_the_beside_checkpoint(reference, by_size)
 
 
 def test_redumped_saved_model_serves_through_c_api_and_tf2(reference, by_size, capi):
-  import capi_runner  # pylint: disable=g-import-not-at-top
+  import capi_runner
   maker = inputs.InputMaker(reference, seed=4)
   feeds = {k: maker.make(k, 80) for k in reference.signatures}
   got_capi = capi_runner.run_signatures(capi, by_size['serving'], feeds)
@@ -142,8 +143,9 @@ def test_keep_by_name_from_the_command_line_and_moved_together(tiny_model, refer
   shutil.move(str(tmp_path / 'a'), str(tmp_path / 'b'))
   moved = str(tmp_path / 'b' / 'frozen.pb')
   model = _frozen(moved)
-  assert _restored(model) == {'item_embedding/part_0', 'item_embedding/part_1', 'item_embedding/part_2',
-                   'user_stats'}
+  assert _restored(model) == {
+      'item_embedding/part_0', 'item_embedding/part_1', 'item_embedding/part_2',
+      'user_stats'}
   # category_stats is frozen: filled from constants by the init op, after the restore.
   nodes = {n.name for n in model.graph_def.node}
   assert 'freezer/tables/category_stats/keys' in nodes
@@ -223,7 +225,8 @@ def test_a_failure_while_writing_leaves_nothing_and_the_old_output_intact(
 ])
 def test_bad_spec_is_refused_before_anything_is_written(spec, fragment, tiny_model, tmp_path):
   with pytest.raises(errors.UserError, match=fragment):
-    freeze.graph_from_saved_model(tiny_model['saved_model'], str(tmp_path / 'out.pb'), keep_as_variables=spec)
+    freeze.graph_from_saved_model(tiny_model['saved_model'], str(tmp_path / 'out.pb'),
+                                  keep_as_variables=spec)
   assert os.listdir(tmp_path) == []
 
 
@@ -239,7 +242,7 @@ def test_control_flow_over_a_kept_variable_is_fine_static_tables_are_refused(tmp
   by whatever reads it, control flow included. Static tables need the in-memory freezer,
   which keeps nothing: refused with the reason."""
   tf1 = tf.compat.v1
-  from conftest import save_predict_model  # pylint: disable=g-import-not-at-top
+  from conftest import save_predict_model
   graph = tf.Graph()
   with graph.as_default():
     x = tf1.placeholder(tf.float32, [None], name='x')
@@ -274,16 +277,19 @@ def test_control_flow_over_a_kept_variable_is_fine_static_tables_are_refused(tmp
       builder.save()
   with pytest.raises(errors.UserError, match=r'--keep_as_variables needs the streaming freezer, '
                      r'which cannot freeze this model \(static tables'):
-    freeze.graph_from_saved_model(str(tmp_path / 'static'), str(tmp_path / 'static.pb'), keep_as_variables='w')
+    freeze.graph_from_saved_model(str(tmp_path / 'static'), str(tmp_path / 'static.pb'),
+                                  keep_as_variables='w')
   assert not os.path.exists(tmp_path / 'static.pb')
   # With no variable reaching the size, nothing needs keeping and the in-memory path runs.
-  freeze.graph_from_saved_model(str(tmp_path / 'static'), str(tmp_path / 'static.pb'), keep_as_variables='1GiB')
+  freeze.graph_from_saved_model(str(tmp_path / 'static'), str(tmp_path / 'static.pb'),
+                                keep_as_variables='1GiB')
   assert _frozen(str(tmp_path / 'static.pb')).saver_def is None
 
 
 def _benchmark_module():
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  from conftest import REPO  # pylint: disable=g-import-not-at-top
+  import importlib.util
+
+  from conftest import REPO
   spec = importlib.util.spec_from_file_location('benchmark', REPO / 'benchmarks' / 'benchmark.py')
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)

@@ -10,6 +10,7 @@ import time
 import numpy as np
 import pytest
 import tensorflow as tf
+from test_lean import _export_in_fresh_process
 
 from conftest import NUM_PS
 from conftest import REPO
@@ -26,7 +27,6 @@ from freezerlib.formats import saved_model
 from freezerlib.verify import compare
 from freezerlib.verify import inputs
 from freezerlib.verify import loaders
-from test_lean import _export_in_fresh_process  # pylint: disable=g-bad-import-order
 
 OPTIMIZER_OPS = {'ResourceApplyAdam', 'ApplyAdam', 'ResourceSparseApplyAdam'}
 
@@ -202,7 +202,7 @@ def test_killed_ps_task_stops_the_cluster(tmp_path):
   def launch():
     try:
       outcome['message'], _ = _run_failing(tmp_path, timeout_secs=60)
-    except BaseException as e:  # pylint: disable=broad-except
+    except BaseException as e:
       outcome['error'] = e
 
   thread = threading.Thread(target=launch)
@@ -278,8 +278,8 @@ def test_cli_joins_a_cluster(tmp_path):
 
 def test_cluster_checkpoint_serves_through_the_fake_inference_graph(cluster_model, fake_graph,
                                                                     tmp_path, capi):
-  """The issue's path: a real 2-PS cluster's sharded checkpoint, the fake graph's structure."""
-  import capi_runner  # pylint: disable=g-import-not-at-top
+  """The checkpoint path: a real 2-PS cluster's sharded checkpoint, the fake graph's structure."""
+  import capi_runner
   ckpt_dir = cluster_model['checkpoint'].rsplit('/', 1)[0]
   index = checkpoint_index.read_index(cluster_model['checkpoint'])
   assert index.num_shards == 2
@@ -308,7 +308,7 @@ def test_cluster_checkpoint_serves_through_the_fake_inference_graph(cluster_mode
 
 
 def test_fake_graph_export_runs_without_tensorflow(cluster_model, fake_graph, tmp_path):
-  """The issue's case (a fake inference graph, whose inputs are placeholders): the script
+  """A fake inference graph, whose inputs are placeholders, as the structure: the script
   loads neither TensorFlow's Python API nor its runtime, nor numpy, and writes byte for byte
   what the in-process export (TensorFlow loaded) writes."""
   ckpt = cluster_model['checkpoint'].rsplit('/', 1)[0]

@@ -18,13 +18,13 @@ from absl.testing import flagsaver
 import numpy as np
 import pytest
 import tensorflow as tf
+from test_model_gen_distributed import _cluster_processes
 
+import capi_runner
 from conftest import REPO
 from conftest import TINY
 from conftest import TINY_FLAGS
 from conftest import run_script
-import capi_runner
-from test_model_gen_distributed import _cluster_processes  # pylint: disable=g-bad-import-order
 from freezerlib.core import errors
 from freezerlib.demo import cluster
 from freezerlib.demo import recsys_model
@@ -265,7 +265,7 @@ def test_killed_ps_task_stops_the_cluster(tmp_path, monkeypatch, capsys):
 def test_flag_rules(flag_values, fragment):
   with flagsaver.flagsaver(**flag_values):
     with pytest.raises(errors.UserError, match=re.escape(fragment)):
-      model_gen._check_api_flags()  # pylint: disable=protected-access
+      model_gen._check_api_flags()
 
 
 def test_flag_rule_is_one_line_and_writes_nothing(tmp_path, capsys):

@@ -76,11 +76,11 @@ def test_every_script_end_to_end(store, stores, capsys):
   """model_gen -> freezer (a variable kept) -> optimize_from_pb -> optimize_from_pb_test (the
   SavedModel and the optimized graph with its checkpoint), and the checkpoint path, every input
   and output on the store; the comparator passes on the store's models."""
-  import freezer  # pylint: disable=g-import-not-at-top
-  import model_gen  # pylint: disable=g-import-not-at-top
-  import optimize_from_ckpt  # pylint: disable=g-import-not-at-top
-  import optimize_from_pb  # pylint: disable=g-import-not-at-top
-  import optimize_from_pb_test  # pylint: disable=g-import-not-at-top
+  import freezer
+  import model_gen
+  import optimize_from_ckpt
+  import optimize_from_pb
+  import optimize_from_pb_test
   root = _unique(stores[store], 'e2e')
   steps = [
       (model_gen, ['--output_dir=%s/model' % root, '--steps=5'] +
@@ -144,7 +144,7 @@ def test_checkpoint_path_from_s3_into_s3_matches_the_local_run(
   assert 'data-00001-of-00002' in ' '.join(files.listdir(root + '/ckpt'))
   assert 'copying tensors:' in proc.stderr and '/s' in proc.stderr
   # The exported tensors are the local run's: same index records, same bytes per tensor.
-  from freezerlib.formats import checkpoint_index  # pylint: disable=g-import-not-at-top
+  from freezerlib.formats import checkpoint_index
   remote = checkpoint_index.read_index(root + '/serving/1/variables/variables')
   local = checkpoint_index.read_index(str(local_out / 'variables' / 'variables'))
   assert sorted(remote.entries) == sorted(local.entries)
@@ -162,7 +162,7 @@ def test_flipped_byte_in_a_remote_shard_is_found(cluster_model, fake_graph, stor
   ckpt_dir = os.path.dirname(cluster_model['checkpoint'])
   _upload(ckpt_dir, root + '/ckpt')
   name = os.path.basename(cluster_model['checkpoint'])
-  from freezerlib.formats import checkpoint_index  # pylint: disable=g-import-not-at-top
+  from freezerlib.formats import checkpoint_index
   index = checkpoint_index.read_index(cluster_model['checkpoint'])
   entry = index.entries['item_embedding/part_0'] if 'item_embedding/part_0' in index.entries \
       else next(e for n, e in index.entries.items() if 'Adam' not in n and e.size > 8)

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import meta_graph_of
-from conftest import save_predict_model
 from conftest import assert_one_line_error
+from conftest import meta_graph_of
 from conftest import run_script
+from conftest import save_predict_model
 from freezerlib import freeze
 from freezerlib.analysis import unsafe_ops
 from freezerlib.core import errors

@@ -35,8 +35,9 @@ def _compare(reference_dir, new_dir, examples=150):
 @pytest.fixture(scope='module')
 def exported(tiny_model, tmp_path_factory):
   out = str(tmp_path_factory.mktemp('ckpt_export') / 'serving')
-  report = from_checkpoint.saved_model_from_checkpoint(checkpoint=tiny_model['checkpoint'].rsplit('/', 1)[0],
-                                    output_dir=out, saved_model_dir=tiny_model['saved_model'])
+  report = from_checkpoint.saved_model_from_checkpoint(
+      checkpoint=tiny_model['checkpoint'].rsplit('/', 1)[0],
+      output_dir=out, saved_model_dir=tiny_model['saved_model'])
   return out, report
 
 
@@ -64,7 +65,7 @@ def test_pruned_export_answers_as_the_checkpoint(tiny_model, exported):
 
 
 def test_export_serves_through_the_c_api(tiny_model, exported, capi):
-  import capi_runner  # pylint: disable=g-import-not-at-top
+  import capi_runner
   out, _ = exported
   reference = loaders.load_saved_model(tiny_model['saved_model'])
   feeds = {k: inputs.InputMaker(reference, seed=2).make(k, 50) for k in reference.signatures}
@@ -104,8 +105,9 @@ def test_small_chunks_and_noprune_give_the_same_answers(tiny_model, tmp_path):
   assert all(r.passed for r in results), results
 
   full = str(tmp_path / 'full')
-  report = from_checkpoint.saved_model_from_checkpoint(checkpoint=tiny_model['checkpoint'], output_dir=full,
-                                    saved_model_dir=tiny_model['saved_model'], prune_tensors=False)
+  report = from_checkpoint.saved_model_from_checkpoint(
+      checkpoint=tiny_model['checkpoint'], output_dir=full,
+      saved_model_dir=tiny_model['saved_model'], prune_tensors=False)
   source = pathlib.Path(tiny_model['checkpoint'] + '.data-00000-of-00001')
   copy = pathlib.Path(full) / 'variables' / 'variables.data-00000-of-00001'
   assert copy.read_bytes() == source.read_bytes()
@@ -122,8 +124,9 @@ def test_partition_count_change_is_refused(tiny_model, tmp_path):
   out = tmp_path / 'out'
   with pytest.raises(errors.UserError, match=r'item_embedding is split in 3 partitions in the '
                      r'checkpoint, 2 in'):
-    from_checkpoint.saved_model_from_checkpoint(checkpoint=tiny_model['checkpoint'], output_dir=str(out),
-                             saved_model_dir=other['saved_model'])
+    from_checkpoint.saved_model_from_checkpoint(
+        checkpoint=tiny_model['checkpoint'], output_dir=str(out),
+        saved_model_dir=other['saved_model'])
   assert not out.exists()
 
 

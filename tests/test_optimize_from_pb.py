@@ -15,11 +15,11 @@ import pytest
 import tensorflow as tf
 
 import capi_runner
-from conftest import meta_graph_of
-from conftest import run_tf2_signatures
 from conftest import assert_one_line_error
+from conftest import meta_graph_of
 from conftest import run_main_as_process
 from conftest import run_script
+from conftest import run_tf2_signatures
 from conftest import tf_serving_model
 from conftest import tree_digest
 from freezerlib import freeze
@@ -364,8 +364,9 @@ def test_existing_output_needs_overwrite(half_plus_two, tmp_path):
 def test_graph_def_not_from_freezer_with_inputs_outputs(half_plus_two_plain, tmp_path, capi):
   digest = tree_digest(half_plus_two_plain)
   out = tmp_path / 'serving'
-  result, _, _ = from_frozen.saved_model_from_frozen_graph(half_plus_two_plain, str(out), inputs=['x:0'],
-                                           outputs=['y:0'])
+  result, _, _ = from_frozen.saved_model_from_frozen_graph(
+      half_plus_two_plain, str(out), inputs=['x:0'],
+      outputs=['y:0'])
   assert tree_digest(half_plus_two_plain) == digest
   meta_graph = _meta_graph(out)
   assert sorted(meta_graph.signature_def) == ['serving_default']

@@ -188,7 +188,8 @@ def test_tampered_logit_weight_fails(optimized, tiny_model, tmp_path):
 def test_tampered_half_plus_two_constant_fails(tmp_path):
   src = tf_serving_model('saved_model_half_plus_two_cpu')
   freeze.graph_from_saved_model(src, str(tmp_path / 'frozen.pb'))
-  from_frozen.saved_model_from_frozen_graph(str(tmp_path / 'frozen.pb'), output_graph=str(tmp_path / 'opt.pb'))
+  from_frozen.saved_model_from_frozen_graph(str(tmp_path / 'frozen.pb'),
+                                            output_graph=str(tmp_path / 'opt.pb'))
   reference = loaders.load_saved_model(src)
   passed, results, report = _check(reference, loaders.load_frozen_graph(
       str(tmp_path / 'opt.pb')))

@@ -5,7 +5,7 @@ path with the SavedModel as structure and the training checkpoint. Every convert
 answer as the original within 1e-6 on inputs that include values training never saw (hash
 keys, vocabulary misses, empty and multi-valued features, rows without the label).
 
-Ported from the phase-1 tests of issue 12; the asset cases (a vocabulary file listed three
+The asset cases (a vocabulary file listed three
 times, trusted on the checkpoint path, an asset escaping assets/) are test_asset_policy.py's.
 """
 
@@ -256,6 +256,38 @@ def test_estimator_style_census_freezes_and_redumps(census, example_feeds, tmp_p
                      'predict': 'tensorflow/serving/predict'}
   passed, results = _check(reference, new)  # serialized tf.Example with vocabulary words
   assert passed and len(results) == 11, results
+
+
+# ---------------------------------------------------------------------------------------------
+# A CTR model on feature columns (identity ids into partitioned embeddings, shared embeddings,
+# weighted tags, crosses, FTRL)
+
+
+@pytest.fixture(scope='module')
+def ctr(tmp_path_factory):
+  return real_models.feature_column_ctr(str(tmp_path_factory.mktemp('ctr')))
+
+
+def test_feature_column_ctr_compares_with_generated_inputs(ctr, tmp_path):
+  """optimize_from_pb_test.py's generated inputs fit the columns: identity ids inside their
+  buckets (past them, the partitioned embedding's partition index fails), a weighted
+  column's ids and weights with the same indices; the reference answers and the re-dumped
+  model is found equal."""
+  _, serving = _freeze_and_redump(ctr['reader_fed'], str(tmp_path))
+  reference = loaders.load_saved_model(ctr['reader_fed'])
+  feeds = inputs.InputMaker(reference, seed=3).make('serving_default', 64)
+  for key, buckets in (('user_id', real_models.CTR_USERS), ('item_id', real_models.CTR_ITEMS),
+                       ('clicked_items', real_models.CTR_ITEMS)):
+    values = np.asarray(feeds[key].values)
+    assert len(values) and values.min() >= 0 and values.max() < buckets, key
+  np.testing.assert_array_equal(feeds['tag'].indices, feeds['tag_weight'].indices)
+  assert len(set(feeds['user_id'].values.tolist())) > 10
+  reference.run('serving_default', feeds)  # answers, no error
+  new = loaders.load_saved_model(serving)
+  passed, results = _check(reference, new)
+  assert passed and len(results) == 2, results
+  passed, results = _check(reference, new, inputs=ctr['data'])
+  assert passed and len(results) == 2, results
 
 
 # ---------------------------------------------------------------------------------------------

@@ -23,22 +23,27 @@ def test_both_paths_end_to_end_on_ram_filesystem(tmp_path):
   assert tf.io.gfile.exists(model['saved_model'] + '/saved_model.pb')
   assert tf.io.gfile.glob(model['checkpoint'] + '.data-*')
   freeze.graph_from_saved_model(model['saved_model'], root + '/frozen.pb')
-  from_frozen.saved_model_from_frozen_graph(root + '/frozen.pb', output_saved_model_dir=root + '/serving',
-                            output_graph=root + '/optimized.pb')
+  from_frozen.saved_model_from_frozen_graph(
+      root + '/frozen.pb', output_saved_model_dir=root + '/serving',
+      output_graph=root + '/optimized.pb')
   # Kept variables: the checkpoint beside the graph (ram:// calls any prefix of a file's name a
   # directory, so frozen.pb "exists" once frozen.pb.variables/ does), copied, not linked.
   freeze.graph_from_saved_model(model['saved_model'], root + '/kept.pb',
                  keep_as_variables='item_embedding,user_stats')
-  freeze.graph_from_saved_model(model['saved_model'], root + '/kept.pb', keep_as_variables='user_stats',
-                 overwrite=True)
-  from_frozen.saved_model_from_frozen_graph(root + '/kept.pb', output_saved_model_dir=root + '/kept_serving',
-                            output_graph=root + '/kept_optimized.pb')
+  freeze.graph_from_saved_model(
+      model['saved_model'], root + '/kept.pb', keep_as_variables='user_stats',
+      overwrite=True)
+  from_frozen.saved_model_from_frozen_graph(
+      root + '/kept.pb', output_saved_model_dir=root + '/kept_serving',
+      output_graph=root + '/kept_optimized.pb')
   assert tf.io.gfile.exists(root + '/kept_serving/variables/variables.index')
-  from_checkpoint.saved_model_from_checkpoint(checkpoint=root + '/model/ckpt', output_dir=root + '/from_ckpt',
-                           saved_model_dir=model['saved_model'])
+  from_checkpoint.saved_model_from_checkpoint(
+      checkpoint=root + '/model/ckpt', output_dir=root + '/from_ckpt',
+      saved_model_dir=model['saved_model'])
   # Hard links are for local disks: elsewhere --noprune copies.
-  from_checkpoint.saved_model_from_checkpoint(checkpoint=model['checkpoint'], output_dir=root + '/full',
-                           saved_model_dir=model['saved_model'], prune_tensors=False)
+  from_checkpoint.saved_model_from_checkpoint(
+      checkpoint=model['checkpoint'], output_dir=root + '/full',
+      saved_model_dir=model['saved_model'], prune_tensors=False)
   assert tf.io.gfile.exists(root + '/full/variables/variables.data-00000-of-00001')
   reference = loaders.load_saved_model(model['saved_model'])
   for new_dir in ('/serving', '/from_ckpt', '/full', '/kept_serving'):

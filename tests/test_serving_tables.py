@@ -111,7 +111,7 @@ def _assert_no_second_copy(loaded, export_dir):
   graph_def = loaded.session.graph.as_graph_def()
   assert not [n.name for n in graph_def.node if n.op == 'VarHandleOp' and 'tables' in n.name]
   # What the saver assigns to variables: no table's keys or values among them.
-  from freezerlib.transforms import saver as saver_lib  # pylint: disable=g-import-not-at-top
+  from freezerlib.transforms import saver as saver_lib
   restores = saver_lib.restores_of_saver(meta_graph.graph_def, meta_graph.saver_def, export_dir)
   assigned = [n for r in restores if r.op.op != 'LookupTableImportV2' for n in r.names]
   assert assigned and not [n for n in assigned if n.endswith(('-keys', '-values'))], assigned

@@ -9,11 +9,11 @@ import tensorflow as tf
 
 import capi_runner
 from freezerlib import freeze
+from freezerlib.core import errors
 from freezerlib.export import from_checkpoint
 from freezerlib.export import from_frozen
 from freezerlib.formats import saved_model
 from freezerlib.verify import compare
-from freezerlib.core import errors
 from freezerlib.verify import loaders
 from freezerlib.verify import warmup
 import real_models

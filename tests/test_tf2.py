@@ -15,9 +15,9 @@ import tensorflow as tf
 
 import capi_runner
 from conftest import all_ops
-from conftest import run_tf2_signatures
 from conftest import assert_one_line_error
 from conftest import run_script
+from conftest import run_tf2_signatures
 from conftest import tf_serving_model
 from conftest import tree_digest
 from freezerlib import freeze
@@ -199,9 +199,10 @@ def table_module(tmp_path_factory):
 def test_table_module_keeps_every_table(table_module):
   report, model = table_module['report'], table_module['model']
   kept = {t.op: sorted(np.ravel(t.keys).tolist()) for t in report.tables}
-  assert kept == {'MutableHashTableV2': [3, 5, 7], 'MutableHashTableOfTensorsV2': [b'apple', b'cherry'],
-                  'MutableDenseHashTableV2': [3, 11],  # 2 of its 131072 buckets
-                  'HashTableV2': [b'apple', b'kiwi']}
+  assert kept == {
+      'MutableHashTableV2': [3, 5, 7], 'MutableHashTableOfTensorsV2': [b'apple', b'cherry'],
+      'MutableDenseHashTableV2': [3, 11],  # 2 of its 131072 buckets
+      'HashTableV2': [b'apple', b'kiwi']}
   assert model.table_init_op == 'freezer/init_tables'
   assert not _all_ops(model.graph_def) & VARIABLE_OPS
   assert sorted(model.signatures['serving_default'].inputs) == ['ids', 'words']
@@ -247,7 +248,8 @@ def test_stateful_signature_is_refused(table_module, tmp_path, signature, state)
   output = tmp_path / 'frozen.pb'
   with pytest.raises(errors.UserError,
                      match=r"signature '%s' .* writes '%s'" % (signature, state)):
-    freeze.graph_from_saved_model(str(table_module['src']), str(output), signature_names=[signature])
+    freeze.graph_from_saved_model(str(table_module['src']), str(output),
+                                  signature_names=[signature])
   assert not output.exists()
 
 
@@ -304,7 +306,7 @@ def test_asset_backed_table_needs_no_asset_once_frozen(tmp_path):
 @pytest.fixture(scope='module')
 def keras_model(tmp_path_factory):
   """A Keras 3 model saved with tf.saved_model.save: dict of paths."""
-  import keras  # pylint: disable=g-import-not-at-top  (6 s to import: only these tests need it)
+  import keras  # slow to import: only these tests need it
 
   keras.utils.set_random_seed(7)
   word = keras.Input(shape=(1,), dtype='string', name='word')

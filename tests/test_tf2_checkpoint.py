@@ -45,18 +45,38 @@ def _assert_answers(export_dir, feeds, expected, capi=None):
   tf2, tf1 = _serve(export_dir, feeds)
   got = {'tf.saved_model.load': tf2, 'TF1 loader': tf1}
   if capi:
-    import capi_runner  # pylint: disable=g-import-not-at-top
+    import capi_runner
     got['C API'] = capi_runner.run_signatures(capi, export_dir, {'serving_default': feeds})[
         'serving_default']
   for loader, outputs in got.items():
     assert sorted(outputs) == sorted(expected), loader
     for name, value in expected.items():
-      np.testing.assert_allclose(outputs[name], value, atol=ATOL, rtol=0,
-                                 err_msg='%s %s' % (loader, name))
+      if np.asarray(value).dtype.kind in 'OSU':  # strings: equal
+        np.testing.assert_array_equal(outputs[name], value, err_msg='%s %s' % (loader, name))
+      else:
+        np.testing.assert_allclose(outputs[name], value, atol=ATOL, rtol=0,
+                                   err_msg='%s %s' % (loader, name))
 
 
 def _keys(prefix):
   return set(checkpoint_index.read_index(prefix).entries)
+
+
+# Ops of training, none of which serving runs: table writes, variable updates other than the
+# restore's AssignVariableOp, gradients, dataset reads.
+def _training_op(op):
+  return (op in ('LookupTableInsertV2', 'LookupTableRemoveV2', 'AssignAddVariableOp',
+                 'AssignSubVariableOp', 'StopGradient', 'BroadcastGradientArgs')
+          or op.startswith(('ResourceApply', 'Iterator')) or op.endswith('Grad')
+          or 'Dataset' in op)
+
+
+def _training_ops(export_dir):
+  """{function name: sorted training op types} of the SavedModel's library."""
+  library = conftest.meta_graph_of(export_dir).graph_def.library
+  found = {f.signature.name: sorted({n.op for n in f.node_def if _training_op(n.op)})
+           for f in library.function}
+  return {k: v for k, v in found.items() if v}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -85,7 +105,7 @@ class RecModule(tf.Module):
         tf.int64, tf.float32, default_value=-1.0, empty_key=-1, deleted_key=-2,
         initial_num_buckets=16)  # grows while training: the checkpoint's is bigger
     # Two tables read one asset file: the export holds it once.
-    init = lambda: tf.lookup.TextFileInitializer(  # pylint: disable=g-long-lambda
+    init = lambda: tf.lookup.TextFileInitializer(
         vocab_path, tf.string, tf.lookup.TextFileIndex.WHOLE_LINE, tf.int64,
         tf.lookup.TextFileIndex.LINE_NUMBER)
     self.words = tf.lookup.StaticHashTable(init(), -1)
@@ -101,6 +121,27 @@ class RecModule(tf.Module):
     word = tf.cast(self.words.lookup(words) * 10 + self.words_again.lookup(words), tf.float32)
     return {'score': self.dense(self._features(ids, words))[:, 0] + word,
             'clicks': self.clicks.lookup(ids), 'price': self.prices.lookup(ids)}
+
+  @tf.function(input_signature=[tf.TensorSpec([None], tf.int64),
+                                tf.TensorSpec([None], tf.string)])
+  def learn(self, ids, words):
+    """Plain SGD as a saved function: gradients, variable updates, table inserts."""
+    variables = [self.emb, self.dense.w, self.dense.b]
+    with tf.GradientTape() as tape:
+      loss = tf.reduce_mean((self.dense(self._features(ids, words))[:, 0] - 1.0) ** 2)
+    for variable, gradient in zip(variables, tape.gradient(loss, variables)):
+      variable.assign_sub(0.01 * tf.convert_to_tensor(gradient))
+    self.clicks.insert(ids, self.clicks.lookup(ids) + 1.0)
+    return loss
+
+  @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+  def count_clicks(self, filenames):
+    """Reads one batch of ids from TFRecord files and counts them: a dataset read."""
+    ids = next(iter(tf.data.TFRecordDataset(filenames).map(
+        lambda r: tf.io.parse_single_example(r, {'id': tf.io.FixedLenFeature([], tf.int64)})[
+            'id']).batch(8)))
+    self.clicks.insert(ids, self.clicks.lookup(ids) + 1.0)
+    return tf.size(ids)
 
   def train_step(self, ids, words, optimizer):
     variables = [self.emb, self.dense.w, self.dense.b]
@@ -136,8 +177,9 @@ def module_case(tmp_path_factory):
   feeds = _module_feeds()
   expected = {k: v.numpy() for k, v in model.serve(**feeds).items()}
   out = str(root / 'serving')
-  report = from_checkpoint.saved_model_from_checkpoint(checkpoint=str(root / 'ckpt'), output_dir=out,
-                                    saved_model_dir=str(root / 'structure'))
+  report = from_checkpoint.saved_model_from_checkpoint(
+      checkpoint=str(root / 'ckpt'), output_dir=out,
+      saved_model_dir=str(root / 'structure'))
   return dict(root=root, structure=str(root / 'structure'), ckpt=manager.latest_checkpoint,
               out=out, report=report, feeds=feeds, expected=expected)
 
@@ -174,13 +216,41 @@ def test_module_variables_hold_the_model_under_the_structures_keys(module_case):
   files = sorted(str(p.relative_to(out)) for p in pathlib.Path(out).rglob('*') if p.is_file())
   assert files == ['assets/vocab.txt', 'saved_model.pb', 'variables/variables.data-00000-of-00002',
                    'variables/variables.data-00001-of-00002', 'variables/variables.index']
-  assert (pathlib.Path(out) / 'saved_model.pb').read_bytes() == (
-      pathlib.Path(module_case['structure']) / 'saved_model.pb').read_bytes()
+  # The structure's MetaGraph without the functions serving does not run.
+  structure_graph = conftest.meta_graph_of(module_case['structure'])
+  out_graph = conftest.meta_graph_of(out)
+  assert out_graph.signature_def == structure_graph.signature_def
+  assert out_graph.graph_def.node == structure_graph.graph_def.node
+  assert len(out_graph.object_graph_def.nodes) == len(structure_graph.object_graph_def.nodes)
+
+
+def test_module_output_keeps_no_training_function(module_case, capi):
+  structure = _training_ops(module_case['structure'])
+  assert any('learn' in f for f in structure) and any('count_clicks' in f for f in structure)
+  assert {op for ops in structure.values() for op in ops} >= {
+      'LookupTableInsertV2', 'AssignSubVariableOp', 'StridedSliceGrad', 'IteratorGetNext',
+      'TFRecordDataset'}
+  assert _training_ops(module_case['out']) == {}
+  out_graph = conftest.meta_graph_of(module_case['out'])
+  assert not [f for f in out_graph.graph_def.library.function
+              if 'learn' in f.signature.name or 'count_clicks' in f.signature.name]
+  assert not {o.name for o in out_graph.meta_info_def.stripped_op_list.op
+              if _training_op(o.name)}
+  # tf.saved_model.load still rebuilds the objects: the trained functions are empty, the
+  # serving function answers.
+  loaded = tf.saved_model.load(module_case['out'])
+  with pytest.raises((ValueError, TypeError)):
+    loaded.learn(tf.constant([1], tf.int64), tf.constant(['ant']))
+  feeds = module_case['feeds']
+  np.testing.assert_allclose(loaded.serve(**feeds)['score'].numpy(),
+                             module_case['expected']['score'], atol=ATOL, rtol=0)
+  _assert_answers(module_case['out'], feeds, module_case['expected'], capi)
 
 
 def test_runs_without_tensorflow(module_case, tmp_path):
   code = ('import sys; from freezerlib.export import from_checkpoint; '
-          'r = from_checkpoint.saved_model_from_checkpoint(checkpoint=sys.argv[1], output_dir=sys.argv[2], '
+          'r = from_checkpoint.saved_model_from_checkpoint(checkpoint=sys.argv[1], '
+          'output_dir=sys.argv[2], '
           'saved_model_dir=sys.argv[3], checkpoint_object="model"); '
           'assert "tensorflow.python.framework.ops" not in sys.modules, "TensorFlow imported"; '
           'print(r.tensors_exported)')
@@ -198,7 +268,7 @@ def test_runs_without_tensorflow(module_case, tmp_path):
 
 @pytest.fixture(scope='module')
 def keras_case(tmp_path_factory):
-  import keras  # pylint: disable=g-import-not-at-top
+  import keras
   root = tmp_path_factory.mktemp('tf2_keras')
   keras.utils.set_random_seed(1)
   ids = keras.Input((1,), dtype='int64', name='ids')
@@ -254,6 +324,72 @@ def test_keras_variables_are_found_by_full_name_and_stored_once(keras_case):
 
 
 # ---------------------------------------------------------------------------------------------
+# tf-keras (Keras 2): model.save, then fit and checkpoint
+
+
+@pytest.fixture(scope='module')
+def tf_keras_case(tmp_path_factory):
+  import real_models
+  return real_models.tf_keras_clicks(str(tmp_path_factory.mktemp('tf_keras')))
+
+
+@pytest.mark.parametrize('written_by', ['checkpoint', 'weights'])
+def test_tf_keras_checkpoint_answers_as_trained(tf_keras_case, written_by, tmp_path, capi):
+  """tf.train.Checkpoint(model=, optimizer=) and save_weights both lack the compiled metrics'
+  accumulators (only the SavedModel tracks them; no signature reads them): they keep the
+  structure's values, the model's own are the checkpoint's."""
+  out = str(tmp_path / 'serving')
+  report = from_checkpoint.saved_model_from_checkpoint(
+      checkpoint=tf_keras_case[written_by], output_dir=out,
+      saved_model_dir=tf_keras_case['structure'])
+  assert report.checkpoint_object == ('model' if written_by == 'checkpoint' else '')
+  expected = tf_keras_case['expected']
+  assert len(np.unique(np.round(expected, 4))) > 20
+  _assert_answers(out, tf_keras_case['feeds'], {'ctr': expected},
+                  capi if written_by == 'checkpoint' else None)
+  structure = tf.train.load_checkpoint(tf_keras_case['structure'] + '/variables/variables')
+  copy = tf.train.load_checkpoint(out + '/variables/variables')
+  metrics = [k for k in copy.get_variable_to_shape_map() if k.startswith('keras_api/metrics/')]
+  assert len(metrics) == 8  # accuracy's total, count; loss's total, count; AUC's four
+  for key in metrics:
+    np.testing.assert_array_equal(copy.get_tensor(key), structure.get_tensor(key))
+  trained = tf.train.load_checkpoint(tf_keras_case[written_by])
+  counts = 'layer-5/counts/.ATTRIBUTES/table-values'  # ItemCounts' table
+  assert not [k for k in trained.get_variable_to_shape_map() if 'metrics' in k]
+  assert copy.get_tensor(counts).sum() > structure.get_tensor(counts).sum() > 0
+
+
+def test_tf_keras_output_keeps_no_training_function(tf_keras_case, tmp_path):
+  out = str(tmp_path / 'serving')
+  from_checkpoint.saved_model_from_checkpoint(
+      checkpoint=tf_keras_case['checkpoint'], output_dir=out,
+      saved_model_dir=tf_keras_case['structure'])
+  # Keras saves its layers' training-mode traces: the counting layer's inserts, batch norm's
+  # moving statistics.
+  structure = _training_ops(tf_keras_case['structure'])
+  assert {op for ops in structure.values() for op in ops} >= {'LookupTableInsertV2',
+                                                              'StopGradient'}
+  assert _training_ops(out) == {}
+  loaded = tf.saved_model.load(out)
+  got = loaded.signatures['serving_default'](
+      **{k: tf.constant(v) for k, v in tf_keras_case['feeds'].items()})['ctr']
+  np.testing.assert_allclose(got.numpy(), tf_keras_case['expected'], atol=ATOL, rtol=0)
+
+
+def test_tf_keras_model_with_its_own_variables_is_not_ambiguous(tmp_path, capi):
+  """A Keras model's root and its keras_api both track its variables under the same names:
+  the model's own variables/ (TF Recommenders' BruteForce recipe) is one match."""
+  import real_models
+  case = real_models.tf_keras_top_k(str(tmp_path))
+  out = str(tmp_path / 'serving')
+  report = from_checkpoint.saved_model_from_checkpoint(
+      checkpoint=case['structure'] + '/variables/variables', output_dir=out,
+      saved_model_dir=case['structure'])
+  assert report.checkpoint_object == ''
+  _assert_answers(out, case['feeds'], case['expected'], capi)
+
+
+# ---------------------------------------------------------------------------------------------
 # Mismatches
 
 
@@ -296,8 +432,9 @@ def test_every_difference_is_listed(module_case, tmp_path):
   structure = str(tmp_path / 'bigger')
   tf.saved_model.save(model, structure, signatures={'serving_default': model.serve})
   with pytest.raises(errors.UserError) as error:
-    from_checkpoint.saved_model_from_checkpoint(checkpoint=module_case['ckpt'], output_dir=str(tmp_path / 'out'),
-                             saved_model_dir=structure)
+    from_checkpoint.saved_model_from_checkpoint(
+        checkpoint=module_case['ckpt'], output_dir=str(tmp_path / 'out'),
+        saved_model_dir=structure)
   message = str(error.value)
   assert 'closest: model, by path, 1 of 4' in message, message  # dense/b matches
   assert 'emb has shape [50, 4] in the checkpoint, [51, 4] in the structure' in message
@@ -312,8 +449,9 @@ def test_every_difference_is_listed(module_case, tmp_path):
 ])
 def test_checkpoint_object_is_obeyed(module_case, tmp_path, path, fragment):
   with pytest.raises(errors.UserError, match=fragment):
-    from_checkpoint.saved_model_from_checkpoint(checkpoint=module_case['ckpt'], output_dir=str(tmp_path / 'o'),
-                             saved_model_dir=module_case['structure'], checkpoint_object=path)
+    from_checkpoint.saved_model_from_checkpoint(
+        checkpoint=module_case['ckpt'], output_dir=str(tmp_path / 'o'),
+        saved_model_dir=module_case['structure'], checkpoint_object=path)
   assert not (tmp_path / 'o').exists()
 
 
@@ -325,9 +463,10 @@ def test_two_matching_objects_are_ambiguous(module_case, tmp_path):
                      'with --checkpoint_object'):
     from_checkpoint.saved_model_from_checkpoint(checkpoint=prefix, output_dir=str(tmp_path / 'o'),
                              saved_model_dir=module_case['structure'])
-  report = from_checkpoint.saved_model_from_checkpoint(checkpoint=prefix, output_dir=str(tmp_path / 'o'),
-                                    saved_model_dir=module_case['structure'],
-                                    checkpoint_object='ema')
+  report = from_checkpoint.saved_model_from_checkpoint(
+      checkpoint=prefix, output_dir=str(tmp_path / 'o'),
+      saved_model_dir=module_case['structure'],
+      checkpoint_object='ema')
   assert report.checkpoint_object == 'ema'
 
 
@@ -337,8 +476,9 @@ def test_two_matching_objects_are_ambiguous(module_case, tmp_path):
 ])
 def test_tf1_only_options_are_refused(module_case, tmp_path, args, fragment):
   with pytest.raises(errors.UserError, match=fragment):
-    from_checkpoint.saved_model_from_checkpoint(checkpoint=module_case['ckpt'], output_dir=str(tmp_path / 'o'),
-                             saved_model_dir=module_case['structure'], **args)
+    from_checkpoint.saved_model_from_checkpoint(
+        checkpoint=module_case['ckpt'], output_dir=str(tmp_path / 'o'),
+        saved_model_dir=module_case['structure'], **args)
 
 
 def test_name_based_checkpoint_is_refused(module_case, tmp_path):

@@ -7,15 +7,16 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import run_main
 from freezerlib import freeze
 from freezerlib.core import errors
 from freezerlib.export import from_frozen
 from freezerlib.verify import compare
 from freezerlib.verify import inputs
 from freezerlib.verify import loaders
+
 # The script, whose exit code for a reference that cannot run is checked in-process.
-import optimize_from_pb_test  # pylint: disable=g-bad-import-order
-from conftest import run_main
+import optimize_from_pb_test
 
 tf1 = tf.compat.v1
 
@@ -41,7 +42,7 @@ def _redumped(src, tmp_path):
 @pytest.fixture(scope='module')
 def embedding_model(tmp_path_factory):
   """DeepCTR's pattern in Keras 3: an int id straight into Embedding(100), model.export."""
-  import keras  # pylint: disable=g-import-not-at-top
+  import keras
   keras.utils.set_random_seed(1)
   item = keras.Input(shape=(1,), dtype='int64', name='item_id')
   price = keras.Input(shape=(1,), dtype='float32', name='price')

@@ -285,7 +285,7 @@ def _written(tmp, where, commit):
       target = commit()
       final.append(target)
       _COMPLETED.append(target)
-  except Exception as e:  # pylint: disable=broad-except
+  except Exception as e:
     _file_error_as_user_error(e, where)
     raise
   finally:
@@ -305,7 +305,7 @@ def _rename_noreplace(src, dst):
   kernel offers it (Linux renameat2 RENAME_NOREPLACE); elsewhere a rename that fails on a
   non-empty directory (a finished version always holds saved_model.pb)."""
   if not files.is_remote(src) and not files.is_remote(dst):
-    import ctypes  # pylint: disable=g-import-not-at-top  # here only: 1 ms of every start-up
+    import ctypes  # here only: not every run renames
     libc = ctypes.CDLL(None, use_errno=True)
     renameat2 = getattr(libc, 'renameat2', None)
     if renameat2 is not None:

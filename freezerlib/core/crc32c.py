@@ -3,9 +3,8 @@
 The C code is the `crc32c` package's (ICRAR's: the CPU's CRC32C instructions, SSE4.2 or ARMv8,
 where it has them, else slicing-by-8), which reads any buffer in place (bytes, bytearray, mmap,
 memoryview) and lets go of the interpreter lock while it runs over a large one, so two copy
-workers check in parallel. Measured on this project's machine, 400 MiB in 1 MiB pieces: 14.6 ms
-on one thread and 8.2 ms on two, where google-crc32c took 42.4 ms and 62.1 ms (it holds the
-lock). TensorFlow's own crc32c is not exposed to Python.
+workers check in parallel (google-crc32c holds the lock: benchmarks/README.md has both
+measured). TensorFlow's own crc32c is not exposed to Python.
 
 `mask`/`unmask` are crc32c::Mask/Unmask: a stored CRC is rotated and offset so that a CRC of
 bytes holding CRCs stays well distributed. Both a checkpoint index's blocks and a stored tensor's
@@ -21,10 +20,10 @@ _MASK_DELTA = 0xa282ead8
 
 
 def _extension():
-  """The package's C extension, `crc32c._crc32c`, loaded without the package's __init__: that
-  imports importlib.metadata and argparse to set __version__ and a command line, 13.7 ms of the
-  checkpoint path's start-up (the extension alone: 0.4 ms). A later `import crc32c` runs the
-  __init__ and finds this module in place."""
+  """The package's C extension, `crc32c._crc32c`, loaded without the package's __init__, which
+  imports importlib.metadata and argparse (to set __version__ and a command line) that the
+  checkpoint path's start-up does not need. A later `import crc32c` runs the __init__ and finds
+  this module in place."""
   name = 'crc32c._crc32c'
   if name in sys.modules:
     return sys.modules[name]
@@ -39,7 +38,7 @@ def _extension():
         spec.loader.exec_module(module)
         sys.modules[name] = module
         return module
-  import crc32c  # pylint: disable=g-import-not-at-top  # another layout: the usual import
+  import crc32c  # another layout: the usual import
   return crc32c
 
 

@@ -65,7 +65,7 @@ def basename(path):
 
 
 def _file_io():
-  lean_tf.tensorflow.io  # pylint: disable=pointless-statement  # imports TensorFlow: plugins
+  lean_tf.tensorflow.io  # noqa: B018  # the access imports TensorFlow: its file-system plugins
   return lean_tf.load('tensorflow.python.lib.io.file_io')
 
 
@@ -99,7 +99,7 @@ def _arrow_error(path, e):
       try:
         store, _ = object_store.filesystem(path)
         missing = store.get_file_info(bucket).type == _file_type().NotFound
-      except Exception:  # pylint: disable=broad-except  # the first error is the one to report
+      except Exception:  # the first error is the one to report
         missing = False
       if missing:
         return FileNotFoundError('%s: the bucket %s does not exist' % (path, bucket))
@@ -108,12 +108,12 @@ def _arrow_error(path, e):
 
 
 def _arrow_exceptions():
-  import pyarrow  # pylint: disable=g-import-not-at-top  # loaded already by object_store
+  import pyarrow  # loaded already by object_store
   return (OSError, pyarrow.lib.ArrowException)
 
 
 def _file_type():
-  from pyarrow import fs  # pylint: disable=g-import-not-at-top
+  from pyarrow import fs
   return fs.FileType
 
 
@@ -159,7 +159,7 @@ def isdir(path):
 
 
 def _children(path, recursive):
-  from pyarrow import fs  # pylint: disable=g-import-not-at-top
+  from pyarrow import fs
   return _arrow(path, lambda store, inner: store.get_file_info(
       fs.FileSelector(inner, recursive=recursive)))
 
@@ -246,12 +246,12 @@ def walk(top):
     top = top.rstrip('/')
     _, root = object_store.filesystem(top)
     tree = collections.defaultdict(lambda: ([], []))
-    tree[root]  # pylint: disable=pointless-statement  # the top, even empty
+    tree[root]  # noqa: B018  # the top, even empty
     for info in _children(top, True):
       parent = info.path.rsplit('/', 1)[0]
       tree[parent][0 if info.type == _file_type().Directory else 1].append(info.base_name)
       if info.type == _file_type().Directory:
-        tree[info.path]  # pylint: disable=pointless-statement
+        tree[info.path]  # noqa: B018
     for inner in sorted(tree, key=lambda p: (p.count('/'), p)):
       subdirs, names = tree[inner]
       yield (top + inner[len(root):], sorted(subdirs), sorted(names))
@@ -341,7 +341,7 @@ class _ArrowFile:
       # destructor): close, then delete what that published.
       try:
         self._file.close()
-      except Exception:  # pylint: disable=broad-except  # the block's own error is reported
+      except Exception:  # the block's own error is reported
         pass
       try:
         _arrow(self.name, lambda store, inner: store.delete_file(inner))
@@ -359,13 +359,13 @@ def open_file(path, mode='rb'):
     if 'r' in mode:
       _remote(_file_io().stat_v2, path)  # FileIO reports a missing file only on first read
     return _RemoteFile(path, mode)
-  return open(path, mode)  # pylint: disable=unspecified-encoding
+  return open(path, mode)
 
 
 def glob(pattern):
   """The paths matching `pattern` (wildcards in its last component on an object store), sorted."""
   if is_object_store(pattern):
-    import fnmatch  # pylint: disable=g-import-not-at-top
+    import fnmatch
     parent, name = parent_dir(pattern), basename(pattern)
     if not any(c in parent for c in '*?['):
       try:
@@ -376,7 +376,7 @@ def glob(pattern):
     raise FileError('%s: wildcards only in the last component on an object store' % pattern)
   if is_remote(pattern):
     return sorted(_remote(_file_io().get_matching_files_v2, pattern))
-  import glob as glob_lib  # pylint: disable=g-import-not-at-top
+  import glob as glob_lib
   return sorted(glob_lib.glob(pattern))
 
 
@@ -605,7 +605,7 @@ def move_pieces(pieces, read, write=None, progress=None, pool=None, depth=1):
       if not future.cancelled():
         try:
           future.result()
-        except Exception:  # pylint: disable=broad-except  # the first failure is raised
+        except Exception:  # the first failure is raised
           pass
 
 
@@ -734,7 +734,8 @@ def copy_ranges(shares, piece_bytes=1 << 20, progress=None, remote_piece_bytes=N
   without `inspect` is copied by the kernel (copy_file_range) where it can. A source on an
   object store (s3://, gs://, hdfs://) is read with ranged reads of `remote_piece_bytes`,
   `depth` of them in flight per worker, each piece inspected and written in order as it
-  arrives. Give each share a file of its own: the kernel serializes the writes into one file.
+  arrives. Give each share a file of its own: the kernel serializes the writes into one file
+  (benchmarks/README.md, checkpoint path).
 
   Args:
     shares: list of (dst or None, jobs); jobs a list of (path, offset, length, dst_offset,
@@ -800,7 +801,7 @@ def copy_ranges(shares, piece_bytes=1 << 20, progress=None, remote_piece_bytes=N
       except EOFError as e:
         raise _JobFailed(index, EOFError('%s: %s' % (path, e) if path not in str(e) else e),
                          False) from e
-      except Exception as e:  # pylint: disable=broad-except  # raised by the caller
+      except Exception as e:  # raised by the caller
         raise _JobFailed(index, e, False) from e
 
     def write(piece, dst_offset):
@@ -814,7 +815,7 @@ def copy_ranges(shares, piece_bytes=1 << 20, progress=None, remote_piece_bytes=N
       def run(piece):
         try:
           inspect(piece)
-        except Exception as e:  # pylint: disable=broad-except  # raised by the caller
+        except Exception as e:  # raised by the caller
           raise _JobFailed(index, e, False) from e
       return run
 
@@ -828,7 +829,7 @@ def copy_ranges(shares, piece_bytes=1 << 20, progress=None, remote_piece_bytes=N
 
     try:
       if remote:
-        import concurrent.futures  # pylint: disable=g-import-not-at-top  # remote sources only
+        import concurrent.futures  # remote sources only
         def pieces():
           for index, (path, offset, length, dst_offset, inspect) in enumerate(jobs):
             for piece in _split((index, path), offset, length, dst_offset,
@@ -877,7 +878,7 @@ def copy_ranges(shares, piece_bytes=1 << 20, progress=None, remote_piece_bytes=N
         e = OSError(e.errno, e.strerror, e.filename or (
             dst.name if f.writing else jobs[f.index][0]))
       failures[(share_index, f.index)] = e
-    except Exception as e:  # pylint: disable=broad-except  # raised by the caller
+    except Exception as e:  # raised by the caller
       failures[(share_index, len(jobs))] = e
     finally:
       view.release()

@@ -9,7 +9,6 @@ import copy
 
 from freezerlib.core import lean_tf
 
-
 # Ops that pass a tensor (a handle, a ref) on unchanged: what to look through to find the
 # variable or table behind it.
 IDENTITY_OPS = frozenset({'Identity', 'IdentityN', 'RefIdentity', 'Enter', 'RefEnter', 'Switch',
@@ -119,12 +118,13 @@ def computed_tensors(graph_def, signature):
   return needed
 
 
-def functions_used(graph_def):
-  """Names of the library functions reachable from `graph_def`'s nodes, each with its
-  gradient function (a GradientDef naming a function the library lacks fails to import)."""
+def functions_used(graph_def, roots=()):
+  """Names of the library functions reachable from `graph_def`'s nodes (and from the functions
+  named in `roots`), each with its gradient function (a GradientDef naming a function the
+  library lacks fails to import)."""
   library = {f.signature.name: f for f in graph_def.library.function}
   gradients = {g.function_name: g.gradient_func for g in graph_def.library.gradient}
-  used, stack = set(), []
+  used, stack = set(), list(roots)
 
   def visit_attrs(node_like):
     if node_like.op in library:
@@ -165,6 +165,46 @@ def object_paths(object_graph):
   return paths
 
 
+def walk(starts, edges):
+  """Every name reached from `starts` through `edges`, `starts` included: the one graph walk
+  (a node's inputs, its consumers, an object graph's children).
+
+  Args:
+    starts: names (or ids) to start from.
+    edges: callable(name) -> the names it leads to, or None for a name outside the graph,
+      which is neither kept nor followed.
+
+  Returns:
+    set of names.
+  """
+  seen, stack = set(), list(starts)
+  while stack:
+    name = stack.pop()
+    if name in seen:
+      continue
+    nexts = edges(name)
+    if nexts is None:
+      continue
+    seen.add(name)
+    stack.extend(nexts)
+  return seen
+
+
+def inputs_of(graph_def):
+  """`edges` for `walk` to a node's inputs (data and control), in `graph_def`."""
+  inputs = {n.name: [node_name(i) for i in n.input] for n in graph_def.node}
+  return inputs.get
+
+
+def consumers_of(graph_def):
+  """`edges` for `walk` to the nodes that read a node (data and control), in `graph_def`."""
+  consumers = {n.name: [] for n in graph_def.node}
+  for node in graph_def.node:
+    for i in node.input:
+      consumers.setdefault(node_name(i), []).append(node.name)
+  return consumers.get
+
+
 def reachable(graph_def, dest_nodes):
   """Names of the nodes `dest_nodes` reach through data, control and colocation edges (what
   tf.compat.v1.graph_util.extract_sub_graph keeps), without copying any node.
@@ -178,20 +218,20 @@ def reachable(graph_def, dest_nodes):
   missing = [d for d in dest_nodes if d not in nodes]
   if missing:
     raise KeyError('%s is not in graph' % missing[0])
+
   # Edges are read only from the nodes reached (a serving subgraph is a small part of a
   # training graph).
-  keep, stack = set(), list(dest_nodes)
-  while stack:
-    name = stack.pop()
-    if name in keep or name not in nodes:
-      continue
-    keep.add(name)
-    node = nodes[name]
-    stack.extend(node_name(i) for i in node.input)
+  def edges(name):
+    node = nodes.get(name)
+    if node is None:
+      return None
+    out = [node_name(i) for i in node.input]
     if '_class' in node.attr:
-      stack.extend(s.decode('utf-8')[len('loc:@'):] for s in node.attr['_class'].list.s
-                   if s.startswith(b'loc:@'))
-  return keep
+      out.extend(s.decode('utf-8')[len('loc:@'):] for s in node.attr['_class'].list.s
+                 if s.startswith(b'loc:@'))
+    return out
+
+  return walk(dest_nodes, edges)
 
 
 def extract_sub_graph(graph_def, dest_nodes):
@@ -228,7 +268,7 @@ class FunctionGraphs:
       ValueError: a function TensorFlow cannot convert.
     """
     tf = lean_tf.tensorflow
-    from tensorflow.python.framework import function_def_to_graph  # pylint: disable=g-import-not-at-top
+    from tensorflow.python.framework import function_def_to_graph
     if self._graph is None:
       self._graph = tf.Graph()
       with self._graph.as_default():

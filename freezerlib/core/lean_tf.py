@@ -1,12 +1,12 @@
 """TensorFlow's protos without `import tensorflow`, and TensorFlow itself on first use.
 
-`import tensorflow` runs every module of its Python API: 1.7 to 3.6 s and about 500 MiB on
-this project's machine, before any work. The checkpoint path (optimize_from_ckpt.py) needs
+`import tensorflow` runs every module of its Python API: seconds and hundreds of MiB before any
+work (benchmarks/README.md, start-up figures). The checkpoint path (optimize_from_ckpt.py) needs
 none of that: it reads and writes protos (SavedModel, GraphDef, checkpoint index) and copies
 bytes. TensorFlow's protos are plain generated modules under `tensorflow.core`, but importing
 any of them the usual way runs `tensorflow/__init__.py` first. `load` imports them with an
 empty stand-in for the `tensorflow` package that exists only while the import runs, so the
-generated modules load alone, in about 30 ms. They are the same module objects a later
+generated modules load alone, in a small fraction of that. They are the same module objects a later
 `import tensorflow` uses.
 
 Where TensorFlow itself is needed (shape inference, sessions), `tensorflow` and `tf1` here are
@@ -203,7 +203,7 @@ class _RegisteredOpDefs:
   def get(self, name, default=None):
     if name not in self._cache:
       _import_tensorflow()
-      from tensorflow.python.framework import op_def_registry  # pylint: disable=g-import-not-at-top
+      from tensorflow.python.framework import op_def_registry
       self._cache[name] = op_def_registry.get(name)
     op_def = self._cache[name]
     return default if op_def is None else op_def
@@ -218,10 +218,10 @@ numpy = _Lazy('numpy', lambda: importlib.import_module('numpy'))
 
 def _quiet_python_side(tf):
   """Silences TensorFlow's Python-side noise once it is loaded."""
-  from tensorflow.python.util import deprecation  # pylint: disable=g-import-not-at-top
+  from tensorflow.python.util import deprecation
   # tf.compat.v1 is this toolkit's subject, not a migration target: its deprecation notices
   # are noise.
-  deprecation._PRINT_DEPRECATION_WARNINGS = False  # pylint: disable=protected-access
+  deprecation._PRINT_DEPRECATION_WARNINGS = False
   # TensorFlow's Python logger has a handler of its own besides absl's, so each of its lines
   # would print twice; its INFO chatter (builder paths of temporary directories) is noise here.
   tf.get_logger().handlers = []
@@ -344,7 +344,7 @@ def tensor_nbytes(tensor):
   tensor: its strings' bytes), read from its shape without touching its content.
 
   Not ByteSize() or len(tensor_content): upb encodes the message for the one and copies the
-  bytes for the other, about a second per GiB.
+  bytes for the other, in time proportional to the tensor's size.
   """
   if tensor.dtype == types_pb2.DT_STRING:
     return sum(len(v) for v in tensor.string_val)

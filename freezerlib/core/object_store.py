@@ -49,7 +49,7 @@ def _attempts():
 
 
 def _s3():
-  from pyarrow import fs  # pylint: disable=g-import-not-at-top  # remote paths only
+  from pyarrow import fs  # remote paths only
   kwargs = dict(connect_timeout=5,
                 retry_strategy=fs.AwsStandardS3RetryStrategy(max_attempts=_attempts()))
   endpoint = os.environ.get('AWS_ENDPOINT_URL_S3') or os.environ.get('AWS_ENDPOINT_URL')
@@ -69,9 +69,9 @@ def _s3():
 
 
 def _gcs():
-  import datetime  # pylint: disable=g-import-not-at-top
+  import datetime
 
-  from pyarrow import fs  # pylint: disable=g-import-not-at-top  # remote paths only
+  from pyarrow import fs  # remote paths only
   seconds = float(os.environ.get('FREEZER_STORAGE_RETRY_SECONDS', '3'))
   kwargs = dict(retry_time_limit=datetime.timedelta(seconds=seconds))
   emulator = (os.environ.get('STORAGE_EMULATOR_HOST') or
@@ -84,7 +84,7 @@ def _gcs():
 
 
 def _hdfs(scheme, netloc):
-  from pyarrow import fs  # pylint: disable=g-import-not-at-top  # remote paths only
+  from pyarrow import fs  # remote paths only
   host, _, port = netloc.partition(':')
   host = '%s://%s' % (scheme, host) if host else 'default'
   try:
@@ -142,7 +142,7 @@ _GOOGLE = r'Status\((\w+): (?:.*?last message of )?(.*?)(?: error_info=.*)?\)?$'
 
 def describe(e, path=''):
   """The cause of pyarrow's error `e` on `path`, in a few words (one line)."""
-  import re  # pylint: disable=g-import-not-at-top  # errors only
+  import re  # errors only
   text = first_line(e)
   if isinstance(e, FileNotFoundError):
     return 'no such file or directory'

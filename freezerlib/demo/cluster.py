@@ -137,7 +137,8 @@ def _export_from_cluster(target, graph, saver, session_config, work_dir, signatu
     step = int(sess.run(tf1.train.get_global_step(graph)))
     checkpoint = recsys_model._save_checkpoint(sess, saver, work_dir, step)
     # The same sharded saver: each PS task writes its variables' shard of variables/ too.
-    recsys_model._save_saved_model(sess, files.join(work_dir, 'saved_model'), signatures, saver=saver)
+    recsys_model._save_saved_model(sess, files.join(work_dir, 'saved_model'), signatures,
+                                   saver=saver)
   logging.info('chief: wrote %s and the SavedModel at global step %d', checkpoint, step)
   return checkpoint
 
@@ -226,11 +227,11 @@ def die_with_launcher():
   launcher = os.environ.get(_LAUNCHER_PID_ENV)
   if not launcher or not sys.platform.startswith('linux'):
     return
-  import ctypes  # pylint: disable=g-import-not-at-top
+  import ctypes
   pr_set_pdeathsig = 1
   ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
   if os.getppid() != int(launcher):  # the launcher ended before prctl took effect
-    os._exit(1)  # pylint: disable=protected-access
+    os._exit(1)
 
 
 def start_watchdog(timeout_secs, what):
@@ -239,7 +240,7 @@ def start_watchdog(timeout_secs, what):
     sys.stderr.write('model_gen.py: error: %s did not finish within %d s '
                      '(--cluster_timeout_secs)\n' % (what, timeout_secs))
     sys.stderr.flush()
-    os._exit(1)  # pylint: disable=protected-access
+    os._exit(1)
   timer = threading.Timer(timeout_secs, expire)
   timer.daemon = True
   timer.start()
@@ -247,7 +248,8 @@ def start_watchdog(timeout_secs, what):
 
 
 def write_training_data(config, work_dir):
-  recsys_model.write_tfrecords(recsys_model.generate_examples(config), files.join(work_dir, 'data'), config.num_data_files)
+  recsys_model.write_tfrecords(recsys_model.generate_examples(config),
+                               files.join(work_dir, 'data'), config.num_data_files)
 
 
 def join_cluster(job_name, task_index, cluster, config, output_dir=None, overwrite=False,

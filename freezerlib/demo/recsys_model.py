@@ -14,7 +14,6 @@ from absl import logging
 import numpy as np
 
 from freezerlib.core import atomic
-from freezerlib.core import errors
 from freezerlib.core import files
 from freezerlib.core import lean_tf
 from freezerlib.core.lean_tf import tensorflow as tf  # imported on first use
@@ -64,7 +63,7 @@ def category_names(config):
 def deterministic_ops():
   """TensorFlow's deterministic kernels while the block runs (the same seed, the same model),
   then the process's previous setting back."""
-  from tensorflow.python.framework import config as tf_config  # pylint: disable=g-import-not-at-top
+  from tensorflow.python.framework import config as tf_config
   before = tf_config.is_op_determinism_enabled()
   tf_config.enable_op_determinism()
   try:

@@ -24,11 +24,11 @@ import time
 from absl import logging
 import tensorflow as tf
 
-from freezerlib.demo import cluster as cluster_lib
-from freezerlib.demo import tf2_recsys_model
 from freezerlib.core import atomic
 from freezerlib.core import errors
 from freezerlib.core import files
+from freezerlib.demo import cluster as cluster_lib
+from freezerlib.demo import tf2_recsys_model
 
 tf1 = tf.compat.v1
 

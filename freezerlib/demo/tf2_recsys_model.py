@@ -20,13 +20,12 @@ import contextlib
 from absl import logging
 import tensorflow as tf
 
+from freezerlib.core import atomic
+from freezerlib.core import files
 from freezerlib.demo import recsys_model
 from freezerlib.demo.recsys_model import LABEL  # the data is recsys_model's
 from freezerlib.demo.recsys_model import STATS_DIM
 from freezerlib.demo.recsys_model import feature_spec
-from freezerlib.core import atomic
-from freezerlib.core import errors
-from freezerlib.core import files
 
 SIGNATURES = ('serving_default', 'embeddings')
 
@@ -257,7 +256,7 @@ def make_optimizer(config, model):
   Building it here, not in the first training step, creates the slots on the coordinator: the
   strategy places each beside its variable's shard.
   """
-  import keras  # pylint: disable=g-import-not-at-top  # only the trainer needs Keras
+  import keras  # only the trainer needs Keras
   optimizer = keras.optimizers.Adam(config.learning_rate)
   optimizer.build(model.trainable_variables)
   return optimizer

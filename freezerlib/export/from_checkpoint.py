@@ -6,24 +6,27 @@ not need goes, devices are cleared, and a new saver restores exactly the variabl
 left. Every tensor that saver reads is checked against the checkpoint's index before anything
 is written; then variables/ gets only those tensors, their stored bytes copied as they are.
 With a structure whose inputs are placeholders, TensorFlow itself is never imported.
+
+No serving rewrite (transforms.rewrites) runs here, nor in from_tf2_checkpoint: each rewrites
+values it reads as Consts of a frozen graph, and here the values are never in the graph, only
+in the checkpoint's stored bytes, copied as they are (docs/rewrites.md).
 """
 
 import dataclasses
 import time
-from typing import List
+from typing import List, Optional
 
 from absl import logging
-
 from google.protobuf import message as pb_message
 
 from freezerlib.analysis import unsafe_ops
 from freezerlib.core import atomic
 from freezerlib.core import errors
-from freezerlib.export import ExportReport
 from freezerlib.core import files
 from freezerlib.core import graphs
 from freezerlib.core import units
 from freezerlib.core.lean_tf import meta_graph_pb2
+from freezerlib.export import ExportReport
 from freezerlib.formats import checkpoint_index
 from freezerlib.formats import graph_check
 from freezerlib.formats import saved_model
@@ -33,36 +36,56 @@ from freezerlib.transforms import saver
 from freezerlib.transforms import tables
 
 
-def load_structure(saved_model_dir=None, meta_graph_path=None, tags=('serve',),
-                   signature_names=None, inputs=(), outputs=(), meta_graph=None):
-  """(MetaGraphDef, signatures, assets dir or None, name) of the structure; no values read.
+@dataclasses.dataclass
+class Structure:
+  """A structure graph, as every structure format's loader returns it (values never read).
 
-  `meta_graph`, when given, is the SavedModel's MetaGraphDef tagged `tags`, read already.
+  Attributes:
+    meta_graph: its MetaGraphDef.
+    where: its path, for messages.
+    assets_dir: the directory of the asset files it reads, or None (a .meta file has none).
+    saved_model_dir: the SavedModel it is, or None.
+    object_based: a TF2 structure (tf.saved_model.save, Keras 3 model.export): its
+      saved_model.pb is served whole, with its values from a tf.train.Checkpoint
+      (from_tf2_checkpoint).
+  """
+  meta_graph: object
+  where: str
+  assets_dir: Optional[str] = None
+  saved_model_dir: Optional[str] = None
+  object_based: bool = False
+
+
+def structure_from_saved_model(saved_model_dir, tags=('serve',)):
+  """The Structure of the SavedModel `saved_model_dir`: its MetaGraph tagged `tags`, TF1 or
+  TF2.
 
   Raises:
-    errors.UserError: unreadable or corrupt structure, unknown tags or signatures or tensors.
+    errors.UserError: unreadable or corrupt SavedModel, or no MetaGraph with those tags.
   """
-  if saved_model_dir:
-    if meta_graph is None:
-      meta_graph = saved_model.read_meta_graph(saved_model_dir, tags)
-    where, assets = saved_model_dir, files.join(saved_model_dir, 'assets')
-  else:
-    where, assets = meta_graph_path, None
-    if not files.exists(meta_graph_path):
-      raise errors.UserError('meta graph %s does not exist' % meta_graph_path)
-    meta_graph = meta_graph_pb2.MetaGraphDef()
-    try:
-      meta_graph.ParseFromString(files.read(meta_graph_path))
-    except pb_message.DecodeError as e:
-      raise errors.UserError('%s is not a MetaGraphDef (truncated or corrupt: %s)'
-                            % (meta_graph_path, e)) from e
-    if not meta_graph.graph_def.node:
-      raise errors.UserError('%s is not a MetaGraphDef: it holds no graph' % meta_graph_path)
-    graph_check.check_meta_graph(meta_graph, meta_graph_path)
-  signatures = saved_model.signatures_to_serve(meta_graph, signature_names, inputs, outputs,
-                                              where)
-  saved_model.check_tensors_exist(meta_graph.graph_def, signatures, where)
-  return meta_graph, signatures, assets, where
+  meta_graph = saved_model.read_meta_graph(saved_model_dir, tags)
+  return Structure(meta_graph, saved_model_dir, files.join(saved_model_dir, 'assets'),
+                   saved_model_dir, saved_model.is_object_based(meta_graph))
+
+
+def structure_from_meta_graph(meta_graph_path):
+  """The Structure of a MetaGraphDef file (model.ckpt-N.meta, as a TF1 Saver writes it).
+
+  Raises:
+    errors.UserError: missing, unreadable or corrupt file.
+  """
+  if not files.exists(meta_graph_path):
+    raise errors.UserError('meta graph %s does not exist' % meta_graph_path)
+  meta_graph = meta_graph_pb2.MetaGraphDef()
+  try:
+    meta_graph.ParseFromString(files.read(meta_graph_path))
+  except pb_message.DecodeError as e:
+    raise errors.UserError('%s is not a MetaGraphDef (truncated or corrupt: %s)'
+                          % (meta_graph_path, e)) from e
+  if not meta_graph.graph_def.node:
+    raise errors.UserError('%s is not a MetaGraphDef: it holds no graph' % meta_graph_path)
+  graph_check.check_meta_graph(meta_graph, meta_graph_path)
+  return Structure(meta_graph, meta_graph_path)
 
 
 @dataclasses.dataclass
@@ -131,14 +154,16 @@ def saved_model_from_checkpoint(checkpoint, output_dir, saved_model_dir=None,
                                 inputs=(), outputs=(), prune_tensors=True, chunk_bytes=1 << 20,
                                 overwrite=False, allow_ops=(), checkpoint_object=None,
                                 version=None, finalize=None, serving_input='placeholders',
-                                verify_checksums=True):
+                                verify_checksums=True, structure=None):
   """Writes a serving SavedModel at `output_dir` whose variables come from `checkpoint`.
 
   Args:
     checkpoint: a checkpoint prefix, or the directory holding its `checkpoint` state file.
     output_dir: the SavedModel directory to write.
     saved_model_dir: the structure, a SavedModel (its values are not read); or
-    meta_graph_path: the structure, a MetaGraphDef file.
+    meta_graph_path: the structure, a MetaGraphDef file; or
+    structure: the structure, as a loader returned it (structure_from_saved_model,
+      structure_from_meta_graph): exactly one of the three.
     tags: the structure MetaGraph's tags, and the output's.
     signature_names: signatures to serve; all when empty.
     inputs, outputs: tensor names, for a structure without signatures.
@@ -168,41 +193,50 @@ def saved_model_from_checkpoint(checkpoint, output_dir, saved_model_dir=None,
       tensor that fails its checksum, or an output that exists (without `overwrite`). Nothing
       is written then.
   """
-  meta_graph = saved_model.read_meta_graph(saved_model_dir, tags) if saved_model_dir else None
-  if meta_graph is not None and saved_model.is_object_based(meta_graph):
+  if [structure, saved_model_dir, meta_graph_path].count(None) != 2:
+    raise errors.UserError('give exactly one structure: a SavedModel or a meta graph')
+  if saved_model_dir:
+    structure = structure_from_saved_model(saved_model_dir, tags)
+  if structure is not None and structure.object_based:
     # Imported here: a TF1 export, which should start fast, does not need it.
-    from freezerlib.export import from_tf2_checkpoint  # pylint: disable=g-import-not-at-top
+    from freezerlib.export import from_tf2_checkpoint
     unused = [flag for flag, value in (
         ('--signature_def', signature_names), ('--inputs', inputs), ('--outputs', outputs),
         ('--noprune', not prune_tensors),
         ('--serving_input=%s' % serving_input, serving_input != 'placeholders')) if value]
     if unused:
       raise errors.UserError('%s does not apply to the TF2 SavedModel %s, whose saved_model.pb '
-                             'is served whole' % (', '.join(unused), saved_model_dir))
-    return from_tf2_checkpoint.export(checkpoint, output_dir, saved_model_dir, tags=tags,
-                                      checkpoint_object=checkpoint_object,
+                             'is served whole' % (', '.join(unused), structure.where))
+    return from_tf2_checkpoint.export(checkpoint, output_dir, structure.saved_model_dir,
+                                      tags=tags, checkpoint_object=checkpoint_object,
                                       chunk_bytes=chunk_bytes, overwrite=overwrite,
                                       allow_ops=allow_ops, version=version, finalize=finalize,
                                       verify_checksums=verify_checksums)
   if checkpoint_object is not None:
     raise errors.UserError('--checkpoint_object applies to TF2 structures (tf.saved_model.save); '
-                           'the structure %s is a TF1 graph' % (saved_model_dir or meta_graph_path))
+                           'the structure %s is a TF1 graph'
+                           % (structure.where if structure else meta_graph_path))
   start = time.perf_counter()
   atomic.check_output_free(output_dir, overwrite, version)
-  structure, signatures, assets_dir, where = load_structure(
-      saved_model_dir, meta_graph_path, tags, signature_names, inputs, outputs, meta_graph)
+  if structure is None:
+    structure = structure_from_meta_graph(meta_graph_path)
+  meta, where, assets_dir = structure.meta_graph, structure.where, structure.assets_dir
+  signatures = saved_model.signatures_to_serve(meta, signature_names, inputs, outputs, where)
+  saved_model.check_tensors_exist(meta.graph_def, signatures, where)
   if serving_input != 'placeholders':
-    # Imported here: 1.2 ms of start-up that a structure fed by placeholders does not need.
-    from freezerlib.transforms import example_front  # pylint: disable=g-import-not-at-top
-    graph_def, signatures = example_front.serving_front(structure.graph_def, signatures,
+    # Imported here: start-up that a structure fed by placeholders does not need.
+    from freezerlib.transforms import example_front
+    graph_def, signatures = example_front.serving_front(meta.graph_def, signatures,
                                                         serving_input, where)
-    structure.graph_def.CopyFrom(graph_def)
-  removed = unsafe_ops.check_meta_graph(structure, signatures, set(allow_ops), where)
+    original, meta = meta, meta_graph_pb2.MetaGraphDef()  # the caller's Structure stays as is
+    meta.CopyFrom(original)
+    meta.graph_def.CopyFrom(graph_def)
+  removed = unsafe_ops.check_meta_graph(meta, signatures, set(allow_ops), where)
   unsafe_ops.log_findings(removed, 'removed (not run by the signatures)')
-  serving = serving_graph(structure.graph_def, signatures, structure.saver_def, where,
-                          structure.meta_info_def.stripped_op_list)
+  serving = serving_graph(meta.graph_def, signatures, meta.saver_def, where,
+                          meta.meta_info_def.stripped_op_list)
   kept = {n.name for n in serving.graph_def.node}
-  assets = [a for a in saved_model.asset_defs(structure)
+  assets = [a for a in saved_model.asset_defs(meta)
             if graphs.node_name(a.tensor_info.name) in kept]
   if assets and not assets_dir:
     raise errors.UserError('%s reads asset files, which a .meta file does not carry: use the '
@@ -218,7 +252,7 @@ def saved_model_from_checkpoint(checkpoint, output_dir, saved_model_dir=None,
   checkpoint_index.check_restorable(index, wants, where)
   meta_graph = saved_model.serving_meta_graph(
       serving.graph_def, serving.signatures, tags, saver_def=serving.saver_def,
-      main_op=serving.main_op, assets=assets, meta_info_def=structure.meta_info_def)
+      main_op=serving.main_op, assets=assets, meta_info_def=meta.meta_info_def)
   logging.info('serving graph: %d nodes restoring %d tensors (%d variables and tables); '
                'checkpoint %s: %d tensors in %d shards', len(serving.graph_def.node),
                len(wants), len(serving.restores), prefix, len(index.entries), index.num_shards)

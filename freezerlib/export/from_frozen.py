@@ -26,15 +26,9 @@ from freezerlib.formats import saved_model
 from freezerlib.transforms import constants_as_variables as constants_lib
 from freezerlib.transforms import example_front
 from freezerlib.transforms import grappler as grappler_lib
-from freezerlib.transforms import one_gather
 from freezerlib.transforms import prune
-from freezerlib.transforms import read_only_tables
-
-# Serving graph rewrites (--rewrites), each exact (see its module) and on by default where
-# benchmarks/benchmark.py measured it helps.
-REWRITES = ('one_gather', 'read_only_tables', 'dense_tables', 'static_tables')
-DEFAULT_REWRITES = ('one_gather', 'read_only_tables')
-_TABLE_FORMS = {'read_only_tables': 'auto', 'dense_tables': 'dense', 'static_tables': 'static'}
+from freezerlib.transforms import rewrites as rewrites_lib
+from freezerlib.transforms import tables
 
 
 def frozen_from_file(path, inputs=(), outputs=(), init_op=None, tags=('serve',),
@@ -112,28 +106,20 @@ def serving_graph(frozen, grappler=True):
 
 
 def _rewrite(frozen, rewrites, table_bytes):
-  """Runs the serving graph rewrites `rewrites` on `frozen`'s graph (in place); tables are
-  rewritten from `table_bytes` bytes of contents (None: none are), as only those are restored
-  from variables/, where the rewrite saves memory."""
-  unknown = sorted(set(rewrites) - set(REWRITES))
-  if unknown:
-    raise errors.UserError('unknown rewrite %s; choose from: %s'
-                           % (', '.join(unknown), ', '.join(REWRITES)))
-  done = {}
+  """Runs the serving graph rewrites `rewrites` (transforms.rewrites) on `frozen`'s graph, in
+  place; tables are rewritten from `table_bytes` bytes of contents (None: none are).
+
+  Returns:
+    transforms.rewrites.Context, whose `tables_from_variables` the rewrites filled.
+  """
   keep = set(saved_model.signature_output_nodes(frozen.signatures))
   keep |= {graphs.node_name(i.name) for s in frozen.signatures.values()
            for i in s.inputs.values()}
   keep |= {frozen.table_init_op} | set(saved_model.saver_op_names(frozen.saver_def)
                                       if frozen.saver_def else [])
-  if 'one_gather' in rewrites:
-    done['one_gather'] = one_gather.merge_partitioned_lookups(frozen.graph_def, keep)
-  forms = [form for name, form in _TABLE_FORMS.items() if name in rewrites]
-  if len(forms) > 1:
-    raise errors.UserError('choose one of the rewrites %s' % ', '.join(_TABLE_FORMS))
-  if forms and table_bytes is not None:
-    done['tables'] = read_only_tables.rewrite(frozen.graph_def, frozen.table_init_op,
-                                              table_bytes, keep, forms[0])
-  return done
+  context = rewrites_lib.Context(frozen.table_init_op, frozenset(keep), table_bytes)
+  rewrites_lib.run(frozen.graph_def, rewrites, context)
+  return context
 
 
 def saved_model_from_frozen_graph(input_graph, output_saved_model_dir=None, output_graph=None,
@@ -141,7 +127,7 @@ def saved_model_from_frozen_graph(input_graph, output_saved_model_dir=None, outp
                                   grappler=True, log_dir=None, overwrite=False, allow_ops=(),
                                   constants_as_variables=1 << 20, signature_names=(),
                                   version=None, finalize=None, serving_input='placeholders',
-                                  rewrites=DEFAULT_REWRITES):
+                                  rewrites=rewrites_lib.DEFAULTS):
   """Cuts, strips and re-dumps `input_graph` as a serving SavedModel and/or GraphDef.
 
   Args:
@@ -166,10 +152,8 @@ def saved_model_from_frozen_graph(input_graph, output_saved_model_dir=None, outp
       place (warmup requests).
     serving_input: 'placeholders', or 'examples' for a graph that still holds its training
       reader: one input of serialized tf.Example replaces it (transforms.example_front).
-    rewrites: names of the serving graph rewrites to run (of REWRITES), before anything else:
-      'one_gather' (transforms.one_gather); one of 'read_only_tables' (static tables for
-      string keys, dense for integer keys), 'dense_tables', 'static_tables'
-      (transforms.read_only_tables).
+    rewrites: names of the serving graph rewrites to run before anything else (of
+      transforms.rewrites.NAMES; they run in the registry's order).
 
   Returns:
     (optimized FrozenModel, prune.GraphStats before, prune.GraphStats after); the model's big
@@ -201,12 +185,12 @@ def saved_model_from_frozen_graph(input_graph, output_saved_model_dir=None, outp
   unsafe_ops.log_findings(removed, 'removed (not run by the signatures)')
   rewritten = _rewrite(frozen, rewrites, constants_as_variables)
   # Big constants are set aside as variables first: Grappler and the cut then work on a graph
-  # without their bytes (on a graph with 355 MiB of constants Grappler alone took 9.5 s), and
-  # the SavedModel restores them from variables/ instead of parsing them from its graph.
+  # without their bytes (Grappler's time grows with them), and the SavedModel restores them
+  # from variables/ instead of parsing them from its graph.
   split = None
   if constants_as_variables is not None:
-    split = constants_lib.split(frozen, constants_as_variables, input_graph, [
-        t.table for t in rewritten.get('tables', [])])
+    split = constants_lib.split(frozen, constants_as_variables, input_graph,
+                                rewritten.tables_from_variables)
   work = split.frozen if split else frozen
   tf = lean_tf.tensorflow
   try:
@@ -234,6 +218,9 @@ def saved_model_from_frozen_graph(input_graph, output_saved_model_dir=None, outp
                  frozen_graph.checkpoint_dir(output_graph))
   elif output_graph:
     plain = constants_lib.inline(split) if split else result
+    # No C++ loader takes a GraphDef: the serving check's static part (as freezer.py's).
+    tables.check_tables_filled(plain.graph_def, plain.signatures, plain.table_init_op,
+                               where=input_graph)
     frozen_graph.write_graph_def(frozen_graph.frozen_to_graph_def(plain), output_graph,
                                  overwrite)
     logging.info('wrote %s', output_graph)

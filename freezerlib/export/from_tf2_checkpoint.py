@@ -24,15 +24,22 @@ Exporting therefore:
    local name as TensorFlow's own restore pairs them. A structure whose paths exist nowhere
    in the checkpoint (a Keras 3 export tracks its variables as `variables/k`, the model
    itself is not in it) is matched by each variable's full name instead (Keras 3: the
-   variable's path, `dense/kernel`), which must then be unique.
+   variable's path, `dense/kernel`), which must then be unique. Two objects that name the
+   same tensors (a tf-keras model's root and its `keras_api`, in the model's own variables/)
+   are one match. State of the structure that the checkpoint lacks and that no function
+   serving runs reads (a compiled tf-keras model's metric accumulators, which only its
+   SavedModel tracks; a Keras 3 seed generator's state) keeps the structure's value, and the
+   log names it; state a signature reads must come from the checkpoint.
 2. checks every tensor before anything is written; all mismatches in one message.
 3. writes `variables/` with the structure's keys: the checkpoint's stored bytes copied as they
    are (checkpoints.copy_records: no decoding, no TensorFlow), slices of a sharded variable
    renamed slice by slice, and the structure's own object graph tensor (copied as stored), whose
    keys are exactly those written. Two keys of one tensor (a Keras export tracks each variable
    twice, as `variables/k` and `_all_variables/k`) share one copy of its bytes.
-4. copies the structure's saved_model.pb and assets as they are (signatures, functions, init
-   op untouched). Its fingerprint.pb is left out: it fingerprints the structure's checkpoint,
+4. writes the structure's MetaGraph without the functions serving does not run
+   (transforms/serving_functions: a saved train step, Keras training-mode traces, dataset
+   readers), signatures, init op, saver and object graph otherwise its own; copies its assets
+   as they are. Its fingerprint.pb is left out: it fingerprints the structure's checkpoint,
    not this one, and loaders do without it.
 
 A `tf.distribute.ShardedVariable` (ParameterServerStrategy with a variable_partitioner) is saved
@@ -51,20 +58,21 @@ of shards serves the same values as TensorFlow's own SavedModel of the trained m
 import collections
 import dataclasses
 import time
-from typing import Dict, List, Optional
+from typing import Dict, FrozenSet, List
 
 from absl import logging
 
 from freezerlib.analysis import unsafe_ops
 from freezerlib.core import atomic
 from freezerlib.core import errors
-from freezerlib.export import ExportReport
 from freezerlib.core import files
 from freezerlib.core import graphs
 from freezerlib.core import lean_tf
 from freezerlib.core import units
+from freezerlib.export import ExportReport
 from freezerlib.formats import checkpoint_index as checkpoints
 from freezerlib.formats import saved_model
+from freezerlib.transforms import serving_functions
 
 trackable_object_graph_pb2 = checkpoints.trackable_object_graph_pb2
 OBJECT_GRAPH_KEY = checkpoints.OBJECT_GRAPH_KEY
@@ -84,17 +92,6 @@ def is_object_based_saved_model(saved_model_dir, tags=('serve',)):
 
 # ---------------------------------------------------------------------------------------------
 # Object graphs
-
-
-def _reachable(graph, root):
-  seen, stack = set(), [root]
-  while stack:
-    node_id = stack.pop()
-    if node_id in seen:
-      continue
-    seen.add(node_id)
-    stack.extend(c.node_id for c in graph.nodes[node_id].children)
-  return seen
 
 
 def _paired_by_path(structure, checkpoint_graph, root):
@@ -117,7 +114,8 @@ def _paired_by_full_name(structure, checkpoint_graph, root, paths):
   attribute name and full name among the objects reachable from `root`; plus a problem per
   full name that names several checkpoint objects."""
   by_name = collections.defaultdict(set)
-  for node_id in _reachable(checkpoint_graph, root):
+  for node_id in graphs.walk(
+      [root], lambda i: [c.node_id for c in checkpoint_graph.nodes[i].children]):
     for attr in checkpoint_graph.nodes[node_id].attributes:
       if attr.full_name:
         by_name[(attr.name, attr.full_name)].add(node_id)
@@ -188,19 +186,6 @@ def _check_tensor(structure_index, checkpoint_index, s_key, c_key, name, path):
   return []
 
 
-# Keras 3 random layers (Dropout, ...) hold a SeedGenerator whose state variable a Keras export
-# saves but a tf.train.Checkpoint of the model does not (it is not tracked there); inference
-# does not read it. The structure's own value is kept for it, and only for it.
-_UNTRAINED_STATE = 'seed_generator_state'
-
-
-def _untrained_state(node):
-  """Whether a structure object holds only a Keras seed generator's state."""
-  return bool(node.attributes) and all(
-      a.name == _VARIABLE_VALUE and a.full_name.rsplit('/', 1)[-1] == _UNTRAINED_STATE
-      for a in node.attributes)
-
-
 @dataclasses.dataclass
 class _Structure:
   """The structure's side of matching, computed once."""
@@ -209,11 +194,12 @@ class _Structure:
   paths: Dict[int, str]
   owned: Dict[int, Dict[str, list]]
   stray: List[str]
+  unread: FrozenSet[int]  # objects no serving function reads
 
 
-def _structure(graph, index):
+def _structure(graph, index, unread):
   owned, stray = checkpoints.keys_by_object(graph, index)
-  return _Structure(graph, index, graphs.object_paths(graph), owned, stray)
+  return _Structure(graph, index, graphs.object_paths(graph), owned, stray, frozenset(unread))
 
 
 def _plan(structure, checkpoint_graph, checkpoint_index, pairs, object_path, matched_by,
@@ -231,7 +217,9 @@ def _plan(structure, checkpoint_graph, checkpoint_index, pairs, object_path, mat
                       % (path, saver))
       continue
     c_id = pairs.get(s_id)
-    if c_id is None and _untrained_state(structure.graph.nodes[s_id]):
+    if c_id is None and s_id in structure.unread:
+      # Compile-time metric accumulators, optimizer state, a Keras seed generator's state: the
+      # structure tracks them, a checkpoint of the model need not, and serving never reads them.
       kept += [Rename(key, key, path) for keys in structure.owned[s_id].values()
                for key, _ in keys]
       continue
@@ -280,8 +268,15 @@ def _resolve_object(graph, path, prefix):
   return node_id
 
 
+def _tensors_named(plan):
+  """What a plan restores each structure tensor from: two objects that name the same tensors
+  (a Keras model's root and its `keras_api`, which tracks the same variables) are one match."""
+  return (frozenset((r.structure_key, r.checkpoint_key) for r in plan.renames),
+          frozenset(r.structure_key for r in plan.kept))
+
+
 def match(structure, structure_index, checkpoint_graph, checkpoint_index, checkpoint_object=None,
-          where='the structure'):
+          where='the structure', unread=()):
   """The Plan that restores every saved value of the structure from the checkpoint.
 
   Args:
@@ -291,6 +286,8 @@ def match(structure, structure_index, checkpoint_graph, checkpoint_index, checkp
     checkpoint_index: checkpoints.Checkpoint of the training checkpoint.
     checkpoint_object: object path in the checkpoint to match ('model'), or None to find it.
     where: the structure's path, for messages.
+    unread: structure node ids that no serving function reads: one the checkpoint lacks keeps
+      the structure's value (Plan.kept) instead of failing the match.
 
   Returns:
     Plan without problems.
@@ -300,7 +297,7 @@ def match(structure, structure_index, checkpoint_graph, checkpoint_index, checkp
       the closest one), or several do.
   """
   paths = graphs.object_paths(checkpoint_graph)
-  structure = _structure(structure, structure_index)
+  structure = _structure(structure, structure_index, unread)
   if checkpoint_object is not None:
     roots = [_resolve_object(checkpoint_graph, checkpoint_object, checkpoint_index.prefix)]
   else:
@@ -322,6 +319,14 @@ def match(structure, structure_index, checkpoint_graph, checkpoint_index, checkp
     if not plan.problems:
       complete = [plan]
     plans.append(plan)
+  distinct = {}
+  for plan in complete:
+    distinct.setdefault(_tensors_named(plan), plan)
+  if len(distinct) < len(complete):
+    logging.info('checkpoint objects %s name the same tensors; using %s',
+                 ', '.join(p.object_path or '(the root)' for p in complete),
+                 complete[0].object_path or '(the root)')
+  complete = list(distinct.values())
   if len(complete) > 1:
     raise errors.UserError(
         'checkpoint %s holds %d objects that match %s: %s; choose one with --checkpoint_object'
@@ -414,7 +419,12 @@ def export(checkpoint, output_dir, saved_model_dir, tags=('serve',), checkpoint_
     raise errors.UserError('%s is not a TF2 SavedModel (it has no object graph)'
                           % saved_model_dir)
   signatures = saved_model.select_signatures(meta_graph, None, saved_model_dir)
-  kept = unsafe_ops.check_meta_graph(meta_graph, signatures, set(allow_ops), saved_model_dir)
+  cut = serving_functions.cut_to_serving(meta_graph)
+  if cut.removed:
+    logging.info('left out of the serving graph: %s, which serving does not run',
+                 cut.summary())
+  kept = unsafe_ops.check_meta_graph(cut.meta_graph, signatures, set(allow_ops),
+                                     saved_model_dir)
   unsafe_ops.log_findings(kept, 'kept in the structure\'s graph (not run by loading or the '
                                'signatures)')
   variables = files.join(saved_model_dir, 'variables', 'variables')
@@ -427,16 +437,21 @@ def export(checkpoint, output_dir, saved_model_dir, tags=('serve',), checkpoint_
   prefix = checkpoints.resolve_prefix(checkpoint)
   checkpoint_index = checkpoints.read_index(prefix)
   checkpoint_graph = read_object_graph(checkpoint_index)
+  read = serving_functions.objects_read(meta_graph, cut.kept)
   plan = match(structure, structure_index, checkpoint_graph, checkpoint_index,
-               checkpoint_object, saved_model_dir)
+               checkpoint_object, saved_model_dir,
+               unread=[n for n in range(len(structure.nodes)) if n not in read])
   logging.info('checkpoint %s: the structure is object %s (matched by %s): %d tensors of %d '
                'variables and tables, of the checkpoint\'s %d', prefix,
                plan.object_path or '(the root)', plan.matched_by, len(plan.renames), plan.total,
                len(checkpoint_index.entries))
   _log_layout_changes(plan, structure_index, checkpoint_index)
-  for rename in plan.kept:
-    logging.info('%s: the structure\'s own value (a Keras seed generator state, which the '
-                 'checkpoint does not hold and inference does not read)', rename.path)
+  if plan.kept:
+    paths = sorted({r.path for r in plan.kept})
+    logging.info('kept the structure\'s own value of %d objects the checkpoint does not hold '
+                 'and no signature reads: %s', len(paths), ', '.join(paths[:_MAX_LISTED]) + (
+                     ' and %d more' % (len(paths) - _MAX_LISTED) if len(paths) > _MAX_LISTED
+                     else ''))
   records = _records(plan, structure_index, checkpoint_index)
   written = []
 
@@ -445,15 +460,11 @@ def export(checkpoint, output_dir, saved_model_dir, tags=('serve',), checkpoint_
         records, files.join(variables_dir, 'variables'), chunk_bytes,
         progress=units.Progress('copying tensors'), verify=verify_checksums))
 
-  # The structure's own saved_model.pb, byte for byte: signatures, functions and init op
-  # untouched; its assets each once (two tables can share one file), and its assets.extra.
-  name = 'saved_model.pb'
-  if not files.exists(files.join(saved_model_dir, name)):
-    name = 'saved_model.pbtxt'
+  # The structure's MetaGraph without the functions serving does not run (train steps,
+  # training-mode traces): signatures, init op, saver and object graph otherwise its own.
   path, _ = saved_model.write_saved_model(
-      output_dir, meta_graph, write_variables, files.join(saved_model_dir, 'assets'),
+      output_dir, cut.meta_graph, write_variables, files.join(saved_model_dir, 'assets'),
       overwrite, version=version, finalize=finalize,
-      saved_model_file=files.join(saved_model_dir, name),
       assets_extra_dir=files.join(saved_model_dir, 'assets.extra'))
   stored = {}  # one stored tensor under two keys is needed once
   for record in records:

@@ -24,7 +24,6 @@ import struct
 from typing import List, Mapping, Optional
 
 from absl import logging
-
 from google.protobuf import message as pb_message
 from google.protobuf import text_format
 
@@ -33,6 +32,7 @@ from freezerlib.core import errors
 from freezerlib.core import files
 from freezerlib.core import lean_tf
 from freezerlib.core import units
+from freezerlib.formats import checkpoint_files
 from freezerlib.formats import stored_tensor
 
 trackable_object_graph_pb2 = lean_tf.load('tensorflow.core.protobuf.trackable_object_graph_pb2')
@@ -139,8 +139,8 @@ def _table_items(data):
 
 class _Entries(collections.abc.Mapping):
   """Index key -> BundleEntryProto, each parsed when looked up: the index holds its entries
-  serialized (a few dozen bytes each), not as messages (several hundred bytes each in Python:
-  an index of 100,000 tensors took 70 MiB)."""
+  serialized (a few dozen bytes each), not as messages (several hundred bytes each in
+  Python)."""
 
   def __init__(self, raw):
     self._raw = raw  # key -> serialized BundleEntryProto
@@ -196,7 +196,7 @@ class Checkpoint:
   slices: Mapping[str, list]
 
   def data_files(self):
-    return ['%s.data-%05d-of-%05d' % (self.prefix, k, self.num_shards)
+    return [checkpoint_files.data_path(self.prefix, k, self.num_shards)
             for k in range(self.num_shards)]
 
   def records(self, name):
@@ -747,7 +747,7 @@ def _transfer(records, write, chunk_bytes, progress, verify):
       try:
         if write is None:
           def consume(piece):
-            checksum.update(piece)
+            checksum.update(piece)  # noqa: B023  # consume runs within this iteration only
             progress(len(piece))
           files.read_range(source, entry.offset, entry.size, consume, chunk_bytes, buffer)
         else:
@@ -828,7 +828,7 @@ def copy_records(records, dst_prefix, chunk_bytes=1 << 20, progress=None, verify
   rest = [r for r in ordered if _data_file(r) not in order]
   shards = (_deal(rest, _WORKERS) if rest or not linked else []) if local else [ordered]
   count = len(linked) + len(shards)
-  paths = ['%s.data-%05d-of-%05d' % (dst_prefix, k, count) for k in range(count)]
+  paths = [checkpoint_files.data_path(dst_prefix, k, count) for k in range(count)]
   for handle, src in linked.items():
     files.link_or_copy(src, paths[order[handle]])
   for record in in_place:
@@ -989,7 +989,7 @@ def link_files(checkpoint, dst_prefix, verify=False):
                     for key, entry in checkpoint.records(name)],
                    progress=units.Progress('checking checkpoint checksums'))
   pairs = [(checkpoint.prefix + '.index', dst_prefix + '.index')]
-  pairs += [(src, '%s.data-%05d-of-%05d' % (dst_prefix, k, checkpoint.num_shards))
+  pairs += [(src, checkpoint_files.data_path(dst_prefix, k, checkpoint.num_shards))
             for k, src in enumerate(checkpoint.data_files())]
   sizes = [files.size(src) for src, _ in pairs]
   progress, done = units.Progress('linking checkpoint files'), 0

@@ -20,7 +20,6 @@ import time
 from typing import Dict, List, Optional
 
 from absl import logging
-
 from google.protobuf import message as pb_message
 from google.protobuf import text_format
 

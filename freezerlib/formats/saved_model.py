@@ -7,7 +7,6 @@ the MetaGraph (`serving_meta_graph`), then whatever fills `variables/` and `asse
 """
 
 from absl import logging
-
 from google.protobuf import message as pb_message
 from google.protobuf import text_format
 

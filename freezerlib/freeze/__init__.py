@@ -26,6 +26,7 @@ from freezerlib.freeze import keep as keep_lib
 from freezerlib.freeze import streaming
 from freezerlib.transforms import example_front
 from freezerlib.transforms import prune
+from freezerlib.transforms import tables
 
 
 @dataclasses.dataclass
@@ -174,7 +175,7 @@ def graph_from_saved_model(saved_model_dir, output_graph, tags=('serve',), signa
     freezer = 'streaming'
   else:
     if object_based:
-      from freezerlib.freeze import tf2  # pylint: disable=g-import-not-at-top  # loads TensorFlow
+      from freezerlib.freeze import tf2  # loads TensorFlow
       model, variables, contents = tf2.freeze(saved_model_dir, meta_graph, signatures, tags)
       freezer = 'tf2'
     else:
@@ -185,6 +186,10 @@ def graph_from_saved_model(saved_model_dir, output_graph, tags=('serve',), signa
     # do not run is left out: its inputs become placeholders.
     model.graph_def, model.signatures, _ = prune.cut_to_signatures(
         model.graph_def, model.signatures, [model.table_init_op])
+    # Every table the signatures read is filled by freezer/init_tables (the streaming
+    # freezer's plan refuses a table its saver does not restore).
+    tables.check_tables_filled(model.graph_def, model.signatures, model.table_init_op,
+                               where=saved_model_dir)
     size = frozen_graph.write_graph_def(frozen_graph.frozen_to_graph_def(model), output_graph,
                                         overwrite)
     if overwrite:

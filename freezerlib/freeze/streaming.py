@@ -117,7 +117,7 @@ def plan(meta_graph, signatures, export_dir, kept=()):
       else:
         table_sources[node.name] = sources
   for node in sub.node:
-    for i, graph_input in enumerate(node.input):
+    for graph_input in node.input:
       source = graphs.node_name(graph_input)
       if source not in variables or graph_input.startswith('^'):
         continue

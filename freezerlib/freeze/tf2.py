@@ -18,6 +18,13 @@ Freezing takes the structure from the first view and the values from the second:
 - Tables stay tables: each one the signatures capture is exported eagerly
   (LookupTableExportV2) and re-filled by constants in the NoOp `freezer/init_tables`, as the TF1
   path does; the frozen graph needs neither the checkpoint nor the asset files.
+- A table created inside a function (a SavedModel that re-saves resources restored from another
+  one: tensorflow-transform's serving models, `tf.saved_model.load` of a model with a table
+  saved again) is captured as the output of a top-level StatefulPartitionedCall whose function
+  (through `__inference__creator_*`) makes the table; its initializer
+  (InitializeTableFromTextFileV2 in `__inference__initializer_*`) reads an asset file at load.
+  That call becomes the table op itself at the top level, exported and re-filled like any
+  other. A captured resource made by a function that is not a table is refused, naming it.
 - Signature inputs become Placeholders named after their signature keys where the name is free.
 - A signature whose functions write a captured variable or table is refused: write ops are found
   in the library functions, following resource arguments back to the captured node.
@@ -27,7 +34,6 @@ import time
 
 from absl import logging
 import tensorflow as tf
-
 from tensorflow.core.framework import types_pb2
 from tensorflow.python.framework import convert_to_constants
 from tensorflow.python.framework import op_def_registry
@@ -103,16 +109,116 @@ def _export_table(node, handle, nodes_by_name):
 
 
 # ---------------------------------------------------------------------------------------------
+# Resources created inside functions
+
+_MAX_CALL_DEPTH = 16  # creator functions nest a few calls deep; a cycle must not loop forever
+
+
+def _function_output_source(library, function_name, index, depth=0):
+  """The NodeDef that makes output `index` of library function `function_name`, following
+  Identity ops and nested calls; (node, name of the function holding it), or (None, name of
+  the function where the trail ends)."""
+  function = library.get(function_name)
+  if function is None or depth > _MAX_CALL_DEPTH or index >= len(function.signature.output_arg):
+    return None, function_name
+  nodes = {n.name: n for n in function.node_def}
+  tensor = function.ret[function.signature.output_arg[index].name]
+  while True:
+    node_name, _, rest = tensor.partition(':')
+    node = nodes.get(node_name)
+    if node is None:
+      return None, function_name  # an argument of the function: made elsewhere
+    if node.op == 'Identity':
+      tensor = node.input[0]
+      continue
+    if node.op in stateful.CALL_OPS:
+      out_index = int(rest.rpartition(':')[2] or 0) if rest else 0
+      return _function_output_source(library, node.attr['f'].func.name, out_index, depth + 1)
+    return node, function_name
+
+
+def _resource_outputs(node):
+  return [i for i, t in enumerate(node.attr['Tout'].list.type) if t == types_pb2.DT_RESOURCE]
+
+
+def tables_from_functions(graph_def, handles, names, where):
+  """Replaces each captured call node that makes a table inside a function by that table op.
+
+  The new top-level node keeps the call node's name (its readers are unchanged) and the table
+  op's attributes; a dense table's empty and deleted keys, Consts inside the function, become
+  top-level Consts. Modifies `graph_def` in place.
+
+  Args:
+    graph_def: the GraphDef the signatures need (its library holds the creator functions).
+    handles: top-level node name -> restored eager tensor (captured_handles).
+    names: node name -> object path, for messages.
+    where: the SavedModel's path, for messages.
+
+  Returns:
+    Names of the nodes replaced.
+
+  Raises:
+    errors.UserError: a captured resource made by a function that is not a table, or a table
+      whose construction the graph cannot hold at the top level.
+  """
+  library = {f.signature.name: f for f in graph_def.library.function}
+  taken = {n.name for n in graph_def.node}
+  replaced, new_nodes = [], []
+  for node in graph_def.node:
+    if node.op not in stateful.CALL_OPS or node.name not in handles:
+      continue
+    outputs = _resource_outputs(node)
+    if not outputs:
+      continue
+    function_name = node.attr['f'].func.name
+    what = '%r (%s, made by function %s)' % (names.get(node.name, node.name), node.name,
+                                             function_name)
+    made, inner = (_function_output_source(library, function_name, outputs[0])
+                   if outputs == [0] and len(node.attr['Tout'].list.type) == 1
+                   else (None, function_name))
+    if made is None or made.op not in tables.TABLE_OPS:
+      raise errors.UserError(
+          'the signatures of %s read %s, a resource made inside a function that freezer cannot '
+          'freeze (only variables and hash tables)%s' % (
+              where, what, ': op %s in %s' % (made.op, inner) if made is not None else ''))
+    table = lean_tf.NodeDef()
+    table.CopyFrom(made)
+    table.name = node.name
+    table.device = node.device
+    del table.input[:]
+    inner_nodes = {n.name: n for n in library[inner].node_def}
+    for graph_input in made.input:
+      if graph_input.startswith('^'):
+        continue
+      source = inner_nodes.get(graph_input.partition(':')[0])
+      if source is None or source.op != 'Const':
+        raise errors.UserError('the signatures of %s read the table %s, whose input %s inside '
+                               'function %s is not a constant; freezer cannot rebuild it'
+                               % (where, what, graph_input, inner))
+      const = lean_tf.NodeDef()
+      const.CopyFrom(source)
+      const.name = graphs.unique_name('%s/%s' % (node.name, source.name), taken)
+      new_nodes.append(const)
+      table.input.append(const.name)
+    node.CopyFrom(table)
+    replaced.append(node.name)
+    logging.info('table %s (%s) is made by function %s (%s in %s): frozen as a %s node',
+                 node.name, names.get(node.name, '?'), function_name, made.op, inner, made.op)
+  graph_def.node.extend(new_nodes)
+  return replaced
+
+
+# ---------------------------------------------------------------------------------------------
 # Graph rewriting
 
 
-class _ValuesConverterData(convert_to_constants._ConverterData):  # pylint: disable=protected-access
+class _ValuesConverterData(convert_to_constants._ConverterData):
   """Variable values for TensorFlow's converter, read eagerly instead of from a session."""
 
   def __init__(self, graph_def, values):
     super().__init__(graph_def)
     for name, (dtype_enum, value) in values.items():
-      self._tensor_data[name] = convert_to_constants._TensorData(  # pylint: disable=protected-access
+      self._tensor_data[name] = convert_to_constants._TensorData(
           numpy=value, dtype=dtype_enum, index=None)
 
 
@@ -248,6 +354,8 @@ def freeze_graph(meta_graph, signatures, loaded, tags, where):
   needed = prune.strip(graph_def, keep)  # drops save, restore and initialiser functions
   handles = captured_handles(meta_graph, needed, signatures, loaded, where)
   names = stateful.captured_objects(meta_graph)
+  if tables_from_functions(needed, handles, names, where):
+    needed = prune.strip(needed, keep)  # the creator functions are no longer called
 
   values, table_nodes = {}, []
   for node in needed.node:
@@ -261,13 +369,14 @@ def freeze_graph(meta_graph, signatures, loaded, tags, where):
         raise errors.UserError('table %s of %s is not captured by a signature function; this '
                               'SavedModel layout is not supported' % (node.name, where))
       table_nodes.append(node)
-    elif _produces_resource(node.op):
+    elif _produces_resource(node.op) or (node.op in stateful.CALL_OPS and
+                                         _resource_outputs(node)):
       raise errors.UserError(
           'the signatures of %s read %r (%s, op %s), a resource freezer cannot freeze (only '
           'variables and hash tables)' % (where, names.get(node.name, node.name), node.name,
                                           node.op))
   try:
-    frozen, _ = convert_to_constants._replace_variables_by_constants(  # pylint: disable=protected-access
+    frozen, _ = convert_to_constants._replace_variables_by_constants(
         _ValuesConverterData(needed, values))
   except (KeyError, ValueError) as e:
     raise errors.UserError('cannot freeze the variables of %s: TensorFlow\'s converter failed '

@@ -2,10 +2,9 @@
 restored by its saver.
 
 A frozen GraphDef carries its values in Const nodes. In a SavedModel that costs load time:
-every loader parses the whole graph and hands copies of it to the session. On a graph with
-355 MiB of constants, TensorFlow 2.21's Python loader spent 1.2 s parsing, 1.1 s importing and
-2.4 s in ExtendSession, about 4 s in all, where the training SavedModel restoring 1 GiB from
-its checkpoint loaded in 1.1 s. So optimize_from_pb.py writes every Const of at least
+every loader parses the whole graph and hands copies of it to the session, which takes longer
+than restoring the same bytes from a checkpoint (benchmarks/README.md, start-up figures). So
+optimize_from_pb.py writes every Const of at least
 `--constants_as_variables` bytes as a resource variable: a VarHandleOp, and a ReadVariableOp
 under the Const's own name (every consumer and signature is unchanged), whose value the
 SavedModel's `variables/` holds and whose saver restores it before the main op runs.
@@ -254,7 +253,7 @@ def inline(the_split):
   dropped = saver.owned_nodes(frozen.graph_def, frozen.saver_def)
   dropped |= {handle for handle, _ in the_split.values.values()}
   by_read = {}
-  for name, (handle, tensor) in the_split.values.items():
+  for handle, tensor in the_split.values.values():
     by_read[handle] = tensor
   graph_def = lean_tf.graph_pb2.GraphDef()
   graph_def.versions.CopyFrom(frozen.graph_def.versions)

@@ -22,7 +22,6 @@ and a Regress one (its one float output of one value per example), under the inp
 `regression` for serving_default, KEY_classification and KEY_regression for the others.
 """
 
-import collections
 import dataclasses
 from typing import Dict, List
 
@@ -53,7 +52,8 @@ _PASSING_DATASETS = frozenset({
     'SkipDataset', 'CacheDataset', 'CacheDatasetV2', 'ShardDataset', 'FilterDataset',
     'ModelDataset', 'OptimizeDataset', 'OptimizeDatasetV2', 'MaxIntraOpParallelismDataset',
     'PrivateThreadPoolDataset', 'OptionsDataset', 'AssertCardinalityDataset',
-    'AssertNextDataset', 'ExperimentalAssertNextDataset', 'ExperimentalMaxIntraOpParallelismDataset',
+    'AssertNextDataset', 'ExperimentalAssertNextDataset',
+    'ExperimentalMaxIntraOpParallelismDataset',
     'ExperimentalPrivateThreadPoolDataset', 'IgnoreErrorsDataset', 'DatasetCardinality',
     'RebatchDataset', 'AutoShardDataset'})
 _ITERATOR_OPS = frozenset({'IteratorV2', 'Iterator', 'AnonymousIterator', 'AnonymousIteratorV2',
@@ -96,7 +96,8 @@ def find_reader(graph_def, signatures, where):
   nodes = {n.name: n for n in graph_def.node}
   inputs = [graphs.node_name(t) for s in signatures.values()
             for t in graphs.signature_tensors(s, 'inputs')]
-  found = sorted(n for n in _ancestors(graph_def, inputs) if nodes[n].op in GET_NEXT_OPS)
+  found = sorted(n for n in graphs.walk(inputs, graphs.inputs_of(graph_def))
+                 if nodes[n].op in GET_NEXT_OPS)
   if not found:
     raise _no_reader(where, 'no signature input comes from a tf.data iterator')
   if len(found) > 1:
@@ -138,18 +139,6 @@ def find_reader(graph_def, signatures, where):
                        'its elements' % (dataset.name, dataset.op))
     dataset = scope.get(graphs.node_name(dataset.input[0])) if dataset.input else None
   raise _no_reader(where, 'no dataset map with a ParseExample op feeds %s' % get_next.name)
-
-
-def _ancestors(graph_def, names):
-  inputs = {n.name: [graphs.node_name(i) for i in n.input] for n in graph_def.node}
-  seen, stack = set(), list(names)
-  while stack:
-    name = stack.pop()
-    if name in seen or name not in inputs:
-      continue
-    seen.add(name)
-    stack.extend(inputs[name])
-  return seen
 
 
 def _dataset_of(graph_def, nodes, get_next, library, where):
@@ -273,12 +262,12 @@ def examples_front(graph_def, signatures, where, input_key=INPUT_KEY):
   if len(outputs) != reader.num_outputs:
     raise _no_reader(where, 'the map functions give %d tensors, the iterator %d'
                      % (len(outputs), reader.num_outputs))
-  from_reader = _descendants(graph_def, reader.get_next)
+  from_reader = graphs.walk([reader.get_next], graphs.consumers_of(graph_def))
   # Only what serving runs reads the new input; the training graph's other readers of the
   # iterator (the loss on the label) keep reading it, and are pruned later.
   serving = graphs.reachable(graph_def, [graphs.node_name(t) for s in signatures.values()
                                          for t in graphs.signature_tensors(s, 'outputs')])
-  reader_nodes = _ancestors(graph_def, [reader.get_next]) | {
+  reader_nodes = graphs.walk([reader.get_next], graphs.inputs_of(graph_def)) | {
       n.name for n in graph_def.node if 'Dataset' in n.op or n.op in _ITERATOR_OPS or
       n.op in ('OneShotIterator', 'MakeIterator')}
   out = graph_pb2.GraphDef()
@@ -361,21 +350,6 @@ def serving_front(graph_def, signatures, serving_input, where):
     return graph_def, signatures
   graph_def, signatures, _ = examples_front(graph_def, signatures, where)
   return graph_def, signatures
-
-
-def _descendants(graph_def, name):
-  consumers = collections.defaultdict(list)
-  for node in graph_def.node:
-    for i in node.input:
-      consumers[graphs.node_name(i)].append(node.name)
-  seen, stack = set(), [name]
-  while stack:
-    current = stack.pop()
-    if current in seen:
-      continue
-    seen.add(current)
-    stack.extend(consumers[current])
-  return seen
 
 
 def _float_info(info):

@@ -15,8 +15,8 @@ def grappler_optimize(graph_def, keep_nodes):
     The optimised GraphDef.
   """
   # Imported here: Grappler's Python binding is heavy and only this optional step needs it.
-  from tensorflow.core.protobuf import config_pb2  # pylint: disable=g-import-not-at-top
-  from tensorflow.python.grappler import tf_optimizer  # pylint: disable=g-import-not-at-top
+  from tensorflow.core.protobuf import config_pb2
+  from tensorflow.python.grappler import tf_optimizer
 
   graph = tf.Graph()
   with graph.as_default():

@@ -27,8 +27,8 @@ every part is a Const read only by its gather, one id tensor feeds both partitio
 graph's own ops, run on the ids, give the part and row the strategy says: for every id in
 [0, V) when V is at most 4M rows, else for 1M ids drawn at random plus every part's first and
 last rows; and an invalid part or row for ids outside [0, V) (ids just below and past the
-ends, and far out, short of the int32 wrap above). When the stitch's result is only reshaped back to the ids' shape
-(embedding_lookup's last step), that reshape is what becomes the gather.
+ends, and far out, short of the int32 wrap above). When the stitch's result is only reshaped
+back to the ids' shape (embedding_lookup's last step), that reshape is what becomes the gather.
 """
 
 import dataclasses

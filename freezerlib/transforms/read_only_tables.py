@@ -3,18 +3,17 @@ half the memory.
 
 Serving never writes the MutableHashTables training kept statistics or embeddings in; it only
 looks keys up. Held as one, a table of vectors (MutableHashTableOfTensors: a node and a
-separately allocated value array per key) of 1M keys and 16 floats (69 MiB of keys and values)
-takes 149 MiB in TensorFlow 2.21, plus the 69 MiB of keys and values it was filled from, which
-TensorFlow's CPU allocator keeps for reuse. Here a table that only its fill (the init op's
+separately allocated value array per key) takes about twice the bytes of its keys and values,
+plus the keys and values it was filled from, which TensorFlow's CPU allocator keeps for reuse
+(benchmarks/README.md, table forms). Here a table that only its fill (the init op's
 import from Consts) writes and only LookupTableFindV2 reads becomes one of two forms:
 
 - dense: a MutableDenseHashTable (open addressing: one array of keys, one of values), filled
   by inserting its entries from Consts (a GraphDef) or, in a SavedModel, restored by its saver
   importing those two arrays from variables/ (constants_as_variables), which then are the
-  table's own: nothing is allocated twice. 24 MiB of buckets (2^21, at most 0.8 used) for the
-  table above;
+  table's own: nothing is allocated twice. Its buckets are at most 0.8 used;
 - static: a HashTableV2 (an absl flat_hash_map; no lock, no markers), imported from keys and
-  rows: 34 MiB for the table above, plus its 11 MiB of keys and rows the allocator keeps.
+  rows; the allocator keeps the keys and rows it was imported from.
 
 Vector values (K -> [D]) become rows (int32) of one matrix of the values, with one more row
 per default value the lookups use; each lookup finds the row (the default's row for a key the
@@ -29,13 +28,9 @@ when the table holds none of the three, else Less and SelectV2 over the keys; Eq
 LogicalOr and SelectV2 for strings), so every key, those included, gets what the original
 gives: its value if the table holds it, else the default.
 
-Which form: the static table is the faster, the dense table the smaller (the 1M-key int64
-model of the README: 348 MiB above a bare session against 368). Through the C API, 8 threads
-at batch 1 on the README's string-key model, the dense int64 table with its Maximum guard
-answered 37.5k queries per second where the static one answered 38.9k (the guard as Less and
-SelectV2 had cost 3 us more per call: 35.3k); through Python (benchmarks/table_lookups.py) the
-forms are within the interpreter's noise. `auto`, the default, takes the dense form for
-integer keys, whose guard is one Maximum, and the static form for string keys, whose guard
+Which form: the static table is the faster, the dense table the smaller (benchmarks/README.md
+measures both, through the C API and through Python). `auto`, the default, takes the dense form
+for integer keys, whose guard is one Maximum, and the static form for string keys, whose guard
 costs two string comparisons per key.
 
 Tables that anything else reads or writes (an insert, a remove, a size, an export), whose fill
@@ -81,7 +76,7 @@ class Rewritten:
 
 def _kernels(op):
   """(key dtype enum, value dtype enum) pairs the table op `op` has a CPU kernel for."""
-  from tensorflow.python.framework import kernels  # pylint: disable=g-import-not-at-top
+  from tensorflow.python.framework import kernels
   pairs = set()
   for kernel in kernels.get_registered_kernels_for_op(op).kernel:
     types = {c.name: c.allowed_values.list.type for c in kernel.constraint}

@@ -69,7 +69,8 @@ def restores_of_saver(graph_def, saver_def, where):
   try:
     sub = graphs.extract_sub_graph(graph_def, [restore_op])
   except KeyError as e:
-    raise errors.UserError('%s: its saver\'s restore op %s is not in the graph' % (where, restore_op)) from e
+    raise errors.UserError('%s: its saver\'s restore op %s is not in the graph'
+                           % (where, restore_op)) from e
   nodes = {n.name: n for n in sub.node}
   sources = {}  # (restore node, output index) -> (name, spec, dtype)
   for node in sub.node:
@@ -193,7 +194,8 @@ def add_saver(graph_def, restores):
   new += [_string_const(scope + '/RestoreV2/tensor_names', names),
           _string_const(scope + '/RestoreV2/shape_and_slices', specs),
           node_def(scope + '/RestoreV2', 'RestoreV2',
-                [filename, scope + '/RestoreV2/tensor_names', scope + '/RestoreV2/shape_and_slices'],
+                [filename, scope + '/RestoreV2/tensor_names',
+                 scope + '/RestoreV2/shape_and_slices'],
                 dtypes=dtypes)]
   new += assigns
   new.append(node_def(scope + '/restore_all', 'NoOp', ['^' + a.name for a in assigns]))

@@ -17,11 +17,13 @@ from typing import Optional
 
 from absl import logging
 
+from freezerlib.core import errors
 from freezerlib.core import graphs
 from freezerlib.core import lean_tf
 from freezerlib.core import units
 from freezerlib.core.lean_tf import numpy as np  # imported on first use, as TensorFlow
 from freezerlib.core.lean_tf import tensorflow as tf
+from freezerlib.formats import saved_model
 
 tf1 = lean_tf.tf1
 
@@ -199,3 +201,48 @@ def add_table_fill(graph_def, session):
                      input=['^' + f for f in fills])
   graph_def.node.append(init)
   return init.name, exported
+
+
+_CALL_OPS = frozenset({'StatefulPartitionedCall', 'PartitionedCall'})
+_DT_RESOURCE = 20  # types_pb2.DT_RESOURCE, without importing TensorFlow
+
+
+def check_tables_filled(graph_def, signatures, init_op, restore_op=None, where='the graph'):
+  """Refuses a frozen graph whose signatures read a table nothing fills when it loads.
+
+  Every table op the signature outputs reach must be filled by `init_op` (freezer/init_tables)
+  or restored by `restore_op` (a kept table's saver); a resource made by a top-level function
+  call (a table created inside a function, which only its SavedModel's initializer filled)
+  must not be read at all. A static check, no TensorFlow: the frozen graph answers with the
+  original's contents only if both hold.
+
+  Args:
+    graph_def: the frozen GraphDef.
+    signatures: signature key -> SignatureDef.
+    init_op: name of the op that fills the tables, or None.
+    restore_op: name of the saver's restore op of a graph that keeps variables, or None.
+    where: the graph's path, for messages.
+
+  Raises:
+    errors.UserError: naming the first table or resource at fault.
+  """
+  names = {n.name for n in graph_def.node}
+  outputs = [n for n in saved_model.signature_output_nodes(signatures) if n in names]
+  read = graphs.reachable(graph_def, outputs)
+  filled = set()
+  for op in (init_op, restore_op):
+    if op and op in names:
+      filled |= graphs.reachable(graph_def, [op])
+  for node in graph_def.node:
+    if node.name not in read:
+      continue
+    if node.op in TABLE_OPS and node.name not in filled:
+      raise errors.UserError(
+          'the signatures of %s read the table %s (%s), which nothing fills when the graph '
+          'loads: it would answer every key with the default; nothing written'
+          % (where, node.name, node.op))
+    if node.op in _CALL_OPS and _DT_RESOURCE in node.attr['Tout'].list.type:
+      raise errors.UserError(
+          'the signatures of %s read a resource made by %s (a call of function %s), which a '
+          'frozen graph cannot fill; nothing written' % (where, node.name,
+                                                         node.attr['f'].func.name))

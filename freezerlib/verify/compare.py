@@ -141,8 +141,8 @@ WARM_SECONDS = 0.2
 
 def latency(model, sig_key, feeds, runs, warm_seconds=WARM_SECONDS):
   """(median, p99) seconds of `runs` calls, after at least 3 calls and `warm_seconds` of them:
-  a model's first few hundred calls after its load can take 3x as long as the rest (the
-  README's Benchmarks: Serving), and a server answers after its warmup requests."""
+  a model's first few hundred calls after its load are slower than the rest
+  (benchmarks/README.md, Serving), and a server answers after its warmup requests."""
   warm_until = time.perf_counter() + warm_seconds
   for _ in range(3):
     model.run(sig_key, feeds)

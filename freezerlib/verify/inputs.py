@@ -7,7 +7,10 @@ from keys it has never seen, so that a converted model which lost its table cont
 answers unseen keys differently, is caught. Ids that index an embedding are drawn inside its
 row count. Strings that feed a tf.Example parser become serialized Examples with the features
 the parser asks for, each drawn the same way. A sparse input gets a SparseTensorValue of
-0 to 3 values per row, a ragged one a RaggedTensorValue.
+0 to 3 values per row, a ragged one a RaggedTensorValue. Every sparse input of one signature
+(and every VarLen feature of one tf.Example) has the same number of values in a row: a
+weighted categorical column reads two of them, ids and weights, which must have the same
+indices, and nothing in the graph says which two pair.
 
 Read from an .npz, a string array must arrive byte for byte: numpy's fixed-width bytes
 (dtype S) drop trailing NUL bytes, and a serialized tf.Example can end in one. Such an array
@@ -118,11 +121,12 @@ class InputMaker:
     rng = np.random.RandomState(self._seed + batch)
     sig = self._model.signatures[sig_key]
     feeds = {}
+    lengths = _row_lengths(rng, batch)  # of every sparse input (see the module doc)
     for key in sorted(sig.inputs):
       info = sig.inputs[key]
       encoding = info.WhichOneof('encoding')
       if encoding == 'coo_sparse':
-        feeds[key] = self._sparse(rng, info, batch)
+        feeds[key] = self._sparse(rng, info, lengths)
         continue
       if encoding == 'composite_tensor':
         feeds[key] = self._ragged(rng, info, batch)
@@ -136,10 +140,10 @@ class InputMaker:
       feeds[key] = self.values(rng, dtype, shape, found)
     return feeds
 
-  def _sparse(self, rng, info, batch):
+  def _sparse(self, rng, info, lengths):
     shape = info.tensor_shape
     rank = max(2, len(shape.dim)) if not shape.unknown_rank else 2
-    lengths = _row_lengths(rng, batch)
+    batch = len(lengths)
     n = int(lengths.sum())
     indices = np.zeros((n, rank), np.int64)
     indices[:, 0] = np.repeat(np.arange(batch), lengths)
@@ -171,15 +175,15 @@ class InputMaker:
     out = []
     for _ in range(batch):
       row = {}
+      length = int(_row_lengths(rng, 1)[0])  # of every VarLen feature (see the module doc)
       for name in sorted(features):
         feature = features[name]
-        present = rng.rand() < 0.9
-        if not (present or feature.required):
-          continue
         if feature.kind == 'dense':
+          if not (rng.rand() < 0.9 or feature.required):
+            continue
           shape = tuple(max(d, 1) for d in feature.shape) or (1,)
-        else:
-          shape = (int(_row_lengths(rng, 1)[0]),)
+        else:  # an absent VarLen feature is an empty one: its length says
+          shape = (length,)
         found = feature.trace or trace_lib.Trace()
         row[name] = self.values(rng, feature.dtype, shape, found)
       out.append(_make_example(row).SerializeToString())
@@ -370,7 +374,7 @@ def inputs_from_tfrecords(patterns, model, num_examples):
       local = [staged.enter_context(files.local_copy(p)) for p in paths]
       records = [r.numpy() for r in tf.data.TFRecordDataset(local).take(num_examples)]
     examples = [tf.train.Example.FromString(r) for r in records]
-  except (tf.errors.OpError, Exception) as e:  # pylint: disable=broad-except
+  except (tf.errors.OpError, Exception) as e:
     raise errors.UserError('cannot read tf.Example records from %s: %s'
                           % (pattern, errors.tf_error_message(e))) from e
   if not records:

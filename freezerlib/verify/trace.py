@@ -10,7 +10,13 @@ and stops at what it finds:
   turn from the parser's output;
 - the indices of a gather (GatherV2, ResourceGather): the first dimension of what is gathered
   (a variable's shape, a constant's), the ids valid there: an embedding of 100 rows takes ids
-  0 to 99 and fails on any other.
+  0 to 99 and fails on any other;
+- a range check against a constant (Less(ids, N)): ids below N;
+- the partition arithmetic of a partitioned embedding (embedding_lookup's FloorDiv or
+  FloorMod of the ids, then DynamicPartition): ids below the partitions' rows together. An
+  identity feature column's ids reach its partitioned embedding only this way (no gather
+  takes them as they are), and one past the rows makes a partition index no partition has
+  (`partitions[1] = -1387410735 is not in [0, 2)`).
 A table or variable handle inside a function is followed back to the graph node that makes it
 (through the call's inputs).
 """
@@ -48,6 +54,9 @@ _LOOKUP_OPS = frozenset({'LookupTableFindV2', 'LookupTableFind'})
 _PARSE_OPS = frozenset({'ParseExample', 'ParseExampleV2'})
 _GATHER_OPS = frozenset({'GatherV2', 'Gather', 'ResourceGather'})
 _VARIABLE_OPS = frozenset({'VarHandleOp', 'VariableV2', 'Variable'})
+_LESS_OPS = frozenset({'Less'})
+_PARTITION_MATH_OPS = frozenset({'FloorDiv', 'FloorMod'})
+_PARTITION_HOPS = 6  # ops from the ids' FloorDiv to the DynamicPartition (embedding_lookup: 3)
 
 
 @dataclasses.dataclass
@@ -150,6 +159,56 @@ class Tracer:
       return None
     return dims[0].size if dims and dims[0].size > 0 else None
 
+  def _partitioned_rows(self, scope, start):
+    """The rows of the partitions a DynamicPartition downstream of `start` (the ids'
+    partition arithmetic) routes ids to, each partition's found at the gather its output
+    feeds; None when that is not what follows."""
+    frontier, seen = [start], set()
+    for _ in range(_PARTITION_HOPS):
+      following = []
+      for node in frontier:
+        for output in range(4):
+          for consumer, pos in scope.consumers.get((node.name, output), []):
+            if consumer.op == 'DynamicPartition' and pos == 1:
+              return self._partition_rows(scope, consumer)
+            if consumer.name not in seen:
+              seen.add(consumer.name)
+              following.append(consumer)
+      frontier = following
+    return None
+
+  def _partition_rows(self, scope, partition):
+    total = 0
+    for output in range(partition.attr['num_partitions'].i):
+      rows, frontier = None, [(partition.name, output)]
+      for _ in range(_PARTITION_HOPS):
+        following = []
+        for tensor in frontier:
+          for node, pos in scope.consumers.get(tensor, []):
+            if node.op in _GATHER_OPS and pos == 1:
+              rows = rows or self._rows(scope, node.input[0])
+            for index in _PASS.get(node.op, {}).get(pos, ()):
+              following.append((node.name, index))
+        frontier = following
+      if not rows:
+        return None
+      total += rows
+    return total
+
+  def _scalar(self, scope, tensor):
+    """The integer value of a scalar Const `tensor` is (through identities), or None."""
+    found = self.source(scope, tensor)
+    if found is None or found[1].op != 'Const':
+      return None
+    value = found[1].attr['value'].tensor
+    if value.tensor_shape.dim or value.dtype not in (tf.int32.as_datatype_enum,
+                                                     tf.int64.as_datatype_enum):
+      return None
+    values = list(value.int64_val) or list(value.int_val)
+    if len(values) != 1:
+      return None
+    return int(values[0])
+
   def trace(self, tensor_name):
     """The Trace of graph tensor `tensor_name` ('x:0')."""
     return self._trace(self._top, graphs.tensor_key(tensor_name))
@@ -175,6 +234,14 @@ class Tracer:
           rows = self._rows(scope, node.input[0])
           if rows:
             bounds.append(rows)
+        elif node.op in _PARTITION_MATH_OPS and pos == 0:
+          rows = self._partitioned_rows(scope, node)
+          if rows:
+            bounds.append(rows)
+        elif node.op in _LESS_OPS and pos == 0 and len(node.input) > 1:
+          limit = self._scalar(scope, node.input[1])
+          if limit is not None and limit > 0:
+            bounds.append(limit)
         elif node.op in _CALL_OPS:
           inner = self._enter(scope, node)
           names = [a for a, _ in sorted(inner.args.items(), key=lambda kv: kv[1])] if inner else []

@@ -8,7 +8,6 @@ user's .npz or TFRecord file.
 """
 
 import tensorflow as tf
-
 from tensorflow_serving.apis import model_pb2
 from tensorflow_serving.apis import predict_pb2
 from tensorflow_serving.apis import prediction_log_pb2

@@ -109,7 +109,7 @@ def stateful_model(export_dir):
     rows = np.stack([np.arange(10), 2 * np.arange(10)], axis=1).astype(np.float32)
     emb = tf1.get_variable('emb', [10, 2], use_resource=True,
                            partitioner=tf1.fixed_size_partitioner(3))
-    offsets = [p._save_slice_info.var_offset[0] for p in emb]  # pylint: disable=protected-access
+    offsets = [p._save_slice_info.var_offset[0] for p in emb]
     fill_emb = [p.assign(rows[o:o + p.shape[0]]) for p, o in zip(emb, offsets)]
     w = tf1.get_variable('w', initializer=tf.constant(np.full(1000, 0.5, np.float32)),
                          use_resource=False)

@@ -4,11 +4,11 @@ the functions they call, each traced back to the state it writes."""
 import pytest
 import tensorflow as tf
 
-import small_graphs
 from conftest import meta_graph_of
 from freezerlib.analysis import stateful
 from freezerlib.core import errors
 from freezerlib.core import lean_tf
+import small_graphs
 
 tf1 = tf.compat.v1
 

@@ -9,12 +9,12 @@ import re
 import pytest
 import tensorflow as tf
 
-import small_graphs
 from conftest import meta_graph_of
 from freezerlib.analysis import unsafe_ops
 from freezerlib.core import errors
 from freezerlib.core import lean_tf
 from freezerlib.formats import saved_model
+import small_graphs
 
 tf1 = tf.compat.v1
 Finding = unsafe_ops.Finding

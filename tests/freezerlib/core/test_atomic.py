@@ -88,12 +88,12 @@ def test_write_errors_become_one_user_error(tmp_path):
       pass
   with pytest.raises(errors.UserError, match=r'cannot write .*out\.pb: .*No such file'):
     with atomic.atomic_output(str(tmp_path / 'out.pb')) as tmp:
-      open(os.path.join(tmp, 'inside', 'a'), 'wb')  # pylint: disable=consider-using-with
+      open(os.path.join(tmp, 'inside', 'a'), 'wb')
 
 
 def test_stale_temporaries_of_killed_runs_are_removed(tmp_path):
   target = str(tmp_path / 'model')
-  host = atomic._HOST  # pylint: disable=protected-access
+  host = atomic._HOST
   stale = tmp_path / ('.model.tmp-%s-%d-0000' % (host, DEAD_PID))
   running = tmp_path / ('.model.tmp-%s-%d-1111' % (host, os.getpid()))
   other_host = tmp_path / ('.model.tmp-elsewhere-%d-2222' % DEAD_PID)

@@ -42,5 +42,5 @@ def test_the_c_extension_is_loaded_alone_and_is_the_packages_own():
   # start-up); importing the package afterwards uses the same module.
   assert crc32c._crc32c.__name__ == 'crc32c._crc32c'
   assert crc32c._crc32c.__file__.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES))
-  import crc32c as package  # pylint: disable=g-import-not-at-top
+  import crc32c as package
   assert package.crc32c is crc32c._crc32c.crc32c

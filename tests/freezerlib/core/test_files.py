@@ -121,7 +121,8 @@ def test_remote_paths_go_through_tensorflows_file_systems():
   with files.open_file(root + '/a/f', 'wb') as f:
     f.write(b'12345')
   assert files.exists(root + '/a/f') and files.isdir(root + '/a')
-  assert files.size(root + '/a/f') == 5 and tf.io.gfile.GFile(root + '/a/f', 'rb').read() == b'12345'
+  assert files.size(root + '/a/f') == 5
+  assert tf.io.gfile.GFile(root + '/a/f', 'rb').read() == b'12345'
   with files.open_file(root + '/a/f', 'rb') as f:
     out = io.BytesIO()
     files.copy_range(f, 1, out, 3)
@@ -189,7 +190,7 @@ def test_copy_ranges_without_a_destination_reads_and_inspects_only(tmp_path):
 
 
 def test_move_pieces_reads_ahead_in_a_pool_and_keeps_the_order():
-  import concurrent.futures  # pylint: disable=g-import-not-at-top
+  import concurrent.futures
   data = bytes(range(256)) * 40
   seen, out = [], bytearray(len(data))
 
@@ -207,7 +208,7 @@ def test_move_pieces_reads_ahead_in_a_pool_and_keeps_the_order():
 
 
 def test_move_pieces_raises_the_first_failure_in_order():
-  import concurrent.futures  # pylint: disable=g-import-not-at-top
+  import concurrent.futures
 
   def read(source, offset, n):
     if offset >= 300:

@@ -103,6 +103,18 @@ def test_reachable_follows_data_control_and_colocation_edges():
     graphs.reachable(graph, 'y')
 
 
+def test_walk_inputs_and_consumers_without_colocation():
+  graph = small_graphs.graph_def(GRAPH)
+  assert graphs.walk(['y'], graphs.inputs_of(graph)) == {'y', 'a', 'x', 'b', 'c'}
+  assert graphs.walk(['r'], graphs.inputs_of(graph)) == {'r', 'b'}  # not w: colocation
+  assert graphs.walk(['x'], graphs.consumers_of(graph)) == {'x', 'a', 'y', 's'}
+  assert graphs.walk(['b'], graphs.consumers_of(graph)) == {'b', 'a', 'y', 'r'}
+  # A name outside the graph is neither kept nor followed.
+  assert graphs.walk(['nope', 'c'], graphs.inputs_of(graph)) == {'c'}
+  children = {0: [1, 2], 1: [2], 2: [0], 3: [0]}
+  assert graphs.walk([1], children.get) == {0, 1, 2}
+
+
 def test_extract_sub_graph_keeps_order_library_and_versions():
   graph = small_graphs.graph_def(GRAPH)
   graph.library.function.add().signature.name = 'f'

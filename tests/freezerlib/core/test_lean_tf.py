@@ -28,7 +28,7 @@ def test_lazy_modules_are_the_real_ones_once_loaded():
   assert lean_tf.tensorflow.constant is tf.constant
   assert lean_tf.numpy.float32 is np.float32
   with pytest.raises(AttributeError):
-    lean_tf.tensorflow.__wrapped_no_such_dunder__  # pylint: disable=pointless-statement
+    lean_tf.tensorflow.__wrapped_no_such_dunder__  # noqa: B018  # the access is what raises
   called = []
   lean_tf.after_tensorflow_loads(called.append)  # loaded already: called now
   assert called == [tf]
@@ -103,7 +103,7 @@ def test_tensor_nbytes_is_the_values_size():
 
 
 def test_tensorflows_start_up_notices_are_kept_off_stderr(capfd):
-  with lean_tf._quiet_stderr():  # pylint: disable=protected-access
+  with lean_tf._quiet_stderr():
     os.write(2, b'WARNING: All log messages before absl::InitializeLog() is called are '
                 b'written to STDERR\n'
                 b'I0000 00:00:1.2 123 port.cc:153] oneDNN custom operations are on.\n'

@@ -20,7 +20,7 @@ def test_config_is_frozen_and_its_defaults_train_in_seconds():
   config = recsys_model.ModelConfig()
   assert (config.num_examples, config.steps, config.num_partitions) == (4096, 100, 3)
   with pytest.raises(dataclasses.FrozenInstanceError):
-    config.steps = 1  # pylint: disable=assignment-from-no-return
+    config.steps = 1
 
 
 def test_examples_are_seeded_and_in_range():
@@ -29,7 +29,7 @@ def test_examples_are_seeded_and_in_range():
   assert {k: (v.shape, v.dtype) for k, v in data.items()} == {
       'user_id': ((40,), np.int64), 'item_id': ((40,), np.int64), 'category': ((40,), object),
       'dense': ((40, 3), np.float32), 'label': ((40,), np.float32)}
-  users = recsys_model._user_ids(SMALL)  # pylint: disable=protected-access
+  users = recsys_model._user_ids(SMALL)
   assert set(data['user_id']) <= set(users) and users.min() > 2**31  # ids, not row numbers
   assert set(data['category']) <= set(recsys_model.category_names(SMALL))
   assert recsys_model.category_names(SMALL).tolist() == [b'cat_%03d' % i for i in range(5)]
@@ -102,7 +102,7 @@ def test_sharded_stats_table_routes_keys_to_shards(key_dtype, keys):
 
 
 def test_deterministic_ops_restores_the_setting():
-  from tensorflow.python.framework import config as tf_config  # pylint: disable=g-import-not-at-top
+  from tensorflow.python.framework import config as tf_config
   before = tf_config.is_op_determinism_enabled()
   with recsys_model.deterministic_ops():
     assert tf_config.is_op_determinism_enabled()

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import small_graphs
 from conftest import meta_graph_of
 from freezerlib.core import errors
 from freezerlib.export import from_checkpoint
 from freezerlib.formats import saved_model
 from freezerlib.verify import loaders
+import small_graphs
 
 tf1 = tf.compat.v1
 IDS = [0, 4, 5, 9]
@@ -81,7 +81,7 @@ def test_load_structure_from_a_meta_graph_file(tmp_path, content, message):
   if content is not None:
     (tmp_path / 's.meta').write_bytes(content)
   with pytest.raises(errors.UserError, match=message):
-    from_checkpoint.load_structure(meta_graph_path=str(tmp_path / 's.meta'))
+    from_checkpoint.structure_from_meta_graph(str(tmp_path / 's.meta'))
 
 
 def test_serving_graph_restores_what_it_keeps_and_inits_static_tables(tmp_path):

@@ -6,6 +6,7 @@ object, become a serving SavedModel.
 
 import os
 
+from absl import logging
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -73,8 +74,10 @@ def test_export_serves_the_trained_values(case, tmp_path):
   assert (report.checkpoint_object, report.matched_by) == ('model', 'path')
   assert report.tensors_exported == 3  # kernel, table keys and values
   np.testing.assert_array_equal(_serve(out), _answer(2.0, {3: 30.0}))
-  assert (tmp_path / 'out' / 'saved_model.pb').read_bytes() == open(
-      os.path.join(case['structure'], 'saved_model.pb'), 'rb').read()
+  # Nothing but the library differs from the structure's (no training functions to drop here).
+  out_graph = tf2ckpt.saved_model.read_meta_graph(out, ['serve'])
+  structure_graph = tf2ckpt.saved_model.read_meta_graph(case['structure'], ['serve'])
+  assert out_graph == structure_graph
   index = checkpoint_index.read_index(out + '/variables/variables')
   structure = checkpoint_index.read_index(case['structure'] + '/variables/variables')
   assert sorted(index.entries) == sorted(structure.entries)  # the structure's keys
@@ -89,6 +92,75 @@ def test_two_matching_objects_need_checkpoint_object(case, tmp_path):
   with pytest.raises(errors.UserError, match='has no object a/nope: a holds kernel, table'):
     tf2ckpt.export(case['two'], str(tmp_path / 'x'), case['structure'],
                    checkpoint_object='a/nope')
+
+
+class _WithState(_Model):
+  """_Model with state the checkpoint of a _Model lacks: `seen` (no signature reads it, as a
+  compiled Keras model's metric accumulators) and `bias` (read when `reads_bias`)."""
+
+  def __init__(self, reads_bias):
+    super().__init__(1.0, {})
+    self.seen = tf.Variable(7, dtype=tf.int64)
+    self.bias = tf.Variable(0.5)
+    self.reads_bias = reads_bias
+
+  @tf.function(input_signature=[tf.TensorSpec([None], tf.int64, name='ids')])
+  def serve(self, ids):
+    y = self.kernel[0] * tf.cast(ids, tf.float32) + self.table.lookup(ids)
+    return {'y': y + self.bias if self.reads_bias else y}
+
+
+@pytest.fixture
+def info_log(caplog):
+  """caplog with absl's INFO lines."""
+  verbosity = logging.get_verbosity()
+  logging.set_verbosity(logging.INFO)
+  caplog.set_level('INFO', logger='absl')
+  yield caplog
+  logging.set_verbosity(verbosity)
+
+
+def test_state_no_signature_reads_keeps_the_structures_value(case, tmp_path, info_log):
+  model = _WithState(reads_bias=False)
+  structure = str(tmp_path / 'structure')
+  tf.saved_model.save(model, structure, signatures=model.serve)
+  out = str(tmp_path / 'out')
+  report = tf2ckpt.export(case['one'], out, structure)
+  assert report.checkpoint_object == 'model'
+  assert 'kept the structure\'s own value of 2 objects the checkpoint does not hold and no ' \
+         'signature reads: bias, seen' in info_log.text
+  np.testing.assert_array_equal(_serve(out), _answer(2.0, {3: 30.0}))
+  copy = tf.train.load_checkpoint(out + '/variables/variables')
+  assert copy.get_tensor('seen/.ATTRIBUTES/VARIABLE_VALUE') == 7
+
+
+def test_state_a_signature_reads_is_still_refused(case, tmp_path):
+  model = _WithState(reads_bias=True)
+  structure = str(tmp_path / 'structure')
+  tf.saved_model.save(model, structure, signatures=model.serve)
+  with pytest.raises(errors.UserError) as caught:
+    tf2ckpt.export(case['one'], str(tmp_path / 'out'), structure)
+  message = str(caught.value)
+  assert '\n' not in message
+  assert message.endswith('(closest: model, by path, 2 of 4 variables and tables): bias missing')
+  assert not (tmp_path / 'out').exists()
+
+
+def test_objects_naming_the_same_tensors_are_one_match():
+  """The root and an object tracking the same variables under the same names (a Keras model's
+  keras_api) are one match, not two."""
+  key = 'w/.ATTRIBUTES/VARIABLE_VALUE'
+  structure = _graph([({'w': 1}, []), ({}, [('VARIABLE_VALUE', 'w', key)])])
+  checkpoint = _graph([({'w': 1, 'keras_api': 2}, []), ({}, [('VARIABLE_VALUE', 'w', key)]),
+                       ({'w': 1}, [])])
+  plan = tf2ckpt.match(structure, _index([key]), checkpoint, _index([key]))
+  assert (plan.object_path, [r.checkpoint_key for r in plan.renames]) == ('', [key])
+  # Two objects holding different tensors still are two.
+  other = 'x/.ATTRIBUTES/VARIABLE_VALUE'
+  checkpoint = _graph([({'w': 1, 'ema': 2}, []), ({}, [('VARIABLE_VALUE', 'w', key)]),
+                       ({'w': 3}, []), ({}, [('VARIABLE_VALUE', 'w', other)])])
+  with pytest.raises(errors.UserError, match='2 objects that match .*: \\(the root\\), ema'):
+    tf2ckpt.match(structure, _index([key]), checkpoint, _index([key, other]))
 
 
 def test_mismatches_are_listed_and_nothing_is_written(case, tmp_path):

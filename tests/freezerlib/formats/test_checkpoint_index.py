@@ -10,13 +10,11 @@ writer no longer makes) checks the reader against a second writer.
 import os
 import shutil
 import struct
-import sys
 
+from google.protobuf.internal import encoder as pb_encoder
 import numpy as np
 import pytest
 import tensorflow as tf
-
-from google.protobuf.internal import encoder as pb_encoder
 
 from freezerlib.core import crc32c
 from freezerlib.core import errors
@@ -26,7 +24,7 @@ from freezerlib.formats import checkpoint_index as ci
 
 tf1 = tf.compat.v1
 BundleEntryProto = lean_tf.tensor_bundle_pb2.BundleEntryProto
-_varint_bytes = pb_encoder._VarintBytes  # pylint: disable=protected-access
+_varint_bytes = pb_encoder._VarintBytes
 FLOAT, INT64, STRING = (tf.float32.as_datatype_enum, tf.int64.as_datatype_enum,
                         tf.string.as_datatype_enum)
 
@@ -204,7 +202,7 @@ def test_reader_agrees_with_a_second_table_writer(tmp_path, compress):
 
 
 def test_snappy_elements():
-  uncompress = ci._snappy_uncompress  # pylint: disable=protected-access
+  uncompress = ci._snappy_uncompress
   literal = lambda b: bytes([(len(b) - 1) << 2]) + b
   assert uncompress(b'\x05' + literal(b'hello')) == b'hello'
   long = bytes(range(200))  # literal lengths past 60 take 1 extra byte
@@ -279,7 +277,6 @@ def saver_checkpoint(tmp_path_factory):
     with tf1.Session(graph=graph) as session:
       session.run(tf1.global_variables_initializer())
       prefix = saver.save(session, str(directory / 'model.ckpt'))
-      # pylint: disable=protected-access
       parts = {v._save_slice_info.spec: session.run(v) for v in emb}
       values = {'emb': np.concatenate(list(parts.values())), 'w': session.run(w),
                 'other': session.run(other)}
@@ -590,7 +587,8 @@ def test_copy_from_a_shard_cut_short_is_refused(saver_checkpoint, tmp_path):
                                     'rb').read())
   checkpoint = ci.read_index(str(src / 'model.ckpt'))
   os.truncate(checkpoint.data_files()[0], 10)
-  with pytest.raises(errors.UserError, match=r'model\.ckpt\.data-00000-of-00001: \d+ bytes short \(it ends early\)'):
+  with pytest.raises(errors.UserError, match=r'model\.ckpt\.data-00000-of-00001: \d+ bytes '
+                     r'short \(it ends early\)'):
     ci.copy_tensors(checkpoint, ['emb', 'w', 'other'], str(tmp_path / 'copy'))
 
 
@@ -614,7 +612,7 @@ def test_link_checkpoint_shares_the_files(saver_checkpoint, tmp_path):
 def test_varints_are_protobufs(value):
   encoded = ci.encode_varint(value)
   assert encoded == _varint_bytes(value)
-  decode = ci._varint  # pylint: disable=protected-access
+  decode = ci._varint
   assert decode(encoded + b'rest', 0) == (value, len(encoded))
   if len(encoded) > 1:
     with pytest.raises(ValueError, match='truncated varint'):

@@ -5,12 +5,12 @@ import os
 import pytest
 import tensorflow as tf
 
-import small_graphs
 from freezerlib.core import errors
 from freezerlib.core import lean_tf
 from freezerlib.formats import checkpoint_index
 from freezerlib.formats import frozen_graph
 from freezerlib.formats import graph_check
+import small_graphs
 
 FLOAT = tf.float32.as_datatype_enum
 GRAPH = '''
@@ -36,7 +36,8 @@ def test_metadata_round_trip():
                    variables_prefix='f.pb.variables/variables', variables_digest='abc')
   written = frozen_graph.frozen_to_graph_def(frozen)
   assert [n.name for n in written.node] == ['x', 'y', 'init', 'freezer_metadata']
-  assert written.node[-1].SerializeToString(deterministic=True) == frozen_graph.metadata_record(frozen)
+  assert (written.node[-1].SerializeToString(deterministic=True) ==
+          frozen_graph.metadata_record(frozen))
   assert written.library == frozen.graph_def.library and written.versions.producer == 1234
   back = frozen_graph.frozen_from_graph_def(written, 'f.pb')
   assert back == frozen  # signatures, tags, table init op, saver and checkpoint place

@@ -4,9 +4,9 @@ the node (the scripts' side of it, one case per kind and script: tests/test_corr
 import pytest
 import tensorflow as tf
 
-import small_graphs
 from freezerlib.core import lean_tf
 from freezerlib.formats import graph_check
+import small_graphs
 
 tf1 = tf.compat.v1
 OP_DEFS = lean_tf.registered_op_defs()

@@ -3,17 +3,16 @@
 import os
 import pathlib
 
+from google.protobuf import text_format
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from google.protobuf import text_format
-
-import small_graphs
 from freezerlib.core import errors
 from freezerlib.core import lean_tf
 from freezerlib.formats import graph_check
 from freezerlib.formats import saved_model
+import small_graphs
 
 tf1 = tf.compat.v1
 

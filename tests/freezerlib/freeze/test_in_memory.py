@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import small_graphs
 from conftest import meta_graph_of
 from freezerlib.core import errors
 from freezerlib.formats import saved_model
 from freezerlib.freeze import in_memory
+import small_graphs
 
 tf1 = tf.compat.v1
 

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import small_graphs
 from freezerlib import freeze
 from freezerlib.core import errors
 from freezerlib.formats import frozen_graph
 from freezerlib.verify import loaders
+import small_graphs
 
 tf1 = tf.compat.v1
 IDS = [0, 4, 5, 9]

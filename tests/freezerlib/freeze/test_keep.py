@@ -7,7 +7,6 @@ import shutil
 
 import pytest
 
-import small_graphs
 from conftest import meta_graph_of
 from freezerlib.core import errors
 from freezerlib.formats import checkpoint_index
@@ -15,6 +14,7 @@ from freezerlib.formats import frozen_graph
 from freezerlib.formats import saved_model
 from freezerlib.freeze import keep
 from freezerlib.transforms import saver
+import small_graphs
 
 
 @pytest.fixture(scope='module')

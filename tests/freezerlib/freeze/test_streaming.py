@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import small_graphs
 from conftest import meta_graph_of
 from freezerlib.core import errors
 from freezerlib.formats import checkpoint_index
@@ -15,6 +14,7 @@ from freezerlib.formats import frozen_graph
 from freezerlib.formats import saved_model
 from freezerlib.freeze import streaming
 from freezerlib.verify import loaders
+import small_graphs
 
 tf1 = tf.compat.v1
 IDS = [0, 4, 5, 9, 3]
@@ -118,7 +118,7 @@ def test_rewrite_of_every_plain_reader():
              type: DT_INT64 } } }
       node { name: "ready" op: "VarIsInitializedOp" input: "v" }''')
   variables = {'v': streaming.Source('v', '', tf.float32)}
-  rewritten = streaming._rewrite_readers(graph_def, variables)  # pylint: disable=protected-access
+  rewritten = streaming._rewrite_readers(graph_def, variables)
   out = {n.name: n for n in rewritten.node}
   assert (out['v'].op, dict(out['v'].attr)['dtype'].type, out['v'].device) == (
       'Const', tf.float32.as_datatype_enum, '')

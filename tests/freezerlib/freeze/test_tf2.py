@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import small_graphs
 from conftest import meta_graph_of
 from freezerlib.core import errors
 from freezerlib.formats import saved_model
 from freezerlib.freeze import tf2
+import small_graphs
 
 tf1 = tf.compat.v1
 FEEDS = {'x': np.array([1.0, -1.0], np.float32), 'ids': np.array([4, 0]),
@@ -82,7 +82,7 @@ def test_inputs_named_by_key():
              input: "serving_default_y" input: "^serving_default_x" }''')
   sigs = {'serving_default': small_graphs.signature(
       {'x': 'serving_default_x:0', 'y': 'serving_default_y:0'}, {'o': 'call:0'})}
-  tf2._inputs_named_by_key(graph_def, sigs)  # pylint: disable=protected-access
+  tf2._inputs_named_by_key(graph_def, sigs)
   nodes = {n.name: n for n in graph_def.node}
   assert nodes['x'].op == 'Placeholder' and not nodes['x'].input  # the default goes
   assert 'y_1' in nodes and nodes['y_1'].op == 'Placeholder'  # `y` was taken
@@ -104,7 +104,7 @@ def test_reads_the_converter_leaves_inside_functions():
                    attr { key: "_keep" value { s: "x" } } }
         node_def { name: "s" op: "VariableShape" input: "emb"
                    attr { key: "out_type" value { type: DT_INT32 } } } } }''')
-  tf2._finish_function_conversion(graph_def)  # pylint: disable=protected-access
+  tf2._finish_function_conversion(graph_def)
   nodes = {n.name: n for n in graph_def.library.function[0].node_def}
   gather = nodes['g']
   assert gather.op == 'GatherV2'
@@ -116,4 +116,4 @@ def test_reads_the_converter_leaves_inside_functions():
   graph_def.library.function[0].node_def.add(name='w', op='AssignVariableOp', input=['emb', 'x'])
   with pytest.raises(errors.UserError, match=r"op w \(AssignVariableOp\) in function f reads a "
                                              "variable in a way TensorFlow's converter cannot"):
-    tf2._finish_function_conversion(graph_def)  # pylint: disable=protected-access
+    tf2._finish_function_conversion(graph_def)

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import small_graphs
 from freezerlib.core import errors
 from freezerlib.formats import frozen_graph
 from freezerlib.transforms import constants_as_variables as cav
+import small_graphs
 
 tf1 = tf.compat.v1
 W = np.arange(6, dtype=np.float32).reshape(3, 2)  # 24 bytes
@@ -92,7 +92,7 @@ def test_variables_are_written_and_restored_as_the_constants(tmp_path):
 def test_array_views_tensor_content_and_reads_values():
   for value in (W, np.float32(2.5), np.array([1, 2, 3], np.int64)):
     proto = tf.make_tensor_proto(value)
-    np.testing.assert_array_equal(cav._array(proto), value)  # pylint: disable=protected-access
+    np.testing.assert_array_equal(cav._array(proto), value)
   proto = tf.make_tensor_proto(W)
   assert proto.tensor_content  # the view's case
-  assert cav._array(proto).base is not None  # pylint: disable=protected-access
+  assert cav._array(proto).base is not None

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import small_graphs
 from freezerlib.core import errors
 from freezerlib.transforms import example_front
 from freezerlib.transforms import prune
+import small_graphs
 
 tf1 = tf.compat.v1
 SPEC = {'x': tf.io.FixedLenFeature([2], tf.float32), 'label': tf.io.FixedLenFeature([], tf.float32),
@@ -113,7 +113,7 @@ def test_classify_signature_for_scores_and_classes():
   sig.outputs['scores'].dtype = tf.float32.as_datatype_enum
   sig.outputs['classes'].dtype = tf.string.as_datatype_enum
   sigs = {'rank': sig, 'rank_regression': small_graphs.signature({}, {})}
-  added = example_front._classify_and_regress(sigs, 'examples')  # pylint: disable=protected-access
+  added = example_front._classify_and_regress(sigs, 'examples')
   assert added == ['rank_classification']  # rank_regression: taken
   classify = sigs['rank_classification']
   assert classify.method_name == 'tensorflow/serving/classify'

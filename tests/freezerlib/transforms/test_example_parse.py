@@ -4,8 +4,8 @@ outputs renumbered for every consumer, for both ParseExample and ParseExampleV2.
 import numpy as np
 import tensorflow as tf
 
-import small_graphs
 from freezerlib.transforms import example_parse
+import small_graphs
 
 tf1 = tf.compat.v1
 

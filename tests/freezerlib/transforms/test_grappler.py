@@ -13,7 +13,7 @@ def test_constants_fold_and_kept_nodes_survive():
   with graph.as_default():
     x = tf1.placeholder(tf.float32, [None], name='x')
     scale = tf.add(tf.constant(2.0), tf.constant(3.0), name='scale')
-    y = tf.identity(tf.identity(x * scale), name='y')
+    tf.identity(tf.identity(x * scale), name='y')
     tf.no_op(name='init')
     tf.multiply(x, 7.0, name='unused')
   graph_def = graph.as_graph_def()

@@ -27,7 +27,7 @@ def _frozen_lookup(rows, parts, strategy, resource=True, ids_shape=(None,), extr
     out = tf.identity(out, name='out')
     outputs = ['out']
     if extra_read:  # a part read by something else too
-      tf.reduce_sum(emb._get_variable_list()[0], name='part_sum')  # pylint: disable=protected-access
+      tf.reduce_sum(emb._get_variable_list()[0], name='part_sum')
       outputs.append('part_sum')
     with tf1.Session(graph=graph) as session:
       session.run(tf1.global_variables_initializer())

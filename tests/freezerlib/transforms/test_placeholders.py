@@ -1,16 +1,15 @@
 """transforms/placeholders: signature inputs become placeholders, cut from what fed them."""
 
+from google.protobuf import text_format
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from google.protobuf import text_format
-
-import small_graphs
 from conftest import meta_graph_of
 from freezerlib.core import errors
 from freezerlib.core import lean_tf
 from freezerlib.transforms import placeholders
+import small_graphs
 
 tf1 = tf.compat.v1
 FLOAT, INT32, INT64 = (tf.float32.as_datatype_enum, tf.int32.as_datatype_enum,

@@ -4,8 +4,8 @@ import collections
 
 import tensorflow as tf
 
-import small_graphs
 from freezerlib.transforms import prune
+import small_graphs
 
 GRAPH = '''
 node { name: "x" op: "Placeholder" attr { key: "dtype" value { type: DT_FLOAT } }

@@ -160,9 +160,9 @@ def test_tables_written_or_empty_or_small_are_left_as_they_are():
 def test_markers_are_never_keys_of_the_table(key_type):
   if key_type == 'string':
     keys = np.array([b'\x00freezer:0', b'\x00freezer:2', b'a'], object)
-    markers = read_only_tables._markers(keys, tf.string.as_datatype_enum)  # pylint: disable=protected-access
+    markers = read_only_tables._markers(keys, tf.string.as_datatype_enum)
   else:
     info = np.iinfo(np.int64)
     keys = np.array([info.min, info.min + 2, 5], np.int64)
-    markers = read_only_tables._markers(keys, tf.int64.as_datatype_enum)  # pylint: disable=protected-access
+    markers = read_only_tables._markers(keys, tf.int64.as_datatype_enum)
   assert len(set(markers)) == 3 and not set(markers) & set(keys.tolist())

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import small_graphs
 from freezerlib.core import errors
 from freezerlib.core import lean_tf
 from freezerlib.transforms import saver
+import small_graphs
 
 tf1 = tf.compat.v1
 

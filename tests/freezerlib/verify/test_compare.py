@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import small_graphs
 from freezerlib.core import errors
 from freezerlib.verify import compare
 from freezerlib.verify import loaders
+import small_graphs
 
 INF, NAN = float('inf'), float('nan')
 
@@ -186,7 +186,7 @@ def test_sparse_and_ragged_outputs_compare_part_by_part():
 
 
 def test_compare_models_loads_both_and_reports_one_result():
-  from conftest import tf_serving_model  # pylint: disable=g-import-not-at-top
+  from conftest import tf_serving_model
   model = tf_serving_model('saved_model_half_plus_three')
   out = io.StringIO()
   assert compare.compare_models(model, None, model, batch_sizes=(), out=out)

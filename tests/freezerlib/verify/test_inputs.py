@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import small_graphs
 from freezerlib.core import errors
 from freezerlib.verify import inputs
 from freezerlib.verify import loaders
+import small_graphs
 
 tf1 = tf.compat.v1
 KEYS_A, KEYS_B = small_graphs.LOOKUP_KEYS
@@ -52,7 +52,7 @@ def test_made_inputs_hit_the_tables_half_the_time(model):
 
 def test_random_values_of_each_dtype():
   rng = np.random.RandomState(0)
-  random_values = inputs._random_values  # pylint: disable=protected-access
+  random_values = inputs._random_values
   assert random_values(rng, tf.bool, (4,)).dtype == np.bool_
   values = random_values(rng, tf.uint8, (100,))
   assert values.dtype == np.uint8 and values.max() > 100

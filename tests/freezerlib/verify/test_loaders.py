@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import small_graphs
 from freezerlib import freeze
 from freezerlib.core import errors
 from freezerlib.core import lean_tf
 from freezerlib.formats import frozen_graph
 from freezerlib.formats import saved_model
 from freezerlib.verify import loaders
+import small_graphs
 
 tf1 = tf.compat.v1
 IDS = [0, 4, 5, 9]
@@ -25,7 +25,7 @@ def test_tf1_saved_model(tmp_path):
   assert isinstance(model, loaders.Model) and list(model.signatures) == ['serving_default']
   assert model.run('serving_default', {'x': np.float32([1, 2])})['y'].tolist() == [3.5, 6.5]
   assert model.run('serving_default', {'x': np.float32([0])})['y'].tolist() == [0.5]
-  assert len(model._callables) == 1  # pylint: disable=protected-access  # made once per feeds
+  assert len(model._callables) == 1  # made once per feeds
   assert model.nodes == len(model.graph_def.node) > 5
   assert model.size_bytes == saved_model.directory_size(path) and model.load_seconds > 0
   model.close()

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import small_graphs
 from conftest import meta_graph_of
 from freezerlib.verify import trace
+import small_graphs
 
 tf1 = tf.compat.v1
 
@@ -83,6 +83,23 @@ def test_source_through_identities():
       node { name: "r" op: "ReadVariableOp" input: "a" }
       node { name: "b" op: "Identity" input: "gone" }''')
   tracer = trace.Tracer(graph_def)
-  top = tracer._top  # pylint: disable=protected-access
+  top = tracer._top
   assert tracer.source(top, 'r:0')[1].name == 'v'
   assert tracer.source(top, 'b') is None
+
+
+@pytest.mark.parametrize('strategy', ['div', 'mod'])
+def test_ids_of_a_partitioned_embedding_are_bounded_by_its_rows(strategy):
+  """embedding_lookup over 3 partitions of 10 rows together: the ids reach no gather as they
+  are, only through the partition arithmetic; ids past 10 make a partition index no partition
+  has (div) or a row past a partition (mod)."""
+  graph = tf.Graph()
+  with graph.as_default():
+    ids = tf1.placeholder(tf.int64, [None], name='ids')
+    parts = [tf1.get_variable('emb/part_%d' % i, [r, 2]) for i, r in enumerate((4, 3, 3))]
+    tf.identity(tf1.nn.embedding_lookup(parts, ids, partition_strategy=strategy), name='out')
+    small = tf1.placeholder(tf.int64, [None], name='small')
+    tf.debugging.assert_less(small, tf.constant(7, tf.int64))
+  tracer = trace.Tracer(graph.as_graph_def())
+  assert tracer.trace('ids:0').bound == 10
+  assert tracer.trace('small:0').bound == 7

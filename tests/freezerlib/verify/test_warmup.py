@@ -5,13 +5,12 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from tensorflow_serving.apis import prediction_log_pb2
 
-import small_graphs
 from freezerlib.core import errors
 from freezerlib.verify import loaders
 from freezerlib.verify import warmup
+import small_graphs
 
 
 @pytest.fixture(scope='module')
