@@ -28,9 +28,7 @@ import threading
 from freezerlib.core import lean_tf
 from freezerlib.core import object_store
 
-
-class FileError(OSError):
-  """A file operation on a remote path failed (one line: the path and the cause)."""
+FileError = object_store.FileError  # a remote operation failed: one line, path and cause
 
 
 def is_remote(path):
@@ -91,60 +89,9 @@ def _remote(fn, *args, **kwargs):
     raise FileError(e.message) from e
 
 
-def _arrow_error(path, e):
-  """pyarrow's error `e` on `path` as FileNotFoundError or FileError, one line."""
-  if isinstance(e, FileNotFoundError):
-    if scheme(path) in ('s3', 'gs'):
-      bucket = path.split('://', 1)[1].split('/', 1)[0]
-      try:
-        store, _ = object_store.filesystem(path)
-        missing = store.get_file_info(bucket).type == _file_type().NotFound
-      except Exception:  # the first error is the one to report
-        missing = False
-      if missing:
-        return FileNotFoundError('%s: the bucket %s does not exist' % (path, bucket))
-    return FileNotFoundError('%s: no such file or directory' % path)
-  return FileError('%s: %s' % (path, object_store.describe(e, path)))
-
-
-def _arrow_exceptions():
-  import pyarrow  # loaded already by object_store
-  return (OSError, pyarrow.lib.ArrowException)
-
-
-def _file_type():
-  from pyarrow import fs
-  return fs.FileType
-
-
-def _arrow(path, fn):
-  """Runs fn(store, path inside it) for a pyarrow path, its errors as one-line OSErrors."""
-  try:
-    store, inner = object_store.filesystem(path)
-  except OSError as e:  # no Hadoop client: object_store's line says what is missing
-    raise FileError(object_store.first_line(e)) from e
-  try:
-    return fn(store, inner)
-  except _arrow_exceptions() as e:
-    raise _arrow_error(path, e) from e
-
-
-def _outer(path, inner):
-  """The URL of `inner` (a path inside the store of `path`)."""
-  prefix = path.split('://', 1)[0] + '://'
-  if scheme(path) in ('s3', 'gs'):
-    return prefix + inner.lstrip('/')
-  netloc = path.split('://', 1)[1].split('/', 1)[0]
-  return prefix + netloc + '/' + inner.lstrip('/')
-
-
-def _info(path):
-  return _arrow(path, lambda store, inner: store.get_file_info(inner))
-
-
 def exists(path):
   if is_object_store(path):
-    return _info(path).type != _file_type().NotFound
+    return object_store.exists(path)
   if is_remote(path):
     return _remote(_file_io().file_exists_v2, path)
   return os.path.exists(path)
@@ -152,21 +99,15 @@ def exists(path):
 
 def isdir(path):
   if is_object_store(path):
-    return _info(path).type == _file_type().Directory
+    return object_store.isdir(path)
   if is_remote(path):
     return _remote(_file_io().is_directory_v2, path)
   return os.path.isdir(path)
 
 
-def _children(path, recursive):
-  from pyarrow import fs
-  return _arrow(path, lambda store, inner: store.get_file_info(
-      fs.FileSelector(inner, recursive=recursive)))
-
-
 def listdir(path):
   if is_object_store(path):
-    return [info.base_name for info in _children(path, False)]
+    return object_store.listdir(path)
   if is_remote(path):
     return _remote(_file_io().list_directory_v2, path)
   return os.listdir(path)
@@ -174,10 +115,7 @@ def listdir(path):
 
 def size(path):
   if is_object_store(path):
-    info = _info(path)
-    if info.type == _file_type().NotFound:
-      raise _arrow_error(path, FileNotFoundError(path))
-    return info.size
+    return object_store.size(path)
   if is_remote(path):
     return _remote(_file_io().stat_v2, path).length
   return os.stat(path).st_size
@@ -185,11 +123,7 @@ def size(path):
 
 def makedirs(path):
   if is_object_store(path):
-    if scheme(path) in ('s3', 'gs'):  # never a new bucket (GCS's create_dir would make one)
-      bucket = path.split('://', 1)[1].split('/', 1)[0]
-      if _info('%s://%s' % (scheme(path), bucket)).type == _file_type().NotFound:
-        raise FileNotFoundError('%s: the bucket %s does not exist' % (path, bucket))
-    _arrow(path, lambda store, inner: store.create_dir(inner, recursive=True))
+    object_store.makedirs(path)
   elif is_remote(path):
     _remote(_file_io().recursive_create_dir_v2, path)
   else:
@@ -198,7 +132,7 @@ def makedirs(path):
 
 def remove(path):
   if is_object_store(path):
-    _arrow(path, lambda store, inner: store.delete_file(inner))
+    object_store.remove(path)
   elif is_remote(path):
     _remote(_file_io().delete_file_v2, path)
   else:
@@ -207,16 +141,11 @@ def remove(path):
 
 def rmtree(path):
   if is_object_store(path):
-    _arrow(path, lambda store, inner: store.delete_dir(inner))
+    object_store.rmtree(path)
   elif is_remote(path):
     _remote(_file_io().delete_recursively_v2, path)
   else:
     shutil.rmtree(path)
-
-
-def _same_store(src, dst):
-  return is_object_store(src) and is_object_store(dst) and (
-      object_store.filesystem(src)[0] is object_store.filesystem(dst)[0])
 
 
 def rename(src, dst, overwrite=False):
@@ -225,8 +154,8 @@ def rename(src, dst, overwrite=False):
   if is_object_store(src) or is_object_store(dst):
     if not overwrite and exists(dst):
       raise FileExistsError('%s exists' % dst)
-    if _same_store(src, dst):
-      _arrow(src, lambda store, inner: store.move(inner, object_store.filesystem(dst)[1]))
+    if object_store.same_store(src, dst):
+      object_store.move(src, dst)
     else:
       copy(src, dst, overwrite=True)
       remove(src)
@@ -243,18 +172,7 @@ def rename(src, dst, overwrite=False):
 def walk(top):
   """(dirpath, subdirs, files) top-down, as tf.io.gfile.walk."""
   if is_object_store(top):
-    top = top.rstrip('/')
-    _, root = object_store.filesystem(top)
-    tree = collections.defaultdict(lambda: ([], []))
-    tree[root]  # noqa: B018  # the top, even empty
-    for info in _children(top, True):
-      parent = info.path.rsplit('/', 1)[0]
-      tree[parent][0 if info.type == _file_type().Directory else 1].append(info.base_name)
-      if info.type == _file_type().Directory:
-        tree[info.path]  # noqa: B018
-    for inner in sorted(tree, key=lambda p: (p.count('/'), p)):
-      subdirs, names = tree[inner]
-      yield (top + inner[len(root):], sorted(subdirs), sorted(names))
+    yield from object_store.walk(top)
   elif is_remote(top):
     yield from _remote(lambda: list(_file_io().walk_v2(top)))
   else:
@@ -290,71 +208,10 @@ class _RemoteFile:
     _remote(self._file.close)
 
 
-class _ArrowFile:
-  """A pyarrow file (an input file with positional reads, or an output stream, which an object
-  store makes visible whole when it is closed) whose errors are one-line OSErrors."""
-
-  def __init__(self, path, mode):
-    self.name, self._text = path, 'b' not in mode
-    self._file = _arrow(path, lambda store, inner: (
-        store.open_input_file(inner) if 'r' in mode else store.open_output_stream(inner)))
-
-  def _call(self, fn, *args):
-    try:
-      return fn(*args)
-    except _arrow_exceptions() as e:
-      raise _arrow_error(self.name, e) from e
-
-  def read(self, n=-1):
-    data = self._call(self._file.read, None if n is None or n < 0 else n)
-    return data.decode('utf-8') if self._text else data
-
-  def pread(self, offset, length):
-    """`length` bytes from `offset` (fewer at the end); safe from several threads at once."""
-    return self._call(self._file.read_at, length, offset)
-
-  def seek(self, offset, whence=0):
-    return self._call(self._file.seek, offset, whence)
-
-  def tell(self):
-    return self._call(self._file.tell)
-
-  def write(self, data):
-    if isinstance(data, str):
-      data = data.encode('utf-8')
-    return self._call(self._file.write, data)
-
-  def flush(self):
-    if self._file.writable():
-      self._call(self._file.flush)
-
-  def close(self):
-    self._call(self._file.close)
-
-  def __enter__(self):
-    return self
-
-  def __exit__(self, *exc):
-    if exc[0] is not None and self._file.writable():
-      # An upload that failed half way. pyarrow's S3 and GCS streams make the object visible
-      # when closed, and expose no abort to Python (a stream dropped unclosed is closed by its
-      # destructor): close, then delete what that published.
-      try:
-        self._file.close()
-      except Exception:  # the block's own error is reported
-        pass
-      try:
-        _arrow(self.name, lambda store, inner: store.delete_file(inner))
-      except OSError:
-        pass
-      return
-    self.close()
-
-
 def open_file(path, mode='rb'):
   """A file object for `path` (mode as tf.io.gfile.GFile: 'rb', 'wb', 'r', 'w')."""
   if is_object_store(path):
-    return _ArrowFile(path, mode)
+    return object_store.StoreFile(path, mode)
   if is_remote(path):
     if 'r' in mode:
       _remote(_file_io().stat_v2, path)  # FileIO reports a missing file only on first read
@@ -365,15 +222,7 @@ def open_file(path, mode='rb'):
 def glob(pattern):
   """The paths matching `pattern` (wildcards in its last component on an object store), sorted."""
   if is_object_store(pattern):
-    import fnmatch
-    parent, name = parent_dir(pattern), basename(pattern)
-    if not any(c in parent for c in '*?['):
-      try:
-        names = listdir(parent)
-      except FileNotFoundError:
-        return []
-      return sorted(join(parent, n) for n in names if fnmatch.fnmatchcase(n, name))
-    raise FileError('%s: wildcards only in the last component on an object store' % pattern)
+    return object_store.glob(pattern)
   if is_remote(pattern):
     return sorted(_remote(_file_io().get_matching_files_v2, pattern))
   import glob as glob_lib
@@ -398,8 +247,8 @@ def copy(src, dst, overwrite=False):
   if is_object_store(src) or is_object_store(dst):
     if not overwrite and exists(dst):
       raise FileExistsError('%s exists' % dst)
-    if _same_store(src, dst):
-      _arrow(src, lambda store, inner: store.copy_file(inner, object_store.filesystem(dst)[1]))
+    if object_store.same_store(src, dst):
+      object_store.copy_file(src, dst)
       return
     with open_file(src, 'rb') as s, open_file(dst, 'wb') as d:
       while True:
@@ -515,7 +364,7 @@ def local_copy(path):
     elif exists(path):
       copy(path, local)
     else:
-      raise _arrow_error(path, FileNotFoundError(path))
+      raise object_store.error(path, FileNotFoundError(path))
     yield local
   finally:
     shutil.rmtree(scratch, ignore_errors=True)
@@ -523,7 +372,7 @@ def local_copy(path):
 
 def _fileno(f):
   """The file descriptor of a local file object, None for a remote file (or a BytesIO)."""
-  if isinstance(f, (_RemoteFile, _ArrowFile)):
+  if isinstance(f, (_RemoteFile, object_store.StoreFile)):
     return None
   try:
     return f.fileno()
@@ -776,7 +625,7 @@ def copy_ranges(shares, piece_bytes=1 << 20, progress=None, remote_piece_bytes=N
     def source(path):
       if path not in opened:
         if is_object_store(path):
-          opened[path] = _ArrowFile(path, 'rb')
+          opened[path] = object_store.StoreFile(path, 'rb')
         else:
           opened[path] = os.open(path, os.O_RDONLY)
           if hasattr(os, 'posix_fadvise'):  # as cp: a larger read-ahead
@@ -787,7 +636,7 @@ def copy_ranges(shares, piece_bytes=1 << 20, progress=None, remote_piece_bytes=N
       index, path = job
       try:
         f = source(path)
-        if isinstance(f, _ArrowFile):
+        if isinstance(f, object_store.StoreFile):
           data = f.pread(offset, n)
         elif remote:  # read ahead in threads: bytes of its own
           data = os.pread(f, n, offset)

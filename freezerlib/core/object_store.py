@@ -1,4 +1,5 @@
-"""S3 (and S3-compatible stores: MinIO, Ceph RGW), GCS and HDFS through pyarrow.fs.
+"""S3 (and S3-compatible stores: MinIO, Ceph RGW), GCS and HDFS through pyarrow.fs: the stores,
+made from the environment, and the file operations on them (core/files dispatches here).
 
 TensorFlow 2.21 has no `s3://` and no `hdfs://` file system, and its `gs://` one has its endpoint
 compiled in, so these schemes go to pyarrow's file systems (C++: ranged reads run without the
@@ -18,9 +19,10 @@ Retries are bounded so that a store that cannot answer fails in seconds: S3 make
 FREEZER_STORAGE_ATTEMPTS attempts (default 3, AwsStandardS3RetryStrategy) with a 5 s connect
 timeout; GCS retries transient errors for at most FREEZER_STORAGE_RETRY_SECONDS (default 3)
 
-Errors become one line naming the path and the cause (`describe`).
+Errors become one line naming the path and the cause (`error`, `describe`).
 """
 
+import collections
 import os
 import threading
 
@@ -28,6 +30,10 @@ SCHEMES = ('s3', 'gs', 'hdfs', 'viewfs')
 
 _CACHE = {}
 _LOCK = threading.Lock()
+
+
+class FileError(OSError):
+  """A file operation on a remote path failed (one line: the path and the cause)."""
 
 
 def handles(path):
@@ -179,3 +185,204 @@ def _endpoint_of(path):
     if os.environ.get(name):
       return os.environ[name]
   return 'of the store'
+
+
+# ---------------------------------------------------------------------------------------------
+# File operations on a store (core/files dispatches here for the SCHEMES), their errors as
+# one-line OSErrors: FileNotFoundError for a missing path or bucket, FileError for the rest.
+
+
+def _scheme(path):
+  return path.split('://', 1)[0]
+
+
+def _bucket(path):
+  return path.split('://', 1)[1].split('/', 1)[0]
+
+
+def _file_type():
+  from pyarrow import fs
+  return fs.FileType
+
+
+def _exceptions():
+  import pyarrow  # loaded already: a store was made
+  return (OSError, pyarrow.lib.ArrowException)
+
+
+def error(path, e):
+  """pyarrow's error `e` on `path` as FileNotFoundError (naming a missing bucket) or
+  FileError, one line naming the path and the cause."""
+  if isinstance(e, FileNotFoundError):
+    if _scheme(path) in ('s3', 'gs'):
+      try:
+        store, _ = filesystem(path)
+        missing = store.get_file_info(_bucket(path)).type == _file_type().NotFound
+      except Exception:  # the first error is the one to report
+        missing = False
+      if missing:
+        return FileNotFoundError('%s: the bucket %s does not exist' % (path, _bucket(path)))
+    return FileNotFoundError('%s: no such file or directory' % path)
+  return FileError('%s: %s' % (path, describe(e, path)))
+
+
+def call(path, fn):
+  """fn(store, path inside it) for a path on a store, its errors as one-line OSErrors."""
+  try:
+    store, inner = filesystem(path)
+  except OSError as e:  # no Hadoop client: _hdfs's line says what is missing
+    raise FileError(first_line(e)) from e
+  try:
+    return fn(store, inner)
+  except _exceptions() as e:
+    raise error(path, e) from e
+
+
+def _info(path):
+  return call(path, lambda store, inner: store.get_file_info(inner))
+
+
+def exists(path):
+  return _info(path).type != _file_type().NotFound
+
+
+def isdir(path):
+  return _info(path).type == _file_type().Directory
+
+
+def _children(path, recursive):
+  from pyarrow import fs
+  return call(path, lambda store, inner: store.get_file_info(
+      fs.FileSelector(inner, recursive=recursive)))
+
+
+def listdir(path):
+  return [info.base_name for info in _children(path, False)]
+
+
+def size(path):
+  info = _info(path)
+  if info.type == _file_type().NotFound:
+    raise error(path, FileNotFoundError(path))
+  return info.size
+
+
+def makedirs(path):
+  """Creates `path` and its parents (never a bucket: GCS's create_dir would make one)."""
+  if _scheme(path) in ('s3', 'gs'):
+    if _info('%s://%s' % (_scheme(path), _bucket(path))).type == _file_type().NotFound:
+      raise FileNotFoundError('%s: the bucket %s does not exist' % (path, _bucket(path)))
+  call(path, lambda store, inner: store.create_dir(inner, recursive=True))
+
+
+def remove(path):
+  call(path, lambda store, inner: store.delete_file(inner))
+
+
+def rmtree(path):
+  call(path, lambda store, inner: store.delete_dir(inner))
+
+
+def same_store(src, dst):
+  """Whether both paths are on one store (a copy or move stays inside it)."""
+  return handles(src) and handles(dst) and filesystem(src)[0] is filesystem(dst)[0]
+
+
+def move(src, dst):
+  """Moves a file inside one store (an object store copies, then deletes)."""
+  call(src, lambda store, inner: store.move(inner, filesystem(dst)[1]))
+
+
+def copy_file(src, dst):
+  """Copies a file inside one store (server-side where the store can)."""
+  call(src, lambda store, inner: store.copy_file(inner, filesystem(dst)[1]))
+
+
+def walk(top):
+  """(dirpath, subdirs, files) top-down, as tf.io.gfile.walk, from one recursive listing."""
+  top = top.rstrip('/')
+  _, root = filesystem(top)
+  tree = collections.defaultdict(lambda: ([], []))
+  tree[root]  # noqa: B018  # the top, even empty
+  for info in _children(top, True):
+    parent = info.path.rsplit('/', 1)[0]
+    tree[parent][0 if info.type == _file_type().Directory else 1].append(info.base_name)
+    if info.type == _file_type().Directory:
+      tree[info.path]  # noqa: B018
+  for inner in sorted(tree, key=lambda p: (p.count('/'), p)):
+    subdirs, names = tree[inner]
+    yield (top + inner[len(root):], sorted(subdirs), sorted(names))
+
+
+def glob(pattern):
+  """The paths matching `pattern`, wildcards in its last component only, sorted."""
+  import fnmatch
+  parent, name = pattern.rstrip('/').rsplit('/', 1)
+  if any(c in parent for c in '*?['):
+    raise FileError('%s: wildcards only in the last component on an object store' % pattern)
+  try:
+    names = listdir(parent)
+  except FileNotFoundError:
+    return []
+  return sorted('%s/%s' % (parent, n) for n in names if fnmatch.fnmatchcase(n, name))
+
+
+class StoreFile:
+  """A pyarrow file (an input file with positional reads, or an output stream, which an object
+  store makes visible whole when it is closed) whose errors are one-line OSErrors."""
+
+  def __init__(self, path, mode):
+    self.name, self._text = path, 'b' not in mode
+    self._file = call(path, lambda store, inner: (
+        store.open_input_file(inner) if 'r' in mode else store.open_output_stream(inner)))
+
+  def _call(self, fn, *args):
+    try:
+      return fn(*args)
+    except _exceptions() as e:
+      raise error(self.name, e) from e
+
+  def read(self, n=-1):
+    data = self._call(self._file.read, None if n is None or n < 0 else n)
+    return data.decode('utf-8') if self._text else data
+
+  def pread(self, offset, length):
+    """`length` bytes from `offset` (fewer at the end); safe from several threads at once."""
+    return self._call(self._file.read_at, length, offset)
+
+  def seek(self, offset, whence=0):
+    return self._call(self._file.seek, offset, whence)
+
+  def tell(self):
+    return self._call(self._file.tell)
+
+  def write(self, data):
+    if isinstance(data, str):
+      data = data.encode('utf-8')
+    return self._call(self._file.write, data)
+
+  def flush(self):
+    if self._file.writable():
+      self._call(self._file.flush)
+
+  def close(self):
+    self._call(self._file.close)
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    if exc[0] is not None and self._file.writable():
+      # An upload that failed half way. pyarrow's S3 and GCS streams make the object visible
+      # when closed, and expose no abort to Python (a stream dropped unclosed is closed by its
+      # destructor): close, then delete what that published.
+      try:
+        self._file.close()
+      except Exception:  # the block's own error is reported
+        pass
+      try:
+        remove(self.name)
+      except OSError:
+        pass
+      return
+    self.close()
