@@ -29,7 +29,7 @@ def _export_in_fresh_process(structure, ckpt, out):
           'atexit.register(lambda: print("LOADED", [m for m in sys.modules if m in (\n'
           '    "numpy", "tensorflow.python.framework.ops", "tensorflow.python.pywrap_tensorflow",\n'
           '    "tensorflow.python.client.session", "importlib.metadata", "argparse",\n'
-          '    "pyarrow")]))\n'
+          '    "pyarrow", "freezerlib.core.object_store")]))\n'
           'sys.argv = ["optimize_from_ckpt.py"] + sys.argv[1:]\n'
           'runpy.run_path("optimize_from_ckpt.py", run_name="__main__")\n')
   proc = _fresh_python(code, '--saved_model_dir=%s' % structure, '--checkpoint=%s' % ckpt,

@@ -26,9 +26,19 @@ import tempfile
 import threading
 
 from freezerlib.core import lean_tf
-from freezerlib.core import object_store
 
-FileError = object_store.FileError  # a remote operation failed: one line, path and cause
+# The schemes core/object_store reaches through pyarrow; that module is imported on the first
+# such path (`_stores`), so a local run loads neither it nor pyarrow.
+STORE_SCHEMES = ('s3', 'gs', 'hdfs', 'viewfs')
+
+
+class FileError(OSError):
+  """A file operation on a remote path failed (one line: the path and the cause)."""
+
+
+def _stores():
+  from freezerlib.core import object_store
+  return object_store
 
 
 def is_remote(path):
@@ -38,7 +48,7 @@ def is_remote(path):
 def is_object_store(path):
   """Whether `path` is on a store pyarrow reaches (s3://, gs://, hdfs://): TensorFlow cannot
   open it, so what TensorFlow reads is staged (local_copy) and what it writes uploaded."""
-  return object_store.handles(path)
+  return scheme(path) in STORE_SCHEMES
 
 
 def scheme(path):
@@ -91,7 +101,7 @@ def _remote(fn, *args, **kwargs):
 
 def exists(path):
   if is_object_store(path):
-    return object_store.exists(path)
+    return _stores().exists(path)
   if is_remote(path):
     return _remote(_file_io().file_exists_v2, path)
   return os.path.exists(path)
@@ -99,7 +109,7 @@ def exists(path):
 
 def isdir(path):
   if is_object_store(path):
-    return object_store.isdir(path)
+    return _stores().isdir(path)
   if is_remote(path):
     return _remote(_file_io().is_directory_v2, path)
   return os.path.isdir(path)
@@ -107,7 +117,7 @@ def isdir(path):
 
 def listdir(path):
   if is_object_store(path):
-    return object_store.listdir(path)
+    return _stores().listdir(path)
   if is_remote(path):
     return _remote(_file_io().list_directory_v2, path)
   return os.listdir(path)
@@ -115,7 +125,7 @@ def listdir(path):
 
 def size(path):
   if is_object_store(path):
-    return object_store.size(path)
+    return _stores().size(path)
   if is_remote(path):
     return _remote(_file_io().stat_v2, path).length
   return os.stat(path).st_size
@@ -123,7 +133,7 @@ def size(path):
 
 def makedirs(path):
   if is_object_store(path):
-    object_store.makedirs(path)
+    _stores().makedirs(path)
   elif is_remote(path):
     _remote(_file_io().recursive_create_dir_v2, path)
   else:
@@ -132,7 +142,7 @@ def makedirs(path):
 
 def remove(path):
   if is_object_store(path):
-    object_store.remove(path)
+    _stores().remove(path)
   elif is_remote(path):
     _remote(_file_io().delete_file_v2, path)
   else:
@@ -141,7 +151,7 @@ def remove(path):
 
 def rmtree(path):
   if is_object_store(path):
-    object_store.rmtree(path)
+    _stores().rmtree(path)
   elif is_remote(path):
     _remote(_file_io().delete_recursively_v2, path)
   else:
@@ -154,8 +164,8 @@ def rename(src, dst, overwrite=False):
   if is_object_store(src) or is_object_store(dst):
     if not overwrite and exists(dst):
       raise FileExistsError('%s exists' % dst)
-    if object_store.same_store(src, dst):
-      object_store.move(src, dst)
+    if _stores().same_store(src, dst):
+      _stores().move(src, dst)
     else:
       copy(src, dst, overwrite=True)
       remove(src)
@@ -172,7 +182,7 @@ def rename(src, dst, overwrite=False):
 def walk(top):
   """(dirpath, subdirs, files) top-down, as tf.io.gfile.walk."""
   if is_object_store(top):
-    yield from object_store.walk(top)
+    yield from _stores().walk(top)
   elif is_remote(top):
     yield from _remote(lambda: list(_file_io().walk_v2(top)))
   else:
@@ -211,7 +221,7 @@ class _RemoteFile:
 def open_file(path, mode='rb'):
   """A file object for `path` (mode as tf.io.gfile.GFile: 'rb', 'wb', 'r', 'w')."""
   if is_object_store(path):
-    return object_store.StoreFile(path, mode)
+    return _stores().StoreFile(path, mode)
   if is_remote(path):
     if 'r' in mode:
       _remote(_file_io().stat_v2, path)  # FileIO reports a missing file only on first read
@@ -222,7 +232,7 @@ def open_file(path, mode='rb'):
 def glob(pattern):
   """The paths matching `pattern` (wildcards in its last component on an object store), sorted."""
   if is_object_store(pattern):
-    return object_store.glob(pattern)
+    return _stores().glob(pattern)
   if is_remote(pattern):
     return sorted(_remote(_file_io().get_matching_files_v2, pattern))
   import glob as glob_lib
@@ -247,8 +257,8 @@ def copy(src, dst, overwrite=False):
   if is_object_store(src) or is_object_store(dst):
     if not overwrite and exists(dst):
       raise FileExistsError('%s exists' % dst)
-    if object_store.same_store(src, dst):
-      object_store.copy_file(src, dst)
+    if _stores().same_store(src, dst):
+      _stores().copy_file(src, dst)
       return
     with open_file(src, 'rb') as s, open_file(dst, 'wb') as d:
       while True:
@@ -364,7 +374,7 @@ def local_copy(path):
     elif exists(path):
       copy(path, local)
     else:
-      raise object_store.error(path, FileNotFoundError(path))
+      raise _stores().error(path, FileNotFoundError(path))
     yield local
   finally:
     shutil.rmtree(scratch, ignore_errors=True)
@@ -372,7 +382,8 @@ def local_copy(path):
 
 def _fileno(f):
   """The file descriptor of a local file object, None for a remote file (or a BytesIO)."""
-  if isinstance(f, (_RemoteFile, object_store.StoreFile)):
+  stores = sys.modules.get('freezerlib.core.object_store')  # loaded if a store file exists
+  if isinstance(f, _RemoteFile) or (stores is not None and isinstance(f, stores.StoreFile)):
     return None
   try:
     return f.fileno()
@@ -625,7 +636,7 @@ def copy_ranges(shares, piece_bytes=1 << 20, progress=None, remote_piece_bytes=N
     def source(path):
       if path not in opened:
         if is_object_store(path):
-          opened[path] = object_store.StoreFile(path, 'rb')
+          opened[path] = _stores().StoreFile(path, 'rb')
         else:
           opened[path] = os.open(path, os.O_RDONLY)
           if hasattr(os, 'posix_fadvise'):  # as cp: a larger read-ahead
@@ -636,7 +647,7 @@ def copy_ranges(shares, piece_bytes=1 << 20, progress=None, remote_piece_bytes=N
       index, path = job
       try:
         f = source(path)
-        if isinstance(f, object_store.StoreFile):
+        if not isinstance(f, int):  # a store's file (a local source is a descriptor)
           data = f.pread(offset, n)
         elif remote:  # read ahead in threads: bytes of its own
           data = os.pread(f, n, offset)

@@ -26,14 +26,13 @@ import collections
 import os
 import threading
 
-SCHEMES = ('s3', 'gs', 'hdfs', 'viewfs')
+from freezerlib.core import files
+
+SCHEMES = files.STORE_SCHEMES
+FileError = files.FileError
 
 _CACHE = {}
 _LOCK = threading.Lock()
-
-
-class FileError(OSError):
-  """A file operation on a remote path failed (one line: the path and the cause)."""
 
 
 def handles(path):

@@ -81,3 +81,9 @@ def test_hdfs_without_a_client_names_what_is_missing(clean_env):
   clean_env.delenv('JAVA_HOME', raising=False)
   with pytest.raises(OSError, match=r'^hdfs://nn:9000 needs a Hadoop client on this machine: '):
     object_store.filesystem('hdfs://nn:9000/models')
+
+
+def test_the_file_layer_and_this_module_agree_on_the_schemes():
+  from freezerlib.core import files
+  assert object_store.SCHEMES is files.STORE_SCHEMES
+  assert object_store.FileError is files.FileError
