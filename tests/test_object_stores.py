@@ -74,8 +74,9 @@ def _unique(root, name):
 @pytest.mark.parametrize('store', ['s3', 'gs'])
 def test_every_script_end_to_end(store, stores, capsys):
   """model_gen -> freezer (a variable kept) -> optimize_from_pb -> optimize_from_pb_test (the
-  SavedModel and the optimized graph with its checkpoint), and the checkpoint path, every input
-  and output on the store; the comparator passes on the store's models."""
+  SavedModel on the training data's records, and the optimized graph with its checkpoint), and
+  the checkpoint path, every input and output on the store; the comparator passes on the
+  store's models."""
   import freezer
   import model_gen
   import optimize_from_ckpt
@@ -95,6 +96,7 @@ def test_every_script_end_to_end(store, stores, capsys):
                                '--num_examples=16', '--batch_sizes=0']),
       (optimize_from_pb_test, ['--saved_model_dir=%s/serving/1' % root,
                                '--reference_saved_model_dir=%s/model/saved_model' % root,
+                               '--inputs=%s/model/data/*.tfrecord' % root,
                                '--num_examples=16', '--batch_sizes=0']),
       (optimize_from_ckpt, ['--saved_model_dir=%s/model/saved_model' % root,
                             '--checkpoint=%s/model/ckpt' % root,
