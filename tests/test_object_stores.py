@@ -224,9 +224,10 @@ def _checkpoint_args(root, checkpoint):
           '--output_saved_model_dir=%s/out' % root]
 
 
-@pytest.mark.parametrize('case', ['missing_key', 'missing_bucket', 'unreachable',
-                                  'gs_unreachable'])
-def test_bad_remote_input_is_one_line_in_seconds(case, fake_graph, stores, servers, tmp_path):
+@pytest.mark.parametrize('case', ['missing_key', 'missing_bucket', 'missing_output_bucket',
+                                  'unreachable', 'gs_unreachable'])
+def test_bad_remote_input_is_one_line_in_seconds(case, fake_graph, tiny_model, stores, servers,
+                                                 tmp_path):
   root = _unique(stores['s3'], 'bad')
   _upload(fake_graph, root + '/fake')
   env = _env(servers, tmp_path / 'tmp')
@@ -236,6 +237,11 @@ def test_bad_remote_input_is_one_line_in_seconds(case, fake_graph, stores, serve
     args = ['--saved_model_dir=s3://no-such-bucket/fake', '--checkpoint=%s' % checkpoint,
             '--output_saved_model_dir=%s/out' % root]
     expected = ['s3://no-such-bucket/fake', 'bucket']
+  elif case == 'missing_output_bucket':  # good local inputs, the output's bucket missing
+    args = ['--saved_model_dir=%s' % tiny_model['saved_model'],
+            '--checkpoint=%s' % tiny_model['checkpoint'],
+            '--output_saved_model_dir=s3://no-such-bucket/out']
+    expected = ['s3://no-such-bucket/out', 'bucket']
   elif case == 'unreachable':
     env['AWS_ENDPOINT_URL'] = 'http://127.0.0.1:%d' % storage_servers.free_port()
     args = _checkpoint_args(root, checkpoint)

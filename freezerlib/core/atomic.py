@@ -262,6 +262,8 @@ def atomic_output(path, overwrite=False):
     if parent:
       files.makedirs(parent)
   except OSError as e:
+    if files.is_object_store(path):  # the store's line names the bucket or the endpoint
+      raise errors.UserError('cannot write %s: %s' % (path, errors.tf_error_message(e))) from e
     raise errors.UserError('cannot create %s: %s' % (parent, errors.tf_error_message(e))) from e
   remove_stale_temps(path)
   tmp = _temp_sibling(path)
