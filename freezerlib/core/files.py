@@ -25,6 +25,7 @@ import sys
 import tempfile
 import threading
 
+from freezerlib.core import errors
 from freezerlib.core import lean_tf
 
 # The schemes core/object_store reaches through pyarrow; that module is imported on the first
@@ -32,8 +33,7 @@ from freezerlib.core import lean_tf
 STORE_SCHEMES = ('s3', 'gs', 'hdfs', 'viewfs')
 
 
-class FileError(OSError):
-  """A file operation on a remote path failed (one line: the path and the cause)."""
+FileError = errors.FileError  # a remote operation failed: one line, path and cause
 
 
 def _stores():
@@ -85,17 +85,17 @@ def is_error(e):
   """Whether `e` is a file error: an OSError, or a TensorFlow OpError from tf.io.gfile."""
   if isinstance(e, OSError):
     return True
-  errors = sys.modules.get('tensorflow.python.framework.errors_impl')
-  return errors is not None and isinstance(e, errors.OpError)
+  tf_errors = sys.modules.get('tensorflow.python.framework.errors_impl')
+  return tf_errors is not None and isinstance(e, tf_errors.OpError)
 
 
 def _remote(fn, *args, **kwargs):
-  errors = _errors()
+  tf_errors = _errors()
   try:
     return fn(*args, **kwargs)
-  except errors.NotFoundError as e:
+  except tf_errors.NotFoundError as e:
     raise FileNotFoundError(e.message) from e
-  except errors.OpError as e:
+  except tf_errors.OpError as e:
     raise FileError(e.message) from e
 
 

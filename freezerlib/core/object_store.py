@@ -26,10 +26,10 @@ import collections
 import os
 import threading
 
-from freezerlib.core import files
+from freezerlib.core import errors
 
-SCHEMES = files.STORE_SCHEMES
-FileError = files.FileError
+SCHEMES = ('s3', 'gs', 'hdfs', 'viewfs')  # core/files.STORE_SCHEMES (it dispatches them here)
+FileError = errors.FileError
 
 _CACHE = {}
 _LOCK = threading.Lock()

@@ -85,5 +85,5 @@ def test_hdfs_without_a_client_names_what_is_missing(clean_env):
 
 def test_the_file_layer_and_this_module_agree_on_the_schemes():
   from freezerlib.core import files
-  assert object_store.SCHEMES is files.STORE_SCHEMES
+  assert object_store.SCHEMES == files.STORE_SCHEMES
   assert object_store.FileError is files.FileError
