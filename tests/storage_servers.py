@@ -71,10 +71,14 @@ def start_moto(buckets=(), authenticate=False):
   proc = subprocess.Popen([_bin('moto_server'), '-H', '127.0.0.1', '-p', str(port)],
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
   endpoint = 'http://127.0.0.1:%d' % port
-  _wait(endpoint + '/moto-api/', proc, 'moto_server')
-  for bucket in buckets:
-    request = urllib.request.Request('%s/%s' % (endpoint, bucket), method='PUT')
-    urllib.request.urlopen(request, timeout=5).read()
+  try:
+    _wait(endpoint + '/moto-api/', proc, 'moto_server')
+    for bucket in buckets:
+      request = urllib.request.Request('%s/%s' % (endpoint, bucket), method='PUT')
+      urllib.request.urlopen(request, timeout=5).read()
+  except BaseException:
+    Server(proc, endpoint, {}).stop()  # a server that failed to start is not left running
+    raise
   env = {'AWS_ENDPOINT_URL': endpoint, 'AWS_ACCESS_KEY_ID': 'testing',
          'AWS_SECRET_ACCESS_KEY': 'testing', 'AWS_REGION': 'us-east-1',
          'AWS_EC2_METADATA_DISABLED': 'true'}
@@ -100,5 +104,9 @@ def start_fake_gcs(buckets=()):
                            str(port), '-backend', 'memory', '-data', data, '-log-level', 'error'],
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   endpoint = 'http://127.0.0.1:%d' % port
-  _wait(endpoint + '/storage/v1/b', proc, 'fake-gcs-server')
+  try:
+    _wait(endpoint + '/storage/v1/b', proc, 'fake-gcs-server')
+  except BaseException:
+    Server(proc, endpoint, {}, data).stop()
+    raise
   return Server(proc, endpoint, {'STORAGE_EMULATOR_HOST': endpoint}, data)
