@@ -266,6 +266,7 @@ def test_from_and_into_s3_equals_the_local_export(module_case, tmp_path, monkeyp
   """The TF2 structure and its tf.train.Checkpoint on s3:// (moto's server), the output on
   s3://: the same files as the local export."""
   import storage_servers
+
   from freezerlib.core import files
   from freezerlib.core import object_store
   server = storage_servers.start_moto(['tf2'])
