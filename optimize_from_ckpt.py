@@ -81,7 +81,8 @@ _CHECKPOINT_OBJECT = flags.DEFINE_string(
     "the object whose variables and tables match the structure's.")
 _CHUNK_MB = flags.DEFINE_integer(
     'chunk_mb', 1, 'Bytes (MiB) read, checked and written at a time when copying tensors (a '
-    'piece stays in the CPU\'s cache from read to write; a remote checkpoint may want more).',
+    'piece stays in the CPU\'s cache from read to write; a checkpoint on s3://, gs:// or '
+    'hdfs:// is read in ranged reads of at least 4 MiB, 8 in flight per worker).',
     lower_bound=1)
 _VERIFY = flags.DEFINE_bool(
     'verify_checksums', True, 'Check every tensor copied (with --noprune: every tensor of the '

@@ -62,7 +62,8 @@ def main(argv):
         _SAVED_MODEL_DIR.value, _GRAPH.value, _REFERENCE.value, _TAGS.value,
         _SIGNATURE_DEF.value, _INPUTS.value, cli_flags.value_or_default(_NUM_EXAMPLES, 64),
         cli_flags.value_or_default(_SEED, 0), _ATOL.value, _RTOL.value,
-        [b for b in _BATCH_SIZES.value if b > 0], _LATENCY_RUNS.value)
+        [b for b in _BATCH_SIZES.value if b > 0], _LATENCY_RUNS.value,
+        out=sys.stdout)  # today's stdout (the default is bound at import: wrong in-process)
     sys.stdout.flush()
     return utils.EXIT_OK if passed else utils.EXIT_FAILURE
 

@@ -132,6 +132,7 @@ def run_cli(program, fn, end_process=True):
   """
   from freezerlib.core import atomic
   from freezerlib.core import errors
+  from freezerlib.core import files
   from freezerlib.core import lean_tf
   lean_tf.run_pending_hooks()  # scripts that imported TensorFlow themselves
   # From here an interrupt unwinds the work, so every temporary output is removed.
@@ -143,7 +144,9 @@ def run_cli(program, fn, end_process=True):
   already = len(atomic.completed_outputs())
   try:
     code = fn()
-  except errors.UserError as e:
+  except (errors.UserError, files.FileError) as e:
+    # FileError: a store that cannot answer (unreachable, refused credentials), met wherever
+    # a path is first touched; its message names the path and the cause.
     _after_work(as_script, previous)
     sys.stderr.write('%s: error: %s\n' % (program, str(e).replace('\n', ' ')))
     sys.stderr.flush()

@@ -28,7 +28,8 @@ def _export_in_fresh_process(structure, ckpt, out):
   code = ('import atexit, runpy, sys\n'
           'atexit.register(lambda: print("LOADED", [m for m in sys.modules if m in (\n'
           '    "numpy", "tensorflow.python.framework.ops", "tensorflow.python.pywrap_tensorflow",\n'
-          '    "tensorflow.python.client.session", "importlib.metadata", "argparse")]))\n'
+          '    "tensorflow.python.client.session", "importlib.metadata", "argparse",\n'
+          '    "pyarrow", "freezerlib.core.object_store")]))\n'
           'sys.argv = ["optimize_from_ckpt.py"] + sys.argv[1:]\n'
           'runpy.run_path("optimize_from_ckpt.py", run_name="__main__")\n')
   proc = _fresh_python(code, '--saved_model_dir=%s' % structure, '--checkpoint=%s' % ckpt,

@@ -266,6 +266,33 @@ def test_runs_without_tensorflow(module_case, tmp_path):
   assert tree_digest(tmp_path / 'o') == tree_digest(module_case['out'])
 
 
+def test_from_and_into_s3_equals_the_local_export(module_case, tmp_path, monkeypatch):
+  """The TF2 structure and its tf.train.Checkpoint on s3:// (moto's server), the output on
+  s3://: the same files as the local export."""
+  import storage_servers
+
+  from freezerlib.core import files
+  from freezerlib.core import object_store
+  server = storage_servers.start_moto(['tf2'])
+  try:
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', **server.env)
+    for name, value in server.env.items():
+      monkeypatch.setenv(name, value)
+    object_store.reset()
+    files.copy_tree(module_case['structure'], 's3://tf2/structure')
+    files.copy_tree(os.path.dirname(module_case['ckpt']), 's3://tf2/ckpt')
+    proc = subprocess.run([sys.executable, 'optimize_from_ckpt.py',
+                           '--saved_model_dir=s3://tf2/structure', '--checkpoint=s3://tf2/ckpt',
+                           '--output_saved_model_dir=s3://tf2/serving'], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    files.copy_tree('s3://tf2/serving', str(tmp_path / 'serving'))
+    assert tree_digest(tmp_path / 'serving') == tree_digest(module_case['out'])
+  finally:
+    object_store.reset()
+    server.stop()
+
+
 # ---------------------------------------------------------------------------------------------
 # Keras 3: model.export, then fit
 

@@ -6,6 +6,16 @@ HDFS), else by copying file by file with the files that mark a model complete
 (`saved_model.pb`, `checkpoint`) last, so a loader that finds them finds the rest. A run killed
 at any moment leaves the target absent or complete; the next run removes the killed run's
 debris.
+
+On an object store (s3://, gs://: no rename) the output is written into a local scratch
+directory (which TensorFlow can write, and which is removed afterwards, also on failure and
+Ctrl-C) and uploaded when complete. A file appears whole (an object becomes visible when its
+upload completes). A directory is uploaded file by file under a marker object
+`.freezer-incomplete-HOST-PID`, uploaded first and removed last, with `saved_model.pb` uploaded
+after every other file: TF Serving's poller never finds a version whose saved_model.pb is there
+before its variables, and a run killed during the upload leaves a directory without
+saved_model.pb (which no loader loads) under a marker naming a process that is gone; the next
+run on this host that writes there removes it.
 """
 
 import contextlib
@@ -39,6 +49,7 @@ def check_output_free(path, overwrite, version=None):
     return
   if version is not None:
     path = files.join(path, str(version))
+  remove_killed_upload(path)
   if files.exists(path) and not overwrite:
     raise errors.exists_error(path)
   parent = files.parent_dir(path)
@@ -71,6 +82,8 @@ def _signals_held():
 
 
 def _temp_sibling(path):
+  if files.is_object_store(path):  # written locally, uploaded when complete
+    return files.join(files.scratch_dir('output'), files.basename(path))
   # A dot-name beside the target: the same filesystem (so rename is atomic where the filesystem
   # makes it so), and hidden from the model loaders that list the parent directory. Host and
   # pid in the name let a later run tell debris of a killed run from a run still going.
@@ -95,6 +108,8 @@ def remove_stale_temps(path):
   Returns:
     The paths removed.
   """
+  if files.is_object_store(path):
+    return []  # written in a local scratch directory (files.remove_stale_scratch)
   parent, base = files.parent_dir(path), path.rstrip('/').rsplit('/', 1)[-1]
   prefix = '.%s.tmp-%s-' % (base, _HOST)
   try:
@@ -115,6 +130,38 @@ def remove_stale_temps(path):
   return removed
 
 
+_MARKER = '.freezer-incomplete-'
+
+
+def remove_killed_upload(path):
+  """Removes what a killed run of this host left of an upload to `path` (an object store's
+  directory under a marker naming a process that is gone): the directory when its
+  saved_model.pb never arrived, else the marker only (the model is complete).
+
+  Returns:
+    Whether anything was removed.
+  """
+  if not files.is_object_store(path):
+    return False
+  try:
+    names = [n.rstrip('/') for n in files.listdir(path)]
+  except OSError:  # absent, or a file
+    return False
+  prefix = '%s%s-' % (_MARKER, _HOST)
+  stale = [n for n in names if n.startswith(prefix) and n[len(prefix):].isdigit() and
+           not _pid_alive(int(n[len(prefix):]))]
+  if not stale:
+    return False
+  if any(n in _COMMIT_FILES for n in names):
+    for name in stale:
+      files.remove(files.join(path, name))
+    logging.info('%s: removed the marker a killed run left on this complete model', path)
+  else:
+    files.rmtree(path)
+    logging.info('removed %s, left incomplete by a run that was killed', path)
+  return True
+
+
 def _remove(path):
   try:
     if files.isdir(path):
@@ -133,43 +180,56 @@ _ATOMIC_DIR_RENAME = ('', 'file', 'hdfs', 'viewfs')
 _COMMIT_FILES = ('saved_model.pb', 'saved_model.pbtxt', 'checkpoint')
 
 
-def _copy_tree(src, dst):
-  """Copies directory `src` to `dst` file by file, the files that mark completeness last."""
-  paths = []
-  for root, _, names in files.walk(src):
-    for name in names:
-      paths.append(files.join(root, name))
-  paths.sort(key=lambda f: (f.rsplit('/', 1)[-1] in _COMMIT_FILES, f.count('/'), f))
-  for f in paths:
-    target = dst + f[len(src.rstrip('/')):]
-    files.makedirs(files.parent_dir(target))
-    files.copy(f, target, overwrite=True)
+def _upload_tree(src, dst):
+  """Copies directory `src` to object store `dst` under a marker (module docstring)."""
+  marker = files.join(dst, '%s%s-%d' % (_MARKER, _HOST, os.getpid()))
+  files.write(marker, b'')
+  try:
+    files.copy_tree(src, dst, last=_COMMIT_FILES)
+  except BaseException:
+    try:  # what this run uploaded, marker included: nothing half-written stays
+      files.rmtree(dst)
+    except OSError:
+      pass  # the marker stays: the next run removes the rest
+    raise
+  files.remove(marker)
 
 
 def _move(src, dst):
-  if files.isdir(src) and files.scheme(dst) not in _ATOMIC_DIR_RENAME:
-    _copy_tree(src, dst)
+  if files.isdir(src) and files.is_object_store(dst):
+    _upload_tree(src, dst)
+    _remove(src)
+  elif files.isdir(src) and files.scheme(dst) not in _ATOMIC_DIR_RENAME:
+    files.copy_tree(src, dst, last=_COMMIT_FILES)
     _remove(src)
   else:
     files.rename(src, dst)
 
 
 def _commit(tmp, path, overwrite):
-  """Moves the finished `tmp` onto `path`, replacing an old output only when allowed."""
+  """Moves the finished `tmp` onto `path`, replacing an old output only when allowed; returns
+  `path`."""
   if files.exists(path):
     if not overwrite:
       raise errors.exists_error(path)
     if not files.isdir(path):
       files.rename(tmp, path, overwrite=True)
-      return
+      return path
+    if files.is_object_store(path):
+      # Nothing to move aside without a rename: the old model goes, then the new one is
+      # uploaded (the version is absent, then incomplete without saved_model.pb, then whole).
+      files.rmtree(path)
+      _move(tmp, path)
+      return path
     # Directories cannot be renamed over: move the old one aside first, so that the target is
     # always either the old complete model or the new complete one.
     old = _temp_sibling(path)
     _move(path, old)
     _move(tmp, path)
     _remove(old)
-    return
+    return path
   _move(tmp, path)
+  return path
 
 
 def _file_error_as_user_error(e, path):
@@ -202,20 +262,40 @@ def atomic_output(path, overwrite=False):
     if parent:
       files.makedirs(parent)
   except OSError as e:
+    if files.is_object_store(path):  # the store's line names the bucket or the endpoint
+      raise errors.UserError('cannot write %s: %s' % (path, errors.tf_error_message(e))) from e
     raise errors.UserError('cannot create %s: %s' % (parent, errors.tf_error_message(e))) from e
   remove_stale_temps(path)
   tmp = _temp_sibling(path)
-  try:
+  with _written(tmp, path, lambda: _commit(tmp, path, overwrite)):
     yield tmp
+
+
+@contextlib.contextmanager
+def _written(tmp, where, commit):
+  """The one cleanup block of atomic_output and versioned_output.
+
+  The block writes `tmp`. Then `commit()`, with SIGINT and SIGTERM held, moves it into place and
+  returns where it went; that path is appended to the list this yields. A file error becomes a
+  one-line UserError naming `where`. Whatever happens, `tmp` is removed, and with it the local
+  scratch directory holding it (outputs to an object store).
+  """
+  final = []
+  try:
+    yield final
     with _signals_held():
-      _commit(tmp, path, overwrite)
-      _COMPLETED.append(path)
+      target = commit()
+      final.append(target)
+      _COMPLETED.append(target)
   except Exception as e:
-    _file_error_as_user_error(e, path)
+    _file_error_as_user_error(e, where)
     raise
   finally:
     if files.exists(tmp):
       _remove(tmp)
+    scratch = files.parent_dir(tmp)
+    if not files.is_remote(tmp) and files.basename(scratch).startswith('freezer-scratch-'):
+      files.rmtree(scratch)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -226,7 +306,7 @@ def _rename_noreplace(src, dst):
   """Renames `src` to `dst`, failing with FileExistsError if `dst` exists, atomically where the
   kernel offers it (Linux renameat2 RENAME_NOREPLACE); elsewhere a rename that fails on a
   non-empty directory (a finished version always holds saved_model.pb)."""
-  if not files.is_remote(src):
+  if not files.is_remote(src) and not files.is_remote(dst):
     import ctypes  # here only: not every run renames
     libc = ctypes.CDLL(None, use_errno=True)
     renameat2 = getattr(libc, 'renameat2', None)
@@ -320,24 +400,22 @@ def versioned_output(base, version, overwrite=False):
   except OSError as e:
     raise errors.UserError('cannot create %s: %s' % (base, errors.tf_error_message(e))) from e
   remove_stale_temps(files.join(base, 'auto'))
+  if files.is_object_store(base):
+    for number in numeric_versions(base):
+      remove_killed_upload(files.join(base, str(number)))
   tmp = _temp_sibling(files.join(base, 'auto'))
   out = VersionedOutput(tmp)
-  try:
+
+  def commit():
+    number = max(numeric_versions(base) + [0]) + 1
+    while True:
+      target = files.join(base, str(number))
+      try:
+        _rename_noreplace(tmp, target)
+        return target
+      except FileExistsError:
+        number += 1
+
+  with _written(tmp, base, commit) as final:
     yield out
-    with _signals_held():
-      number = max(numeric_versions(base) + [0]) + 1
-      while True:
-        target = files.join(base, str(number))
-        try:
-          _rename_noreplace(tmp, target)
-          break
-        except FileExistsError:
-          number += 1
-      out.path = target
-      _COMPLETED.append(target)
-  except Exception as e:
-    _file_error_as_user_error(e, base)
-    raise
-  finally:
-    if files.exists(tmp):
-      _remove(tmp)
+  out.path = final[0]

@@ -27,3 +27,8 @@ def tf_error_message(e):
 def exists_error(path):
   """The error for an output that exists and may not be replaced."""
   return UserError('%s already exists; pass --overwrite to replace it' % path)
+
+
+class FileError(OSError):
+  """A file operation on a remote path failed: one line naming the path and the cause
+  (core/files, core/object_store)."""

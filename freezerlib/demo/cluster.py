@@ -174,7 +174,7 @@ def run_worker_task(cluster, task_index, config, work_dir, timeout_secs=600):
   Raises:
     errors.UserError: no data, or the cluster cannot be reached.
   """
-  data_paths = sorted(tf.io.gfile.glob(files.join(work_dir, 'data', '*.tfrecord')))
+  data_paths = files.glob(files.join(work_dir, 'data', '*.tfrecord'))
   if not data_paths:
     raise errors.UserError('no training data: %s matches no file'
                           % files.join(work_dir, 'data', '*.tfrecord'))
@@ -314,7 +314,7 @@ def _run_task(job_name, task_index, cluster, config, output_dir, overwrite, time
     write_training_data(config, local)
     return run_worker_task(cluster, task_index, config, local, timeout_secs)
   finally:
-    tf.io.gfile.rmtree(local)
+    files.rmtree(local)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -365,8 +365,9 @@ class _Task:
 
 
 def _copy_output(stream, log):
-  """Copies a task's output into its log, through gfile: logs may go to any filesystem."""
-  with tf.io.gfile.GFile(log, 'wb') as out:
+  """Copies a task's output into its log, through the file layer: logs may go to any file
+  system (on an object store the log appears when the task ends)."""
+  with files.open_file(log, 'wb') as out:
     for line in iter(stream.readline, b''):
       out.write(line)
       out.flush()
@@ -405,9 +406,8 @@ def _error_line(task):
   """The line of a finished task's log that says why it failed."""
   task.copier.join(10)  # the end of its output
   try:
-    with tf.io.gfile.GFile(task.log, 'rb') as f:
-      text = f.read().decode('utf-8', 'replace')
-  except tf.errors.OpError:
+    text = files.read(task.log).decode('utf-8', 'replace')
+  except OSError:
     return 'no log'
   lines = [l.strip() for l in text.splitlines() if l.strip()]
   for line in reversed(lines):
@@ -553,13 +553,13 @@ def train_distributed(output_dir, config, num_ps, num_workers=1, overwrite=False
   try:
     with atomic.atomic_output(output_dir, overwrite) as tmp:
       log_dir = log_dir or tempfile.mkdtemp(prefix='model_gen_cluster_')
-      tf.io.gfile.makedirs(log_dir)
+      files.makedirs(log_dir)
       write_training_data(config, tmp)
       keep_logs = True
       run_local_cluster(config, num_ps, num_workers, tmp, timeout_secs, log_dir, extra_flags,
                         coordinator)
       prefix = tf.train.latest_checkpoint(files.join(tmp, 'ckpt'))
-      if not prefix or not tf.io.gfile.exists(files.join(tmp, 'saved_model', 'saved_model.pb')):
+      if not prefix or not files.exists(files.join(tmp, 'saved_model', 'saved_model.pb')):
         raise errors.UserError('the chief ended without writing its checkpoint and SavedModel '
                               '(logs in %s)' % log_dir)
       keep_logs = False
@@ -570,7 +570,7 @@ def train_distributed(output_dir, config, num_ps, num_workers=1, overwrite=False
     raise
   finally:
     if own_log_dir and log_dir and not keep_logs:
-      tf.io.gfile.rmtree(log_dir)
+      files.rmtree(log_dir)
   name = prefix.rstrip('/').rsplit('/', 1)[-1]
   logging.info('cluster of %d PS and %d workers trained in %.1f s', num_ps, num_workers,
                time.monotonic() - start)

@@ -140,7 +140,7 @@ def make_example(row):
 
 def write_tfrecords(data, data_dir, num_files):
   """Writes `data` round-robin into `num_files` TFRecord files; returns their paths."""
-  tf.io.gfile.makedirs(data_dir)
+  files.makedirs(data_dir)
   n = len(data[LABEL])
   paths = [files.join(data_dir, 'train-%05d-of-%05d.tfrecord' % (i, num_files))
            for i in range(num_files)]
@@ -343,7 +343,7 @@ def serving_signatures(features, outputs):
 
 def _save_checkpoint(sess, saver, work_dir, step):
   ckpt_dir = files.join(work_dir, 'ckpt')
-  tf.io.gfile.makedirs(ckpt_dir)
+  files.makedirs(ckpt_dir)
   return saver.save(sess, files.join(ckpt_dir, 'model.ckpt'), global_step=step)
 
 

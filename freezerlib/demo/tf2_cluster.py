@@ -141,7 +141,7 @@ def train(cluster, config, work_dir):
   Raises:
     errors.UserError: no data.
   """
-  paths = sorted(tf.io.gfile.glob(files.join(work_dir, 'data', '*.tfrecord')))
+  paths = files.glob(files.join(work_dir, 'data', '*.tfrecord'))
   if not paths:
     raise errors.UserError('no training data: %s matches no file'
                           % files.join(work_dir, 'data', '*.tfrecord'))

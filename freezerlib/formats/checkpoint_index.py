@@ -20,7 +20,6 @@ checksummed with masked CRC32C as TensorFlow's reader verifies).
 
 import collections.abc
 import dataclasses
-import os
 import struct
 from typing import List, Mapping, Optional
 
@@ -819,9 +818,10 @@ def copy_records(records, dst_prefix, chunk_bytes=1 << 20, progress=None, verify
     if progress:
       progress(done, total)
 
-  local = not files.is_remote(dst_prefix) and not any(
-      files.is_remote(r.checkpoint.prefix) for r in ordered)
-  # Data files needed (nearly) whole are linked, their records keeping their offsets.
+  # Positional reads and writes: into a local file, from local files or object stores (ranged
+  # reads, several in flight: files.copy_ranges). Else (ram://) one data shard, in order.
+  local = not files.is_remote(dst_prefix) and all(_positional(r) for r in ordered)
+  # Local data files needed (nearly) whole are linked, their records keeping their offsets.
   linked = _needed_whole(ordered) if local else {}
   order = {handle: k for k, handle in enumerate(linked)}  # linked data file -> output shard
   in_place = [r for r in ordered if _data_file(r) in order]
@@ -830,7 +830,7 @@ def copy_records(records, dst_prefix, chunk_bytes=1 << 20, progress=None, verify
   count = len(linked) + len(shards)
   paths = [checkpoint_files.data_path(dst_prefix, k, count) for k in range(count)]
   for handle, src in linked.items():
-    _link_or_copy(src, paths[order[handle]])
+    files.link_or_copy(src, paths[order[handle]])
   for record in in_place:
     written[source(record)] = (order[_data_file(record)], record.entry.offset)
   if in_place:
@@ -867,6 +867,12 @@ def copy_records(records, dst_prefix, chunk_bytes=1 << 20, progress=None, verify
 _LINK_SLACK = 0.01
 
 
+def _positional(record):
+  """Whether the record's checkpoint is read by files.copy_ranges: local or an object store."""
+  prefix = record.checkpoint.prefix
+  return not files.is_remote(prefix) or files.is_object_store(prefix)
+
+
 def _data_file(record):
   """The data file a record's bytes are in, as (id(checkpoint), shard)."""
   return (id(record.checkpoint), record.entry.shard_id)
@@ -884,8 +890,10 @@ def _needed_whole(ordered):
     if handle in out or handle not in needed:
       continue
     path = record.checkpoint.data_files()[record.entry.shard_id]
+    if files.is_remote(path):
+      continue  # linking is for one local file system
     try:
-      size = os.path.getsize(path)
+      size = files.size(path)
     except OSError:
       continue  # the copy names it
     if size - needed.pop(handle) <= _LINK_SLACK * size:
@@ -955,22 +963,10 @@ def verify_records(records, chunk_bytes=1 << 20, progress=None):
     if progress:
       progress(done, total)
 
-  if any(files.is_remote(r.checkpoint.prefix) for r in ordered):
+  if not all(_positional(r) for r in ordered):
     _transfer(ordered, None, chunk_bytes, advance, True)
-  else:  # local: read and checked by two workers (files.copy_ranges, reading only)
+  else:  # read and checked by two workers (files.copy_ranges, reading only)
     _copy_local(_deal(ordered, _WORKERS), None, {}, chunk_bytes, advance, True)
-
-
-def _link_or_copy(src, dst):
-  # A hard link costs nothing and keeps the checkpoint untouched (neither file is written
-  # again); it needs both paths on one local filesystem, else the bytes are copied.
-  if not files.is_remote(src) and not files.is_remote(dst):
-    try:
-      os.link(src, dst)
-      return
-    except OSError:
-      pass
-  files.copy(src, dst, overwrite=True)
 
 
 def link_files(checkpoint, dst_prefix, verify=False):
@@ -998,7 +994,7 @@ def link_files(checkpoint, dst_prefix, verify=False):
   sizes = [files.size(src) for src, _ in pairs]
   progress, done = units.Progress('linking checkpoint files'), 0
   for (src, dst), size in zip(pairs, sizes):
-    _link_or_copy(src, dst)
+    files.link_or_copy(src, dst)
     done += size
     progress(done, sum(sizes))
   return len(checkpoint.entries), sum(checkpoint.nbytes(n) for n in checkpoint.entries)

@@ -283,7 +283,8 @@ def load_objects(export_dir, tags):
   """tf.saved_model.load (TensorFlow imported here), with its failures as one-line errors."""
   tf = lean_tf.tensorflow
   try:
-    return tf.saved_model.load(export_dir, tags=list(tags))
+    with files.local_copy(export_dir) as local_dir:  # staged from an object store
+      return tf.saved_model.load(local_dir, tags=list(tags))
   except (tf.errors.OpError, OSError, ValueError, RuntimeError, KeyError, TypeError) as e:
     # OSError: a missing variables/ is FileNotFoundError here, not an OpError.
     raise errors.UserError('cannot load SavedModel %s: %s'

@@ -8,6 +8,7 @@ TensorFlow's converter does not do.
 """
 
 from freezerlib.core import errors
+from freezerlib.core import files
 from freezerlib.core import graphs
 from freezerlib.core import lean_tf
 from freezerlib.formats import frozen_graph
@@ -75,7 +76,9 @@ def freeze(export_dir, signatures, tags, transform=None):
     try:
       # Devices are cleared: a model exported from a parameter-server graph keeps
       # /job:ps/task:k placements that do not exist on this machine.
-      tf1.saved_model.loader.load(session, list(tags), export_dir, clear_devices=True)
+      # TensorFlow reads only what it opens itself: a model on an object store is staged.
+      with files.local_copy(export_dir) as local_dir:
+        tf1.saved_model.loader.load(session, list(tags), local_dir, clear_devices=True)
     except (tf.errors.OpError, ValueError, RuntimeError, KeyError) as e:
       raise errors.UserError('cannot load SavedModel %s: %s'
                              % (export_dir, errors.tf_error_message(e))) from e

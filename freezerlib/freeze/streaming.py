@@ -319,9 +319,18 @@ def _write_table(out, checkpoint, node, sources, names, nodes, open_shard, chunk
 def _restore(checkpoint, source):
   """The value of `source` read by TensorFlow, after checking every record it is read from
   (TensorFlow checks them too, but its error names neither the tensor nor the shard)."""
-  checkpoint_index.verify_records([
-      checkpoint_index.Record(checkpoint, key, entry)
-      for key, entry in checkpoint.records(source.name)])
+  records = [checkpoint_index.Record(checkpoint, key, entry)
+              for key, entry in checkpoint.records(source.name)]
+  if files.is_object_store(checkpoint.prefix):
+    # TensorFlow cannot open the store: the tensor's records alone (checked as they arrive)
+    # make a local checkpoint for it to read.
+    with files.scratch('restore') as scratch:
+      prefix = files.join(scratch, 'tensor')
+      checkpoint_index.copy_records(records, prefix)
+      return tf.raw_ops.RestoreV2(prefix=prefix, tensor_names=[source.name],
+                                  shape_and_slices=[source.spec],
+                                  dtypes=[source.dtype])[0].numpy()
+  checkpoint_index.verify_records(records)
   return tf.raw_ops.RestoreV2(prefix=checkpoint.prefix, tensor_names=[source.name],
                               shape_and_slices=[source.spec], dtypes=[source.dtype])[0].numpy()
 

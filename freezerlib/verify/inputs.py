@@ -21,11 +21,13 @@ nothing is ever unpickled. A sparse input is KEY.indices, KEY.values, KEY.dense_
 ragged one KEY.values, KEY.row_splits (KEY.row_splits_1, ...).
 """
 
+import contextlib
 import io
 
 import numpy as np
 
 from freezerlib.core import errors
+from freezerlib.core import files
 from freezerlib.core.lean_tf import tensorflow as tf  # imported on first use
 from freezerlib.verify import loaders
 from freezerlib.verify import trace as trace_lib
@@ -283,8 +285,7 @@ def save_npz(path, feeds):
       put(name, value)
   buffer = io.BytesIO()  # zip needs a seekable file; remote ones are not
   np.savez(buffer, **arrays)
-  with tf.io.gfile.GFile(path, 'wb') as f:
-    f.write(buffer.getvalue())
+  files.write(path, buffer.getvalue())
 
 
 def inputs_from_npz(path, signatures):
@@ -294,8 +295,7 @@ def inputs_from_npz(path, signatures):
     errors.UserError: unreadable file, a missing array, or a lossy string array.
   """
   try:
-    with tf.io.gfile.GFile(path, 'rb') as f:
-      data = dict(np.load(f, allow_pickle=False))
+    data = dict(np.load(io.BytesIO(files.read(path)), allow_pickle=False))
   except (OSError, ValueError, tf.errors.OpError) as e:
     raise errors.UserError('cannot read inputs from %s: %s' % (path, e)) from e
   out = {}
@@ -359,15 +359,20 @@ def inputs_from_tfrecords(patterns, model, num_examples):
   Raises:
     errors.UserError: no files, unreadable records, or records without a dense input's feature.
   """
-  files = []
+  paths = []
   for pattern in patterns:
-    matched = tf.io.gfile.glob(pattern)
+    try:
+      matched = files.glob(pattern)
+    except OSError as e:
+      raise errors.UserError('cannot list %s: %s' % (pattern, errors.tf_error_message(e))) from e
     if not matched:
       raise errors.UserError('no TFRecord files match %s' % pattern)
-    files.extend(matched)
+    paths.extend(matched)
   pattern = ','.join(patterns)
   try:
-    records = [r.numpy() for r in tf.data.TFRecordDataset(files).take(num_examples)]
+    with contextlib.ExitStack() as staged:  # TensorFlow reads local copies of remote records
+      local = [staged.enter_context(files.local_copy(p)) for p in paths]
+      records = [r.numpy() for r in tf.data.TFRecordDataset(local).take(num_examples)]
     examples = [tf.train.Example.FromString(r) for r in records]
   except (tf.errors.OpError, Exception) as e:
     raise errors.UserError('cannot read tf.Example records from %s: %s'

@@ -182,7 +182,8 @@ def load_saved_model(export_dir, tags=('serve',)):
   session = tf1.Session(graph=graph)
   start = time.perf_counter()
   try:
-    tf1.saved_model.loader.load(session, list(tags), export_dir, clear_devices=True)
+    with files.local_copy(export_dir) as local_dir:  # staged from an object store
+      tf1.saved_model.loader.load(session, list(tags), local_dir, clear_devices=True)
   except (tf.errors.OpError, ValueError, RuntimeError, KeyError) as e:
     session.close()
     raise errors.UserError('cannot load SavedModel %s: %s'
@@ -234,8 +235,14 @@ def restore(session, frozen, prefix):
     errors.UserError: the restore fails.
   """
   try:
-    session.run(frozen.saver_def.restore_op_name,
-                {frozen.saver_def.filename_tensor_name: prefix})
+    if files.is_object_store(prefix):  # TensorFlow cannot open it: a local copy of its dir
+      with files.local_copy(files.parent_dir(prefix)) as local_dir:
+        session.run(frozen.saver_def.restore_op_name,
+                    {frozen.saver_def.filename_tensor_name:
+                     files.join(local_dir, files.basename(prefix))})
+    else:
+      session.run(frozen.saver_def.restore_op_name,
+                  {frozen.saver_def.filename_tensor_name: prefix})
   except tf.errors.OpError as e:
     raise errors.UserError('cannot restore %s: %s' % (prefix, errors.tf_error_message(e))) from e
 

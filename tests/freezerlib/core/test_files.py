@@ -187,3 +187,44 @@ def test_copy_ranges_without_a_destination_reads_and_inspects_only(tmp_path):
   files.copy_ranges(shares, piece_bytes=65536, progress=counted.append)
   assert bytes(seen[0]) + bytes(seen[1]) == data and sum(counted) == len(data)
   assert os.listdir(tmp_path) == ['a']  # nothing written
+
+
+def test_move_pieces_reads_ahead_in_a_pool_and_keeps_the_order():
+  import concurrent.futures
+  data = bytes(range(256)) * 40
+  seen, out = [], bytearray(len(data))
+
+  def read(source, offset, n):
+    return source[offset:offset + n]
+
+  def write(piece, at):
+    out[at:at + len(piece)] = piece
+
+  pieces = [(data, k, 100, k, seen.append) for k in range(0, len(data), 100)]
+  pieces[-1] = (data, pieces[-1][1], len(data) - pieces[-1][1], pieces[-1][3], seen.append)
+  with concurrent.futures.ThreadPoolExecutor(4) as pool:
+    files.move_pieces(pieces, read, write, pool=pool, depth=4)
+  assert bytes(out) == data and b''.join(seen) == data
+
+
+def test_move_pieces_raises_the_first_failure_in_order():
+  import concurrent.futures
+
+  def read(source, offset, n):
+    if offset >= 300:
+      raise EOFError('short at %d' % offset)
+    return b'x' * n
+
+  got = []
+  with concurrent.futures.ThreadPoolExecutor(3) as pool:
+    with pytest.raises(EOFError, match='short at 300'):
+      files.move_pieces([(None, k, 100, k, None) for k in range(0, 1000, 100)], read,
+                        lambda piece, at: got.append(at), pool=pool, depth=3)
+  assert got == [0, 100, 200]
+
+
+def test_glob_local(tmp_path):
+  for name in ('a.tfrecord', 'b.tfrecord', 'c.txt'):
+    (tmp_path / name).write_bytes(b'')
+  assert files.glob(str(tmp_path / '*.tfrecord')) == [str(tmp_path / 'a.tfrecord'),
+                                                      str(tmp_path / 'b.tfrecord')]
