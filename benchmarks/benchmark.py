@@ -245,11 +245,15 @@ def bench_checkpoint(work_dir, repeats):
   ours = [sys.executable, 'optimize_from_ckpt.py',
           '--saved_model_dir=' + os.path.join(work_dir, 'structure'), '--checkpoint=' + ckpt,
           '--output_saved_model_dir=' + out]
+  # The defaults end with the serving check (TF Serving's loader loads the output and runs each
+  # signature); --nocheck shows the copy alone, and what checking checksums and --noprune cost.
   commands = {
       'cp -r': ['cp', '-r', ckpt, out],
       'optimize_from_ckpt.py': ours,
-      'optimize_from_ckpt.py --noverify_checksums': ours + ['--noverify_checksums'],
-      'optimize_from_ckpt.py --noprune': ours + ['--noprune'],
+      'optimize_from_ckpt.py --nocheck': ours + ['--nocheck'],
+      'optimize_from_ckpt.py --nocheck --noverify_checksums': ours + ['--nocheck',
+                                                                      '--noverify_checksums'],
+      'optimize_from_ckpt.py --nocheck --noprune': ours + ['--nocheck', '--noprune'],
   }
   figures = {(name, cache): [] for cache in ('warm', 'cold') for name in commands}
   for r in range(repeats + 1):  # the first round warms the page cache and is not counted
@@ -271,19 +275,19 @@ def bench_checkpoint(work_dir, repeats):
       units.human_bytes(total), index.num_shards, units.human_bytes(slots), table))
   print()
   print('checkpoint -> serving SavedModel, %d runs alternated: median (min-max)' % repeats)
-  print('%-44s %5s %22s %8s %9s' % ('', 'cache', 'wall s', 'x cp -r', 'peak RSS'))
+  print('%-52s %5s %22s %8s %9s' % ('', 'cache', 'wall s', 'x cp -r', 'peak RSS'))
   for cache in ('warm', 'cold'):
     cp = statistics.median(w for w, _ in figures[('cp -r', cache)])
     for name in commands:
       runs = figures[(name, cache)]
       walls = [w for w, _ in runs]
-      print('%-44s %5s %22s %8.2f %5.0f MiB' % (
+      print('%-52s %5s %22s %8.2f %5.0f MiB' % (
           name, cache, _spread(walls), statistics.median(walls) / cp,
           statistics.median(m for _, m in runs) / 2**20))
   for cache in ('warm', 'cold'):
-    on = statistics.median(w for w, _ in figures[('optimize_from_ckpt.py', cache)])
-    off = statistics.median(w for w, _ in figures[('optimize_from_ckpt.py --noverify_checksums',
-                                                   cache)])
+    on = statistics.median(w for w, _ in figures[('optimize_from_ckpt.py --nocheck', cache)])
+    off = statistics.median(
+        w for w, _ in figures[('optimize_from_ckpt.py --nocheck --noverify_checksums', cache)])
     print('checking checksums, %s: %+.3f s (%+.0f%%)' % (cache, on - off, 100.0 * (on - off) / off))
   print()
   print('exported variables/: %s; tensors the serving graph restores: %s (%+.2f%%); '
