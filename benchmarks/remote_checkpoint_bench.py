@@ -9,6 +9,10 @@ process so that peak RSS is its own, in the same run:
   (ranged reads of every data shard in parallel, each range checked against its CRC32C);
 - fsspec: the same ranges read with gcsfs (fsspec) in the same number of threads, each checked,
   written to a local file: the other library the file layer could have used.
+- script, script_check: optimize_from_ckpt.py itself, end to end (its start-up, the structure, the
+  checkpoint's index, the copy and the SavedModel written to local disk), with --nocheck and
+  with its serving check (the default): the checkpoint as a user reads it. The structure is a local
+  SavedModel of the serving graph (ids -> the embedding parts' rows summed).
 
   python benchmarks/remote_checkpoint_bench.py --embedding_mb=340 --repeats=3
 """
@@ -43,11 +47,26 @@ def build_checkpoint(directory, embedding_mb, partitions=4, dim=64):
         variables.append(tf1.get_variable('emb/part_%d%s' % (k, suffix), (rows, dim),
                                           initializer=tf1.random_normal_initializer()))
     variables.append(tf1.Variable(7, dtype=tf.int64, name='global_step'))
+    # The serving graph: ids -> each part's rows, summed (what a structure's signature reads).
+    ids = tf1.placeholder(tf.int64, [None], name='ids')
+    score = tf.add_n([tf.gather(variables[3 * k], ids) for k in range(partitions)],
+                     name='score')
     saver = tf1.train.Saver(variables)
     with tf1.Session() as session:
       session.run(tf1.global_variables_initializer())
-      return saver.save(session, os.path.join(directory, 'model.ckpt'), global_step=7,
-                        write_meta_graph=False)
+      prefix = saver.save(session, os.path.join(directory, 'model.ckpt'), global_step=7,
+                          write_meta_graph=False)
+      # The structure: a SavedModel with one signature fed by a placeholder (its values are
+      # never read; they are dropped to keep the work directory small).
+      structure = os.path.join(directory + '_structure')
+      builder = tf1.saved_model.Builder(structure)
+      builder.add_meta_graph_and_variables(
+          session, ['serve'], signature_def_map={
+              'serving_default': tf1.saved_model.predict_signature_def({'ids': ids},
+                                                                       {'score': score})})
+      builder.save()
+      shutil.rmtree(os.path.join(structure, 'variables'))
+      return prefix
 
 
 def _rss_mib():
@@ -125,14 +144,35 @@ def run_fsspec(prefix_url, out_dir):
   return time.perf_counter() - start, offset
 
 
-def child(mode, prefix_url):
+def run_script(prefix_url, out_dir, structure, check):
+  """optimize_from_ckpt.py end to end; bytes: the variables/ it wrote."""
+  out = os.path.join(out_dir, 'serving')
+  command = [sys.executable, os.path.join(REPO, 'optimize_from_ckpt.py'),
+             '--saved_model_dir=' + structure,
+             '--checkpoint=' + prefix_url, '--output_saved_model_dir=' + out,
+             '--check' if check else '--nocheck']
+  start = time.perf_counter()
+  subprocess.run(command, check=True, capture_output=True)
+  seconds = time.perf_counter() - start
+  nbytes = sum(os.path.getsize(os.path.join(root, name))
+               for root, _, names in os.walk(os.path.join(out, 'variables')) for name in names)
+  return seconds, nbytes
+
+
+def child(mode, prefix_url, structure):
   out_dir = tempfile.mkdtemp(prefix='remote_bench_out_')
   try:
-    seconds, nbytes = {'download': run_download, 'ckpt_path': run_ckpt_path,
-                       'fsspec': run_fsspec}[mode](prefix_url, out_dir)
+    if mode in ('script', 'script_check'):
+      seconds, nbytes = run_script(prefix_url, out_dir, structure, mode == 'script_check')
+      # The script's own peak (this process imports nothing heavy): wait4's, of the child.
+      rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0
+    else:
+      seconds, nbytes = {'download': run_download, 'ckpt_path': run_ckpt_path,
+                         'fsspec': run_fsspec}[mode](prefix_url, out_dir)
+      rss = _rss_mib()
   finally:
     shutil.rmtree(out_dir, ignore_errors=True)
-  print('%s %.3f %d %.1f' % (mode, seconds, nbytes, _rss_mib()))
+  print('%s %.3f %d %.1f' % (mode, seconds, nbytes, rss))
 
 
 def main():
@@ -140,8 +180,8 @@ def main():
   parser.add_argument('--embedding_mb', type=int, default=340,
                       help='MiB of embedding (the checkpoint holds 3x with its Adam slots)')
   parser.add_argument('--repeats', type=int, default=3)
-  parser.add_argument('--modes', default='download,ckpt_path,fsspec')
-  parser.add_argument('--child', nargs=2, help=argparse.SUPPRESS)
+  parser.add_argument('--modes', default='download,ckpt_path,fsspec,script,script_check')
+  parser.add_argument('--child', nargs=3, help=argparse.SUPPRESS)
   parser.add_argument('--build', help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.child:
@@ -169,7 +209,8 @@ def main():
     results = {}
     for _ in range(args.repeats):
       for mode in args.modes.split(','):
-        line = subprocess.run([sys.executable, __file__, '--child', mode, prefix_url],
+        line = subprocess.run([sys.executable, __file__, '--child', mode, prefix_url,
+                               work + '_structure'],
                               env=os.environ, capture_output=True, text=True, check=True)
         _, seconds, nbytes, rss = line.stdout.split()
         results.setdefault(mode, []).append((float(seconds), int(nbytes), float(rss)))
@@ -185,6 +226,7 @@ def main():
   finally:
     server.stop()
     shutil.rmtree(work, ignore_errors=True)
+    shutil.rmtree(work + '_structure', ignore_errors=True)
 
 
 if __name__ == '__main__':
