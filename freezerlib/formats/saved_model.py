@@ -9,6 +9,7 @@ the MetaGraph (`serving_meta_graph`), then whatever fills `variables/` and `asse
 from absl import logging
 
 from google.protobuf import message as pb_message
+from google.protobuf import symbol_database
 from google.protobuf import text_format
 
 from freezerlib.core import atomic
@@ -55,7 +56,69 @@ def read_meta_graph(export_dir, tags):
   proto, path = _read_saved_model_proto(export_dir)
   meta_graph = select_meta_graph(proto, tags, export_dir)
   graph_check.check_meta_graph(meta_graph, path)
+  check_meta_graph_fields(meta_graph, path)
   return meta_graph
+
+
+def check_meta_graph_fields(meta_graph, where):
+  """What a loader trusts besides the graph: every signature names outputs its nodes have (a
+  signature tensor `score:9` of a node with one output, or `^prob:0`, is refused), the init
+  ops and the saver's ops are nodes of the graph, the collections' `Any` values decode, and
+  the TensorFlow version recorded is one a loader parses.
+
+  Raises:
+    graph_check.CorruptGraphError: naming `where` and what is wrong.
+  """
+  graph_def = meta_graph.graph_def
+  op_defs = graph_check.op_defs_of(meta_graph.meta_info_def.stripped_op_list) or None
+  # The init op's signature (TF2) names an op, not a tensor: checked with the init ops.
+  graph_check.check_signature_tensors(graph_def, {
+      k: v for k, v in meta_graph.signature_def.items() if k != INIT_OP_SIGNATURE_KEY},
+                                      where, op_defs)
+  graph_check.check_node_names(graph_def, init_ops_of(meta_graph), where, 'the init op')
+  if meta_graph.HasField('saver_def'):
+    graph_check.check_node_names(graph_def, saver_op_names(meta_graph.saver_def), where,
+                                 'the saver\'s op')
+  for key in sorted(meta_graph.collection_def):
+    collection = meta_graph.collection_def[key]
+    if collection.WhichOneof('kind') == 'any_list':
+      for value in collection.any_list.value:
+        problem = _any_problem(value)
+        if problem:
+          raise graph_check.CorruptGraphError('%s is corrupt: collection %r holds %s'
+                                              % (where, key, problem))
+  version = meta_graph.meta_info_def.tensorflow_version
+  if version and not _version_parses(version):
+    raise graph_check.CorruptGraphError('%s is corrupt: its TensorFlow version %r is not a '
+                                        'version' % (where, version))
+
+
+def _version_parses(version):
+  """Whether TensorFlow's loader parses `version` (packaging.version, a TensorFlow dependency)."""
+  try:
+    from packaging import version as packaging_version  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return True
+  try:
+    packaging_version.parse(version)
+  except packaging_version.InvalidVersion:
+    return False
+  return True
+
+
+def _any_problem(value):
+  """What is wrong with an `Any` (None when nothing is, or its type is not one TensorFlow's
+  protos define)."""
+  name = value.type_url.rsplit('/', 1)[-1]
+  try:
+    cls = symbol_database.Default().GetSymbol(name)
+  except KeyError:
+    return None
+  try:
+    cls.FromString(value.value)
+  except pb_message.DecodeError as e:
+    return 'a %s that does not decode (%s)' % (name, e)
+  return None
 
 
 def _read_saved_model_proto(export_dir):
@@ -231,7 +294,7 @@ def signature_from_tensors(graph_def, inputs, outputs, where):
   with graph.as_default():
     try:
       tf.graph_util.import_graph_def(graph_def, name='')
-    except (ValueError, tf.errors.OpError) as e:
+    except (ValueError, TypeError, tf.errors.OpError) as e:
       raise errors.UserError('cannot import %s: %s' % (where, errors.tf_error_message(e))) from e
   signature = meta_graph_pb2.SignatureDef(
       method_name='tensorflow/serving/predict')
@@ -320,7 +383,14 @@ def asset_defs(meta_graph):
     return defs
   for value in meta_graph.collection_def['saved_model_assets'].any_list.value:
     asset = meta_graph_pb2.AssetFileDef()
-    value.Unpack(asset)
+    try:
+      ok = value.Unpack(asset)
+    except pb_message.DecodeError as e:
+      raise errors.UserError('the saved_model_assets collection holds an asset that does not '
+                             'decode (%s)' % e) from e
+    if not ok:
+      raise errors.UserError('the saved_model_assets collection holds a %s, not an AssetFileDef'
+                             % value.type_url)
     defs.append(asset)
   return defs
 

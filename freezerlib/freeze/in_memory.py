@@ -76,7 +76,7 @@ def freeze(export_dir, signatures, tags, transform=None):
       # Devices are cleared: a model exported from a parameter-server graph keeps
       # /job:ps/task:k placements that do not exist on this machine.
       tf1.saved_model.loader.load(session, list(tags), export_dir, clear_devices=True)
-    except (tf.errors.OpError, ValueError, RuntimeError, KeyError) as e:
+    except (tf.errors.OpError, ValueError, TypeError, RuntimeError, KeyError) as e:
       raise errors.UserError('cannot load SavedModel %s: %s'
                              % (export_dir, errors.tf_error_message(e))) from e
     graph_def = graph.as_graph_def()

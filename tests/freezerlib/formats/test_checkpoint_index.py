@@ -93,7 +93,9 @@ def _table(items, per_block=3, compress=False, header=True, num_shards=1):
 
   def put(block, compressed):
     handle = _varint_bytes(len(out))
-    out.extend(block + (b'\x01' if compressed else b'\x00') + b'\0\0\0\0')
+    kind = b'\x01' if compressed else b'\x00'
+    # The trailer's masked CRC32C covers the stored block and its type byte (table.cc).
+    out.extend(block + kind + struct.pack('<I', crc32c.masked(block + kind)))
     return handle + _varint_bytes(len(block))
 
   def block_of(chunk):

@@ -96,7 +96,8 @@ def test_a_long_cycle_is_shortened():
 
 def test_functions_are_checked_with_their_arguments():
   text = '''
-      node { name: "call" op: "f" }
+      node { name: "x" op: "Placeholder" attr { key: "dtype" value { type: DT_HALF } } }
+      node { name: "call" op: "f" input: "x" }
       library { function {
         signature { name: "f" input_arg { name: "a" type: DT_FLOAT } }
         node_def { name: "n" op: "Identity" input: "a" attr { key: "T" value { type: DT_FLOAT } } }
@@ -111,8 +112,8 @@ def test_functions_are_checked_with_their_arguments():
   with pytest.raises(graph_check.CorruptGraphError,
                      match="function f: node 'n' \\(Identity\\) has attribute 'T' holding a "
                            'string'):
-    _check(small_graphs.graph_def(text.replace('value { type: DT_FLOAT } } }',
-                                               'value { s: "x" } } }', 1)))
+    _check(small_graphs.graph_def(text.replace('key: "T" value { type: DT_FLOAT } } }',
+                                               'key: "T" value { s: "x" } } }', 1)))
 
 
 def test_check_meta_graph_uses_its_own_op_list():
