@@ -126,3 +126,88 @@ def test_check_meta_graph_uses_its_own_op_list():
     graph_check.check_meta_graph(meta_graph, 'm')
   assert graph_check.op_defs_of(meta_graph.meta_info_def.stripped_op_list) == {
       'MatMul': OP_DEFS.get('MatMul')}
+
+
+def test_inputs_name_outputs_their_nodes_have_and_as_many_as_the_op_takes():
+  graph_def = _graph()
+  _nodes(graph_def)['y'].input[0] = 'MatMul:9'
+  with pytest.raises(graph_check.CorruptGraphError,
+                     match="node 'y' takes input 'MatMul:9', but node 'MatMul' has 1 output$"):
+    _check(graph_def)
+  graph_def = _graph()
+  _nodes(graph_def)['y'].input[0] = 'MatMul:x'
+  with pytest.raises(graph_check.CorruptGraphError, match='which is not a tensor name'):
+    _check(graph_def)
+  graph_def = _graph()
+  del _nodes(graph_def)['y'].input[1]
+  with pytest.raises(graph_check.CorruptGraphError,
+                     match=r"node 'y' \(AddV2\) has 1 data inputs, its op takes 2"):
+    _check(graph_def)
+  graph_def = _graph()
+  _nodes(graph_def)['y'].input.append('^c:0')
+  with pytest.raises(graph_check.CorruptGraphError, match='which names an output'):
+    _check(graph_def)
+
+
+@pytest.mark.parametrize('change,message', [
+    (lambda t: setattr(t, 'tensor_content', t.tensor_content[:-4]),
+     r'holds 4 bytes of content, its shape \[2,1\] of float32 needs 8'),
+    (lambda t: setattr(t, 'tensor_content', t.tensor_content + b'1234'),
+     r'holds 12 bytes of content, its shape \[2,1\] of float32 needs 8'),
+    (lambda t: t.tensor_shape.dim.add().__setattr__('size', 2**62),
+     r'has a shape whose size overflows \(\[2,1,4611686018427387904\]\)'),
+    (lambda t: setattr(t, 'dtype', 1234), 'dtype 1234, which is not a TensorFlow type'),
+], ids=['content_short', 'content_long', 'overflow', 'dtype'])
+def test_tensor_content_shape_and_dtype_are_checked(change, message):
+  graph_def = _graph()
+  tensor = _nodes(graph_def)['w'].attr['value'].tensor
+  if not tensor.tensor_content:
+    tensor.tensor_content = b''.join(
+        __import__('struct').pack('<f', v) for v in tensor.float_val)
+    tensor.ClearField('float_val')
+  change(tensor)
+  if 'dtype 1234' in message:
+    _nodes(graph_def)['w'].attr['dtype'].type = 1234
+  with pytest.raises(graph_check.CorruptGraphError, match="node 'w' \\(Const\\) "):
+    _check(graph_def)
+  with pytest.raises(graph_check.CorruptGraphError, match=message):
+    _check(graph_def)
+
+
+def test_a_constant_filled_past_2_gb_from_one_value_is_refused():
+  graph_def = _graph()
+  tensor = _nodes(graph_def)['c'].attr['value'].tensor
+  tensor.tensor_shape.dim.add().size = 2**30  # one value for 2^30 floats: 4 GiB once filled
+  with pytest.raises(graph_check.CorruptGraphError,
+                     match=r'has shape \[1073741824\] of float32, 4294967296 bytes: past the'):
+    _check(graph_def)
+  tensor.tensor_shape.dim[0].size = 2**20  # 4 MiB: fine
+  _check(graph_def)
+
+
+def test_a_function_argument_without_a_type_is_refused():
+  text = '''
+      library { function {
+        signature { name: "f" input_arg { name: "a" type: DT_INVALID } }
+      } }'''
+  with pytest.raises(graph_check.CorruptGraphError,
+                     match="function f: argument 'a' has no type \\(dtype 0\\)"):
+    _check(small_graphs.graph_def(text))
+  with pytest.raises(graph_check.CorruptGraphError,
+                     match="function f: argument 'a' takes its type or length from attribute 'T', "
+                           'which it lacks'):
+    _check(small_graphs.graph_def(text.replace('type: DT_INVALID', 'type_attr: "T"')))
+
+
+def test_signature_tensors_name_outputs_their_nodes_have():
+  graph_def = _graph()
+  for name, message in (('y:9', "names y:9, but node 'y' has 1 output"),
+                        ('^y:0', "names '\\^y:0', which is not a tensor name"),
+                        ('y', "names 'y', which is not a tensor name"),
+                        ('z:0', 'names z:0, which is not a node of the graph')):
+    with pytest.raises(graph_check.CorruptGraphError,
+                       match="g.pb is corrupt: signature 's' output 'out' " + message):
+      graph_check.check_signature_tensors(
+          graph_def, {'s': small_graphs.signature({'x': 'x:0'}, {'out': name})}, 'g.pb', OP_DEFS)
+  graph_check.check_signature_tensors(
+      graph_def, {'s': small_graphs.signature({'x': 'x:0'}, {'out': 'y:0'})}, 'g.pb', OP_DEFS)
