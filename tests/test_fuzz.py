@@ -63,7 +63,8 @@ from freezerlib.formats import frozen_graph
 from freezerlib.verify import inputs as inputs_lib
 from freezerlib.verify import loaders
 
-TARGETS = ['saved_model', 'structure', 'saved_model_variables', 'frozen', 'checkpoint']
+TARGETS = ['saved_model', 'structure', 'saved_model_variables', 'frozen', 'checkpoint',
+           'tf2_saved_model']
 # Per target in the suite: about 20 s on one of CI's workers in all (tests/README figures in
 # docs/errors.md).
 CASES = int(os.environ.get('FUZZ_CASES', '0')) or 12
@@ -99,18 +100,52 @@ def _digest(path):
   return digest.hexdigest()
 
 
-@pytest.fixture(scope='module')
-def base(tiny_model, tiny_frozen):
-  """The original model's files and its answers to seeded inputs, per signature."""
-  original = loaders.load_saved_model(tiny_model['saved_model'])
+def _tf2_model(path):
+  """A TF2 SavedModel (tf.saved_model.save): a variable and a static table, score =
+  table[word] + x @ w; and seeded feeds for it."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  class Module(tf.Module):
+
+    def __init__(self):
+      super().__init__()
+      self.w = tf.Variable([[1.5], [-2.0]])
+      self.table = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
+          tf.constant(['apple', 'kiwi', 'plum']), tf.constant([10.0, 20.0, 30.0])), -1.0)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 2], tf.float32),
+                                  tf.TensorSpec([None], tf.string)])
+    def score(self, x, words):
+      return {'score': self.table.lookup(words) + tf.squeeze(tf.matmul(x, self.w), 1)}
+
+  module = Module()
+  tf.saved_model.save(module, path, signatures={'serving_default': module.score})
+  rng = np.random.RandomState(0)
+  words = np.array([b'apple', b'kiwi', b'plum', b'fig'] * 2, dtype=object)
+  return {'serving_default': {'x': rng.rand(BATCH, 2).astype(np.float32), 'words': words}}
+
+
+def _answers_of(model_dir, feeds=None):
+  original = loaders.load_saved_model(model_dir)
   try:
-    maker = inputs_lib.InputMaker(original, 0)
-    feeds = {k: maker.make(k, BATCH) for k in sorted(original.signatures)}
-    answers = {k: original.run(k, f) for k, f in feeds.items()}
+    if feeds is None:
+      maker = inputs_lib.InputMaker(original, 0)
+      feeds = {k: maker.make(k, BATCH) for k in sorted(original.signatures)}
+    return feeds, {k: original.run(k, f) for k, f in feeds.items()}
   finally:
     original.close()
+
+
+@pytest.fixture(scope='module')
+def base(tiny_model, tiny_frozen, tmp_path_factory):
+  """The original models' files and their answers to seeded inputs, per signature: the tiny
+  TF1 model and a small TF2 one."""
+  feeds, answers = _answers_of(tiny_model['saved_model'])
+  tf2_dir = str(tmp_path_factory.mktemp('fuzz_tf2') / 'model')
+  tf2_feeds, tf2_answers = _answers_of(tf2_dir, _tf2_model(tf2_dir))
   return {'saved_model': tiny_model['saved_model'], 'checkpoint': tiny_model['checkpoint'],
-          'frozen': tiny_frozen, 'feeds': feeds, 'answers': answers}
+          'frozen': tiny_frozen, 'feeds': feeds, 'answers': answers, 'tf2_saved_model': tf2_dir,
+          'tf2': {'feeds': tf2_feeds, 'answers': tf2_answers}}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -162,6 +197,25 @@ def _mutate_checkpoint(prefix, choices):
   return what
 
 
+def _mutate_state_file(prefix, choices):
+  """Writes a `checkpoint` state file (a text CheckpointState) beside `prefix`, mutated."""
+  text = ('model_checkpoint_path: "%s"\nall_model_checkpoint_paths: "%s"\n'
+          % ((os.path.basename(prefix),) * 2)).encode()
+  kind = choices.draw_index(3)
+  if kind == 0:
+    data, what = fuzz_mutators.mutate_bytes(text, choices)
+  elif kind == 1:
+    name = choices.pick([prefix, os.path.basename(prefix) + 'x', '', '../' +
+                         os.path.basename(prefix), '/no/such/dir/model.ckpt', 'a"b',
+                         os.path.basename(prefix) + '.index'])
+    data, what = ('model_checkpoint_path: "%s"\n' % name).encode(), 'model_checkpoint_path %r' % name
+  else:
+    data, what = b'', 'empty'
+  with open(os.path.join(os.path.dirname(prefix), 'checkpoint'), 'wb') as f:
+    f.write(data)
+  return 'state file: %s' % what
+
+
 def _copy_checkpoint(prefix, directory):
   os.makedirs(directory)
   base_name = os.path.basename(prefix)
@@ -175,6 +229,17 @@ def _prepare(target, base, work, choices):
   """Copies and mutates the input of `target` under `work`; returns (run, reference, input,
   output, what): run() converts, reference() loads the mutated input with TensorFlow."""
   out = os.path.join(work, 'out')
+  if target == 'tf2_saved_model':
+    model = shutil.copytree(base['tf2_saved_model'], os.path.join(work, 'model'))
+    if choices.chance(3):
+      what = _mutate_checkpoint(os.path.join(model, 'variables', 'variables'), choices)
+    else:
+      what = _mutate_proto_file(os.path.join(model, 'saved_model.pb'),
+                                saved_model_pb2.SavedModel(), choices)
+
+    def run_tf2():
+      freeze.graph_from_saved_model(model, out + '.pb')
+    return run_tf2, lambda: loaders.load_saved_model(model), model, out + '.pb', what
   if target in ('saved_model', 'structure', 'saved_model_variables'):
     model = shutil.copytree(base['saved_model'], os.path.join(work, 'model'))
     if target == 'saved_model_variables':
@@ -208,10 +273,15 @@ def _prepare(target, base, work, choices):
     return run, lambda: loaders.load_frozen_graph(graph), graph, out, what
   assert target == 'checkpoint'
   prefix = _copy_checkpoint(base['checkpoint'], os.path.join(work, 'ckpt'))
-  what = _mutate_checkpoint(prefix, choices)
+  given = prefix
+  if choices.chance(4):  # the directory, through its `checkpoint` state file
+    given = os.path.dirname(prefix)
+    what = _mutate_state_file(prefix, choices)
+  else:
+    what = _mutate_checkpoint(prefix, choices)
 
   def run():
-    from_checkpoint.saved_model_from_checkpoint(prefix, out, saved_model_dir=base['saved_model'])
+    from_checkpoint.saved_model_from_checkpoint(given, out, saved_model_dir=base['saved_model'])
 
   def reference():
     # The structure restoring the mutated checkpoint, as TensorFlow's loader restores it.
@@ -275,6 +345,8 @@ def _load_output(path):
 def _judge(target, base, work, choices):
   """(verdict, detail) of one case; the verdict is 'refused', 'converted' or a failure."""
   run, reference, source, output, what = _prepare(target, base, work, choices)
+  if target.startswith('tf2'):
+    base = base['tf2']
   before = _digest(source)
   listing = sorted(os.listdir(work))
   try:
@@ -334,8 +406,10 @@ def _write_report():
 def test_fuzz(target, base, tmp_path):
   counts = collections.Counter()
 
-  @settings(max_examples=CASES, deadline=None, database=None, derandomize=SEED is None,
-            phases=[Phase.generate], suppress_health_check=list(HealthCheck))
+  # Seeded per target (the same draws would make the same mutations of each target's file).
+  @hypothesis_seed(int(SEED or 0) * len(TARGETS) + TARGETS.index(target))
+  @settings(max_examples=CASES, deadline=None, database=None, phases=[Phase.generate],
+            suppress_health_check=list(HealthCheck))
   @given(st.data())
   def case(data):
     work = tempfile.mkdtemp(dir=tmp_path)
@@ -351,8 +425,6 @@ def test_fuzz(target, base, tmp_path):
       if not KEEP_GOING:
         raise AssertionError('%s: %s' % (verdict, detail))
 
-  if SEED is not None:
-    case = hypothesis_seed(int(SEED))(case)
   case()  # pylint: disable=no-value-for-parameter
   _write_report()
   print('\nfuzz %s: %s' % (target, dict(counts)))

@@ -59,6 +59,7 @@ def load_structure(saved_model_dir=None, meta_graph_path=None, tags=('serve',),
     if not meta_graph.graph_def.node:
       raise errors.UserError('%s is not a MetaGraphDef: it holds no graph' % meta_graph_path)
     graph_check.check_meta_graph(meta_graph, meta_graph_path)
+    saved_model.check_meta_graph_fields(meta_graph, meta_graph_path)
   signatures = saved_model.signatures_to_serve(meta_graph, signature_names, inputs, outputs,
                                               where)
   saved_model.check_tensors_exist(meta_graph.graph_def, signatures, where)
