@@ -234,7 +234,7 @@ def frozen_from_graph_def(graph_def, where, in_place=False, op_defs=None):
   if frozen.saver_def is not None:
     graph_check.check_node_names(plain, [n for n in (
         frozen.saver_def.restore_op_name, frozen.saver_def.filename_tensor_name) if n] or [''],
-                                 scope, 'the saver\'s op')
+                                 scope, 'the saver\'s op or tensor', tensors=True)
   return frozen
 
 

@@ -238,17 +238,23 @@ def check_signature_tensors(graph_def, signatures, where, op_defs=None):
                                     % (where, sig_key, kind, key, tensor, problem))
 
 
-def check_node_names(graph_def, names, where, what):
-  """Each of `names` (ops such as an init op, or tensors 'node:k') is a node of `graph_def`.
+def check_node_names(graph_def, names, where, what, tensors=False):
+  """Each of `names` is the name of a node of `graph_def` exactly (an op such as an init op:
+  no '^', no ':k'), or with `tensors`, a node or a tensor 'node:k' of one.
 
   Raises:
     CorruptGraphError: naming `what` ('the main op') and the missing node.
   """
   nodes = {n.name for n in graph_def.node}
   for name in names:
-    if not name or graphs.node_name(name) not in nodes:
-      raise CorruptGraphError('%s is corrupt: %s %r is not a node of the graph'
-                              % (where, what, name))
+    node, colon, index = name.partition(':')
+    if tensors and colon and index.isdigit() and index.isascii():
+      name_ok = node in nodes
+    else:
+      name_ok = name in nodes
+    if not name_ok:
+      raise CorruptGraphError('%s is corrupt: %s %r is not a%s of the graph'
+                              % (where, what, name, ' tensor' if tensors else ' node'))
 
 
 def _check_function(function, where, op_defs, functions, cache):

@@ -77,8 +77,11 @@ def check_meta_graph_fields(meta_graph, where):
                                       where, op_defs)
   graph_check.check_node_names(graph_def, init_ops_of(meta_graph), where, 'the init op')
   if meta_graph.HasField('saver_def'):
-    graph_check.check_node_names(graph_def, saver_op_names(meta_graph.saver_def), where,
-                                 'the saver\'s op')
+    saver_def = meta_graph.saver_def
+    graph_check.check_node_names(graph_def, [n for n in (
+        saver_def.restore_op_name, saver_def.save_tensor_name, saver_def.filename_tensor_name)
+                                             if n], where, 'the saver\'s op or tensor',
+                                 tensors=True)
   for key in sorted(meta_graph.collection_def):
     collection = meta_graph.collection_def[key]
     if collection.WhichOneof('kind') == 'any_list':
