@@ -36,19 +36,26 @@ _REF = 100
 # and by numpy here, from a file of a few bytes.
 MAX_TENSOR_BYTES = 2**31 - 1
 _MAX_ELEMENTS = 2**62  # past it, TensorFlow's int64 sizes overflow
-# The TensorProto field holding each dtype's values, and values per element there.
-_VALUE_FIELDS = {}
-for _names, _field, _per in (
-    (('DT_FLOAT',), 'float_val', 1), (('DT_DOUBLE',), 'double_val', 1),
-    (('DT_INT32', 'DT_INT16', 'DT_INT8', 'DT_UINT8', 'DT_UINT16', 'DT_QINT8', 'DT_QUINT8',
-      'DT_QINT16', 'DT_QUINT16', 'DT_QINT32'), 'int_val', 1),
-    (('DT_INT64',), 'int64_val', 1), (('DT_BOOL',), 'bool_val', 1),
-    (('DT_STRING',), 'string_val', 1), (('DT_HALF', 'DT_BFLOAT16'), 'half_val', 1),
-    (('DT_COMPLEX64',), 'scomplex_val', 2), (('DT_COMPLEX128',), 'dcomplex_val', 2),
-    (('DT_UINT32',), 'uint32_val', 1), (('DT_UINT64',), 'uint64_val', 1),
-    (('DT_RESOURCE',), 'resource_handle_val', 1), (('DT_VARIANT',), 'variant_val', 1)):
-  for _name in _names:
-    _VALUE_FIELDS[lean_tf.types_pb2.DataType.Value(_name)] = (_field, _per)
+
+
+def _value_fields():
+  """DataType enum -> (the TensorProto field holding its values, values per element)."""
+  out = {}
+  for names, field, per in (
+      (('DT_FLOAT',), 'float_val', 1), (('DT_DOUBLE',), 'double_val', 1),
+      (('DT_INT32', 'DT_INT16', 'DT_INT8', 'DT_UINT8', 'DT_UINT16', 'DT_QINT8', 'DT_QUINT8',
+        'DT_QINT16', 'DT_QUINT16', 'DT_QINT32'), 'int_val', 1),
+      (('DT_INT64',), 'int64_val', 1), (('DT_BOOL',), 'bool_val', 1),
+      (('DT_STRING',), 'string_val', 1), (('DT_HALF', 'DT_BFLOAT16'), 'half_val', 1),
+      (('DT_COMPLEX64',), 'scomplex_val', 2), (('DT_COMPLEX128',), 'dcomplex_val', 2),
+      (('DT_UINT32',), 'uint32_val', 1), (('DT_UINT64',), 'uint64_val', 1),
+      (('DT_RESOURCE',), 'resource_handle_val', 1), (('DT_VARIANT',), 'variant_val', 1)):
+    for name in names:
+      out[lean_tf.types_pb2.DataType.Value(name)] = (field, per)
+  return out
+
+
+_VALUE_FIELDS = _value_fields()
 
 
 class CorruptGraphError(errors.UserError):
@@ -75,9 +82,12 @@ def check_graph_def(graph_def, where, op_defs=None):
 
   Checks every node of the graph and of its library functions: Const nodes have a value of
   their dtype; no tensor has a negative dimension (a shape attribute none below -1, its
-  unknown size); attributes have the type their op declares and required ones are there
-  (with `op_defs`); every input names a node (or, in a function, an argument); node names
-  are unique; and the graph has no cycle but a while loop's back edges.
+  unknown size); every tensor passes `tensor_problem` (dtype, size, content length) and every
+  type attribute is a TensorFlow type; attributes have the type their op declares and
+  required ones are there (with `op_defs`); every input names a node (or, in a function, an
+  argument) and, in the graph, an output that node has, and a node has as many data inputs as
+  its op takes (with `op_defs`, or its library function); function signatures type every
+  argument; node names are unique; and the graph has no cycle but a while loop's back edges.
 
   Args:
     graph_def: the GraphDef (not modified).
