@@ -273,6 +273,7 @@ def read_index(prefix):
   except OSError as e:
     raise errors.UserError('cannot read %s: %s' % (index_path, errors.tf_error_message(e))) from e
   entries, slices, num_shards = {}, {}, None
+  partitioned = []  # tensors stored as slices
   needed = {}  # shard -> bytes its entries reach
   previous = None
   try:
@@ -299,6 +300,8 @@ def read_index(prefix):
         slices.setdefault(name, []).append((key, value))
       else:
         entries[key.decode('utf-8')] = value
+        if entry.slices:
+          partitioned.append(key.decode('utf-8'))
   except (ValueError, struct.error, UnicodeDecodeError, pb_message.DecodeError) as e:
     raise errors.UserError('%s is truncated or corrupt (%s)' % (index_path, e)) from e
   del data
@@ -307,8 +310,26 @@ def read_index(prefix):
   _check_shard_count(prefix, num_shards)
   checkpoint = Checkpoint(prefix=prefix, num_shards=num_shards, entries=_Entries(entries),
                           slices=_Slices(slices))
+  _check_slices(checkpoint, partitioned, index_path)
   _check_data_files(checkpoint, needed)
   return checkpoint
+
+
+def _check_slices(checkpoint, partitioned, index_path):
+  """Each slice a partitioned tensor's entry lists has an entry of its own: TensorFlow's reader
+  looks a slice up through the list, so a slice listed but not stored fails every restore."""
+  for name in partitioned:
+    shape = [d.size for d in checkpoint.entries[name].shape.dim]
+    try:
+      listed = slices_of(checkpoint, name)
+      stored = {slice_key_extents(key, shape) for key, _ in checkpoint.slices.get(name, ())}
+    except (ValueError, IndexError) as e:
+      raise errors.UserError('%s is corrupt: the slices of %s do not decode (%s)'
+                             % (index_path, name, e)) from e
+    missing = [extents for extents in listed if extents not in stored]
+    if missing:
+      raise errors.UserError('%s is corrupt: tensor %s lists slice %s, which it does not store'
+                             % (index_path, name, ':'.join('%d,%d' % e for e in missing[0])))
 
 
 _DTYPES = frozenset(lean_tf.types_pb2.DataType.values())

@@ -90,10 +90,50 @@ def check_meta_graph_fields(meta_graph, where):
         if problem:
           raise graph_check.CorruptGraphError('%s is corrupt: collection %r holds %s'
                                               % (where, key, problem))
+  problem = _object_graph_problem(meta_graph)
+  if problem:
+    raise graph_check.CorruptGraphError('%s is corrupt: its object graph %s' % (where, problem))
   version = meta_graph.meta_info_def.tensorflow_version
   if version and not _version_parses(version):
     raise graph_check.CorruptGraphError('%s is corrupt: its TensorFlow version %r is not a '
                                         'version' % (where, version))
+
+
+def _object_graph_problem(meta_graph):
+  """What is wrong with a TF2 MetaGraph's object graph (None when nothing is): every reference
+  to an object (children, dependencies, slot variables, a function's bound inputs) is one of
+  its objects, and every concrete function an object names is in the object graph and in the
+  graph's function library."""
+  graph = meta_graph.object_graph_def
+  count = len(graph.nodes)
+  library = {f.signature.name for f in meta_graph.graph_def.library.function}
+
+  def outside(node_id):
+    return not 0 <= node_id < count
+
+  for index, node in enumerate(graph.nodes):
+    for reference in list(node.children) + list(getattr(node, 'dependencies', ())):
+      if outside(reference.node_id):
+        return 'object %d refers to object %d, of %d' % (index, reference.node_id, count)
+    for slot in node.slot_variables:
+      for node_id in (slot.original_variable_node_id, slot.slot_variable_node_id):
+        if outside(node_id):
+          return 'object %d has a slot variable naming object %d, of %d' % (index, node_id,
+                                                                             count)
+    kind = node.WhichOneof('kind')
+    names = (list(node.function.concrete_functions) if kind == 'function' else
+             [node.bare_concrete_function.concrete_function_name]
+             if kind == 'bare_concrete_function' else [])
+    for name in names:
+      if name not in graph.concrete_functions:
+        return 'object %d names concrete function %r, which it does not hold' % (index, name)
+  for name in sorted(graph.concrete_functions):
+    if name not in library:
+      return 'holds concrete function %r, which is not in the graph\'s library' % name
+    for node_id in graph.concrete_functions[name].bound_inputs:
+      if outside(node_id):
+        return 'binds concrete function %r to object %d, of %d' % (name, node_id, count)
+  return None
 
 
 def _version_parses(version):
@@ -351,10 +391,14 @@ def load_objects(export_dir, tags):
   tf = lean_tf.tensorflow
   try:
     return tf.saved_model.load(export_dir, tags=list(tags))
-  except (tf.errors.OpError, OSError, ValueError, RuntimeError, KeyError, TypeError) as e:
-    # OSError: a missing variables/ is FileNotFoundError here, not an OpError.
-    raise errors.UserError('cannot load SavedModel %s: %s'
-                           % (export_dir, errors.tf_error_message(e))) from e
+  except Exception as e:  # pylint: disable=broad-except
+    # TensorFlow's loader on a file it cannot read raises what its parts raise: OpError,
+    # OSError (a missing variables/), ValueError, KeyError, TypeError, and on a corrupt object
+    # graph NotEncodableError (struct specs), AssertionError (checkpoint objects not matched),
+    # IndexError. Whatever it is, the SavedModel does not load: the file is at fault.
+    raise errors.UserError('cannot load SavedModel %s: %s%s'
+                           % (export_dir, '' if isinstance(e, (tf.errors.OpError, OSError))
+                              else type(e).__name__ + ': ', errors.tf_error_message(e))) from e
 
 
 def init_ops_of(meta_graph):

@@ -456,6 +456,15 @@ def _unsorted_table(items):
   return bytes(out) + (metaindex + index).ljust(40, b'\0') + struct.pack('<Q', 0xdb4775248b80fb57)
 
 
+def test_a_slice_listed_but_not_stored_is_refused(tmp_path):
+  prefix = str(tmp_path / 'ckpt')
+  ci.write_index(prefix + '.index', _records()[:-1], num_shards=2)  # p's second slice gone
+  _write_data(prefix, [56, 80])
+  with pytest.raises(errors.UserError, match=r'ckpt\.index is corrupt: tensor p lists slice '
+                                             r'4,6:0,2, which it does not store'):
+    ci.read_index(prefix)
+
+
 def test_a_shard_count_past_the_files_there_is_refused_before_a_path_is_made(tmp_path,
                                                                              monkeypatch):
   prefix = str(tmp_path / 'ckpt')
