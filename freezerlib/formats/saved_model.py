@@ -63,8 +63,9 @@ def read_meta_graph(export_dir, tags):
 def check_meta_graph_fields(meta_graph, where):
   """What a loader trusts besides the graph: every signature names outputs its nodes have (a
   signature tensor `score:9` of a node with one output, or `^prob:0`, is refused), the init
-  ops and the saver's ops are nodes of the graph, the collections' `Any` values decode, and
-  the TensorFlow version recorded is one a loader parses.
+  ops and the saver's ops are nodes of the graph, the collections' `Any` values decode, a TF2
+  object graph refers only to objects and functions it holds, and the TensorFlow version
+  recorded is one a loader parses.
 
   Raises:
     graph_check.CorruptGraphError: naming `where` and what is wrong.
