@@ -315,6 +315,15 @@ def _answers(model, base, feeds_from):
   return out
 
 
+def _request_refused(e):
+  """The message of a request refused before the model runs (fed a shape its placeholder does
+  not take), else None: a model failing at run time is not refusing a request."""
+  text = str(e)
+  if isinstance(e, ValueError) and text.startswith('Cannot feed value of shape'):
+    return text
+  return None
+
+
 def _same(reference, new):
   if set(reference) != set(new):
     return 'signatures %s, the input has %s' % (sorted(new), sorted(reference))
@@ -369,15 +378,19 @@ def _judge(target, base, work, choices):
   except Exception as e:  # pylint: disable=broad-except
     return 'broken-output', '%s -> the output does not load: %s' % (what, str(e)[:500])
   try:
-    expected, ref_model = None, None
+    expected, ref_model, refusal = None, None, None
     try:
       ref_model = reference()
       expected = _answers(ref_model, base, ref_model)
-    except Exception:  # pylint: disable=broad-except  # TensorFlow cannot run the input
-      expected = None
+    except Exception as e:  # pylint: disable=broad-except  # TensorFlow cannot run the input
+      expected, refusal = None, _request_refused(e)
     try:
       got = _answers(new_model, base, ref_model if expected is not None else new_model)
     except Exception as e:  # pylint: disable=broad-except
+      if refusal and _request_refused(e) == refusal:
+        # The mutation changed what the model accepts (a placeholder's shape): the input and
+        # the output refuse the same request before anything runs, as each declares.
+        return 'converted', '%s (input and output both refuse the inputs: %s)' % (what, refusal)
       return 'broken-output', '%s -> the output does not answer: %s' % (what, str(e)[:500])
     if expected is None:
       expected = base['answers']
@@ -421,6 +434,8 @@ def test_fuzz(target, base, tmp_path):
       shutil.rmtree(work, ignore_errors=True)
     counts[verdict] += 1
     VERDICTS['%s/%s' % (target, verdict)] += 1
+    if verdict == 'converted' and 'both refuse the inputs' in detail:
+      VERDICTS['%s/converted, both refusing the inputs' % target] += 1
     if verdict in FAILING:
       FAILURES.append({'target': target, 'verdict': verdict, 'detail': detail})
       _write_report()
