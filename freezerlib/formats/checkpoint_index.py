@@ -239,6 +239,9 @@ def resolve_prefix(path):
       raise errors.UserError('%s holds no `checkpoint` state file: pass a checkpoint prefix '
                             '(e.g. %s/model.ckpt-1000) instead' % (path, path.rstrip('/')))
     prefix = state.model_checkpoint_path
+    if '\x00' in prefix:
+      raise errors.UserError('the checkpoint state file in %s is corrupt: its '
+                             'model_checkpoint_path holds a NUL' % path)
     if not prefix.startswith('/') and '://' not in prefix:
       prefix = files.join(path, prefix)
     return prefix

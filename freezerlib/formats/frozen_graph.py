@@ -225,12 +225,16 @@ def frozen_from_graph_def(graph_def, where, in_place=False, op_defs=None):
     if not variables[0]:
       raise errors.UserError('%s: its %s node has a saver but no checkpoint location'
                              % (where, METADATA_NODE))
+    if '\x00' in variables[0]:
+      raise errors.UserError('%s: its %s node is corrupt (a NUL in its checkpoint location)'
+                             % (where, METADATA_NODE))
     frozen.saver_def, frozen.variables_prefix = meta.saver_def, variables[0]
     frozen.variables_digest = variables[1] or None
   scope = '%s (its %s node)' % (where, METADATA_NODE)
   graph_check.check_signature_tensors(plain, frozen.signatures, scope, op_defs)
   if frozen.table_init_op is not None:
     graph_check.check_node_names(plain, [frozen.table_init_op], scope, 'the table init op')
+    graph_check.check_runs_unfed(plain, [frozen.table_init_op], scope, 'the table init op')
   if frozen.saver_def is not None:
     graph_check.check_node_names(plain, [n for n in (
         frozen.saver_def.restore_op_name, frozen.saver_def.filename_tensor_name) if n] or [''],

@@ -246,6 +246,57 @@ def check_signature_tensors(graph_def, signatures, where, op_defs=None):
           if problem:
             raise CorruptGraphError('%s is corrupt: signature %r %s %r names %s, %s'
                                     % (where, sig_key, kind, key, tensor, problem))
+    fed = {graphs.tensor_key(t) for t in graphs.signature_tensors(sig, 'inputs')}
+    unfed = unfed_placeholders(graph_def, graphs.signature_tensors(sig, 'outputs'), fed)
+    if unfed:
+      raise CorruptGraphError('%s is corrupt: signature %r needs placeholder %r, which is not '
+                              'one of its inputs: no request can feed it'
+                              % (where, sig_key, unfed[0]))
+
+
+_PLACEHOLDER_OPS = frozenset({'Placeholder', 'PlaceholderV2'})
+
+
+def unfed_placeholders(graph_def, roots, fed=()):
+  """The Placeholder nodes (sorted) that computing `roots` (tensor or op names) needs through
+  data and control inputs, where no tensor of `fed` ({(node, index)}) stops the walk: what a
+  request would have to feed and cannot."""
+  nodes = {n.name: n for n in graph_def.node}
+  fed = set(fed)
+  stack = [graphs.node_name(r) for r in roots
+           if r.startswith('^') or ':' not in r or graphs.tensor_key(r) not in fed]
+  seen, found = set(), set()
+  while stack:
+    name = stack.pop()
+    if name in seen or name not in nodes:
+      continue
+    seen.add(name)
+    node = nodes[name]
+    if node.op in _PLACEHOLDER_OPS:
+      found.add(name)
+    for graph_input in node.input:
+      if graph_input.startswith('^'):
+        stack.append(graph_input[1:])
+        continue
+      source, _, index = graph_input.partition(':')
+      if (source, int(index) if index.isdigit() else 0) not in fed:
+        stack.append(source)
+  return sorted(found)
+
+
+def check_runs_unfed(graph_def, ops, where, what, fed=()):
+  """Each of `ops` (init ops a loader runs) needs no Placeholder but the tensors the loader
+  feeds, `fed` (tensor names: a SavedModel's asset paths).
+
+  Raises:
+    CorruptGraphError: naming `what`, the op and the placeholder.
+  """
+  fed = {graphs.tensor_key(t) for t in fed}
+  for op in ops:
+    unfed = unfed_placeholders(graph_def, [op], fed)
+    if unfed:
+      raise CorruptGraphError('%s is corrupt: %s %r needs placeholder %r, which a loader does '
+                              'not feed' % (where, what, op, unfed[0]))
 
 
 def check_node_names(graph_def, names, where, what, tensors=False):
@@ -346,6 +397,12 @@ def _node_problem(node, op_defs, functions, cache):
       problem = tensor_problem(tensor)
       if problem:
         return 'has a tensor in attribute %r that %s' % (key, problem)
+  if op in _PLACEHOLDER_OPS and 'shape' in attrs and '_output_shapes' in attrs:
+    declared, recorded = attrs['shape'].shape, attrs['_output_shapes'].list.shape
+    if (not declared.unknown_rank and recorded and not recorded[0].unknown_rank and
+        [d.size for d in declared.dim] != [d.size for d in recorded[0].dim]):
+      return 'has _output_shapes %s, its shape attribute says %s' % (
+          shape_text(recorded[0]), shape_text(declared))
   if op == 'Const':
     if 'value' not in attrs or attrs['value'].WhichOneof('value') != 'tensor':
       return 'has no value'

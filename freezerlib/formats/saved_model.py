@@ -91,6 +91,9 @@ def check_meta_graph_fields(meta_graph, where):
         if problem:
           raise graph_check.CorruptGraphError('%s is corrupt: collection %r holds %s'
                                               % (where, key, problem))
+  # Loaders feed the assets' paths to the init op (after the Any check: asset_defs decodes).
+  graph_check.check_runs_unfed(graph_def, init_ops_of(meta_graph), where, 'the init op',
+                               [a.tensor_info.name for a in asset_defs(meta_graph)])
   problem = _object_graph_problem(meta_graph)
   if problem:
     raise graph_check.CorruptGraphError('%s is corrupt: its object graph %s' % (where, problem))
