@@ -456,6 +456,13 @@ def _unsorted_table(items):
   return bytes(out) + (metaindex + index).ljust(40, b'\0') + struct.pack('<Q', 0xdb4775248b80fb57)
 
 
+def test_a_state_file_naming_a_path_with_a_nul_is_refused(tmp_path):
+  (tmp_path / 'checkpoint').write_text('model_checkpoint_path: "model\\000.ckpt"\n')
+  with pytest.raises(errors.UserError, match='the checkpoint state file in .* is corrupt: its '
+                                             'model_checkpoint_path holds a NUL'):
+    ci.resolve_prefix(str(tmp_path))
+
+
 def test_a_slice_listed_but_not_stored_is_refused(tmp_path):
   prefix = str(tmp_path / 'ckpt')
   ci.write_index(prefix + '.index', _records()[:-1], num_shards=2)  # p's second slice gone

@@ -211,3 +211,32 @@ def test_signature_tensors_name_outputs_their_nodes_have():
           graph_def, {'s': small_graphs.signature({'x': 'x:0'}, {'out': name})}, 'g.pb', OP_DEFS)
   graph_check.check_signature_tensors(
       graph_def, {'s': small_graphs.signature({'x': 'x:0'}, {'out': 'y:0'})}, 'g.pb', OP_DEFS)
+
+
+def test_a_signature_or_init_op_needing_a_placeholder_it_does_not_feed_is_refused():
+  graph_def = _graph()
+  with pytest.raises(graph_check.CorruptGraphError,
+                     match="signature 's' needs placeholder 'x', which is not one of its inputs: "
+                           'no request can feed it'):
+    graph_check.check_signature_tensors(
+        graph_def, {'s': small_graphs.signature({}, {'out': 'y:0'})}, 'g.pb', OP_DEFS)
+  init = graph_def.node.add(name='init', op='NoOp')
+  init.input.append('^y')
+  with pytest.raises(graph_check.CorruptGraphError,
+                     match="g.pb is corrupt: the init op 'init' needs placeholder 'x', which a "
+                           'loader does not feed'):
+    graph_check.check_runs_unfed(graph_def, ['init'], 'g.pb', 'the init op')
+  graph_check.check_runs_unfed(graph_def, ['init'], 'g.pb', 'the init op', fed=['x:0'])
+
+
+def test_a_placeholder_whose_output_shapes_disagree_with_its_shape_is_refused():
+  graph_def = _graph()
+  x = _nodes(graph_def)['x']
+  recorded = x.attr['_output_shapes'].list.shape.add()
+  recorded.CopyFrom(x.attr['shape'].shape)
+  _check(graph_def)  # the same shape: fine
+  recorded.dim[0].size = 300
+  with pytest.raises(graph_check.CorruptGraphError,
+                     match=r"node 'x' \(Placeholder\) has _output_shapes \[300,2\], its shape "
+                           r'attribute says \[-1,2\]'):
+    _check(graph_def)
