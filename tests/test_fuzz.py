@@ -393,7 +393,12 @@ def _judge(target, base, work, choices):
         return 'converted', '%s (input and output both refuse the inputs: %s)' % (what, refusal)
       return 'broken-output', '%s -> the output does not answer: %s' % (what, str(e)[:500])
     if expected is None:
-      expected = base['answers']
+      # The signatures the output serves, as the original answers them (a mutation may also
+      # have dropped a signature; one the original lacks cannot be checked and fails).
+      expected = {k: base['answers'].get(k) for k in got}
+      if None in expected.values():
+        return 'differs', '%s -> the output serves %s; the original has %s' % (
+            what, sorted(got), sorted(base['answers']))
       against = 'the original (TensorFlow cannot run the mutated input)'
     else:
       against = 'the mutated input'

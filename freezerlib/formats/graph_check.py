@@ -254,6 +254,25 @@ def check_signature_tensors(graph_def, signatures, where, op_defs=None):
                               % (where, sig_key, unfed[0]))
 
 
+def check_tensor_names(graph_def, names, where, what, op_defs=None):
+  """Each of `names` is a tensor 'node:k' (or 'node', its output 0) of a node of `graph_def`
+  that has that output (counted with `op_defs`, where given).
+
+  Raises:
+    CorruptGraphError: naming `what` and the tensor.
+  """
+  count = output_counts(graph_def, op_defs)
+  nodes = {n.name for n in graph_def.node}
+  for name in names:
+    problem = _output_problem(name, count)
+    if problem is None and graphs.node_name(name) not in nodes:
+      problem = 'which is not a node of the graph'
+    if problem is None and name.startswith('^'):
+      problem = 'which is not a tensor name (node:index)'
+    if problem:
+      raise CorruptGraphError('%s is corrupt: %s %r, %s' % (where, what, name, problem))
+
+
 _PLACEHOLDER_OPS = frozenset({'Placeholder', 'PlaceholderV2'})
 
 

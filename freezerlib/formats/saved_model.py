@@ -79,10 +79,12 @@ def check_meta_graph_fields(meta_graph, where):
   graph_check.check_node_names(graph_def, init_ops_of(meta_graph), where, 'the init op')
   if meta_graph.HasField('saver_def'):
     saver_def = meta_graph.saver_def
-    graph_check.check_node_names(graph_def, [n for n in (
-        saver_def.restore_op_name, saver_def.save_tensor_name, saver_def.filename_tensor_name)
-                                             if n], where, 'the saver\'s op or tensor',
-                                 tensors=True)
+    if saver_def.restore_op_name:  # run by name: an op
+      graph_check.check_node_names(graph_def, [saver_def.restore_op_name], where,
+                                   'the saver\'s restore op')
+    graph_check.check_tensor_names(graph_def, [n for n in (
+        saver_def.save_tensor_name, saver_def.filename_tensor_name) if n], where,
+                                   'the saver\'s tensor', op_defs)
   for key in sorted(meta_graph.collection_def):
     collection = meta_graph.collection_def[key]
     if collection.WhichOneof('kind') == 'any_list':
