@@ -133,6 +133,10 @@ def _object_graph_problem(meta_graph):
     for name in names:
       if name not in graph.concrete_functions:
         return 'object %d names concrete function %r, which it does not hold' % (index, name)
+  if count and any(k != INIT_OP_SIGNATURE_KEY for k in meta_graph.signature_def) and not any(
+      c.local_name == 'signatures' for c in graph.nodes[0].children):
+    # tf.saved_model.load serves the signatures through the root object's `signatures`.
+    return 'has no signatures under its root object, where its signatures are loaded from'
   for name in sorted(graph.concrete_functions):
     if name not in library:
       return 'holds concrete function %r, which is not in the graph\'s library' % name
