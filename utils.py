@@ -117,7 +117,8 @@ def parse_flags(argv):
 
 def run_cli(program, fn, end_process=True):
   """Runs `fn()`: a UserError becomes one line and exit code 1 (3 for errors.ReferenceFailed),
-  an interrupt exit code 130.
+  an interrupt exit code 130, any other exception (a bug) one line naming the file holding its
+  traceback (internal_error_line) and exit code 1.
 
   Args:
     program: name shown before the message, e.g. 'freezer.py'.
@@ -159,12 +160,43 @@ def run_cli(program, fn, end_process=True):
         else 'nothing written'))
     sys.stderr.flush()
     code = EXIT_INTERRUPTED
+  except Exception as e:
+    # A bug of ours (bad input would have been a UserError): still one line and exit 1, the
+    # outputs already removed by their atomic writers, and the traceback kept for a report.
+    _after_work(as_script, previous)
+    sys.stderr.write('%s: error: %s\n' % (program, internal_error_line(e)))
+    sys.stderr.flush()
+    code = EXIT_FAILURE
   else:
     _after_work(as_script, previous)
     code = EXIT_OK if code is None else code
   if as_script and end_process:
     _end_process(code)
   return code
+
+
+INTERNAL_ERROR = 'internal error'
+
+
+def internal_error_line(e):
+  """The one line for an exception that is not a UserError (a bug: every bad input is meant to
+  be one): what it was, and where its traceback went. The traceback is logged at verbosity 1
+  and written to a file in the temporary directory, which the line names; when that file
+  cannot be written the line says to rerun with --verbosity=1."""
+  import tempfile
+  import traceback
+  text = ''.join(traceback.format_exception(type(e), e, e.__traceback__))
+  logging.vlog(1, 'internal error:\n%s', text)
+  what = '%s: %s' % (type(e).__name__, str(e).strip().splitlines()[0][:200] if str(e).strip()
+                     else '(no message)')
+  try:
+    fd, path = tempfile.mkstemp(prefix='freezer-traceback-', suffix='.txt')
+    with os.fdopen(fd, 'w') as f:
+      f.write('%s\n%s' % (' '.join(sys.argv), text))
+    where = 'its traceback is in %s' % path
+  except OSError:
+    where = 'rerun with --verbosity=1 to see its traceback'
+  return '%s (%s): a bug, please report it; %s' % (INTERNAL_ERROR, what, where)
 
 
 def _end_process(code):

@@ -158,6 +158,7 @@ def assert_one_line_error(proc, script, *fragments):
   others = [l for l in lines if not (l[:1] == 'I' and l[1:5].isdigit())]
   assert len(others) == 1, others
   assert others[0].startswith(script + ': error: '), others[0]
+  assert ': error: internal error (' not in others[0], others[0]  # a bug, not a refusal
   for fragment in fragments:
     assert str(fragment) in others[0], (fragment, others[0])
   return others[0]

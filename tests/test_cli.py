@@ -174,6 +174,34 @@ def test_interrupt_after_the_output_is_complete_says_so(monkeypatch, tmp_path, c
       'freezer.py: interrupted: %s complete, nothing else written\n' % (tmp_path / 'out.pb'))
 
 
+def test_an_exception_that_is_not_a_user_error_is_one_line_naming_its_traceback_file(
+    monkeypatch, tmp_path, capsys):
+  """A bug met mid-write: one line, exit 1, the output's temporary removed, and the traceback
+  in the file the line names (and in the log at verbosity 1)."""
+  import utils  # the scripts' own plumbing
+
+  def work():
+    with atomic.atomic_output(str(tmp_path / 'out.pb')) as tmp:
+      pathlib.Path(tmp).write_bytes(b'half')
+      {}['missing key']
+
+  monkeypatch.setattr(signal, 'signal', lambda *a: None)
+  monkeypatch.setenv('TMPDIR', str(tmp_path / 'traces'))
+  (tmp_path / 'traces').mkdir()
+  import tempfile
+  monkeypatch.setattr(tempfile, 'tempdir', None)  # TMPDIR read again
+  assert utils.run_cli('freezer.py', work) == 1
+  err = capsys.readouterr().err
+  lines = err.splitlines()
+  assert len(lines) == 1 and 'Traceback' not in err, err
+  assert lines[0].startswith("freezer.py: error: internal error (KeyError: 'missing key'): a "
+                             'bug, please report it; its traceback is in '), lines[0]
+  trace = pathlib.Path(lines[0].rsplit(' ', 1)[1])
+  assert trace.parent == tmp_path / 'traces'
+  assert 'Traceback' in trace.read_text() and "{}['missing key']" in trace.read_text()
+  assert sorted(os.listdir(tmp_path)) == ['traces']  # no output, no temporary
+
+
 def test_a_scripts_process_ends_after_its_exit_handlers_with_its_output_flushed():
   """utils.run_cli ends a script's own process without the interpreter's teardown: exit
   handlers still run, buffered output still reaches a pipe, the exit code is kept."""

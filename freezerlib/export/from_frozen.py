@@ -46,8 +46,9 @@ def frozen_from_file(path, inputs=(), outputs=(), init_op=None, tags=('serve',),
   Raises:
     errors.UserError: unreadable graph, unknown tensors or signatures.
   """
-  graph_def = frozen_graph.read_graph_def(path, lean_tf.registered_op_defs())
-  frozen = frozen_graph.frozen_from_graph_def(graph_def, path, in_place=True)
+  op_defs = lean_tf.registered_op_defs()
+  graph_def = frozen_graph.read_graph_def(path, op_defs)
+  frozen = frozen_graph.frozen_from_graph_def(graph_def, path, in_place=True, op_defs=op_defs)
   if inputs or outputs or frozen is None:
     plain = frozen.graph_def if frozen is not None else graph_def
     if not inputs or not outputs:
@@ -195,7 +196,7 @@ def saved_model_from_frozen_graph(input_graph, output_saved_model_dir=None, outp
   tf = lean_tf.tensorflow
   try:
     result, before, after = serving_graph(work, grappler)
-  except (ValueError, tf.errors.OpError) as e:
+  except (ValueError, TypeError, tf.errors.OpError) as e:
     raise errors.UserError('cannot optimize %s: %s'
                            % (input_graph, errors.tf_error_message(e))) from e
   unsafe_ops.unsafe_in(result.graph_def, set(allow_ops), input_graph,

@@ -63,6 +63,8 @@ def _varint(buf, pos):
 def _snappy_uncompress(buf):
   """Snappy's block format (tables written by older TensorFlow releases compress their blocks)."""
   length, pos = _varint(buf, 0)
+  if length > 64 * len(buf):  # a copy tag (at least 2 bytes) makes at most 64
+    raise ValueError('corrupt snappy block')
   out = bytearray()
   while pos < len(buf):
     tag = buf[pos]
@@ -97,15 +99,22 @@ def _snappy_uncompress(buf):
 
 
 def _block_entries(data, offset, size):
-  """Yields (key, value) of one table block (prefix-compressed, with restart array)."""
+  """Yields (key, value) of one table block (prefix-compressed, with restart array), after
+  checking the block against the masked CRC32C of its trailer (as TensorFlow's reader does)
+  and every entry against the block's bounds."""
   if offset + size + _BLOCK_TRAILER_SIZE > len(data):
     raise ValueError('block past the end of the file')
+  stored = struct.unpack_from('<I', data, offset + size + 1)[0]
+  if crc32c.masked(data[offset:offset + size + 1]) != stored:
+    raise ValueError('a block at offset %d fails its checksum' % offset)
   block = data[offset:offset + size]
   compression = data[offset + size]
   if compression == 1:
     block = _snappy_uncompress(block)
   elif compression != 0:
     raise ValueError('unknown block compression %d' % compression)
+  if len(block) < 4:
+    raise ValueError('a block of %d bytes' % len(block))
   num_restarts = struct.unpack_from('<I', block, len(block) - 4)[0]
   limit = len(block) - 4 - 4 * num_restarts
   if limit < 0:
@@ -115,6 +124,8 @@ def _block_entries(data, offset, size):
     shared, pos = _varint(block, pos)
     non_shared, pos = _varint(block, pos)
     value_len, pos = _varint(block, pos)
+    if shared > len(key) or pos + non_shared + value_len > limit:
+      raise ValueError('an entry past its block')
     key = key[:shared] + block[pos:pos + non_shared]
     pos += non_shared
     yield key, block[pos:pos + value_len]
@@ -227,6 +238,9 @@ def resolve_prefix(path):
       raise errors.UserError('%s holds no `checkpoint` state file: pass a checkpoint prefix '
                             '(e.g. %s/model.ckpt-1000) instead' % (path, path.rstrip('/')))
     prefix = state.model_checkpoint_path
+    if '\x00' in prefix:
+      raise errors.UserError('the checkpoint state file in %s is corrupt: its '
+                             'model_checkpoint_path holds a NUL' % path)
     if not prefix.startswith('/') and '://' not in prefix:
       prefix = files.join(path, prefix)
     return prefix
@@ -261,13 +275,25 @@ def read_index(prefix):
   except OSError as e:
     raise errors.UserError('cannot read %s: %s' % (index_path, errors.tf_error_message(e))) from e
   entries, slices, num_shards = {}, {}, None
+  partitioned = []  # tensors stored as slices
   needed = {}  # shard -> bytes its entries reach
+  previous = None
   try:
     for key, value in _table_items(data):
+      if previous is not None and key <= previous:
+        raise ValueError('its keys are not in order (%r after %r)' % (key[:60], previous[:60]))
+      previous = key
       if not key:
         num_shards = tensor_bundle_pb2.BundleHeaderProto.FromString(value).num_shards
+        if num_shards < 1:
+          raise ValueError('its header declares %d data shards' % num_shards)
         continue
+      if num_shards is None:
+        raise ValueError('it has no header before its first entry')
       entry = tensor_bundle_pb2.BundleEntryProto.FromString(value)  # parsed once, to check it
+      problem = entry_problem(entry, num_shards)
+      if problem:
+        raise ValueError('entry %r %s' % (key.decode('utf-8', 'replace')[:200], problem))
       if entry.size:
         needed[entry.shard_id] = max(needed.get(entry.shard_id, 0), entry.offset + entry.size)
       if key.startswith(b'\x00'):
@@ -276,15 +302,87 @@ def read_index(prefix):
         slices.setdefault(name, []).append((key, value))
       else:
         entries[key.decode('utf-8')] = value
+        if entry.slices:
+          partitioned.append(key.decode('utf-8'))
   except (ValueError, struct.error, UnicodeDecodeError, pb_message.DecodeError) as e:
     raise errors.UserError('%s is truncated or corrupt (%s)' % (index_path, e)) from e
   del data
   if num_shards is None:
     raise errors.UserError('%s has no header: truncated or not a checkpoint index' % index_path)
+  _check_shard_count(prefix, num_shards)
   checkpoint = Checkpoint(prefix=prefix, num_shards=num_shards, entries=_Entries(entries),
                           slices=_Slices(slices))
+  _check_slices(checkpoint, partitioned, index_path)
   _check_data_files(checkpoint, needed)
   return checkpoint
+
+
+def _check_slices(checkpoint, partitioned, index_path):
+  """Each slice a partitioned tensor's entry lists has an entry of its own: TensorFlow's reader
+  looks a slice up through the list, so a slice listed but not stored fails every restore."""
+  for name in partitioned:
+    shape = [d.size for d in checkpoint.entries[name].shape.dim]
+    try:
+      listed = slices_of(checkpoint, name)
+      stored = {slice_key_extents(key, shape) for key, _ in checkpoint.slices.get(name, ())}
+    except (ValueError, IndexError) as e:
+      raise errors.UserError('%s is corrupt: the slices of %s do not decode (%s)'
+                             % (index_path, name, e)) from e
+    missing = [extents for extents in listed if extents not in stored]
+    if missing:
+      raise errors.UserError('%s is corrupt: tensor %s lists slice %s, which it does not store'
+                             % (index_path, name, ':'.join('%d,%d' % e for e in missing[0])))
+
+
+_DTYPES = frozenset(lean_tf.types_pb2.DataType.values())
+_MAX_ELEMENTS = 2**62  # past it, TensorFlow's int64 sizes overflow
+
+
+def entry_problem(entry, num_shards):
+  """What is wrong with a BundleEntryProto of an index declaring `num_shards` data files
+  (None when nothing is): a dtype TensorFlow has; dimensions that are not negative and whose
+  product does not overflow; a shard id among the shards; an offset and size that are not
+  negative; and, for a tensor stored whole, as many bytes as its shape and dtype need (a
+  string: at least a byte of length per element), so nothing is allocated from a declared
+  size larger than the bytes that hold it. A phrase to follow 'entry NAME'."""
+  if entry.dtype not in _DTYPES or entry.dtype == 0 or entry.dtype > 100:
+    return 'has dtype %d, which is not a TensorFlow type' % entry.dtype
+  elements = 1
+  for dim in entry.shape.dim:
+    if dim.size < 0:
+      return 'has a negative dimension (%d)' % dim.size
+    elements *= dim.size
+    if elements > _MAX_ELEMENTS:
+      return 'has a shape whose size overflows'
+  if not 0 <= entry.shard_id < num_shards:
+    return 'is in data shard %d, of %d' % (entry.shard_id, num_shards)
+  if entry.offset < 0 or entry.size < 0:
+    return 'has a negative offset or size (%d, %d)' % (entry.offset, entry.size)
+  if entry.slices:
+    return None  # a partitioned tensor: its bytes are its slices'
+  item = lean_tf.ITEM_BYTES.get(entry.dtype)
+  if item is not None and entry.size != elements * item:
+    return 'holds %d bytes, its shape of %d %s elements needs %d' % (
+        entry.size, elements, lean_tf.as_dtype(entry.dtype).name, elements * item)
+  if item is None and entry.size < elements:
+    return 'holds %d bytes for %d elements' % (entry.size, elements)
+  return None
+
+
+def _check_shard_count(prefix, num_shards):
+  """A header's shard count is bounded by the files there are, before a path is made for
+  each (an index declaring 10^8 shards would build 10^8 paths first)."""
+  if num_shards == 1:
+    return
+  parent = files.parent_dir(prefix) or '.'
+  try:
+    present = len(files.listdir(parent))
+  except OSError:
+    return  # the shards' own checks name what is missing
+  if num_shards > present:
+    raise errors.UserError(
+        '%s.index is corrupt: it declares %d data shards, but %s holds %d files'
+        % (prefix, num_shards, parent, present))
 
 
 def _check_data_files(checkpoint, needed):

@@ -182,14 +182,16 @@ def read_graph_def(path, op_defs=None):
   return graph_def
 
 
-def frozen_from_graph_def(graph_def, where, in_place=False):
+def frozen_from_graph_def(graph_def, where, in_place=False, op_defs=None):
   """Splits a GraphDef written by freezer.py into a FrozenModel; None when it has no metadata.
 
   With `in_place`, `graph_def` itself loses its metadata node and becomes the model's graph
-  (no copy of what may be 2 GB of nodes).
+  (no copy of what may be 2 GB of nodes). The metadata is checked against the graph: its
+  signatures name outputs the graph's nodes have (counted with `op_defs`, {op name: OpDef},
+  when given), its table init op and its saver's ops are nodes of the graph.
 
   Raises:
-    errors.UserError: the metadata node is corrupt.
+    errors.UserError: the metadata node is corrupt, or names what the graph does not have.
   """
   meta_nodes = [n for n in graph_def.node if n.name == METADATA_NODE]
   if not meta_nodes:
@@ -222,8 +224,20 @@ def frozen_from_graph_def(graph_def, where, in_place=False):
     if not variables[0]:
       raise errors.UserError('%s: its %s node has a saver but no checkpoint location'
                              % (where, METADATA_NODE))
+    if '\x00' in variables[0]:
+      raise errors.UserError('%s: its %s node is corrupt (a NUL in its checkpoint location)'
+                             % (where, METADATA_NODE))
     frozen.saver_def, frozen.variables_prefix = meta.saver_def, variables[0]
     frozen.variables_digest = variables[1] or None
+  scope = '%s (its %s node)' % (where, METADATA_NODE)
+  graph_check.check_signature_tensors(plain, frozen.signatures, scope, op_defs)
+  if frozen.table_init_op is not None:
+    graph_check.check_node_names(plain, [frozen.table_init_op], scope, 'the table init op')
+    graph_check.check_runs_unfed(plain, [frozen.table_init_op], scope, 'the table init op')
+  if frozen.saver_def is not None:
+    graph_check.check_node_names(plain, [n for n in (
+        frozen.saver_def.restore_op_name, frozen.saver_def.filename_tensor_name) if n] or [''],
+                                 scope, 'the saver\'s op or tensor', tensors=True)
   return frozen
 
 

@@ -8,6 +8,7 @@ the MetaGraph (`serving_meta_graph`), then whatever fills `variables/` and `asse
 
 from absl import logging
 from google.protobuf import message as pb_message
+from google.protobuf import symbol_database
 from google.protobuf import text_format
 
 from freezerlib.core import atomic
@@ -54,7 +55,122 @@ def read_meta_graph(export_dir, tags):
   proto, path = _read_saved_model_proto(export_dir)
   meta_graph = select_meta_graph(proto, tags, export_dir)
   graph_check.check_meta_graph(meta_graph, path)
+  check_meta_graph_fields(meta_graph, path)
   return meta_graph
+
+
+def check_meta_graph_fields(meta_graph, where):
+  """What a loader trusts besides the graph: every signature names outputs its nodes have (a
+  signature tensor `score:9` of a node with one output, or `^prob:0`, is refused), the init
+  ops and the saver's ops are nodes of the graph, the collections' `Any` values decode, a TF2
+  object graph refers only to objects and functions it holds, and the TensorFlow version
+  recorded is one a loader parses.
+
+  Raises:
+    graph_check.CorruptGraphError: naming `where` and what is wrong.
+  """
+  graph_def = meta_graph.graph_def
+  op_defs = graph_check.op_defs_of(meta_graph.meta_info_def.stripped_op_list) or None
+  # The init op's signature (TF2) names an op, not a tensor: checked with the init ops.
+  graph_check.check_signature_tensors(graph_def, {
+      k: v for k, v in meta_graph.signature_def.items() if k != INIT_OP_SIGNATURE_KEY},
+                                      where, op_defs)
+  graph_check.check_node_names(graph_def, init_ops_of(meta_graph), where, 'the init op')
+  if meta_graph.HasField('saver_def'):
+    saver_def = meta_graph.saver_def
+    if saver_def.restore_op_name:  # run by name: an op
+      graph_check.check_node_names(graph_def, [saver_def.restore_op_name], where,
+                                   'the saver\'s restore op')
+    graph_check.check_tensor_names(graph_def, [n for n in (
+        saver_def.save_tensor_name, saver_def.filename_tensor_name) if n], where,
+                                   'the saver\'s tensor', op_defs)
+  for key in sorted(meta_graph.collection_def):
+    collection = meta_graph.collection_def[key]
+    if collection.WhichOneof('kind') == 'any_list':
+      for value in collection.any_list.value:
+        problem = _any_problem(value)
+        if problem:
+          raise graph_check.CorruptGraphError('%s is corrupt: collection %r holds %s'
+                                              % (where, key, problem))
+  # Loaders feed the assets' paths to the init op (after the Any check: asset_defs decodes).
+  graph_check.check_runs_unfed(graph_def, init_ops_of(meta_graph), where, 'the init op',
+                               [a.tensor_info.name for a in asset_defs(meta_graph)])
+  problem = _object_graph_problem(meta_graph)
+  if problem:
+    raise graph_check.CorruptGraphError('%s is corrupt: its object graph %s' % (where, problem))
+  version = meta_graph.meta_info_def.tensorflow_version
+  if version and not _version_parses(version):
+    raise graph_check.CorruptGraphError('%s is corrupt: its TensorFlow version %r is not a '
+                                        'version' % (where, version))
+
+
+def _object_graph_problem(meta_graph):
+  """What is wrong with a TF2 MetaGraph's object graph (None when nothing is): every reference
+  to an object (children, dependencies, slot variables, a function's bound inputs) is one of
+  its objects, and every concrete function an object names is in the object graph and in the
+  graph's function library."""
+  graph = meta_graph.object_graph_def
+  count = len(graph.nodes)
+  library = {f.signature.name for f in meta_graph.graph_def.library.function}
+
+  def outside(node_id):
+    return not 0 <= node_id < count
+
+  for index, node in enumerate(graph.nodes):
+    for reference in list(node.children) + list(getattr(node, 'dependencies', ())):
+      if outside(reference.node_id):
+        return 'object %d refers to object %d, of %d' % (index, reference.node_id, count)
+    for slot in node.slot_variables:
+      for node_id in (slot.original_variable_node_id, slot.slot_variable_node_id):
+        if outside(node_id):
+          return 'object %d has a slot variable naming object %d, of %d' % (index, node_id,
+                                                                             count)
+    kind = node.WhichOneof('kind')
+    names = (list(node.function.concrete_functions) if kind == 'function' else
+             [node.bare_concrete_function.concrete_function_name]
+             if kind == 'bare_concrete_function' else [])
+    for name in names:
+      if name not in graph.concrete_functions:
+        return 'object %d names concrete function %r, which it does not hold' % (index, name)
+  if count and any(k != INIT_OP_SIGNATURE_KEY for k in meta_graph.signature_def) and not any(
+      c.local_name == 'signatures' for c in graph.nodes[0].children):
+    # tf.saved_model.load serves the signatures through the root object's `signatures`.
+    return 'has no signatures under its root object, where its signatures are loaded from'
+  for name in sorted(graph.concrete_functions):
+    if name not in library:
+      return 'holds concrete function %r, which is not in the graph\'s library' % name
+    for node_id in graph.concrete_functions[name].bound_inputs:
+      if outside(node_id):
+        return 'binds concrete function %r to object %d, of %d' % (name, node_id, count)
+  return None
+
+
+def _version_parses(version):
+  """Whether TensorFlow's loader parses `version` (packaging.version, a TensorFlow dependency)."""
+  try:
+    from packaging import version as packaging_version
+  except ImportError:
+    return True
+  try:
+    packaging_version.parse(version)
+  except packaging_version.InvalidVersion:
+    return False
+  return True
+
+
+def _any_problem(value):
+  """What is wrong with an `Any` (None when nothing is, or its type is not one TensorFlow's
+  protos define)."""
+  name = value.type_url.rsplit('/', 1)[-1]
+  try:
+    cls = symbol_database.Default().GetSymbol(name)
+  except KeyError:
+    return None
+  try:
+    cls.FromString(value.value)
+  except pb_message.DecodeError as e:
+    return 'a %s that does not decode (%s)' % (name, e)
+  return None
 
 
 def _read_saved_model_proto(export_dir):
@@ -230,7 +346,7 @@ def signature_from_tensors(graph_def, inputs, outputs, where):
   with graph.as_default():
     try:
       tf.graph_util.import_graph_def(graph_def, name='')
-    except (ValueError, tf.errors.OpError) as e:
+    except (ValueError, TypeError, tf.errors.OpError) as e:
       raise errors.UserError('cannot import %s: %s' % (where, errors.tf_error_message(e))) from e
   signature = meta_graph_pb2.SignatureDef(
       method_name='tensorflow/serving/predict')
@@ -285,10 +401,16 @@ def load_objects(export_dir, tags):
   try:
     with files.local_copy(export_dir) as local_dir:  # staged from an object store
       return tf.saved_model.load(local_dir, tags=list(tags))
-  except (tf.errors.OpError, OSError, ValueError, RuntimeError, KeyError, TypeError) as e:
-    # OSError: a missing variables/ is FileNotFoundError here, not an OpError.
-    raise errors.UserError('cannot load SavedModel %s: %s'
-                           % (export_dir, errors.tf_error_message(e))) from e
+  except Exception as e:  # the file is at fault, whatever TensorFlow raises
+    # TensorFlow's loader on a file it cannot read raises what its parts raise: OpError,
+    # OSError (a missing variables/), ValueError, KeyError, TypeError, and on a corrupt object
+    # graph NotEncodableError (struct specs), AssertionError (checkpoint objects not matched),
+    # IndexError. Whatever it is, the SavedModel does not load: the file is at fault.
+    if isinstance(e, errors.UserError):  # the staging's own one-line error
+      raise
+    raise errors.UserError('cannot load SavedModel %s: %s%s'
+                           % (export_dir, '' if isinstance(e, (tf.errors.OpError, OSError))
+                              else type(e).__name__ + ': ', errors.tf_error_message(e))) from e
 
 
 def init_ops_of(meta_graph):
@@ -320,7 +442,14 @@ def asset_defs(meta_graph):
     return defs
   for value in meta_graph.collection_def['saved_model_assets'].any_list.value:
     asset = meta_graph_pb2.AssetFileDef()
-    value.Unpack(asset)
+    try:
+      ok = value.Unpack(asset)
+    except pb_message.DecodeError as e:
+      raise errors.UserError('the saved_model_assets collection holds an asset that does not '
+                             'decode (%s)' % e) from e
+    if not ok:
+      raise errors.UserError('the saved_model_assets collection holds a %s, not an AssetFileDef'
+                             % value.type_url)
     defs.append(asset)
   return defs
 

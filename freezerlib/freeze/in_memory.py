@@ -79,7 +79,7 @@ def freeze(export_dir, signatures, tags, transform=None):
       # TensorFlow reads only what it opens itself: a model on an object store is staged.
       with files.local_copy(export_dir) as local_dir:
         tf1.saved_model.loader.load(session, list(tags), local_dir, clear_devices=True)
-    except (tf.errors.OpError, ValueError, RuntimeError, KeyError) as e:
+    except (tf.errors.OpError, ValueError, TypeError, RuntimeError, KeyError) as e:
       raise errors.UserError('cannot load SavedModel %s: %s'
                              % (export_dir, errors.tf_error_message(e))) from e
     graph_def = graph.as_graph_def()

@@ -325,7 +325,7 @@ def _imported(graph_def, where):
   with graph.as_default():
     try:
       tf.graph_util.import_graph_def(graph_def, name='')
-    except (ValueError, tf.errors.OpError) as e:
+    except (ValueError, TypeError, tf.errors.OpError) as e:
       # What formats.graph_check does not know to look for (an op this TensorFlow lacks, ...).
       raise errors.UserError('TensorFlow cannot import the graph of %s: %s'
                              % (where, errors.tf_error_message(e))) from e

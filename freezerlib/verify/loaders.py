@@ -184,7 +184,7 @@ def load_saved_model(export_dir, tags=('serve',)):
   try:
     with files.local_copy(export_dir) as local_dir:  # staged from an object store
       tf1.saved_model.loader.load(session, list(tags), local_dir, clear_devices=True)
-  except (tf.errors.OpError, ValueError, RuntimeError, KeyError) as e:
+  except (tf.errors.OpError, ValueError, TypeError, RuntimeError, KeyError) as e:
     session.close()
     raise errors.UserError('cannot load SavedModel %s: %s'
                           % (export_dir, errors.tf_error_message(e))) from e
@@ -204,8 +204,9 @@ def load_frozen_graph(path, frozen=None):
   """
   start = time.perf_counter()
   if frozen is None:
+    op_defs = lean_tf.registered_op_defs()
     frozen = frozen_graph.frozen_from_graph_def(
-        frozen_graph.read_graph_def(path, lean_tf.registered_op_defs()), path)
+        frozen_graph.read_graph_def(path, op_defs), path, op_defs=op_defs)
   if frozen is None:
     raise errors.UserError('%s has no freezer_metadata node: it was not written by freezer.py '
                           'or optimize_from_pb.py, so its signatures are unknown' % path)
@@ -213,7 +214,7 @@ def load_frozen_graph(path, frozen=None):
   with graph.as_default():
     try:
       tf.graph_util.import_graph_def(frozen.graph_def, name='')
-    except (ValueError, tf.errors.OpError) as e:
+    except (ValueError, TypeError, tf.errors.OpError) as e:
       raise errors.UserError('cannot import %s: %s' % (path, errors.tf_error_message(e))) from e
   prefix = frozen_graph.checkpoint_of(frozen, path) if frozen.saver_def else None
   session = tf1.Session(graph=graph)

@@ -91,7 +91,9 @@ def _table(items, per_block=3, compress=False, header=True, num_shards=1):
 
   def put(block, compressed):
     handle = _varint_bytes(len(out))
-    out.extend(block + (b'\x01' if compressed else b'\x00') + b'\0\0\0\0')
+    kind = b'\x01' if compressed else b'\x00'
+    # The trailer's masked CRC32C covers the stored block and its type byte (table.cc).
+    out.extend(block + kind + struct.pack('<I', crc32c.masked(block + kind)))
     return handle + _varint_bytes(len(block))
 
   def block_of(chunk):
@@ -377,6 +379,107 @@ def test_bad_index_or_shard_is_named(tmp_path, change, message):
   prefix = _corrupt(tmp_path, change)
   with pytest.raises(errors.UserError, match=message):
     ci.read_index(prefix)
+
+
+def _entries_changed(change):
+  """_records() with change(key, BundleEntryProto) applied, as (key, entry) pairs."""
+  out = []
+  for key, entry in _records():
+    copy = BundleEntryProto()
+    copy.CopyFrom(entry)
+    change(key, copy)
+    out.append((key, copy))
+  return out
+
+
+def _with_dims(entry, dims):
+  del entry.shape.dim[:]
+  for size in dims:
+    entry.shape.dim.add().size = size
+
+
+@pytest.mark.parametrize('records,num_shards,message', [
+    (lambda: _records(), 0, 'its header declares 0 data shards'),
+    (lambda: _entries_changed(lambda k, e: k == b'a' and setattr(e, 'shard_id', 2)), 2,
+     r"entry 'a' is in data shard 2, of 2"),
+    (lambda: _entries_changed(lambda k, e: k == b'a' and setattr(e, 'dtype', 77)), 2,
+     r"entry 'a' has dtype 77, which is not a TensorFlow type"),
+    (lambda: _entries_changed(lambda k, e: k == b'a' and _with_dims(e, [2**31] * 3)), 2,
+     r"entry 'a' has a shape whose size overflows"),
+    (lambda: _entries_changed(lambda k, e: k == b'a' and setattr(e, 'offset', -8)), 2,
+     r"entry 'a' has a negative offset or size \(-8, "),
+    (lambda: _entries_changed(lambda k, e: k == b'a' and setattr(e, 'size', e.size - 4)), 2,
+     r"entry 'a' holds \d+ bytes, its shape of \d+ float(32)? elements needs \d+"),
+], ids=['no_shards', 'shard_past_the_count', 'dtype', 'overflow', 'negative_offset',
+        'size_against_shape'])
+def test_index_entries_are_checked_against_the_header_and_their_shape(tmp_path, records,
+                                                                       num_shards, message):
+  prefix = str(tmp_path / 'ckpt')
+  ci.write_index(prefix + '.index', records(), num_shards=num_shards)
+  _write_data(prefix, [56, 80])
+  with pytest.raises(errors.UserError, match=message):
+    ci.read_index(prefix)
+
+
+def test_an_index_block_that_fails_its_checksum_or_keys_out_of_order_are_refused(tmp_path):
+  prefix = str(tmp_path / 'ckpt')
+  ci.write_index(prefix + '.index', _records(), num_shards=2)
+  _write_data(prefix, [56, 80])
+  data = bytearray((tmp_path / 'ckpt.index').read_bytes())
+  data[3] ^= 1  # inside the first block: its entries would still parse
+  (tmp_path / 'ckpt.index').write_bytes(bytes(data))
+  with pytest.raises(errors.UserError, match='a block at offset 0 fails its checksum'):
+    ci.read_index(prefix)
+  items = sorted((k, e.SerializeToString()) for k, e in _records())
+  items[1], items[2] = items[2], items[1]
+  header = lean_tf.tensor_bundle_pb2.BundleHeaderProto(num_shards=2).SerializeToString()
+  (tmp_path / 'ckpt.index').write_bytes(_unsorted_table([(b'', header)] + items))
+  with pytest.raises(errors.UserError, match='its keys are not in order'):
+    ci.read_index(prefix)
+
+
+def _unsorted_table(items):
+  """A table of `items` in the order given (write_index sorts them), checksums valid."""
+  out = bytearray()
+
+  def put(contents):
+    offset = len(out)
+    out.extend(contents + b'\x00' + struct.pack('<I', crc32c.masked(contents + b'\x00')))
+    return ci.encode_varint(offset) + ci.encode_varint(len(contents))
+
+  block = put(ci._block(items))
+  metaindex = put(ci._block([]))
+  index = put(ci._block([(items[-1][0], block)]))
+  return bytes(out) + (metaindex + index).ljust(40, b'\0') + struct.pack('<Q', 0xdb4775248b80fb57)
+
+
+def test_a_state_file_naming_a_path_with_a_nul_is_refused(tmp_path):
+  (tmp_path / 'checkpoint').write_text('model_checkpoint_path: "model\\000.ckpt"\n')
+  with pytest.raises(errors.UserError, match='the checkpoint state file in .* is corrupt: its '
+                                             'model_checkpoint_path holds a NUL'):
+    ci.resolve_prefix(str(tmp_path))
+
+
+def test_a_slice_listed_but_not_stored_is_refused(tmp_path):
+  prefix = str(tmp_path / 'ckpt')
+  ci.write_index(prefix + '.index', _records()[:-1], num_shards=2)  # p's second slice gone
+  _write_data(prefix, [56, 80])
+  with pytest.raises(errors.UserError, match=r'ckpt\.index is corrupt: tensor p lists slice '
+                                             r'4,6:0,2, which it does not store'):
+    ci.read_index(prefix)
+
+
+def test_a_shard_count_past_the_files_there_is_refused_before_a_path_is_made(tmp_path,
+                                                                             monkeypatch):
+  prefix = str(tmp_path / 'ckpt')
+  ci.write_index(prefix + '.index', _records(), num_shards=10**8)
+  _write_data(prefix, [56, 80])
+  made = []
+  monkeypatch.setattr(ci.Checkpoint, 'data_files', lambda self: made.append(1) or [])
+  with pytest.raises(errors.UserError, match=r'ckpt\.index is corrupt: it declares 100000000 '
+                                             r'data shards, but .* holds 3 files'):
+    ci.read_index(prefix)
+  assert not made
 
 
 def test_resolve_prefix(tmp_path, saver_checkpoint):

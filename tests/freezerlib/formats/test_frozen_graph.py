@@ -17,6 +17,8 @@ GRAPH = '''
 node { name: "x" op: "Placeholder" attr { key: "dtype" value { type: DT_FLOAT } } }
 node { name: "y" op: "Identity" input: "x" attr { key: "T" value { type: DT_FLOAT } } }
 node { name: "init" op: "NoOp" }
+node { name: "save/restore_all" op: "NoOp" }
+node { name: "r" op: "NoOp" }
 library { function { signature { name: "f" } } }
 versions { producer: 1234 }
 '''
@@ -35,15 +37,16 @@ def test_metadata_round_trip():
   frozen = _frozen(table_init_op='init', saver_def=saver_def,
                    variables_prefix='f.pb.variables/variables', variables_digest='abc')
   written = frozen_graph.frozen_to_graph_def(frozen)
-  assert [n.name for n in written.node] == ['x', 'y', 'init', 'freezer_metadata']
+  assert [n.name for n in written.node] == ['x', 'y', 'init', 'save/restore_all', 'r',
+                                           'freezer_metadata']
   assert (written.node[-1].SerializeToString(deterministic=True) ==
           frozen_graph.metadata_record(frozen))
   assert written.library == frozen.graph_def.library and written.versions.producer == 1234
   back = frozen_graph.frozen_from_graph_def(written, 'f.pb')
   assert back == frozen  # signatures, tags, table init op, saver and checkpoint place
-  assert len(written.node) == 4  # a copy: the written graph keeps its metadata node
+  assert len(written.node) == 6  # a copy: the written graph keeps its metadata node
   in_place = frozen_graph.frozen_from_graph_def(written, 'f.pb', in_place=True)
-  assert in_place.graph_def is written and len(written.node) == 3
+  assert in_place.graph_def is written and len(written.node) == 5
   assert in_place == frozen
 
 

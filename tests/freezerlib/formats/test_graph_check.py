@@ -96,7 +96,8 @@ def test_a_long_cycle_is_shortened():
 
 def test_functions_are_checked_with_their_arguments():
   text = '''
-      node { name: "call" op: "f" }
+      node { name: "x" op: "Placeholder" attr { key: "dtype" value { type: DT_HALF } } }
+      node { name: "call" op: "f" input: "x" }
       library { function {
         signature { name: "f" input_arg { name: "a" type: DT_FLOAT } }
         node_def { name: "n" op: "Identity" input: "a" attr { key: "T" value { type: DT_FLOAT } } }
@@ -111,8 +112,8 @@ def test_functions_are_checked_with_their_arguments():
   with pytest.raises(graph_check.CorruptGraphError,
                      match="function f: node 'n' \\(Identity\\) has attribute 'T' holding a "
                            'string'):
-    _check(small_graphs.graph_def(text.replace('value { type: DT_FLOAT } } }',
-                                               'value { s: "x" } } }', 1)))
+    _check(small_graphs.graph_def(text.replace('key: "T" value { type: DT_FLOAT } } }',
+                                               'key: "T" value { s: "x" } } }', 1)))
 
 
 def test_check_meta_graph_uses_its_own_op_list():
@@ -125,3 +126,117 @@ def test_check_meta_graph_uses_its_own_op_list():
     graph_check.check_meta_graph(meta_graph, 'm')
   assert graph_check.op_defs_of(meta_graph.meta_info_def.stripped_op_list) == {
       'MatMul': OP_DEFS.get('MatMul')}
+
+
+def test_inputs_name_outputs_their_nodes_have_and_as_many_as_the_op_takes():
+  graph_def = _graph()
+  _nodes(graph_def)['y'].input[0] = 'MatMul:9'
+  with pytest.raises(graph_check.CorruptGraphError,
+                     match="node 'y' takes input 'MatMul:9', but node 'MatMul' has 1 output$"):
+    _check(graph_def)
+  graph_def = _graph()
+  _nodes(graph_def)['y'].input[0] = 'MatMul:x'
+  with pytest.raises(graph_check.CorruptGraphError, match='which is not a tensor name'):
+    _check(graph_def)
+  graph_def = _graph()
+  del _nodes(graph_def)['y'].input[1]
+  with pytest.raises(graph_check.CorruptGraphError,
+                     match=r"node 'y' \(AddV2\) has 1 data inputs, its op takes 2"):
+    _check(graph_def)
+  graph_def = _graph()
+  _nodes(graph_def)['y'].input.append('^c:0')
+  with pytest.raises(graph_check.CorruptGraphError, match='which names an output'):
+    _check(graph_def)
+
+
+@pytest.mark.parametrize('change,message', [
+    (lambda t: setattr(t, 'tensor_content', t.tensor_content[:-4]),
+     r'holds 4 bytes of content, its shape \[2,1\] of float32 needs 8'),
+    (lambda t: setattr(t, 'tensor_content', t.tensor_content + b'1234'),
+     r'holds 12 bytes of content, its shape \[2,1\] of float32 needs 8'),
+    (lambda t: t.tensor_shape.dim.add().__setattr__('size', 2**62),
+     r'has a shape whose size overflows \(\[2,1,4611686018427387904\]\)'),
+    (lambda t: setattr(t, 'dtype', 1234), 'dtype 1234, which is not a TensorFlow type'),
+], ids=['content_short', 'content_long', 'overflow', 'dtype'])
+def test_tensor_content_shape_and_dtype_are_checked(change, message):
+  graph_def = _graph()
+  tensor = _nodes(graph_def)['w'].attr['value'].tensor
+  if not tensor.tensor_content:
+    tensor.tensor_content = b''.join(
+        __import__('struct').pack('<f', v) for v in tensor.float_val)
+    tensor.ClearField('float_val')
+  change(tensor)
+  if 'dtype 1234' in message:
+    _nodes(graph_def)['w'].attr['dtype'].type = 1234
+  with pytest.raises(graph_check.CorruptGraphError, match="node 'w' \\(Const\\) "):
+    _check(graph_def)
+  with pytest.raises(graph_check.CorruptGraphError, match=message):
+    _check(graph_def)
+
+
+def test_a_constant_filled_past_2_gb_from_one_value_is_refused():
+  graph_def = _graph()
+  tensor = _nodes(graph_def)['c'].attr['value'].tensor
+  tensor.tensor_shape.dim.add().size = 2**30  # one value for 2^30 floats: 4 GiB once filled
+  with pytest.raises(graph_check.CorruptGraphError,
+                     match=r'has shape \[1073741824\] of float32, 4294967296 bytes: past the'):
+    _check(graph_def)
+  tensor.tensor_shape.dim[0].size = 2**20  # 4 MiB: fine
+  _check(graph_def)
+
+
+def test_a_function_argument_without_a_type_is_refused():
+  text = '''
+      library { function {
+        signature { name: "f" input_arg { name: "a" type: DT_INVALID } }
+      } }'''
+  with pytest.raises(graph_check.CorruptGraphError,
+                     match="function f: argument 'a' has no type \\(dtype 0\\)"):
+    _check(small_graphs.graph_def(text))
+  with pytest.raises(graph_check.CorruptGraphError,
+                     match="function f: argument 'a' takes its type or length from attribute 'T', "
+                           'which it lacks'):
+    _check(small_graphs.graph_def(text.replace('type: DT_INVALID', 'type_attr: "T"')))
+
+
+def test_signature_tensors_name_outputs_their_nodes_have():
+  graph_def = _graph()
+  for name, message in (('y:9', "names y:9, but node 'y' has 1 output"),
+                        ('^y:0', "names '\\^y:0', which is not a tensor name"),
+                        ('y', "names 'y', which is not a tensor name"),
+                        ('z:0', 'names z:0, which is not a node of the graph')):
+    with pytest.raises(graph_check.CorruptGraphError,
+                       match="g.pb is corrupt: signature 's' output 'out' " + message):
+      graph_check.check_signature_tensors(
+          graph_def, {'s': small_graphs.signature({'x': 'x:0'}, {'out': name})}, 'g.pb', OP_DEFS)
+  graph_check.check_signature_tensors(
+      graph_def, {'s': small_graphs.signature({'x': 'x:0'}, {'out': 'y:0'})}, 'g.pb', OP_DEFS)
+
+
+def test_a_signature_or_init_op_needing_a_placeholder_it_does_not_feed_is_refused():
+  graph_def = _graph()
+  with pytest.raises(graph_check.CorruptGraphError,
+                     match="signature 's' needs placeholder 'x', which is not one of its inputs: "
+                           'no request can feed it'):
+    graph_check.check_signature_tensors(
+        graph_def, {'s': small_graphs.signature({}, {'out': 'y:0'})}, 'g.pb', OP_DEFS)
+  init = graph_def.node.add(name='init', op='NoOp')
+  init.input.append('^y')
+  with pytest.raises(graph_check.CorruptGraphError,
+                     match="g.pb is corrupt: the init op 'init' needs placeholder 'x', which a "
+                           'loader does not feed'):
+    graph_check.check_runs_unfed(graph_def, ['init'], 'g.pb', 'the init op')
+  graph_check.check_runs_unfed(graph_def, ['init'], 'g.pb', 'the init op', fed=['x:0'])
+
+
+def test_a_placeholder_whose_output_shapes_disagree_with_its_shape_is_refused():
+  graph_def = _graph()
+  x = _nodes(graph_def)['x']
+  recorded = x.attr['_output_shapes'].list.shape.add()
+  recorded.CopyFrom(x.attr['shape'].shape)
+  _check(graph_def)  # the same shape: fine
+  recorded.dim[0].size = 300
+  with pytest.raises(graph_check.CorruptGraphError,
+                     match=r"node 'x' \(Placeholder\) has _output_shapes \[300,2\], its shape "
+                           r'attribute says \[-1,2\]'):
+    _check(graph_def)

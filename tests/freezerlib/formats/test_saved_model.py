@@ -211,6 +211,29 @@ def test_object_based_and_its_loader(linear, tmp_path):
     saved_model.load_objects(str(tmp_path / 'tf2'), ['gpu'])
 
 
+@pytest.mark.parametrize('change,message', [
+    (lambda g: g.nodes[0].children[0].__setattr__('node_id', 99),
+     'its object graph object 0 refers to object 99, of '),
+    (lambda g: g.concrete_functions[sorted(g.concrete_functions)[0]].bound_inputs.append(-1),
+     'binds concrete function .* to object -1, of '),
+    (lambda g: g.concrete_functions.__delitem__(
+        next(n for n in g.nodes if n.WhichOneof('kind') == 'function')
+        .function.concrete_functions[0]),
+     'names concrete function .*, which it does not hold'),
+], ids=['child', 'bound_input', 'concrete_function'])
+def test_a_corrupt_object_graph_is_refused_where_it_is_read(change, message, tmp_path):
+  module = tf.Module()
+  module.v = tf.Variable(3.0)
+  module.f = tf.function(lambda x: x * module.v, input_signature=[tf.TensorSpec([], tf.float32)])
+  tf.saved_model.save(module, str(tmp_path / 'tf2'), signatures=module.f)
+  path = tmp_path / 'tf2' / 'saved_model.pb'
+  proto = lean_tf.saved_model_pb2.SavedModel.FromString(path.read_bytes())
+  change(proto.meta_graphs[0].object_graph_def)
+  path.write_bytes(proto.SerializeToString())
+  with pytest.raises(errors.UserError, match='%s is corrupt: .*%s' % (path, message)):
+    saved_model.read_meta_graph(str(tmp_path / 'tf2'), ['serve'])
+
+
 # ---------------------------------------------------------------------------------------------
 # Building and writing
 
