@@ -24,7 +24,7 @@ The verdict of each case:
   or answer, different answers, debris left, an input modified.
 
 Decisions are drawn by Hypothesis, seeded per target (the same cases every run; a failing
-case prints its draws and what was mutated). 25 cases per target run in the suite; a longer
+case prints its draws and what was mutated). 15 cases per target run in the suite; a longer
 run:
 
     FUZZ_CASES=2000 FUZZ_SEED=7 FUZZ_KEEP_GOING=1 FUZZ_REPORT=/tmp/fuzz.json \\
@@ -69,7 +69,7 @@ from freezerlib.verify import loaders
 TARGETS = ['saved_model', 'structure', 'saved_model_variables', 'frozen', 'checkpoint',
            'tf2_saved_model']
 # Per target in the suite: 150 cases in all, about 20 s on one worker (docs/errors.md).
-CASES = int(os.environ.get('FUZZ_CASES', '0')) or 25
+CASES = int(os.environ.get('FUZZ_CASES', '0')) or 15
 SEED = os.environ.get('FUZZ_SEED')
 KEEP_GOING = bool(os.environ.get('FUZZ_KEEP_GOING'))
 REPORT = os.environ.get('FUZZ_REPORT')
