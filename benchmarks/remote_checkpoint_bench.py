@@ -5,7 +5,7 @@ of the bytes), uploads it to a fake-gcs-server started here (moto's S3 server re
 object for every ranged GET, so it cannot stand for a store's speed), then, each in a fresh
 process so that peak RSS is its own, in the same run:
 - download: every file of the checkpoint copied to local disk (files.copy, pyarrow);
-- ckpt_path: checkpoint_index.copy_tensors of the non-slot tensors, the checkpoint path's copy
+- ckpt_path: checkpoint_copy.copy_tensors of the non-slot tensors, the checkpoint path's copy
   (ranged reads of every data shard in parallel, each range checked against its CRC32C);
 - fsspec: the same ranges read with gcsfs (fsspec) in the same number of threads, each checked,
   written to a local file: the other library the file layer could have used.
@@ -92,11 +92,12 @@ def run_download(prefix_url, out_dir):
 
 
 def run_ckpt_path(prefix_url, out_dir):
+  from freezerlib.formats import checkpoint_copy
   from freezerlib.formats import checkpoint_index
   start = time.perf_counter()
   index = checkpoint_index.read_index(prefix_url)
   names = [n for n in index.entries if 'Adam' not in n]
-  copied = checkpoint_index.copy_tensors(index, names, os.path.join(out_dir, 'variables'),
+  copied = checkpoint_copy.copy_tensors(index, names, os.path.join(out_dir, 'variables'),
                                          chunk_bytes=1 << 20)
   return time.perf_counter() - start, copied
 

@@ -26,6 +26,7 @@ from google.protobuf import descriptor
 
 from freezerlib.core import crc32c
 from freezerlib.formats import checkpoint_index
+from freezerlib.formats import leveldb_table
 
 FD = descriptor.FieldDescriptor
 _INT_TYPES = {FD.TYPE_INT32: (-2**31, 2**31 - 1), FD.TYPE_SINT32: (-2**31, 2**31 - 1),
@@ -320,7 +321,7 @@ def mutate_bytes(data, choices):
 
 def index_items(data):
   """[(key, value)] of a checkpoint index's table, in order (as the reader decodes them)."""
-  return list(checkpoint_index._table_items(data))
+  return list(leveldb_table.table_items(data))
 
 
 def _put_block(out, contents):
@@ -334,8 +335,8 @@ def encode_index(items, entries_per_block=4, handle_edit=None):
   """The table bytes of `items` (key, value) as given (not sorted: a mutated order is kept),
   every block with a valid checksum. `handle_edit(index_block_items)` may change the index
   block's (last key, handle bytes) items before the index block is written."""
-  block = checkpoint_index._block
-  varint = checkpoint_index.encode_varint
+  block = leveldb_table.encode_block
+  varint = leveldb_table.encode_varint
   out = bytearray()
   index = []
   for start in range(0, len(items), entries_per_block):
@@ -397,8 +398,8 @@ def mutate_index(data, choices):
     def edit(index):
       position = choices.draw_index(len(index))
       last, handle = index[position]
-      offset, pos = checkpoint_index._varint(handle, 0)
-      size, _ = checkpoint_index._varint(handle, pos)
+      offset, pos = leveldb_table.read_varint(handle, 0)
+      size, _ = leveldb_table.read_varint(handle, pos)
       field = choices.draw_index(2)
       new = choices.pick([0, 1, 5, 2**31, 2**62, 10**8]) if choices.chance(2) else (
           (offset if field == 0 else size) + choices.pick([-5, -1, 1, 7]))
@@ -407,8 +408,8 @@ def mutate_index(data, choices):
         offset = new
       else:
         size = new
-      index[position] = (last, checkpoint_index.encode_varint(offset) +
-                         checkpoint_index.encode_varint(size))
+      index[position] = (last, leveldb_table.encode_varint(offset) +
+                         leveldb_table.encode_varint(size))
       edits.append('block handle %d = (%d, %d)' % (position, offset, size))
 
     return encode_index(items, handle_edit=edit), edits[0]

@@ -27,6 +27,7 @@ from freezerlib.core import lean_tf
 from freezerlib.core.lean_tf import graph_pb2
 from freezerlib.core.lean_tf import saved_model_pb2
 from freezerlib.formats import checkpoint_index
+from freezerlib.formats import leveldb_table
 import optimize_from_ckpt
 import optimize_from_pb
 
@@ -75,17 +76,17 @@ def run_capped(cases):
 
 def _index_items(prefix):
   with open(prefix + '.index', 'rb') as f:
-    return list(checkpoint_index._table_items(f.read()))
+    return list(leveldb_table.table_items(f.read()))
 
 
 def _write_index(prefix, items):
   """Writes `items` (key, serialized value) as PREFIX.index, every block checksummed."""
-  block = checkpoint_index._block(items)
+  block = leveldb_table.encode_block(items)
   out = bytearray(block) + b'\x00' + struct.pack('<I', crc32c.masked(block + b'\x00'))
-  varint = checkpoint_index.encode_varint
+  varint = leveldb_table.encode_varint
   handles = []
-  for contents in (checkpoint_index._block([]),
-                   checkpoint_index._block(
+  for contents in (leveldb_table.encode_block([]),
+                   leveldb_table.encode_block(
                        [(items[-1][0], varint(0) + varint(len(block)))])):
     handles.append(varint(len(out)) + varint(len(contents)))
     out += contents + b'\x00' + struct.pack('<I', crc32c.masked(contents + b'\x00'))

@@ -27,6 +27,7 @@ from freezerlib.core import graphs
 from freezerlib.core import units
 from freezerlib.core.lean_tf import meta_graph_pb2
 from freezerlib.export import ExportReport
+from freezerlib.formats import checkpoint_copy
 from freezerlib.formats import checkpoint_index
 from freezerlib.formats import graph_check
 from freezerlib.formats import saved_model
@@ -262,12 +263,12 @@ def saved_model_from_checkpoint(checkpoint, output_dir, saved_model_dir=None,
   def write_variables(variables_dir):
     dst = files.join(variables_dir, 'variables')
     if prune_tensors:
-      copied['bytes'] = checkpoint_index.copy_tensors(
+      copied['bytes'] = checkpoint_copy.copy_tensors(
           index, [w.name for w in wants], dst, chunk_bytes,
           progress=units.Progress('copying tensors'), verify=verify_checksums)
       copied['tensors'] = len(wants)
     else:
-      copied['tensors'], copied['bytes'] = checkpoint_index.link_files(index, dst,
+      copied['tensors'], copied['bytes'] = checkpoint_copy.link_files(index, dst,
                                                                        verify_checksums)
 
   path, _ = saved_model.write_saved_model(output_dir, meta_graph, write_variables, assets_dir,

@@ -20,7 +20,7 @@ from freezerlib.core import files
 from freezerlib.core import graphs
 from freezerlib.core import lean_tf
 from freezerlib.core import units
-from freezerlib.formats import checkpoint_index
+from freezerlib.formats import checkpoint_copy
 from freezerlib.formats import frozen_graph
 from freezerlib.formats import saved_model
 from freezerlib.transforms import constants_as_variables as constants_lib
@@ -230,7 +230,7 @@ def saved_model_from_frozen_graph(input_graph, output_saved_model_dir=None, outp
     if split:
       write_variables = constants_lib.variables_writer(split, prefix)
     elif prefix:
-      write_variables = lambda d: checkpoint_index.link_checkpoint(prefix, d + '/variables')
+      write_variables = lambda d: checkpoint_copy.link_checkpoint(prefix, d + '/variables')
     else:
       write_variables = None
     meta_graph = saved_model.serving_meta_graph(

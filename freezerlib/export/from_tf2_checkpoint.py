@@ -32,7 +32,7 @@ Exporting therefore:
    log names it; state a signature reads must come from the checkpoint.
 2. checks every tensor before anything is written; all mismatches in one message.
 3. writes `variables/` with the structure's keys: the checkpoint's stored bytes copied as they
-   are (checkpoints.copy_records: no decoding, no TensorFlow), slices of a sharded variable
+   are (checkpoint_copy.copy_records: no decoding, no TensorFlow), slices of a sharded variable
    renamed slice by slice, and the structure's own object graph tensor (copied as stored), whose
    keys are exactly those written. Two keys of one tensor (a Keras export tracks each variable
    twice, as `variables/k` and `_all_variables/k`) share one copy of its bytes.
@@ -70,13 +70,15 @@ from freezerlib.core import graphs
 from freezerlib.core import lean_tf
 from freezerlib.core import units
 from freezerlib.export import ExportReport
+from freezerlib.formats import checkpoint_copy
 from freezerlib.formats import checkpoint_index as checkpoints
+from freezerlib.formats import object_graph
 from freezerlib.formats import saved_model
 from freezerlib.transforms import serving_functions
 
-trackable_object_graph_pb2 = checkpoints.trackable_object_graph_pb2
-OBJECT_GRAPH_KEY = checkpoints.OBJECT_GRAPH_KEY
-read_object_graph = checkpoints.read_object_graph
+trackable_object_graph_pb2 = object_graph.trackable_object_graph_pb2
+OBJECT_GRAPH_KEY = object_graph.OBJECT_GRAPH_KEY
+read_object_graph = object_graph.read_object_graph
 _VARIABLE_VALUE = 'VARIABLE_VALUE'
 _MAX_LISTED = 40  # problems named in a mismatch message; the rest counted
 
@@ -198,7 +200,7 @@ class _Structure:
 
 
 def _structure(graph, index, unread):
-  owned, stray = checkpoints.keys_by_object(graph, index)
+  owned, stray = object_graph.keys_by_object(graph, index)
   return _Structure(graph, index, graphs.object_paths(graph), owned, stray, frozenset(unread))
 
 
@@ -353,7 +355,7 @@ def match(structure, structure_index, checkpoint_graph, checkpoint_index, checkp
 
 
 def _records(plan, structure_index, checkpoint_index):
-  """checkpoints.Record list: each renamed tensor's records (a sliced one's every slice), and
+  """checkpoint_copy.Record list: each renamed tensor's records (a sliced one's every slice), and
   the structure's object graph."""
   records = []
   for rename in plan.renames:
@@ -362,12 +364,12 @@ def _records(plan, structure_index, checkpoint_index):
         new_key = rename.structure_key.encode('utf-8')
       else:
         new_key = checkpoints.renamed_slice_key(key, rename.checkpoint_key, rename.structure_key)
-      records.append(checkpoints.Record(checkpoint_index, key, entry, new_key))
+      records.append(checkpoint_copy.Record(checkpoint_index, key, entry, new_key))
   for rename in plan.kept:
-    records += [checkpoints.Record(structure_index, key, entry)
+    records += [checkpoint_copy.Record(structure_index, key, entry)
                 for key, entry in structure_index.records(rename.structure_key)]
   graph_key = OBJECT_GRAPH_KEY.encode('utf-8')
-  records.append(checkpoints.Record(structure_index, graph_key,
+  records.append(checkpoint_copy.Record(structure_index, graph_key,
                                     structure_index.entries[OBJECT_GRAPH_KEY]))
   return records
 
@@ -456,7 +458,7 @@ def export(checkpoint, output_dir, saved_model_dir, tags=('serve',), checkpoint_
   written = []
 
   def write_variables(variables_dir):
-    written.append(checkpoints.copy_records(
+    written.append(checkpoint_copy.copy_records(
         records, files.join(variables_dir, 'variables'), chunk_bytes,
         progress=units.Progress('copying tensors'), verify=verify_checksums))
 

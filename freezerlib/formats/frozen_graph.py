@@ -32,6 +32,7 @@ from freezerlib.core import units
 from freezerlib.core.lean_tf import graph_pb2
 from freezerlib.core.lean_tf import meta_graph_pb2
 from freezerlib.core.lean_tf import types_pb2
+from freezerlib.formats import checkpoint_copy
 from freezerlib.formats import checkpoint_index
 from freezerlib.formats import graph_check
 
@@ -350,7 +351,7 @@ def write_graph(frozen, prefix, graph_path, overwrite=False):
   size = graph_def.ByteSize()
   check_protobuf_size(size, 'the graph for %s would be {size}, past {limit}' % graph_path)
   with graph_and_checkpoint_output(graph_path, overwrite) as (graph_tmp, ckpt_tmp):
-    checkpoint_index.link_checkpoint(prefix, ckpt_tmp)
+    checkpoint_copy.link_checkpoint(prefix, ckpt_tmp)
     with files.open_file(graph_tmp, 'wb') as f:
       f.write(graph_def.SerializeToString(deterministic=True))
   return size

@@ -25,6 +25,7 @@ from freezerlib.core import lean_tf
 from freezerlib.core import units
 from freezerlib.formats import checkpoint_index
 from freezerlib.formats import frozen_graph
+from freezerlib.formats import object_graph
 from freezerlib.formats import saved_model
 from freezerlib.transforms import saver
 
@@ -142,10 +143,10 @@ def tf2_captured_bytes(saved_model_dir, meta_graph, signatures):
   if not files.exists(prefix + '.index'):
     return 0
   index = checkpoint_index.read_index(prefix)
-  if checkpoint_index.OBJECT_GRAPH_KEY not in index.entries:
+  if object_graph.OBJECT_GRAPH_KEY not in index.entries:
     return 0
-  graph = checkpoint_index.read_object_graph(index)
-  owned, _ = checkpoint_index.keys_by_object(graph, index)
+  graph = object_graph.read_object_graph(index)
+  owned, _ = object_graph.keys_by_object(graph, index)
   # By path, not by id alone: ids are shared, paths say so.
   ids = {path: node_id for node_id, path in graphs.object_paths(graph).items()}
   paths = graphs.object_paths(meta_graph.object_graph_def)

@@ -36,8 +36,10 @@ from freezerlib.core.lean_tf import graph_pb2
 from freezerlib.core.lean_tf import numpy as np  # imported on first use
 from freezerlib.core.lean_tf import tensor_pb2
 from freezerlib.core.lean_tf import tensorflow as tf  # imported on first use
+from freezerlib.formats import checkpoint_copy
 from freezerlib.formats import checkpoint_index
 from freezerlib.formats import frozen_graph
+from freezerlib.formats import leveldb_table
 from freezerlib.formats import stored_tensor
 from freezerlib.transforms import prune
 from freezerlib.transforms import saver
@@ -71,8 +73,8 @@ class Plan:
 
 def _field(number, payload_len):
   """Header of a length-delimited protobuf field."""
-  return (checkpoint_index.encode_varint(number << 3 | 2) +
-          checkpoint_index.encode_varint(payload_len))
+  return (leveldb_table.encode_varint(number << 3 | 2) +
+          leveldb_table.encode_varint(payload_len))
 
 
 def plan(meta_graph, signatures, export_dir, kept=()):
@@ -319,18 +321,18 @@ def _write_table(out, checkpoint, node, sources, names, nodes, open_shard, chunk
 def _restore(checkpoint, source):
   """The value of `source` read by TensorFlow, after checking every record it is read from
   (TensorFlow checks them too, but its error names neither the tensor nor the shard)."""
-  records = [checkpoint_index.Record(checkpoint, key, entry)
+  records = [checkpoint_copy.Record(checkpoint, key, entry)
               for key, entry in checkpoint.records(source.name)]
   if files.is_object_store(checkpoint.prefix):
     # TensorFlow cannot open the store: the tensor's records alone (checked as they arrive)
     # make a local checkpoint for it to read.
     with files.scratch('restore') as scratch:
       prefix = files.join(scratch, 'tensor')
-      checkpoint_index.copy_records(records, prefix)
+      checkpoint_copy.copy_records(records, prefix)
       return tf.raw_ops.RestoreV2(prefix=prefix, tensor_names=[source.name],
                                   shape_and_slices=[source.spec],
                                   dtypes=[source.dtype])[0].numpy()
-  checkpoint_index.verify_records(records)
+  checkpoint_copy.verify_records(records)
   return tf.raw_ops.RestoreV2(prefix=checkpoint.prefix, tensor_names=[source.name],
                               shape_and_slices=[source.spec], dtypes=[source.dtype])[0].numpy()
 
@@ -398,9 +400,9 @@ def write(the_plan, tags, path, overwrite=False, chunk=1 << 20):
         for name, spec in zip(r.names, r.specs):
           specs.setdefault(name, set()).add(spec)
       names = list(specs)
-      kept_bytes = checkpoint_index.copy_records(
+      kept_bytes = checkpoint_copy.copy_records(
           [record for name in names
-           for record in checkpoint_index.slice_records(checkpoint, name, specs[name])],
+           for record in checkpoint_copy.slice_records(checkpoint, name, specs[name])],
           ckpt_prefix, chunk, progress=units.Progress('copying kept tensors'))
       logging.info('kept %d variables and tables as state: %d checkpoint tensors (%s) in %s',
                    len(the_plan.kept), len(names), units.human_bytes(kept_bytes),

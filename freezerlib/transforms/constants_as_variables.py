@@ -34,7 +34,7 @@ from freezerlib.core import lean_tf
 from freezerlib.core import units
 from freezerlib.core.lean_tf import numpy as np
 from freezerlib.core.lean_tf import tensorflow as tf
-from freezerlib.formats import checkpoint_index
+from freezerlib.formats import checkpoint_copy
 from freezerlib.transforms import saver
 from freezerlib.transforms import tables
 
@@ -377,7 +377,7 @@ def variables_writer(the_split, kept_prefix=None):
     if kept_prefix is not None:
       part = files.join(variables_dir, '.kept', 'variables')
       files.makedirs(files.parent_dir(part))
-      checkpoint_index.link_checkpoint(kept_prefix, part)
+      checkpoint_copy.link_checkpoint(kept_prefix, part)
       parts.append(part)
     for k, piece in enumerate(pieces):
       part = files.join(variables_dir, '.piece_%d' % k, 'variables')

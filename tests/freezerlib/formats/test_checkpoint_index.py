@@ -8,7 +8,6 @@ writer no longer makes) checks the reader against a second writer.
 """
 
 import os
-import shutil
 import struct
 
 from google.protobuf.internal import encoder as pb_encoder
@@ -18,9 +17,10 @@ import tensorflow as tf
 
 from freezerlib.core import crc32c
 from freezerlib.core import errors
-from freezerlib.core import graphs
 from freezerlib.core import lean_tf
 from freezerlib.formats import checkpoint_index as ci
+from freezerlib.formats import leveldb_table
+from freezerlib.formats import object_graph
 
 tf1 = tf.compat.v1
 BundleEntryProto = lean_tf.tensor_bundle_pb2.BundleEntryProto
@@ -204,7 +204,7 @@ def test_reader_agrees_with_a_second_table_writer(tmp_path, compress):
 
 
 def test_snappy_elements():
-  uncompress = ci._snappy_uncompress
+  uncompress = leveldb_table._snappy_uncompress
   literal = lambda b: bytes([(len(b) - 1) << 2]) + b
   assert uncompress(b'\x05' + literal(b'hello')) == b'hello'
   long = bytes(range(200))  # literal lengths past 60 take 1 extra byte
@@ -259,30 +259,6 @@ def test_tf2_checkpoint_entries_equal_tensorflows_reader(tmp_path):
       assert crc32c.masked(stored) == entry.crc32c, name
   assert sum(checkpoint.nbytes(n) for n in checkpoint.entries) == sum(
       e.size for e in checkpoint.entries.values())
-
-
-@pytest.fixture(scope='module')
-def saver_checkpoint(tmp_path_factory):
-  """A tf.compat.v1 Saver's checkpoint: `emb` [200, 3] in 3 partitions, `w`, `other`.
-
-  Returns:
-    (prefix, {name: value}, partition specs of emb, {spec: partition value}).
-  """
-  directory = tmp_path_factory.mktemp('saver')
-  graph = tf.Graph()
-  with graph.as_default():
-    emb = tf1.get_variable('emb', [200, 3], partitioner=tf1.fixed_size_partitioner(3),
-                           initializer=tf1.random_normal_initializer(seed=1))
-    w = tf1.get_variable('w', initializer=tf.constant([[1.0, 2.0]]))
-    other = tf1.get_variable('other', initializer=tf.constant(7, tf.int64))
-    saver = tf1.train.Saver()
-    with tf1.Session(graph=graph) as session:
-      session.run(tf1.global_variables_initializer())
-      prefix = saver.save(session, str(directory / 'model.ckpt'))
-      parts = {v._save_slice_info.spec: session.run(v) for v in emb}
-      values = {'emb': np.concatenate(list(parts.values())), 'w': session.run(w),
-                'other': session.run(other)}
-  return prefix, values, sorted(parts), parts
 
 
 def test_partitioned_variable_of_a_saver(saver_checkpoint):
@@ -445,11 +421,11 @@ def _unsorted_table(items):
   def put(contents):
     offset = len(out)
     out.extend(contents + b'\x00' + struct.pack('<I', crc32c.masked(contents + b'\x00')))
-    return ci.encode_varint(offset) + ci.encode_varint(len(contents))
+    return leveldb_table.encode_varint(offset) + leveldb_table.encode_varint(len(contents))
 
-  block = put(ci._block(items))
-  metaindex = put(ci._block([]))
-  index = put(ci._block([(items[-1][0], block)]))
+  block = put(leveldb_table.encode_block(items))
+  metaindex = put(leveldb_table.encode_block([]))
+  index = put(leveldb_table.encode_block([(items[-1][0], block)]))
   return bytes(out) + (metaindex + index).ljust(40, b'\0') + struct.pack('<Q', 0xdb4775248b80fb57)
 
 
@@ -519,23 +495,8 @@ def test_string_tensors_decode_as_tensorflow_reads_them(tmp_path):
   prefix = tf.train.Checkpoint(v=tf.Variable(tf.constant(values))).write(str(tmp_path / 'c'))
   index = ci.read_index(prefix)
   assert ci.read_string_tensor(index, 'v/.ATTRIBUTES/VARIABLE_VALUE') == values
-  graph = ci.read_object_graph(index)
+  graph = object_graph.read_object_graph(index)
   assert [c.local_name for c in graph.nodes[0].children] == ['v']
-
-
-def test_keys_by_object_gives_each_variable_and_table_its_keys(tmp_path):
-  table = tf.lookup.experimental.MutableHashTable(tf.int64, tf.float32, default_value=0.0)
-  table.insert(tf.constant([1, 2], tf.int64), tf.constant([0.5, 1.5]))
-  prefix = tf.train.Checkpoint(v=tf.Variable([1.0, 2.0]), t=table).write(str(tmp_path / 'c'))
-  index = ci.read_index(prefix)
-  graph = ci.read_object_graph(index)
-  paths = {p: i for i, p in graphs.object_paths(graph).items()}
-  owned, stray = ci.keys_by_object(graph, index)
-  assert stray == []
-  assert dict(owned[paths['v']]) == {
-      'VARIABLE_VALUE': [('v/.ATTRIBUTES/VARIABLE_VALUE', '')]}
-  assert dict(owned[paths['t']]) == {'table': [('t/.ATTRIBUTES/table-keys', '-keys'),
-                                               ('t/.ATTRIBUTES/table-values', '-values')]}
 
 
 def test_string_tensor_checksums_and_lengths(tmp_path):
@@ -560,163 +521,3 @@ def test_string_tensor_checksums_and_lengths(tmp_path):
   with pytest.raises(errors.UserError,
                      match='is corrupt: tensor v/.ATTRIBUTES/VARIABLE_VALUE .*ends early'):
     ci.read_string_tensor(checkpoint, 'v/.ATTRIBUTES/VARIABLE_VALUE')
-
-
-# ---------------------------------------------------------------------------------------------
-# Copies
-
-
-def test_copy_tensors_is_restored_by_tensorflow(saver_checkpoint, tmp_path, monkeypatch):
-  prefix, values, specs, parts = saver_checkpoint
-  checkpoint = ci.read_index(prefix)
-  # emb and w are all but `other`'s 8 bytes of the data file: copied here all the same.
-  monkeypatch.setattr(ci, '_LINK_SLACK', 0)
-  progress = []
-  dst = str(tmp_path / 'copy')
-  copied = ci.copy_tensors(checkpoint, ['emb', 'w'], dst, chunk_bytes=100,
-                           progress=lambda done, total: progress.append((done, total)))
-  assert copied == 200 * 3 * 4 + 2 * 4
-  assert progress[-1] == (copied, copied)
-  # Two data shards, one per copying worker, between them every byte once.
-  sizes = [os.path.getsize('%s.data-%05d-of-00002' % (dst, k)) for k in range(2)]
-  assert sum(sizes) == copied and min(sizes) > 0
-  reader = tf.train.load_checkpoint(dst)
-  assert reader.get_variable_to_shape_map() == {'emb': [200, 3], 'w': [1, 2]}
-  for name in ('emb', 'w'):
-    np.testing.assert_array_equal(reader.get_tensor(name), values[name])
-  for spec in specs:  # each partition as the serving graph's RestoreV2 reads it
-    got = tf.raw_ops.RestoreV2(prefix=dst, tensor_names=['emb'], shape_and_slices=[spec],
-                               dtypes=[tf.float32])[0]
-    np.testing.assert_array_equal(got, parts[spec])
-  copy = ci.read_index(dst)
-  assert copy.num_shards == 2 and len(copy.slices['emb']) == 3
-  for name in ('emb', 'w'):  # the stored bytes with their own checksums
-    assert [e.crc32c for _, e in copy.records(name)] == [
-        e.crc32c for _, e in checkpoint.records(name)]
-
-
-def test_a_data_file_needed_nearly_whole_is_linked_not_copied(saver_checkpoint, tmp_path):
-  prefix, values, _, _ = saver_checkpoint
-  checkpoint = ci.read_index(prefix)
-  source = checkpoint.data_files()[0]
-  # emb and w: all of the data file but `other`'s 8 bytes (under 1%).
-  dst = str(tmp_path / 'linked')
-  assert ci.copy_tensors(checkpoint, ['emb', 'w'], dst) == 200 * 3 * 4 + 2 * 4
-  copy = ci.read_index(dst)
-  assert copy.data_files() == [dst + '.data-00000-of-00001']
-  assert os.stat(copy.data_files()[0]).st_ino == os.stat(source).st_ino
-  reader = tf.train.load_checkpoint(dst)
-  assert reader.get_variable_to_shape_map() == {'emb': [200, 3], 'w': [1, 2]}
-  for name in ('emb', 'w'):
-    np.testing.assert_array_equal(reader.get_tensor(name), values[name])
-  # A flipped bit is still found: the linked file's needed bytes are checked first.
-  corrupt = tmp_path / 'corrupt'
-  corrupt.mkdir()
-  for path in (prefix + '.index', source):
-    shutil.copy(path, corrupt)
-  bad = str(corrupt / os.path.basename(prefix))
-  entry = checkpoint.entries['w']
-  with open(bad + '.data-00000-of-00001', 'r+b') as f:
-    f.seek(entry.offset)
-    byte = f.read(1)
-    f.seek(entry.offset)
-    f.write(bytes([byte[0] ^ 1]))
-  with pytest.raises(errors.UserError, match='tensor w .*fails its checksum'):
-    ci.copy_tensors(ci.read_index(bad), ['emb', 'w'], str(tmp_path / 'bad_copy'))
-  # Only `w`: the file is mostly unneeded, so w is copied into a file of its own.
-  dst = str(tmp_path / 'copied')
-  ci.copy_tensors(checkpoint, ['w'], dst)
-  assert os.path.getsize(ci.read_index(dst).data_files()[0]) == 8
-
-
-def test_linked_and_copied_data_files_in_one_checkpoint(saver_checkpoint, tmp_path):
-  # Records of two checkpoints: one needed all but its object graph (linked), one only in
-  # part (its record copied into a data file of its own).
-  big = np.arange(20000, dtype=np.float32).reshape(100, 200)
-  whole = ci.read_index(tf.train.Checkpoint(v=tf.Variable(big)).write(str(tmp_path / 'a' / 'c')))
-  part = ci.read_index(saver_checkpoint[0])
-  records = [ci.Record(whole, key, entry) for key, entry in
-             whole.records('v/.ATTRIBUTES/VARIABLE_VALUE')]
-  records += [ci.Record(part, key, entry, new_key=b'w2') for key, entry in part.records('w')]
-  dst = str(tmp_path / 'both')
-  assert ci.copy_records(records, dst) == big.nbytes + 8
-  copy = ci.read_index(dst)
-  assert copy.num_shards == 2
-  assert os.stat(copy.data_files()[0]).st_ino == os.stat(whole.data_files()[0]).st_ino
-  assert os.path.getsize(copy.data_files()[1]) == 8
-  reader = tf.train.load_checkpoint(dst)
-  np.testing.assert_array_equal(reader.get_tensor('v/.ATTRIBUTES/VARIABLE_VALUE'), big)
-  np.testing.assert_array_equal(reader.get_tensor('w2'), saver_checkpoint[1]['w'])
-
-
-def test_slice_records_copy_only_the_partitions_asked_for(saver_checkpoint, tmp_path):
-  prefix, _, specs, parts = saver_checkpoint
-  checkpoint = ci.read_index(prefix)
-  assert len(ci.slice_records(checkpoint, 'emb', {''})) == 4  # the entry and its 3 slices
-  assert len(ci.slice_records(checkpoint, 'w', {''})) == 1
-  dst = str(tmp_path / 'part')
-  records = ci.slice_records(checkpoint, 'emb', {specs[1]})
-  assert ci.copy_records(records, dst) == parts[specs[1]].nbytes
-  copy = ci.read_index(dst)
-  assert ci.slices_of(copy, 'emb') == [ci.parse_slice_spec(specs[1])[1]]
-  got = tf.raw_ops.RestoreV2(prefix=dst, tensor_names=['emb'], shape_and_slices=[specs[1]],
-                             dtypes=[tf.float32])[0]
-  np.testing.assert_array_equal(got, parts[specs[1]])
-  with pytest.raises(tf.errors.OpError):  # the others are not there
-    tf.raw_ops.RestoreV2(prefix=dst, tensor_names=['emb'], shape_and_slices=[specs[0]],
-                         dtypes=[tf.float32])
-
-
-def test_copy_records_stores_one_tensor_under_two_keys_once(saver_checkpoint, tmp_path):
-  checkpoint = ci.read_index(saver_checkpoint[0])
-  entry = checkpoint.entries['w']
-  records = [ci.Record(checkpoint, b'w', entry, b'first/w'),
-             ci.Record(checkpoint, b'w', entry, b'second/w'),
-             ci.Record(checkpoint, b'other', checkpoint.entries['other'])]
-  dst = str(tmp_path / 'copy')
-  assert ci.copy_records(records, dst) == entry.size + 8
-  reader = tf.train.load_checkpoint(dst)
-  assert sorted(reader.get_variable_to_shape_map()) == ['first/w', 'other', 'second/w']
-  np.testing.assert_array_equal(reader.get_tensor('second/w'), saver_checkpoint[1]['w'])
-  assert reader.get_tensor('other') == 7
-
-
-def test_copy_from_a_shard_cut_short_is_refused(saver_checkpoint, tmp_path):
-  src = tmp_path / 'src'
-  src.mkdir()
-  for name in os.listdir(os.path.dirname(saver_checkpoint[0])):
-    if name.startswith('model.ckpt.'):
-      (src / name).write_bytes(open(os.path.join(os.path.dirname(saver_checkpoint[0]), name),
-                                    'rb').read())
-  checkpoint = ci.read_index(str(src / 'model.ckpt'))
-  os.truncate(checkpoint.data_files()[0], 10)
-  with pytest.raises(errors.UserError, match=r'model\.ckpt\.data-00000-of-00001: \d+ bytes '
-                     r'short \(it ends early\)'):
-    ci.copy_tensors(checkpoint, ['emb', 'w', 'other'], str(tmp_path / 'copy'))
-
-
-def test_link_checkpoint_shares_the_files(saver_checkpoint, tmp_path):
-  prefix = saver_checkpoint[0]
-  checkpoint = ci.read_index(prefix)
-  tensors, nbytes = ci.link_files(checkpoint, str(tmp_path / 'linked'))
-  assert tensors == 3 and nbytes == 200 * 3 * 4 + 2 * 4 + 8
-  for suffix in ('.index', '.data-00000-of-00001'):
-    assert os.stat(str(tmp_path / 'linked') + suffix).st_ino == os.stat(prefix + suffix).st_ino
-  ci.link_checkpoint(prefix, str(tmp_path / 'again'))
-  np.testing.assert_array_equal(tf.train.load_checkpoint(str(tmp_path / 'again')).get_tensor(
-      'emb'), saver_checkpoint[1]['emb'])
-
-
-# ---------------------------------------------------------------------------------------------
-# Encodings
-
-
-@pytest.mark.parametrize('value', [0, 1, 127, 128, 300, 2**32, 2**63 - 1])
-def test_varints_are_protobufs(value):
-  encoded = ci.encode_varint(value)
-  assert encoded == _varint_bytes(value)
-  decode = ci._varint
-  assert decode(encoded + b'rest', 0) == (value, len(encoded))
-  if len(encoded) > 1:
-    with pytest.raises(ValueError, match='truncated varint'):
-      decode(encoded[:-1], 0)

@@ -7,7 +7,7 @@ import tensorflow as tf
 
 from freezerlib.core import errors
 from freezerlib.core import lean_tf
-from freezerlib.formats import checkpoint_index
+from freezerlib.formats import checkpoint_copy
 from freezerlib.formats import frozen_graph
 from freezerlib.formats import graph_check
 import small_graphs
@@ -190,7 +190,7 @@ def test_graph_and_checkpoint_appear_together_or_not_at_all(tmp_path, checkpoint
   out = str(tmp_path / 'f.pb')
   with pytest.raises(ZeroDivisionError):
     with frozen_graph.graph_and_checkpoint_output(out) as (graph_tmp, ckpt_tmp):
-      checkpoint_index.link_checkpoint(checkpoint, ckpt_tmp)
+      checkpoint_copy.link_checkpoint(checkpoint, ckpt_tmp)
       raise ZeroDivisionError
   assert sorted(os.listdir(tmp_path)) == ['src']
   # A checkpoint directory without its graph (a run killed between the two moves) goes.
@@ -198,7 +198,7 @@ def test_graph_and_checkpoint_appear_together_or_not_at_all(tmp_path, checkpoint
   (tmp_path / 'f.pb.variables' / 'debris').write_bytes(b'x')
   with frozen_graph.graph_and_checkpoint_output(out) as (graph_tmp, ckpt_tmp):
     assert os.path.dirname(graph_tmp) == os.path.dirname(ckpt_tmp)
-    checkpoint_index.link_checkpoint(checkpoint, ckpt_tmp)
+    checkpoint_copy.link_checkpoint(checkpoint, ckpt_tmp)
     with open(graph_tmp, 'wb') as f:
       f.write(b'graph')
     assert not os.path.exists(out)
