@@ -430,11 +430,43 @@ def _node_problem(node, op_defs, functions, cache):
       if declared != stored:
         return 'holds a %s value but its dtype attribute says %s' % (
             lean_tf.as_dtype(stored).name, lean_tf.as_dtype(declared).name)
+  if op in _CALL_OPS and 'f' in attrs:
+    problem = _call_types_problem(attrs, functions.get(attrs['f'].func.name))
+    if problem:
+      return problem
   if op_defs is not None and op not in functions:
     rules = cache[op] if op in cache else _attr_rules(op_defs, op, cache)
     if rules:
       return _attrs_problem(node, attrs, rules)
   return None
+
+
+_CALL_OPS = frozenset({'PartitionedCall', 'StatefulPartitionedCall'})
+
+
+def _call_types_problem(attrs, function):
+  """What is wrong with a call's Tin and Tout against the function it calls (None when
+  nothing is, or when the function's arguments take their types from attributes): TensorFlow
+  runs such a call and fails every request ('Output 0 of type float does not match declared
+  output type int32')."""
+  if function is None:
+    return None
+  for attr, args in (('Tin', function.signature.input_arg),
+                     ('Tout', function.signature.output_arg)):
+    if attr not in attrs or any(a.type_attr or a.type_list_attr or a.number_attr
+                                for a in args):
+      continue
+    declared = list(attrs[attr].list.type)
+    expected = [a.type for a in args]
+    if declared != expected:
+      return 'calls %s with %s %s, where the function\'s %s are %s' % (
+          function.signature.name, attr, _types_text(declared),
+          'arguments' if attr == 'Tin' else 'results', _types_text(expected))
+  return None
+
+
+def _types_text(types):
+  return '[%s]' % ', '.join(lean_tf.as_dtype(t).name for t in types)
 
 
 def tensor_problem(tensor):

@@ -240,3 +240,19 @@ def test_a_placeholder_whose_output_shapes_disagree_with_its_shape_is_refused():
                      match=r"node 'x' \(Placeholder\) has _output_shapes \[300,2\], its shape "
                            r'attribute says \[-1,2\]'):
     _check(graph_def)
+
+
+def test_a_call_whose_types_differ_from_its_function_is_refused():
+  # A StatefulPartitionedCall declaring Tout int32 for a function returning float: TensorFlow
+  # runs the graph and fails every request (found by the fuzzer on a TF2 SavedModel).
+  f = tf.function(lambda x: x * 2.0, input_signature=[tf.TensorSpec([None], tf.float32)])
+  wrapper = tf.function(lambda x: f(x), input_signature=[tf.TensorSpec([None], tf.float32)])
+  graph_def = wrapper.get_concrete_function().graph.as_graph_def()
+  calls = [n for n in graph_def.node if n.op in ('PartitionedCall', 'StatefulPartitionedCall')]
+  assert calls
+  _check(graph_def)  # as TensorFlow wrote it
+  calls[0].attr['Tout'].list.type[0] = tf.int32.as_datatype_enum
+  with pytest.raises(graph_check.CorruptGraphError,
+                     match=r"calls \S+ with Tout \[int32\], where the function's results are "
+                           r'\[float32\]'):
+    _check(graph_def)
