@@ -92,16 +92,6 @@ def _temp_sibling(path):
   return files.join(parent, name) if parent else name
 
 
-def _pid_alive(pid):
-  try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
-  except PermissionError:
-    return True
-  return True
-
-
 def remove_stale_temps(path):
   """Removes temporary siblings of `path` left by runs of this host that were killed.
 
@@ -122,7 +112,7 @@ def remove_stale_temps(path):
     if not name.startswith(prefix):
       continue
     pid = name[len(prefix):].split('-', 1)[0]
-    if pid.isdigit() and not _pid_alive(int(pid)):
+    if pid.isdigit() and not files.pid_alive(int(pid)):
       stale = files.join(parent, name) if parent else name
       _remove(stale)
       removed.append(stale)
@@ -149,7 +139,7 @@ def remove_killed_upload(path):
     return False
   prefix = '%s%s-' % (_MARKER, _HOST)
   stale = [n for n in names if n.startswith(prefix) and n[len(prefix):].isdigit() and
-           not _pid_alive(int(n[len(prefix):]))]
+           not files.pid_alive(int(n[len(prefix):]))]
   if not stale:
     return False
   if any(n in _COMMIT_FILES for n in names):

@@ -337,11 +337,12 @@ def remove_stale_scratch():
     if not name.startswith('freezer-scratch-'):
       continue
     pid = name[len('freezer-scratch-'):].split('-', 1)[0]
-    if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+    if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
       shutil.rmtree(os.path.join(root, name), ignore_errors=True)
 
 
-def _pid_alive(pid):
+def pid_alive(pid):
+  """Whether process `pid` of this host is running (its debris is not to be removed)."""
   try:
     os.kill(pid, 0)
   except ProcessLookupError:
