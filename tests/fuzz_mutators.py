@@ -19,6 +19,7 @@ line saying what it did, for the failure message.
 - data files: truncated, extended, bytes flipped, a shard deleted or an extra one added.
 """
 
+import abc
 import os
 import struct
 
@@ -42,14 +43,17 @@ _INTERESTING = [0, 1, -1, 2, 3, 9, -7, 100, 127, 128, 255, 1 << 16, 10**8, 2**31
 _FLOATS = [0.0, -0.0, 1.0, -1.0, float('nan'), float('inf'), -float('inf'), 1e38, 1e-45]
 
 
-class Choices:
-  """Where the mutators' decisions come from: `draw_index(n)` in [0, n), `draw_int(lo, hi)`."""
+class Choices(abc.ABC):
+  """Where the mutators' decisions come from: `draw_index(n)` in [0, n), `draw_int(lo, hi)`.
+  test_fuzz's subclass draws them from Hypothesis."""
 
+  @abc.abstractmethod
   def draw_index(self, n):
-    raise NotImplementedError
+    """An int in [0, n)."""
 
+  @abc.abstractmethod
   def draw_int(self, lo, hi):
-    raise NotImplementedError
+    """An int in [lo, hi]."""
 
   def pick(self, seq):
     seq = list(seq)
