@@ -25,6 +25,7 @@ from freezerlib.core import errors
 from freezerlib.core import files
 from freezerlib.core import lean_tf
 from freezerlib.formats import checkpoint_files
+from freezerlib.formats import graph_check
 from freezerlib.formats import leveldb_table
 from freezerlib.formats import stored_tensor
 
@@ -217,8 +218,6 @@ def _check_slices(checkpoint, partitioned, index_path):
                              % (index_path, name, ':'.join('%d,%d' % e for e in missing[0])))
 
 
-_DTYPES = frozenset(lean_tf.types_pb2.DataType.values())
-_MAX_ELEMENTS = 2**62  # past it, TensorFlow's int64 sizes overflow
 
 
 def entry_problem(entry, num_shards):
@@ -228,15 +227,9 @@ def entry_problem(entry, num_shards):
   negative; and, for a tensor stored whole, as many bytes as its shape and dtype need (a
   string: at least a byte of length per element), so nothing is allocated from a declared
   size larger than the bytes that hold it. A phrase to follow 'entry NAME'."""
-  if entry.dtype not in _DTYPES or entry.dtype == 0 or entry.dtype > 100:
-    return 'has dtype %d, which is not a TensorFlow type' % entry.dtype
-  elements = 1
-  for dim in entry.shape.dim:
-    if dim.size < 0:
-      return 'has a negative dimension (%d)' % dim.size
-    elements *= dim.size
-    if elements > _MAX_ELEMENTS:
-      return 'has a shape whose size overflows'
+  problem, elements = graph_check.dtype_and_size(entry.dtype, (d.size for d in entry.shape.dim))
+  if problem:
+    return problem
   if not 0 <= entry.shard_id < num_shards:
     return 'is in data shard %d, of %d' % (entry.shard_id, num_shards)
   if entry.offset < 0 or entry.size < 0:

@@ -469,6 +469,23 @@ def _types_text(types):
   return '[%s]' % ', '.join(lean_tf.as_dtype(t).name for t in types)
 
 
+def dtype_and_size(dtype, sizes):
+  """(problem, elements) of a stored tensor's declared dtype and dimension sizes: problem is a
+  phrase ('has dtype -7, which is not a TensorFlow type', 'has a negative dimension (-2)', 'has a
+  shape whose size overflows') or None; elements is their product (0 with a problem), checked
+  against overflow as it is multiplied, so nothing is allocated from it unchecked."""
+  if dtype not in _DTYPES or dtype == 0 or dtype > _REF:
+    return 'has dtype %d, which is not a TensorFlow type' % dtype, 0
+  elements = 1
+  for size in sizes:
+    if size < 0:
+      return 'has a negative dimension (%d)' % size, 0
+    elements *= size
+    if elements > _MAX_ELEMENTS:
+      return 'has a shape whose size overflows', 0
+  return None, elements
+
+
 def tensor_problem(tensor):
   """What is wrong with a TensorProto, None when nothing is: a dtype TensorFlow has (not a
   reference); a size that does not overflow, nor pass MAX_TENSOR_BYTES once filled; content
@@ -477,15 +494,11 @@ def tensor_problem(tensor):
   A phrase to follow 'tensor ...' ('holds 12 bytes of content, its shape [4] of float needs
   16')."""
   dtype = tensor.dtype
-  if dtype not in _DTYPES or dtype == 0 or dtype > _REF:
-    return 'has dtype %d, which is not a TensorFlow type' % dtype
-  elements = 1
-  for dim in tensor.tensor_shape.dim:
-    if dim.size < 0:
-      return 'has a negative dimension (%d)' % dim.size
-    elements *= dim.size
-    if elements > _MAX_ELEMENTS:
-      return 'has a shape whose size overflows (%s)' % shape_text(tensor.tensor_shape)
+  problem, elements = dtype_and_size(dtype, (d.size for d in tensor.tensor_shape.dim))
+  if problem:
+    if problem.endswith('overflows'):
+      problem += ' (%s)' % shape_text(tensor.tensor_shape)
+    return problem
   item = lean_tf.ITEM_BYTES.get(dtype)
   if elements * (item or 1) > MAX_TENSOR_BYTES:
     return 'has shape %s of %s, %d bytes: past the %d a graph can hold' % (
