@@ -179,8 +179,9 @@ def _upload_tree(src, dst):
   except BaseException:
     try:  # what this run uploaded, marker included: nothing half-written stays
       files.rmtree(dst)
-    except OSError:
-      pass  # the marker stays: the next run removes the rest
+    except OSError as e:  # the store failed again: the marker stays, the next run removes it
+      logging.warning('could not remove the partial upload %s (%s); the next run on this host '
+                      'removes it', dst, e)
     raise
   files.remove(marker)
 
